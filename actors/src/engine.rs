@@ -1,0 +1,21 @@
+//! The one interface through which clients (the web layer, tests) talk to
+//! the running engine. It is a trait so that the web crate can be unit-tested
+//! without an actor tree; the real implementation (`EngineHandle`) turns each
+//! call into actor queries with timeouts.
+
+use futures::future::BoxFuture;
+
+use crate::model::{ActionError, HistoryEntry, Mode, Status};
+
+pub trait Engine: Send + Sync + 'static {
+    /// Snapshot of everything; never hangs: slow actors show as `stale`.
+    fn status(&self) -> BoxFuture<'_, Status>;
+    /// Deployment history, newest first, optionally for one instance.
+    fn versions(&self, instance: Option<u32>) -> BoxFuture<'_, Vec<HistoryEntry>>;
+    /// Operator restart (counted as a forced restart).
+    fn restart(&self, instance: u32) -> BoxFuture<'_, Result<(), ActionError>>;
+    /// Pin a version (manual) or go back to automatic.
+    fn set_mode(&self, mode: Mode) -> BoxFuture<'_, Result<(), ActionError>>;
+    /// Remove a version from the ghosted list.
+    fn unghost(&self, version: String) -> BoxFuture<'_, Result<(), ActionError>>;
+}

@@ -1,0 +1,128 @@
+//! Plain data shared by the engine and its clients (the web layer, the CLI,
+//! the tests): the status snapshot, the deployment history, the mode.
+//!
+//! These types are the JSON contract of `/api/v1/*`: field names are part of
+//! the public API; add fields freely, never rename one.
+
+use serde::{Deserialize, Serialize};
+
+/// Lifecycle of one instance, as shown to operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// The OS process runs but has not passed every readiness check yet.
+    Starting,
+    /// Ready: alive, node answering (if required), health path 2xx (if set),
+    /// and up for at least `min_ready_ms`.
+    Running,
+    /// Pre-commands of a new version are running (the old version still runs).
+    PreCommands,
+    /// A pre-command failed; the old version keeps running; retried with backoff.
+    PreCommandsFailed,
+    /// Crashed; waiting for the backoff delay before the next start.
+    CrashBackoff,
+    /// No process (never deployed, or stopped on purpose).
+    Stopped,
+    /// A deployment step (unpack, stop, rotate folders, start) is running.
+    Deploying,
+}
+
+/// How a version reached an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentKind {
+    FullDeployment,
+    HotUpgrade,
+    Rollback,
+}
+
+/// One row of the deployment history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub version: String,
+    pub hash: String,
+    pub instance: u32,
+    pub deployment: DeploymentKind,
+    pub deploy_ref: String,
+    /// UTC, RFC 3339.
+    pub inserted_at: String,
+}
+
+/// Which version the DeployManager aims for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Mode {
+    /// Follow `current.json`.
+    #[default]
+    Automatic,
+    /// Deploy the pinned version, ignore `current.json`.
+    Manual { version: String },
+}
+
+/// Snapshot of one instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub instance: u32,
+    pub version: Option<String>,
+    pub state: InstanceState,
+    pub os_pid: Option<i32>,
+    pub port: u16,
+    pub node: String,
+    pub otp_connected: bool,
+    pub last_deployment: Option<DeploymentKind>,
+    pub deploy_ref: Option<String>,
+    pub crash_restarts: u64,
+    pub forced_restarts: u64,
+    pub uptime_s: Option<u64>,
+    pub last_error: Option<String>,
+    /// True when the instance's actor did not answer in time: every other
+    /// field is then a placeholder.
+    pub stale: bool,
+}
+
+/// Snapshot of the whole engine, the body of `GET /api/v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub app: String,
+    pub mode: String,
+    pub manual_version: Option<String>,
+    pub desired_version: Option<String>,
+    pub ghosted_versions: Vec<String>,
+    pub last_error: Option<String>,
+    /// The deployment in progress, if any: which instance, which step.
+    pub deploying: Option<DeployProgress>,
+    pub instances: Vec<InstanceStatus>,
+    pub deployex: DeployexStatus,
+    /// True when some actor did not answer in time.
+    pub stale: bool,
+}
+
+/// The deployment in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployProgress {
+    pub instance: u32,
+    pub version: String,
+    pub deploy_ref: String,
+    pub step: String,
+}
+
+/// deployex itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployexStatus {
+    pub version: String,
+    pub uptime_s: u64,
+    pub os_pid: u32,
+}
+
+/// What an operator action answers when it cannot be done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no such instance: {0}")]
+    NoSuchInstance(u32),
+    #[error("busy: {0}")]
+    Busy(String),
+    #[error("the engine did not answer in time")]
+    Timeout,
+}
