@@ -5,7 +5,9 @@
 
 use futures::future::BoxFuture;
 
-use crate::model::{ActionError, HistoryEntry, Mode, Status};
+use std::path::PathBuf;
+
+use crate::model::{ActionError, ActorInfo, HistoryEntry, LogStream, Mode, ShellCommand, Status};
 
 pub trait Engine: Send + Sync + 'static {
     /// Snapshot of everything; never hangs: slow actors show as `stale`.
@@ -18,4 +20,11 @@ pub trait Engine: Send + Sync + 'static {
     fn set_mode(&self, mode: Mode) -> BoxFuture<'_, Result<(), ActionError>>;
     /// Remove a version from the ghosted list.
     fn unghost(&self, version: String) -> BoxFuture<'_, Result<(), ActionError>>;
+    /// The log file of an instance (`instance` 1..N), or of deployex itself
+    /// (`instance` 0, when deployex logs to a file). `None`: no such instance.
+    fn log_file(&self, instance: u32, stream: LogStream) -> Option<PathBuf>;
+    /// The command that opens an IEx remote shell into a running instance.
+    fn remote_shell(&self, instance: u32) -> BoxFuture<'_, Result<ShellCommand, ActionError>>;
+    /// The live actor tree with each actor's recent messages.
+    fn actors(&self) -> BoxFuture<'_, ActorInfo>;
 }

@@ -126,3 +126,58 @@ pub enum ActionError {
     #[error("the engine did not answer in time")]
     Timeout,
 }
+
+/// Which log stream of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// A command that opens a remote IEx shell into an instance
+/// (`current/bin/{app} remote` with the node name and cookie).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShellCommand {
+    pub program: std::path::PathBuf,
+    pub args: Vec<String>,
+    /// The complete environment (the command is started with a cleared one).
+    pub env: Vec<(String, String)>,
+    pub cwd: std::path::PathBuf,
+}
+
+/// One message handled (or being handled) by an actor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// The message's variant name.
+    pub kind: String,
+    /// One line, no secrets.
+    pub summary: String,
+    /// When handling started, UTC RFC 3339 with milliseconds.
+    pub at: String,
+    /// Handling time in microseconds; `None` while still being handled.
+    pub handling_us: Option<u64>,
+}
+
+/// One node of the live actor tree, for the debug view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorInfo {
+    pub name: String,
+    pub id: String,
+    pub status: String,
+    pub children: Vec<ActorInfo>,
+    pub restarts: u64,
+    /// The message being handled right now, if any (a stuck handler shows here).
+    pub in_flight: Option<MessageRecord>,
+    /// Most recent first.
+    pub messages: Vec<MessageRecord>,
+}
