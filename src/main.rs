@@ -1,1 +1,178 @@
-fn main() {}
+//! The `deployex` binary: command line, configuration, wiring of the engine
+//! (`deployex-actors`) and the HTTP server (`deployex-web`).
+
+mod config;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "deployex",
+    version,
+    about = "Deploys and supervises BEAM releases on a single VM",
+    long_about = "Deploys and supervises BEAM (mix release) releases on a single VM: fetches \
+                  releases from a store, runs N replicas, restarts crashed ones with backoff, \
+                  upgrades them one at a time, rolls back bad versions, and serves a dashboard.\n\n\
+                  Configuration comes from environment variables (see `deployex check-config` and \
+                  the README), optionally from a TOML file given with --config; the environment wins."
+)]
+struct Cli {
+    /// TOML configuration file (keys: variable names in lower case without DEPLOYEX_).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run deployex (the default).
+    Run,
+    /// Read a password on stdin, print its bcrypt hash for DEPLOYEX_ADMIN_HASHED_PASSWORD.
+    HashPassword {
+        /// bcrypt cost.
+        #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31))]
+        cost: u32,
+    },
+    /// Validate the configuration and print the effective values (secrets redacted).
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::HashPassword { cost } => hash_password(cost),
+        Command::CheckConfig => match config::load(std::env::vars(), cli.config.as_deref()) {
+            Ok(c) => {
+                print!("{}", c.describe());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("deployex: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run => {
+            let cfg = match config::load(std::env::vars(), cli.config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("deployex: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing();
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("deployex: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(cfg)) {
+                Ok(code) => code,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("DEPLOYEX_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,ractor=warn,warp=warn,hyper=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+fn hash_password(cost: u32) -> ExitCode {
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("deployex: cannot read the password from stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = input.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("deployex: empty password on stdin");
+        return ExitCode::from(2);
+    }
+    match bcrypt::hash(password, cost) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("deployex: cannot hash: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: config::Config) -> anyhow::Result<ExitCode> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    tracing::info!(app = %cfg.engine.app, replicas = cfg.engine.replicas, "starting deployex {}", env!("CARGO_PKG_VERSION"));
+    let stop_apps = cfg.engine.stop_apps_on_exit;
+    let running = deployex_actors::start(cfg.engine.clone()).await?;
+    let handle = running.handle.clone();
+    let mut root_done = running.join;
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let web = if cfg.web_enabled {
+        let web_cfg = deployex_web::WebConfig {
+            bind: cfg.bind,
+            host: cfg.host.clone(),
+            secret_key_base: cfg.secret_key_base.clone(),
+            admin_hashed_password: cfg.admin_hashed_password.clone(),
+            secure_cookie: cfg.secure_cookie,
+            session_ttl: cfg.session_ttl,
+            terminal_idle: cfg.terminal_idle,
+            metrics_token: cfg.metrics_token.clone(),
+            app_name: cfg.engine.app.clone(),
+        };
+        let engine: std::sync::Arc<dyn deployex_actors::Engine> =
+            std::sync::Arc::new(handle.clone());
+        let (addr, join) = deployex_web::serve(engine, web_cfg, async {
+            let _ = shutdown_rx.await;
+        })
+        .await?;
+        tracing::info!("dashboard and API on http://{addr}");
+        Some(join)
+    } else {
+        None
+    };
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let code = tokio::select! {
+        _ = sigterm.recv() => None,
+        _ = sigint.recv() => None,
+        _ = &mut root_done => Some(ExitCode::FAILURE),
+    };
+    if let Some(code) = code {
+        tracing::error!("the actor tree stopped (restart intensity exceeded); exiting");
+        let _ = shutdown_tx.send(());
+        return Ok(code);
+    }
+    tracing::info!(stop_apps, "signal received: shutting down");
+    let _ = shutdown_tx.send(());
+    handle.shutdown(stop_apps).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), root_done).await;
+    if let Some(web) = web {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), web).await;
+    }
+    tracing::info!("bye");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,5 +1,20 @@
 //! deployex's engine: the actor tree that fetches releases, runs instances,
-//! deploys and upgrades them. See ARCHITECTURE.md for the map.
+//! deploys and upgrades them. See ARCHITECTURE.md for the map, and
+//! [`root`] for the supervision tree.
 
+pub mod config;
+pub mod deploy_manager;
 pub mod engine;
+pub mod handle;
+pub mod health;
+pub mod instance_monitor;
 pub mod model;
+pub mod otp_node_watcher;
+pub mod recorder;
+pub mod release_fetcher;
+pub mod root;
+pub mod time;
+
+pub use config::{EngineConfig, StoreConfig};
+pub use engine::Engine;
+pub use handle::{EngineHandle, Running, start};

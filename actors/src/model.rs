@@ -78,6 +78,9 @@ pub struct InstanceStatus {
     /// True when the instance's actor did not answer in time: every other
     /// field is then a placeholder.
     pub stale: bool,
+    /// UTC times of the most recent crash restarts (at most 20), oldest first.
+    #[serde(default)]
+    pub restart_times: Vec<String>,
 }
 
 /// Snapshot of the whole engine, the body of `GET /api/v1/status`.

@@ -1,0 +1,136 @@
+//! The engine's configuration: every knob the actor tree reads, already
+//! validated. Loading it (environment, TOML file, defaults, secrets) is the
+//! binary's job (`src/config.rs`); the engine only consumes it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where releases come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// `{root}/versions/{app}/{env}/current.json`, `{root}/dist/{app}/...`.
+    Local { root: PathBuf },
+    /// The same keys in an S3 bucket.
+    S3 {
+        bucket: String,
+        region: Option<String>,
+        endpoint: Option<String>,
+    },
+}
+
+/// Everything the engine needs, with defaults applied.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The release name `{app}`.
+    pub app: String,
+    /// `{env}` in store paths.
+    pub env: String,
+    pub store: StoreConfig,
+    pub replicas: u32,
+    /// Instance `i` listens on `app_port_base + i - 1`.
+    pub app_port_base: u16,
+    /// Service folders and state live below this.
+    pub var_dir: PathBuf,
+    /// Instance log files live here.
+    pub log_dir: PathBuf,
+    pub schedule_interval: Duration,
+    pub rollback_timeout: Duration,
+    pub rollback_crashes: u32,
+    /// Distribution cookie (secret): reaches instances only as `RELEASE_COOKIE`.
+    pub cookie: String,
+    pub otp_readiness: bool,
+    pub min_ready: Duration,
+    pub health_path: Option<String>,
+    pub stop_apps_on_exit: bool,
+    /// SIGTERM → SIGKILL grace when stopping an instance.
+    pub stop_grace: Duration,
+    /// First delay of the crash backoff (the very first restart is immediate).
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Ready this long → the consecutive-crash counter resets.
+    pub backoff_reset_after: Duration,
+    pub pre_command_timeout: Duration,
+    pub epmd_port: u16,
+    /// Short host name: the host part of every node name.
+    pub hostname: String,
+    pub tls_cert_path: Option<PathBuf>,
+    pub log_max_bytes: u64,
+    pub log_keep: usize,
+    /// Where deployex's own log files are (`deployex-{stdout,stderr}.log`), when it logs to files.
+    pub own_log_dir: Option<PathBuf>,
+    /// deployex's own environment, the base of every instance's environment
+    /// (secrets and `RELEASE_*` are removed before use).
+    pub base_env: Vec<(String, String)>,
+}
+
+impl EngineConfig {
+    /// A configuration with the documented defaults for `app`, rooted in
+    /// `base` (used by tests and as the base of the loader).
+    pub fn with_defaults(app: &str, base: &Path) -> EngineConfig {
+        EngineConfig {
+            app: app.to_string(),
+            env: "local".to_string(),
+            store: StoreConfig::Local {
+                root: base.join("store"),
+            },
+            replicas: 3,
+            app_port_base: 4000,
+            var_dir: base.join("varlib"),
+            log_dir: base.join("log"),
+            schedule_interval: Duration::from_millis(5000),
+            rollback_timeout: Duration::from_millis(600_000),
+            rollback_crashes: 5,
+            cookie: "cookie".to_string(),
+            otp_readiness: true,
+            min_ready: Duration::from_millis(5000),
+            health_path: None,
+            stop_apps_on_exit: true,
+            stop_grace: Duration::from_secs(10),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            backoff_reset_after: Duration::from_secs(60),
+            pre_command_timeout: Duration::from_secs(300),
+            epmd_port: 4369,
+            hostname: "localhost".to_string(),
+            tls_cert_path: None,
+            log_max_bytes: 100 * 1024 * 1024,
+            log_keep: 5,
+            own_log_dir: None,
+            base_env: Vec::new(),
+        }
+    }
+
+    /// `{var}/service/{app}/{i}`.
+    pub fn service_dir(&self, instance: u32) -> PathBuf {
+        self.var_dir
+            .join("service")
+            .join(&self.app)
+            .join(instance.to_string())
+    }
+
+    /// `{var}/storage/{app}`.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.var_dir.join("storage").join(&self.app)
+    }
+
+    /// `{var}/cache/{app}`: downloaded, verified tarballs.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.var_dir.join("cache").join(&self.app)
+    }
+
+    pub fn port(&self, instance: u32) -> u16 {
+        // Validated at load time: base + replicas - 1 fits in u16.
+        self.app_port_base
+            .saturating_add(u16::try_from(instance.saturating_sub(1)).unwrap_or(u16::MAX))
+    }
+
+    /// `{app}-{i}@{host}`.
+    pub fn node_name(&self, instance: u32) -> String {
+        format!("{}-{}@{}", self.app, instance, self.hostname)
+    }
+
+    pub fn log_file(&self, instance: u32, stream: crate::model::LogStream) -> PathBuf {
+        self.log_dir
+            .join(format!("{}-{}-{}.log", self.app, instance, stream.as_str()))
+    }
+}

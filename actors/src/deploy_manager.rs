@@ -1,0 +1,581 @@
+//! DeployManager: decides which version each instance should run and walks
+//! the instances 1 → N, one at a time.
+//!
+//! The desired version is the pinned one in manual mode, else the verified
+//! release the ReleaseFetcher holds (unless that version is ghosted). An
+//! instance is asked to deploy only when every instance before it runs the
+//! desired version and is ready, so a bad release never gets past the first
+//! instance. It owns the persistent state (history, ghosted versions, mode),
+//! written atomically before any change is acknowledged.
+//!
+//! Rollback: an instance that is not ready within `rollback_timeout` of its
+//! deployment, or crashes more than `rollback_crashes` times in that window,
+//! gets its version ghosted and the previous version from its history
+//! deployed again (recorded as `rollback`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::config::EngineConfig;
+use crate::instance_monitor::{self, DeployJob, InstanceMsg};
+use crate::model::{DeployProgress, DeploymentKind, HistoryEntry, InstanceState, Mode};
+use crate::recorder::{Describe, Recorder};
+use crate::release_fetcher::{self, FetcherMsg};
+use crate::storage::Storage;
+
+pub const NAME: &str = "deploy_manager";
+
+/// The DeployManager's part of the status.
+#[derive(Debug, Clone, Default)]
+pub struct DmStatus {
+    pub mode: Mode,
+    pub desired_version: Option<String>,
+    pub ghosted: Vec<String>,
+    pub last_error: Option<String>,
+    pub deploying: Option<DeployProgress>,
+}
+
+pub enum DeployMsg {
+    Tick,
+    /// Re-evaluate now (a new release, an instance became ready...).
+    Evaluate,
+    InstanceReady {
+        instance: u32,
+        version: Option<String>,
+    },
+    InstanceCrashed {
+        instance: u32,
+    },
+    Deployed {
+        instance: u32,
+        version: String,
+        hash: String,
+        deploy_ref: String,
+        kind: DeploymentKind,
+    },
+    DeployFailed {
+        instance: u32,
+        deploy_ref: String,
+        error: String,
+    },
+    Status {
+        reply: RpcReplyPort<DmStatus>,
+    },
+    Versions {
+        instance: Option<u32>,
+        reply: RpcReplyPort<Vec<HistoryEntry>>,
+    },
+    SetMode {
+        mode: Mode,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    Unghost {
+        version: String,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    #[doc(hidden)]
+    InjectPanic,
+}
+
+impl Describe for DeployMsg {
+    fn kind(&self) -> &'static str {
+        match self {
+            DeployMsg::Tick => "Tick",
+            DeployMsg::Evaluate => "Evaluate",
+            DeployMsg::InstanceReady { .. } => "InstanceReady",
+            DeployMsg::InstanceCrashed { .. } => "InstanceCrashed",
+            DeployMsg::Deployed { .. } => "Deployed",
+            DeployMsg::DeployFailed { .. } => "DeployFailed",
+            DeployMsg::Status { .. } => "Status",
+            DeployMsg::Versions { .. } => "Versions",
+            DeployMsg::SetMode { .. } => "SetMode",
+            DeployMsg::Unghost { .. } => "Unghost",
+            DeployMsg::InjectPanic => "InjectPanic",
+        }
+    }
+    fn summary(&self) -> String {
+        match self {
+            DeployMsg::InstanceReady { instance, version } => {
+                format!("instance {instance} {}", version.as_deref().unwrap_or("?"))
+            }
+            DeployMsg::InstanceCrashed { instance } => format!("instance {instance}"),
+            DeployMsg::Deployed {
+                instance,
+                version,
+                deploy_ref,
+                kind,
+                ..
+            } => format!("instance {instance} {version} ref={deploy_ref} {kind:?}"),
+            DeployMsg::DeployFailed {
+                instance,
+                deploy_ref,
+                error,
+            } => format!("instance {instance} ref={deploy_ref}: {error}"),
+            DeployMsg::SetMode { mode, .. } => format!("{mode:?}"),
+            DeployMsg::Unghost { version, .. } => version.clone(),
+            DeployMsg::Versions { instance, .. } => format!("{instance:?}"),
+            _ => String::new(),
+        }
+    }
+}
+
+pub struct DeployManager;
+
+struct InProgress {
+    instance: u32,
+    version: String,
+    deploy_ref: String,
+    kind: DeploymentKind,
+    started: Instant,
+    crashes: u32,
+}
+
+pub struct DmState {
+    cfg: Arc<EngineConfig>,
+    storage: Arc<Storage>,
+    history: Vec<HistoryEntry>,
+    ghosted: Vec<String>,
+    mode: Mode,
+    desired: Option<String>,
+    in_progress: Option<InProgress>,
+    /// Failed preparations: (instance, version) → (attempts, not before).
+    failures: HashMap<(u32, String), (u32, Instant)>,
+    last_error: Option<String>,
+    recorder: Recorder,
+}
+
+impl Actor for DeployManager {
+    type Msg = DeployMsg;
+    type State = DmState;
+    type Arguments = Arc<EngineConfig>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        cfg: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let dir = cfg.storage_dir();
+        let (storage, loaded, errors) =
+            tokio::task::spawn_blocking(move || Storage::open(&dir)).await?;
+        let mut last_error = None;
+        for error in errors {
+            let error = crate::release_fetcher::error_chain(&error);
+            tracing::error!(%error, "state file could not be read; starting from what could be recovered");
+            last_error = Some(error);
+        }
+        myself.send_interval(cfg.schedule_interval, || DeployMsg::Tick);
+        let _ = myself.cast(DeployMsg::Evaluate);
+        Ok(DmState {
+            cfg,
+            storage: Arc::new(storage),
+            history: loaded.history,
+            ghosted: loaded.ghosted,
+            mode: loaded.mode,
+            desired: None,
+            in_progress: None,
+            failures: HashMap::new(),
+            last_error,
+            recorder: Recorder::for_actor(NAME),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let _rec = state.recorder.begin(&msg);
+        match msg {
+            DeployMsg::Tick => {
+                state.check_rollback().await;
+                state.evaluate().await;
+            }
+            DeployMsg::Evaluate => state.evaluate().await,
+            DeployMsg::InstanceReady { instance, version } => {
+                let done = state.in_progress.as_ref().is_some_and(|p| {
+                    p.instance == instance && version.as_deref() == Some(p.version.as_str())
+                });
+                if done {
+                    if let Some(p) = state.in_progress.take() {
+                        tracing::info!(instance, version = %p.version, deploy_ref = %p.deploy_ref, took_ms = p.started.elapsed().as_millis() as u64, "instance ready; moving on");
+                        state.failures.remove(&(instance, p.version));
+                    }
+                    state.evaluate().await;
+                }
+            }
+            DeployMsg::InstanceCrashed { instance } => {
+                if let Some(p) = state.in_progress.as_mut() {
+                    if p.instance == instance {
+                        p.crashes += 1;
+                    }
+                }
+                state.check_rollback().await;
+            }
+            DeployMsg::Deployed {
+                instance,
+                version,
+                hash,
+                deploy_ref,
+                kind,
+            } => {
+                let entry = HistoryEntry {
+                    version,
+                    hash,
+                    instance,
+                    deployment: kind,
+                    deploy_ref,
+                    inserted_at: crate::time::utc_now_millis(),
+                };
+                state.history.insert(0, entry);
+                state.persist_history().await;
+            }
+            DeployMsg::DeployFailed {
+                instance,
+                deploy_ref,
+                error,
+            } => {
+                if let Some(p) = state
+                    .in_progress
+                    .take_if(|p| p.instance == instance && p.deploy_ref == deploy_ref)
+                {
+                    let key = (instance, p.version.clone());
+                    let attempts = state.failures.get(&key).map_or(0, |f| f.0) + 1;
+                    let delay = retry_delay(state.cfg.schedule_interval, attempts);
+                    tracing::warn!(instance, version = %p.version, %error, attempts, retry_in_ms = delay.as_millis() as u64, "deployment failed; will retry");
+                    state.failures.insert(key, (attempts, Instant::now() + delay));
+                    state.last_error = Some(format!("instance {instance}: {error}"));
+                }
+            }
+            DeployMsg::Status { reply } => {
+                let _ = reply.send(DmStatus {
+                    mode: state.mode.clone(),
+                    desired_version: state.desired.clone(),
+                    ghosted: state.ghosted.clone(),
+                    last_error: state.last_error.clone(),
+                    deploying: state.in_progress.as_ref().map(|p| DeployProgress {
+                        instance: p.instance,
+                        version: p.version.clone(),
+                        deploy_ref: p.deploy_ref.clone(),
+                        step: match p.kind {
+                            DeploymentKind::Rollback => "rollback".to_string(),
+                            DeploymentKind::HotUpgrade => "hot_upgrade".to_string(),
+                            DeploymentKind::FullDeployment => "full_deployment".to_string(),
+                        },
+                    }),
+                });
+            }
+            DeployMsg::Versions { instance, reply } => {
+                let rows = state
+                    .history
+                    .iter()
+                    .filter(|e| instance.is_none_or(|i| e.instance == i))
+                    .cloned()
+                    .collect();
+                let _ = reply.send(rows);
+            }
+            DeployMsg::SetMode { mode, reply } => {
+                let result = state.set_mode(mode).await;
+                let ok = result.is_ok();
+                let _ = reply.send(result);
+                if ok {
+                    state.evaluate().await;
+                }
+            }
+            DeployMsg::Unghost { version, reply } => {
+                if !state.ghosted.contains(&version) {
+                    let _ = reply.send(Err(format!("version {version} is not ghosted")));
+                } else {
+                    state.ghosted.retain(|v| v != &version);
+                    let result = state.persist_ghosted().await;
+                    tracing::info!(%version, "version un-ghosted");
+                    let _ = reply.send(result);
+                }
+            }
+            DeployMsg::InjectPanic => panic!("injected panic in {NAME}"),
+        }
+        Ok(())
+    }
+}
+
+fn retry_delay(base: Duration, attempts: u32) -> Duration {
+    base.saturating_mul(1u32 << attempts.min(10))
+        .min(Duration::from_secs(300))
+}
+
+/// What to deploy.
+struct Target {
+    version: String,
+    hash: String,
+    tarball: std::path::PathBuf,
+    pre_commands: Vec<String>,
+}
+
+impl DmState {
+    async fn persist_history(&mut self) {
+        let storage = self.storage.clone();
+        let history = self.history.clone();
+        match tokio::task::spawn_blocking(move || storage.save_history(&history)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let error = crate::release_fetcher::error_chain(&e);
+                tracing::error!(%error, "cannot save the history");
+                self.last_error = Some(error);
+            }
+            Err(e) => tracing::error!(error = %e, "history save task failed"),
+        }
+    }
+
+    async fn persist_ghosted(&mut self) -> Result<(), String> {
+        let storage = self.storage.clone();
+        let ghosted = self.ghosted.clone();
+        tokio::task::spawn_blocking(move || storage.save_ghosted(&ghosted))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| crate::release_fetcher::error_chain(&e))
+    }
+
+    async fn set_mode(&mut self, mode: Mode) -> Result<(), String> {
+        if let Mode::Manual { version } = &mode {
+            if !self.history.iter().any(|e| &e.version == version) {
+                return Err(format!(
+                    "version {version} is not in the history; pin one of the deployed versions"
+                ));
+            }
+            if self.ghosted.contains(version) {
+                self.ghosted.retain(|v| v != version);
+                self.persist_ghosted().await?;
+            }
+        }
+        let storage = self.storage.clone();
+        let m = mode.clone();
+        tokio::task::spawn_blocking(move || storage.save_mode(&m))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| crate::release_fetcher::error_chain(&e))?;
+        tracing::info!(?mode, "deployment mode changed");
+        self.mode = mode;
+        Ok(())
+    }
+
+    async fn target(&mut self) -> Option<Target> {
+        let fetcher: ActorRef<FetcherMsg> =
+            ractor::registry::where_is(release_fetcher::NAME.to_string())?.into();
+        match self.mode.clone() {
+            Mode::Manual { version } => {
+                self.desired = Some(version.clone());
+                let tarball = ractor::call_t!(
+                    fetcher,
+                    |reply| FetcherMsg::Ensure {
+                        version: version.clone(),
+                        reply
+                    },
+                    30_000
+                );
+                match tarball {
+                    Ok(Ok(tarball)) => {
+                        let hash = self
+                            .history
+                            .iter()
+                            .find(|e| e.version == version)
+                            .map(|e| e.hash.clone())
+                            .unwrap_or_default();
+                        Some(Target {
+                            version,
+                            hash,
+                            tarball,
+                            pre_commands: Vec::new(),
+                        })
+                    }
+                    Ok(Err(error)) => {
+                        self.last_error = Some(format!("pinned version {version}: {error}"));
+                        None
+                    }
+                    Err(_) => None,
+                }
+            }
+            Mode::Automatic => {
+                let status =
+                    ractor::call_t!(fetcher, |reply| FetcherMsg::Status { reply }, 2000).ok()?;
+                let ready = status.ready?;
+                self.desired = Some(ready.release.version.clone());
+                if self.ghosted.contains(&ready.release.version) {
+                    return None;
+                }
+                Some(Target {
+                    version: ready.release.version,
+                    hash: ready.release.hash,
+                    tarball: ready.tarball,
+                    pre_commands: ready.release.pre_commands,
+                })
+            }
+        }
+    }
+
+    /// Start the next deployment step, if any.
+    async fn evaluate(&mut self) {
+        if self.in_progress.is_some() {
+            return;
+        }
+        let Some(target) = self.target().await else {
+            return;
+        };
+        for instance in 1..=self.cfg.replicas {
+            let Some(monitor) = monitor(instance) else {
+                return;
+            };
+            let Ok(status) = ractor::call_t!(monitor, |reply| InstanceMsg::Status { reply }, 1000)
+            else {
+                return;
+            };
+            if status.version.as_deref() == Some(target.version.as_str()) {
+                if status.state == InstanceState::Running {
+                    continue;
+                }
+                // On the desired version but not ready (yet): wait for it.
+                return;
+            }
+            if let Some((_, not_before)) = self.failures.get(&(instance, target.version.clone())) {
+                if Instant::now() < *not_before {
+                    return;
+                }
+            }
+            let deploy_ref = crate::storage::new_deploy_ref();
+            tracing::info!(instance, from = status.version.as_deref().unwrap_or("<none>"), to = %target.version, %deploy_ref, "update needed: full deployment");
+            self.start_deploy(
+                &monitor,
+                instance,
+                &target,
+                deploy_ref,
+                DeploymentKind::FullDeployment,
+            );
+            return;
+        }
+    }
+
+    fn start_deploy(
+        &mut self,
+        monitor: &ActorRef<InstanceMsg>,
+        instance: u32,
+        target: &Target,
+        deploy_ref: String,
+        kind: DeploymentKind,
+    ) {
+        let job = DeployJob {
+            version: target.version.clone(),
+            hash: target.hash.clone(),
+            deploy_ref: deploy_ref.clone(),
+            tarball: target.tarball.clone(),
+            pre_commands: target.pre_commands.clone(),
+            kind,
+        };
+        if monitor.cast(InstanceMsg::Deploy { job }).is_ok() {
+            self.in_progress = Some(InProgress {
+                instance,
+                version: target.version.clone(),
+                deploy_ref,
+                kind,
+                started: Instant::now(),
+                crashes: 0,
+            });
+        }
+    }
+
+    /// Roll back the instance being deployed if it is clearly bad.
+    async fn check_rollback(&mut self) {
+        let Some(p) = self.in_progress.as_ref() else {
+            return;
+        };
+        if p.kind == DeploymentKind::Rollback {
+            return;
+        }
+        let timed_out = p.started.elapsed() >= self.cfg.rollback_timeout;
+        let crash_loop = p.crashes > self.cfg.rollback_crashes;
+        if !timed_out && !crash_loop {
+            return;
+        }
+        let Some(p) = self.in_progress.take() else {
+            return;
+        };
+        let why = if crash_loop {
+            format!("{} crashes", p.crashes)
+        } else {
+            "not ready in time".to_string()
+        };
+        tracing::error!(instance = p.instance, version = %p.version, %why, "deployment unstable: rolling back and ghosting the version");
+        if !self.ghosted.contains(&p.version) {
+            self.ghosted.push(p.version.clone());
+            if let Err(e) = self.persist_ghosted().await {
+                tracing::error!(error = %e, "cannot save the ghosted list");
+            }
+        }
+        self.last_error = Some(format!(
+            "version {} rolled back on instance {} ({why})",
+            p.version, p.instance
+        ));
+        let previous = self
+            .history
+            .iter()
+            .filter(|e| e.instance == p.instance)
+            .map(|e| e.version.clone())
+            .find(|v| v != &p.version && !self.ghosted.contains(v));
+        let Some(monitor) = monitor(p.instance) else {
+            return;
+        };
+        let Some(previous) = previous else {
+            tracing::error!(instance = p.instance, "no previous version to roll back to; stopping the instance");
+            self.last_error = Some(format!(
+                "version {} failed on instance {} and there is no previous version to roll back to",
+                p.version, p.instance
+            ));
+            let _ = ractor::call_t!(monitor, |reply| InstanceMsg::Shutdown { reply }, 30_000);
+            return;
+        };
+        let Some(fetcher) = ractor::registry::where_is(release_fetcher::NAME.to_string()) else {
+            return;
+        };
+        let fetcher: ActorRef<FetcherMsg> = fetcher.into();
+        let tarball = match ractor::call_t!(
+            fetcher,
+            |reply| FetcherMsg::Ensure {
+                version: previous.clone(),
+                reply
+            },
+            30_000
+        ) {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                self.last_error = Some(format!("rollback to {previous}: {e}"));
+                return;
+            }
+            Err(_) => return,
+        };
+        let hash = self
+            .history
+            .iter()
+            .find(|e| e.version == previous)
+            .map(|e| e.hash.clone())
+            .unwrap_or_default();
+        let target = Target {
+            version: previous,
+            hash,
+            tarball,
+            pre_commands: Vec::new(),
+        };
+        let deploy_ref = crate::storage::new_deploy_ref();
+        self.start_deploy(
+            &monitor,
+            p.instance,
+            &target,
+            deploy_ref,
+            DeploymentKind::Rollback,
+        );
+    }
+}
+
+fn monitor(instance: u32) -> Option<ActorRef<InstanceMsg>> {
+    ractor::registry::where_is(instance_monitor::name(instance)).map(Into::into)
+}

@@ -1,0 +1,264 @@
+//! `EngineHandle`: the real `Engine`. Every call becomes actor queries with
+//! timeouts; an actor that does not answer in time shows as `stale` instead
+//! of hanging the caller.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use ractor::{Actor, ActorCell, ActorRef};
+
+use crate::config::EngineConfig;
+use crate::deploy_manager::{self, DeployMsg};
+use crate::engine::Engine;
+use crate::instance_monitor::{self, InstanceMsg};
+use crate::model::{
+    ActionError, ActorInfo, DeployexStatus, HistoryEntry, InstanceState, InstanceStatus,
+    LogStream, Mode, ShellCommand, Status,
+};
+use crate::otp_node_watcher::{self, WatcherMsg};
+use crate::recorder::Recorder;
+use crate::release_fetcher::{self, FetcherMsg};
+use crate::root::{self, RootMsg, RootSupervisor};
+
+/// How long a status query waits for one actor.
+const QUERY_MS: u64 = 1000;
+
+#[derive(Clone)]
+pub struct EngineHandle {
+    cfg: Arc<EngineConfig>,
+    root: ActorRef<RootMsg>,
+    started: Instant,
+}
+
+/// A running engine: its handle and the root's completion.
+pub struct Running {
+    pub handle: EngineHandle,
+    pub join: tokio::task::JoinHandle<()>,
+}
+
+/// Start the actor tree.
+pub async fn start(cfg: EngineConfig) -> Result<Running, ractor::SpawnErr> {
+    let cfg = Arc::new(cfg);
+    let (root, join) =
+        Actor::spawn(Some(root::NAME.to_string()), RootSupervisor, cfg.clone()).await?;
+    Ok(Running {
+        handle: EngineHandle {
+            cfg,
+            root,
+            started: Instant::now(),
+        },
+        join,
+    })
+}
+
+fn actor<M: ractor::Message>(name: &str) -> Option<ActorRef<M>> {
+    ractor::registry::where_is(name.to_string()).map(Into::into)
+}
+
+impl EngineHandle {
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Stop the instances (when `stop_apps`) and the actor tree.
+    pub async fn shutdown(&self, stop_apps: bool) {
+        let timeout = self.cfg.stop_grace + Duration::from_secs(4);
+        let _ = ractor::call_t!(
+            self.root,
+            |reply| RootMsg::Shutdown { stop_apps, reply },
+            timeout.as_millis() as u64
+        );
+        self.root.stop(Some("shutdown".into()));
+    }
+
+    async fn instance_status(&self, instance: u32) -> InstanceStatus {
+        let answer = match actor::<InstanceMsg>(&instance_monitor::name(instance)) {
+            Some(m) => ractor::call_t!(m, |reply| InstanceMsg::Status { reply }, QUERY_MS).ok(),
+            None => None,
+        };
+        answer.unwrap_or_else(|| InstanceStatus {
+            instance,
+            version: None,
+            state: InstanceState::Stopped,
+            os_pid: None,
+            port: self.cfg.port(instance),
+            node: self.cfg.node_name(instance),
+            otp_connected: false,
+            last_deployment: None,
+            deploy_ref: None,
+            crash_restarts: 0,
+            forced_restarts: 0,
+            uptime_s: None,
+            last_error: None,
+            stale: true,
+            restart_times: Vec::new(),
+        })
+    }
+
+    /// The status of every actor in the tree, rooted at the RootSupervisor.
+    fn actor_info(cell: &ActorCell) -> ActorInfo {
+        let name = cell.get_name().unwrap_or_else(|| "(unnamed)".to_string());
+        let recorder = Recorder::get(&name);
+        let mut children: Vec<ActorInfo> = cell.get_children().iter().map(Self::actor_info).collect();
+        children.sort_by(|a, b| a.name.cmp(&b.name));
+        ActorInfo {
+            id: cell.get_id().to_string(),
+            status: format!("{:?}", cell.get_status()),
+            children,
+            restarts: recorder.as_ref().map_or(0, |r| r.restarts()),
+            in_flight: recorder.as_ref().and_then(|r| r.in_flight()),
+            messages: recorder.map(|r| r.messages()).unwrap_or_default(),
+            name,
+        }
+    }
+}
+
+impl Engine for EngineHandle {
+    fn status(&self) -> BoxFuture<'_, Status> {
+        Box::pin(async move {
+            let dm = async {
+                let m = actor::<DeployMsg>(deploy_manager::NAME)?;
+                ractor::call_t!(m, |reply| DeployMsg::Status { reply }, QUERY_MS).ok()
+            };
+            let fetcher = async {
+                let m = actor::<FetcherMsg>(release_fetcher::NAME)?;
+                ractor::call_t!(m, |reply| FetcherMsg::Status { reply }, QUERY_MS).ok()
+            };
+            let nodes = async {
+                let m = actor::<WatcherMsg>(otp_node_watcher::NAME)?;
+                ractor::call_t!(m, |reply| WatcherMsg::Snapshot { reply }, QUERY_MS).ok()
+            };
+            let instances =
+                futures::future::join_all((1..=self.cfg.replicas).map(|i| self.instance_status(i)));
+            let (dm, fetcher, nodes, mut instances) =
+                futures::join!(dm, fetcher, nodes, instances);
+            if let Some(nodes) = &nodes {
+                for inst in instances.iter_mut() {
+                    inst.otp_connected = inst.os_pid.is_some()
+                        && nodes.get(&inst.node).is_some_and(|n| n.connected);
+                }
+            }
+            let stale = dm.is_none()
+                || fetcher.is_none()
+                || nodes.is_none()
+                || instances.iter().any(|i| i.stale);
+            let dm = dm.unwrap_or_default();
+            let (mode, manual_version) = match &dm.mode {
+                Mode::Automatic => ("automatic".to_string(), None),
+                Mode::Manual { version } => ("manual".to_string(), Some(version.clone())),
+            };
+            let last_error = fetcher
+                .as_ref()
+                .and_then(|f| f.last_error.clone())
+                .or(dm.last_error.clone());
+            Status {
+                app: self.cfg.app.clone(),
+                mode,
+                manual_version,
+                desired_version: dm.desired_version,
+                ghosted_versions: dm.ghosted,
+                last_error,
+                deploying: dm.deploying,
+                instances,
+                deployex: DeployexStatus {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    uptime_s: self.started.elapsed().as_secs(),
+                    os_pid: std::process::id(),
+                },
+                stale,
+            }
+        })
+    }
+
+    fn versions(&self, instance: Option<u32>) -> BoxFuture<'_, Vec<HistoryEntry>> {
+        Box::pin(async move {
+            let Some(m) = actor::<DeployMsg>(deploy_manager::NAME) else {
+                return Vec::new();
+            };
+            ractor::call_t!(m, |reply| DeployMsg::Versions { instance, reply }, QUERY_MS)
+                .unwrap_or_default()
+        })
+    }
+
+    fn restart(&self, instance: u32) -> BoxFuture<'_, Result<(), ActionError>> {
+        Box::pin(async move {
+            if instance == 0 || instance > self.cfg.replicas {
+                return Err(ActionError::NoSuchInstance(instance));
+            }
+            let m = actor::<InstanceMsg>(&instance_monitor::name(instance))
+                .ok_or(ActionError::Timeout)?;
+            match ractor::call_t!(m, |reply| InstanceMsg::Restart { reply }, QUERY_MS) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(busy)) => Err(ActionError::Busy(busy)),
+                Err(_) => Err(ActionError::Timeout),
+            }
+        })
+    }
+
+    fn set_mode(&self, mode: Mode) -> BoxFuture<'_, Result<(), ActionError>> {
+        Box::pin(async move {
+            let m = actor::<DeployMsg>(deploy_manager::NAME).ok_or(ActionError::Timeout)?;
+            match ractor::call_t!(m, |reply| DeployMsg::SetMode { mode, reply }, 5000) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ActionError::Invalid(e)),
+                Err(_) => Err(ActionError::Timeout),
+            }
+        })
+    }
+
+    fn unghost(&self, version: String) -> BoxFuture<'_, Result<(), ActionError>> {
+        Box::pin(async move {
+            let m = actor::<DeployMsg>(deploy_manager::NAME).ok_or(ActionError::Timeout)?;
+            match ractor::call_t!(m, |reply| DeployMsg::Unghost { version, reply }, 5000) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ActionError::Invalid(e)),
+                Err(_) => Err(ActionError::Timeout),
+            }
+        })
+    }
+
+    fn log_file(&self, instance: u32, stream: LogStream) -> Option<PathBuf> {
+        if instance == 0 {
+            return self
+                .cfg
+                .own_log_dir
+                .as_ref()
+                .map(|d| d.join(format!("deployex-{}.log", stream.as_str())));
+        }
+        (instance <= self.cfg.replicas).then(|| self.cfg.log_file(instance, stream))
+    }
+
+    fn remote_shell(&self, instance: u32) -> BoxFuture<'_, Result<ShellCommand, ActionError>> {
+        Box::pin(async move {
+            if instance == 0 || instance > self.cfg.replicas {
+                return Err(ActionError::NoSuchInstance(instance));
+            }
+            let status = self.instance_status(instance).await;
+            if status.os_pid.is_none() {
+                return Err(ActionError::Invalid(format!(
+                    "instance {instance} is not running"
+                )));
+            }
+            let current = self.cfg.service_dir(instance).join("current");
+            let overrides = vec![
+                ("RELEASE_NODE_SUFFIX".to_string(), format!("-{instance}")),
+                ("RELEASE_DISTRIBUTION".to_string(), "sname".to_string()),
+                ("RELEASE_COOKIE".to_string(), self.cfg.cookie.clone()),
+                ("ERL_EPMD_PORT".to_string(), self.cfg.epmd_port.to_string()),
+                ("TERM".to_string(), "xterm-256color".to_string()),
+            ];
+            Ok(ShellCommand {
+                program: current.join("bin").join(&self.cfg.app),
+                args: vec!["remote".to_string()],
+                env: crate::process::instance_env(self.cfg.base_env.iter().cloned(), &overrides),
+                cwd: current,
+            })
+        })
+    }
+
+    fn actors(&self) -> BoxFuture<'_, ActorInfo> {
+        Box::pin(async move { Self::actor_info(&self.root.get_cell()) })
+    }
+}

@@ -1,0 +1,950 @@
+//! InstanceMonitor: owns the OS process of one replica.
+//!
+//! It starts `current/bin/{app} start` in its own process group with the
+//! instance's environment, watches it exit (pidfd: sub-millisecond), restarts
+//! it after a crash with backoff (first restart immediate, then 1 s, 2 s, 4 s
+//! … capped; the consecutive count resets after the instance was ready for
+//! `backoff_reset_after`), probes readiness, runs pre-commands, and carries
+//! out the full-deployment steps the DeployManager asks for.
+//!
+//! Invariants:
+//! - At most one OS process per instance. Every spawn writes
+//!   `{service}/pid` (atomically); a restarted monitor (after a panic, or a
+//!   new deployex) adopts the process named there if `/proc` proves it is
+//!   the same process (pid + start time + release root). Any other process
+//!   running from this service folder is stopped before a start.
+//! - Waiting never happens in a handler: exits, stops, folder rotation,
+//!   unpacking, pre-commands and readiness probes run in tasks that post a
+//!   message back. Messages from an older process carry a stale `generation`
+//!   and are ignored.
+//! - The actor never kills its process when it stops: an actor restart must
+//!   not restart the app. Stopping the app is an explicit `Shutdown`.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::config::EngineConfig;
+use crate::deploy_manager::{self, DeployMsg};
+use crate::model::{DeploymentKind, InstanceState, InstanceStatus, LogStream};
+use crate::otp_node_watcher::{self, WatcherMsg};
+use crate::process::{self, Adoption, ExitInfo, InstanceSpec, PidFile, ProcessHandle};
+use crate::recorder::{Describe, Recorder};
+
+pub fn name(instance: u32) -> String {
+    format!("instance_monitor-{instance}")
+}
+
+/// A full deployment the DeployManager asks for.
+#[derive(Debug, Clone)]
+pub struct DeployJob {
+    pub version: String,
+    pub hash: String,
+    pub deploy_ref: String,
+    pub tarball: PathBuf,
+    pub pre_commands: Vec<String>,
+    pub kind: DeploymentKind,
+}
+
+/// Why a process is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    Restart,
+    Deploy,
+    Shutdown,
+}
+
+pub enum InstanceMsg {
+    /// Adopt or start the process at boot of the monitor.
+    Boot,
+    Exited { generation: u64, info: ExitInfo },
+    HealthTick,
+    Probed { generation: u64, otp: bool, http: bool },
+    RestartAfterBackoff { generation: u64 },
+    /// Operator restart (a forced restart).
+    Restart { reply: RpcReplyPort<Result<(), String>> },
+    Deploy { job: DeployJob },
+    /// `new/` unpacked and pre-commands run (or failed).
+    Prepared { deploy_ref: String, result: Result<(), String> },
+    /// A stop requested earlier has completed.
+    StopDone { generation: u64, reason: StopReason },
+    /// Folders rotated for a deployment (or failed).
+    Rotated { deploy_ref: String, result: Result<(), String> },
+    Status { reply: RpcReplyPort<InstanceStatus> },
+    /// Stop the process (deployex shutting down); answers when it is gone.
+    Shutdown { reply: RpcReplyPort<()> },
+    #[doc(hidden)]
+    InjectPanic,
+}
+
+impl Describe for InstanceMsg {
+    fn kind(&self) -> &'static str {
+        match self {
+            InstanceMsg::Boot => "Boot",
+            InstanceMsg::Exited { .. } => "Exited",
+            InstanceMsg::HealthTick => "HealthTick",
+            InstanceMsg::Probed { .. } => "Probed",
+            InstanceMsg::RestartAfterBackoff { .. } => "RestartAfterBackoff",
+            InstanceMsg::Restart { .. } => "Restart",
+            InstanceMsg::Deploy { .. } => "Deploy",
+            InstanceMsg::Prepared { .. } => "Prepared",
+            InstanceMsg::StopDone { .. } => "StopDone",
+            InstanceMsg::Rotated { .. } => "Rotated",
+            InstanceMsg::Status { .. } => "Status",
+            InstanceMsg::Shutdown { .. } => "Shutdown",
+            InstanceMsg::InjectPanic => "InjectPanic",
+        }
+    }
+    fn summary(&self) -> String {
+        match self {
+            InstanceMsg::Exited { generation, info } => format!("gen={generation} {info:?}"),
+            InstanceMsg::Probed {
+                generation,
+                otp,
+                http,
+            } => format!("gen={generation} otp={otp} http={http}"),
+            InstanceMsg::RestartAfterBackoff { generation } => format!("gen={generation}"),
+            InstanceMsg::Deploy { job } => format!(
+                "{} ref={} {} pre_commands",
+                job.version,
+                job.deploy_ref,
+                job.pre_commands.len()
+            ),
+            InstanceMsg::Prepared { deploy_ref, result } => {
+                format!("ref={deploy_ref} {}", short_result(result))
+            }
+            InstanceMsg::StopDone { generation, reason } => {
+                format!("gen={generation} {reason:?}")
+            }
+            InstanceMsg::Rotated { deploy_ref, result } => {
+                format!("ref={deploy_ref} {}", short_result(result))
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+fn short_result(r: &Result<(), String>) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+pub struct InstanceMonitor;
+
+pub struct Args {
+    pub cfg: Arc<EngineConfig>,
+    pub instance: u32,
+}
+
+pub struct MonitorState {
+    cfg: Arc<EngineConfig>,
+    instance: u32,
+    node: String,
+    port: u16,
+    service: PathBuf,
+    phase: InstanceState,
+    process: Option<Arc<ProcessHandle>>,
+    /// Bumped on every spawn/adopt; stale messages are ignored.
+    generation: u64,
+    started_at: Option<Instant>,
+    ready_since: Option<Instant>,
+    probing: bool,
+    stopping: Option<StopReason>,
+    version: Option<String>,
+    crash_restarts: u64,
+    forced_restarts: u64,
+    consecutive_crashes: u32,
+    /// Crash restart times (UTC), newest last, bounded.
+    restart_times: VecDeque<String>,
+    last_deployment: Option<DeploymentKind>,
+    deploy_ref: Option<String>,
+    deploying: Option<DeployJob>,
+    last_error: Option<String>,
+    otp_connected: bool,
+    recorder: Recorder,
+}
+
+impl Actor for InstanceMonitor {
+    type Msg = InstanceMsg;
+    type State = MonitorState;
+    type Arguments = Args;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let cfg = args.cfg;
+        let instance = args.instance;
+        let service = cfg.service_dir(instance);
+        let state = MonitorState {
+            node: cfg.node_name(instance),
+            port: cfg.port(instance),
+            version: process::release_version(&service.join("current")),
+            service,
+            cfg,
+            instance,
+            phase: InstanceState::Stopped,
+            process: None,
+            generation: 0,
+            started_at: None,
+            ready_since: None,
+            probing: false,
+            stopping: None,
+            crash_restarts: 0,
+            forced_restarts: 0,
+            consecutive_crashes: 0,
+            restart_times: VecDeque::new(),
+            last_deployment: None,
+            deploy_ref: None,
+            deploying: None,
+            last_error: None,
+            otp_connected: false,
+            recorder: Recorder::for_actor(&name(instance)),
+        };
+        myself.send_interval(Duration::from_millis(100), || InstanceMsg::HealthTick);
+        let _ = myself.cast(InstanceMsg::Boot);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let _rec = state.recorder.begin(&msg);
+        match msg {
+            InstanceMsg::Boot => state.boot(&myself),
+            InstanceMsg::Exited { generation, info } => {
+                if generation == state.generation {
+                    state.on_exit(&myself, info);
+                }
+            }
+            InstanceMsg::HealthTick => state.health_tick(&myself),
+            InstanceMsg::Probed {
+                generation,
+                otp,
+                http,
+            } => {
+                state.probing = false;
+                if generation == state.generation {
+                    state.on_probe(otp, http);
+                }
+            }
+            InstanceMsg::RestartAfterBackoff { generation } => {
+                if generation == state.generation
+                    && state.phase == InstanceState::CrashBackoff
+                    && state.process.is_none()
+                {
+                    state.start(&myself);
+                }
+            }
+            InstanceMsg::Restart { reply } => {
+                let result = state.forced_restart(&myself);
+                let _ = reply.send(result);
+            }
+            InstanceMsg::Deploy { job } => state.deploy(&myself, job),
+            InstanceMsg::Prepared { deploy_ref, result } => {
+                state.on_prepared(&myself, deploy_ref, result)
+            }
+            InstanceMsg::StopDone { generation, reason } => {
+                if generation == state.generation {
+                    state.on_stopped(&myself, reason);
+                }
+            }
+            InstanceMsg::Rotated { deploy_ref, result } => {
+                state.on_rotated(&myself, deploy_ref, result)
+            }
+            InstanceMsg::Status { reply } => {
+                let _ = reply.send(state.status());
+            }
+            InstanceMsg::Shutdown { reply } => {
+                state.deploying = None;
+                match state.process.take() {
+                    Some(handle) => {
+                        state.stopping = Some(StopReason::Shutdown);
+                        state.set_phase(InstanceState::Stopped, "shutdown");
+                        let grace = state.cfg.stop_grace;
+                        let pidfile = state.service.join("pid");
+                        tokio::spawn(async move {
+                            process::stop_group(&handle, grace).await;
+                            let _ = std::fs::remove_file(pidfile);
+                            let _ = reply.send(());
+                        });
+                    }
+                    None => {
+                        let _ = reply.send(());
+                    }
+                }
+            }
+            InstanceMsg::InjectPanic => panic!("injected panic in {}", name(state.instance)),
+        }
+        Ok(())
+    }
+}
+
+impl MonitorState {
+    fn set_phase(&mut self, phase: InstanceState, why: &str) {
+        if self.phase != phase {
+            tracing::info!(instance = self.instance, from = ?self.phase, to = ?phase, why, deploy_ref = self.deploy_ref.as_deref().unwrap_or("-"), "instance state");
+            self.phase = phase;
+        }
+    }
+
+    fn current_dir(&self) -> PathBuf {
+        self.service.join("current")
+    }
+
+    fn pidfile(&self) -> PathBuf {
+        self.service.join("pid")
+    }
+
+    /// Adopt the process a previous monitor (or deployex) left running, or
+    /// start a fresh one when a release is installed.
+    fn boot(&mut self, myself: &ActorRef<InstanceMsg>) {
+        repair_service_dir(&self.service);
+        self.version = process::release_version(&self.current_dir());
+        if let Ok(pidfile) = PidFile::read(&self.pidfile()) {
+            match process::adopt(&pidfile) {
+                Adoption::Adopt(handle) => {
+                    tracing::info!(instance = self.instance, pid = pidfile.pid, "adopted running instance");
+                    self.attach(myself, handle);
+                    // It was already running: readiness only needs the probes.
+                    self.started_at = Some(Instant::now() - self.cfg.min_ready);
+                    return;
+                }
+                other => {
+                    tracing::info!(instance = self.instance, pid = pidfile.pid, outcome = ?other, "pid file does not name a live instance");
+                    let _ = std::fs::remove_file(self.pidfile());
+                }
+            }
+        }
+        if self.version.is_some() {
+            self.start(myself);
+        }
+    }
+
+    fn attach(&mut self, myself: &ActorRef<InstanceMsg>, handle: ProcessHandle) {
+        self.generation += 1;
+        let generation = self.generation;
+        let handle = Arc::new(handle);
+        self.process = Some(handle.clone());
+        self.started_at = Some(Instant::now());
+        self.ready_since = None;
+        self.otp_connected = false;
+        self.stopping = None;
+        self.set_phase(InstanceState::Starting, "process started");
+        if let Some(w) = ractor::registry::where_is(otp_node_watcher::NAME.to_string()) {
+            let _ = w.send_message(WatcherMsg::Watch {
+                node: self.node.clone(),
+            });
+        }
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let info = handle.wait_exit().await;
+            let _ = me.cast(InstanceMsg::Exited { generation, info });
+        });
+    }
+
+    /// Spawn `current/bin/{app} start`. Fork+exec returns at once, so this
+    /// runs in the handler: the crash→respawn path stays in one message.
+    fn start(&mut self, myself: &ActorRef<InstanceMsg>) {
+        let current = self.current_dir();
+        let program = current.join("bin").join(&self.cfg.app);
+        if !program.is_file() {
+            self.version = None;
+            self.set_phase(InstanceState::Stopped, "no release installed");
+            return;
+        }
+        stop_strays(&self.service, None);
+        let spec = InstanceSpec {
+            program: program.clone(),
+            args: vec!["start".to_string()],
+            cwd: current.clone(),
+            env: self.env(),
+            stdout_log: self.cfg.log_file(self.instance, LogStream::Stdout),
+            stderr_log: self.cfg.log_file(self.instance, LogStream::Stderr),
+        };
+        match process::spawn_instance(&spec) {
+            Ok(handle) => {
+                self.version = process::release_version(&current);
+                let pidfile = PidFile {
+                    pid: handle.pid(),
+                    start_time_ticks: handle.start_time_ticks(),
+                    program,
+                    version: self.version.clone(),
+                    port: self.port,
+                };
+                if let Err(e) = pidfile.write(&self.pidfile()) {
+                    tracing::error!(instance = self.instance, error = %e, "cannot write pid file");
+                }
+                tracing::info!(instance = self.instance, pid = handle.pid(), version = self.version.as_deref().unwrap_or("?"), "instance started");
+                self.attach(myself, handle);
+            }
+            Err(e) => {
+                let error = format!("cannot start {}: {e}", spec.program.display());
+                tracing::error!(instance = self.instance, %error);
+                self.last_error = Some(error);
+                self.schedule_crash_restart(myself);
+            }
+        }
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let overrides = vec![
+            ("RELEASE_NODE_SUFFIX".to_string(), format!("-{}", self.instance)),
+            ("RELEASE_DISTRIBUTION".to_string(), "sname".to_string()),
+            ("RELEASE_COOKIE".to_string(), self.cfg.cookie.clone()),
+            ("PORT".to_string(), self.port.to_string()),
+            ("ERL_EPMD_PORT".to_string(), self.cfg.epmd_port.to_string()),
+            ("ERL_CRASH_DUMP_SECONDS".to_string(), "0".to_string()),
+        ];
+        process::instance_env(self.cfg.base_env.iter().cloned(), &overrides)
+    }
+
+    fn on_exit(&mut self, myself: &ActorRef<InstanceMsg>, info: ExitInfo) {
+        self.process = None;
+        self.otp_connected = false;
+        let _ = std::fs::remove_file(self.pidfile());
+        if self.stopping.is_some() {
+            // An intended stop; StopDone drives what happens next.
+            return;
+        }
+        tracing::warn!(instance = self.instance, exit = ?info, version = self.version.as_deref().unwrap_or("?"), "instance exited unexpectedly");
+        self.crash_restarts += 1;
+        if self.restart_times.len() == 20 {
+            self.restart_times.pop_front();
+        }
+        self.restart_times.push_back(crate::time::utc_now_millis());
+        if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME.to_string()) {
+            let _ = dm.send_message(DeployMsg::InstanceCrashed {
+                instance: self.instance,
+            });
+        }
+        self.schedule_crash_restart(myself);
+    }
+
+    fn schedule_crash_restart(&mut self, myself: &ActorRef<InstanceMsg>) {
+        let was_ready_long = self
+            .ready_since
+            .is_some_and(|t| t.elapsed() >= self.cfg.backoff_reset_after);
+        if was_ready_long {
+            self.consecutive_crashes = 0;
+        }
+        self.ready_since = None;
+        self.consecutive_crashes += 1;
+        let delay = backoff_delay(
+            self.consecutive_crashes,
+            self.cfg.backoff_base,
+            self.cfg.backoff_max,
+        );
+        if delay.is_zero() && self.deploying.is_none() {
+            self.start(myself);
+        } else {
+            self.set_phase(InstanceState::CrashBackoff, "crashed");
+            let generation = self.generation;
+            myself.send_after(delay, move || InstanceMsg::RestartAfterBackoff { generation });
+        }
+    }
+
+    fn health_tick(&mut self, myself: &ActorRef<InstanceMsg>) {
+        for stream in [LogStream::Stdout, LogStream::Stderr] {
+            let path = self.cfg.log_file(self.instance, stream);
+            let _ = process::rotate_if_needed(&path, self.cfg.log_max_bytes, self.cfg.log_keep);
+        }
+        let Some(handle) = self.process.clone() else {
+            return;
+        };
+        if self.probing {
+            return;
+        }
+        // While starting, probe every tick (100 ms); once running, every second.
+        let running = self.phase != InstanceState::Starting;
+        if running {
+            let due = self
+                .started_at
+                .is_some_and(|t| t.elapsed().as_millis() % 1000 < 100);
+            if !due {
+                return;
+            }
+        }
+        if let Some(w) = ractor::registry::where_is(otp_node_watcher::NAME.to_string()) {
+            let _ = w.send_message(WatcherMsg::Watch {
+                node: self.node.clone(),
+            });
+        }
+        self.probing = true;
+        let generation = self.generation;
+        let node = self.node.clone();
+        let port = self.port;
+        let health_path = self.cfg.health_path.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let otp = node_connected(&node).await;
+            let http = match health_path {
+                None => true,
+                Some(path) => crate::health::http_ok(port, &path, Duration::from_secs(1)).await,
+            };
+            let _ = handle.is_alive();
+            let _ = me.cast(InstanceMsg::Probed {
+                generation,
+                otp,
+                http,
+            });
+        });
+    }
+
+    fn on_probe(&mut self, otp: bool, http: bool) {
+        self.otp_connected = otp;
+        let Some(started) = self.started_at else {
+            return;
+        };
+        if self.process.is_none() {
+            return;
+        }
+        let checks = (otp || !self.cfg.otp_readiness) && http;
+        match self.phase {
+            InstanceState::Starting => {
+                if checks && started.elapsed() >= self.cfg.min_ready {
+                    self.ready_since = Some(Instant::now());
+                    self.last_error = None;
+                    self.set_phase(InstanceState::Running, "ready");
+                    if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME.to_string())
+                    {
+                        let _ = dm.send_message(DeployMsg::InstanceReady {
+                            instance: self.instance,
+                            version: self.version.clone(),
+                        });
+                    }
+                }
+            }
+            InstanceState::Running => {
+                if self
+                    .ready_since
+                    .is_some_and(|t| t.elapsed() >= self.cfg.backoff_reset_after)
+                {
+                    self.consecutive_crashes = 0;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn forced_restart(&mut self, myself: &ActorRef<InstanceMsg>) -> Result<(), String> {
+        if self.deploying.is_some() {
+            return Err("a deployment is in progress on this instance".to_string());
+        }
+        if self.stopping.is_some() {
+            return Err("the instance is already being stopped".to_string());
+        }
+        self.forced_restarts += 1;
+        match self.process.clone() {
+            Some(handle) => {
+                self.stop_process(myself, handle, StopReason::Restart);
+            }
+            None => {
+                self.consecutive_crashes = 0;
+                self.start(myself);
+            }
+        }
+        Ok(())
+    }
+
+    fn stop_process(
+        &mut self,
+        myself: &ActorRef<InstanceMsg>,
+        handle: Arc<ProcessHandle>,
+        reason: StopReason,
+    ) {
+        self.stopping = Some(reason);
+        let generation = self.generation;
+        let grace = self.cfg.stop_grace;
+        let me = myself.clone();
+        tokio::spawn(async move {
+            process::stop_group(&handle, grace).await;
+            let _ = me.cast(InstanceMsg::StopDone { generation, reason });
+        });
+    }
+
+    fn on_stopped(&mut self, myself: &ActorRef<InstanceMsg>, reason: StopReason) {
+        self.process = None;
+        self.stopping = None;
+        let _ = std::fs::remove_file(self.pidfile());
+        match reason {
+            StopReason::Restart => {
+                self.consecutive_crashes = 0;
+                self.start(myself);
+            }
+            StopReason::Deploy => self.rotate(myself),
+            StopReason::Shutdown => self.set_phase(InstanceState::Stopped, "stopped"),
+        }
+    }
+
+    fn deploy(&mut self, myself: &ActorRef<InstanceMsg>, job: DeployJob) {
+        if let Some(current) = &self.deploying {
+            tracing::warn!(instance = self.instance, busy = %current.deploy_ref, refused = %job.deploy_ref, "deployment refused: another one is running");
+            return;
+        }
+        tracing::info!(instance = self.instance, version = %job.version, deploy_ref = %job.deploy_ref, "full deployment: preparing new/");
+        self.deploy_ref = Some(job.deploy_ref.clone());
+        self.deploying = Some(job.clone());
+        self.set_phase(
+            if job.pre_commands.is_empty() {
+                InstanceState::Deploying
+            } else {
+                InstanceState::PreCommands
+            },
+            "deployment",
+        );
+        let cfg = self.cfg.clone();
+        let instance = self.instance;
+        let service = self.service.clone();
+        let env = self.env();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = prepare(&cfg, instance, &service, &job, env).await;
+            let _ = me.cast(InstanceMsg::Prepared {
+                deploy_ref: job.deploy_ref,
+                result,
+            });
+        });
+    }
+
+    fn on_prepared(
+        &mut self,
+        myself: &ActorRef<InstanceMsg>,
+        deploy_ref: String,
+        result: Result<(), String>,
+    ) {
+        let Some(job) = self.deploying.clone() else {
+            return;
+        };
+        if job.deploy_ref != deploy_ref {
+            return;
+        }
+        if let Err(error) = result {
+            tracing::error!(instance = self.instance, %deploy_ref, %error, "deployment preparation failed; the running version is kept");
+            self.deploying = None;
+            self.last_error = Some(error.clone());
+            let pre_commands_failed = error.starts_with("pre-command");
+            self.set_phase(
+                if pre_commands_failed {
+                    InstanceState::PreCommandsFailed
+                } else if self.process.is_some() {
+                    InstanceState::Running
+                } else {
+                    InstanceState::Stopped
+                },
+                "preparation failed",
+            );
+            if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME.to_string()) {
+                let _ = dm.send_message(DeployMsg::DeployFailed {
+                    instance: self.instance,
+                    deploy_ref,
+                    error,
+                });
+            }
+            return;
+        }
+        self.set_phase(InstanceState::Deploying, "stopping the old version");
+        match self.process.clone() {
+            Some(handle) => self.stop_process(myself, handle, StopReason::Deploy),
+            None => self.rotate(myself),
+        }
+    }
+
+    fn rotate(&mut self, myself: &ActorRef<InstanceMsg>) {
+        let Some(job) = self.deploying.clone() else {
+            return;
+        };
+        let service = self.service.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = tokio::task::spawn_blocking(move || rotate_folders(&service))
+                .await
+                .map_err(|e| format!("rotation task failed: {e}"))
+                .and_then(|r| r);
+            let _ = me.cast(InstanceMsg::Rotated {
+                deploy_ref: job.deploy_ref,
+                result,
+            });
+        });
+    }
+
+    fn on_rotated(
+        &mut self,
+        myself: &ActorRef<InstanceMsg>,
+        deploy_ref: String,
+        result: Result<(), String>,
+    ) {
+        let Some(job) = self.deploying.take() else {
+            return;
+        };
+        if job.deploy_ref != deploy_ref {
+            self.deploying = Some(job);
+            return;
+        }
+        if let Err(error) = result {
+            tracing::error!(instance = self.instance, %deploy_ref, %error, "folder rotation failed");
+            self.last_error = Some(error.clone());
+            if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME.to_string()) {
+                let _ = dm.send_message(DeployMsg::DeployFailed {
+                    instance: self.instance,
+                    deploy_ref,
+                    error,
+                });
+            }
+            // Start whatever `current/` holds now.
+            self.start(myself);
+            return;
+        }
+        self.consecutive_crashes = 0;
+        self.last_deployment = Some(job.kind);
+        self.start(myself);
+        if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME.to_string()) {
+            let _ = dm.send_message(DeployMsg::Deployed {
+                instance: self.instance,
+                version: job.version.clone(),
+                hash: job.hash.clone(),
+                deploy_ref: job.deploy_ref.clone(),
+                kind: job.kind,
+            });
+        }
+    }
+
+    fn status(&self) -> InstanceStatus {
+        InstanceStatus {
+            instance: self.instance,
+            version: self.version.clone(),
+            state: self.phase,
+            os_pid: self.process.as_ref().map(|p| p.pid()),
+            port: self.port,
+            node: self.node.clone(),
+            otp_connected: self.otp_connected,
+            last_deployment: self.last_deployment,
+            deploy_ref: self.deploy_ref.clone(),
+            crash_restarts: self.crash_restarts,
+            forced_restarts: self.forced_restarts,
+            uptime_s: self
+                .process
+                .as_ref()
+                .and(self.started_at)
+                .map(|t| t.elapsed().as_secs()),
+            last_error: self.last_error.clone(),
+            stale: false,
+            restart_times: self.restart_times.iter().cloned().collect(),
+        }
+    }
+}
+
+/// Delay before restart number `consecutive` (1-based): 0, base, 2·base,
+/// 4·base … capped at `max`.
+pub fn backoff_delay(consecutive: u32, base: Duration, max: Duration) -> Duration {
+    if consecutive <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = (consecutive - 2).min(20);
+    base.saturating_mul(1u32 << exp).min(max)
+}
+
+async fn node_connected(node: &str) -> bool {
+    let Some(w) = ractor::registry::where_is(otp_node_watcher::NAME.to_string()) else {
+        return false;
+    };
+    let w: ActorRef<WatcherMsg> = w.into();
+    match ractor::call_t!(w, |reply| WatcherMsg::Snapshot { reply }, 500) {
+        Ok(map) => map.get(node).is_some_and(|n| n.connected),
+        Err(_) => false,
+    }
+}
+
+/// Unpack the tarball into `new/` and run the pre-commands from there.
+async fn prepare(
+    cfg: &EngineConfig,
+    instance: u32,
+    service: &Path,
+    job: &DeployJob,
+    env: Vec<(String, String)>,
+) -> Result<(), String> {
+    let new = service.join("new");
+    let tarball = job.tarball.clone();
+    let app = cfg.app.clone();
+    let new2 = new.clone();
+    tokio::task::spawn_blocking(move || {
+        if new2.exists() {
+            std::fs::remove_dir_all(&new2)
+                .map_err(|e| format!("cannot remove {}: {e}", new2.display()))?;
+        }
+        if let Some(parent) = new2.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        crate::store::unpack_release(
+            &tarball,
+            &new2,
+            &app,
+            &crate::store::UnpackLimits::default(),
+        )
+        .map(|_| ())
+        .map_err(|e| format!("unpack: {}", crate::release_fetcher::error_chain(&e)))
+    })
+    .await
+    .map_err(|e| format!("unpack task failed: {e}"))??;
+
+    let program = new.join("bin").join(&cfg.app);
+    for (n, command) in job.pre_commands.iter().enumerate() {
+        let command = command.trim();
+        let (sub, rest) = match command.split_once(char::is_whitespace) {
+            Some((sub, rest)) => (sub, Some(rest.trim())),
+            None => (command, None),
+        };
+        let mut args = vec![sub.to_string()];
+        if let Some(rest) = rest {
+            args.push(rest.to_string());
+        }
+        tracing::info!(instance, deploy_ref = %job.deploy_ref, command, "running pre-command");
+        let outcome = process::run_command(
+            &program,
+            &args,
+            &new,
+            env.clone(),
+            &cfg.log_file(instance, LogStream::Stdout),
+            &cfg.log_file(instance, LogStream::Stderr),
+            cfg.pre_command_timeout,
+        )
+        .await;
+        match outcome {
+            Ok(info) if info.code == Some(0) => {}
+            Ok(info) => {
+                return Err(format!(
+                    "pre-command {} ({command}) failed: {info:?}",
+                    n + 1
+                ));
+            }
+            Err(e) => {
+                return Err(format!("pre-command {} ({command}) could not run: {e}", n + 1));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `previous/` removed, `current/` → `previous/`, `new/` → `current/`.
+fn rotate_folders(service: &Path) -> Result<(), String> {
+    let new = service.join("new");
+    let current = service.join("current");
+    let previous = service.join("previous");
+    if !new.is_dir() {
+        return Err(format!("{} is missing", new.display()));
+    }
+    if current.exists() {
+        if previous.exists() {
+            std::fs::remove_dir_all(&previous)
+                .map_err(|e| format!("cannot remove {}: {e}", previous.display()))?;
+        }
+        std::fs::rename(&current, &previous)
+            .map_err(|e| format!("cannot move {} to previous/: {e}", current.display()))?;
+    }
+    std::fs::rename(&new, &current)
+        .map_err(|e| format!("cannot move {} to current/: {e}", new.display()))?;
+    sync_dir(service);
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+/// Bring a service folder left by an interrupted deployment back to a
+/// consistent shape: a missing `current/` is restored from `new/` (the
+/// rotation had moved `current/` away already) or from `previous/`; a
+/// leftover `new/` is removed.
+pub fn repair_service_dir(service: &Path) {
+    let new = service.join("new");
+    let current = service.join("current");
+    let previous = service.join("previous");
+    if !current.exists() {
+        if new.join("bin").is_dir() && previous.exists() {
+            // Interrupted between the two renames of `rotate_folders`.
+            if std::fs::rename(&new, &current).is_ok() {
+                tracing::warn!(service = %service.display(), "repaired: new/ moved to current/");
+            }
+        } else if previous.join("bin").is_dir() {
+            if std::fs::rename(&previous, &current).is_ok() {
+                tracing::warn!(service = %service.display(), "repaired: previous/ moved back to current/");
+            }
+        }
+    }
+    if new.exists() {
+        let _ = std::fs::remove_dir_all(&new);
+    }
+    sync_dir(service);
+}
+
+/// Stop every process running from this service folder that is not
+/// `keep`: left by a crash between spawn and pid file, never two copies.
+fn stop_strays(service: &Path, keep: Option<i32>) {
+    for pid in process::pids_running_under(service) {
+        if Some(pid) == keep {
+            continue;
+        }
+        tracing::warn!(service = %service.display(), pid, "stopping a stray process of this instance");
+        process::kill_group_now(pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_immediate_then_exponential_and_capped() {
+        let base = Duration::from_secs(1);
+        let max = Duration::from_secs(60);
+        let delays: Vec<u64> = (1..=9)
+            .map(|n| backoff_delay(n, base, max).as_secs())
+            .collect();
+        assert_eq!(delays, vec![0, 1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(backoff_delay(1000, base, max), max);
+    }
+
+    #[test]
+    fn rotation_moves_current_to_previous_and_new_to_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = dir.path();
+        for (d, v) in [("current", "1"), ("previous", "0"), ("new", "2")] {
+            std::fs::create_dir_all(s.join(d)).unwrap();
+            std::fs::write(s.join(d).join("v"), v).unwrap();
+        }
+        rotate_folders(s).unwrap();
+        assert_eq!(std::fs::read_to_string(s.join("current/v")).unwrap(), "2");
+        assert_eq!(std::fs::read_to_string(s.join("previous/v")).unwrap(), "1");
+        assert!(!s.join("new").exists());
+    }
+
+    #[test]
+    fn repair_restores_current_after_an_interrupted_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = dir.path();
+        // Interrupted after current → previous, before new → current.
+        std::fs::create_dir_all(s.join("previous/bin")).unwrap();
+        std::fs::create_dir_all(s.join("new/bin")).unwrap();
+        std::fs::write(s.join("new/v"), "2").unwrap();
+        repair_service_dir(s);
+        assert_eq!(std::fs::read_to_string(s.join("current/v")).unwrap(), "2");
+        assert!(s.join("previous/bin").is_dir());
+        // Leftover new/ beside a good current/ is removed.
+        std::fs::create_dir_all(s.join("new/bin")).unwrap();
+        repair_service_dir(s);
+        assert!(!s.join("new").exists());
+        assert!(s.join("current").is_dir());
+    }
+}

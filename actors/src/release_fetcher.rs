@@ -1,0 +1,308 @@
+//! ReleaseFetcher: polls the release store, downloads and verifies tarballs.
+//!
+//! Every schedule interval it reads `current.json`; when it names a version
+//! whose tarball is not in the local cache yet, a task downloads it to
+//! `{var}/cache/{app}/`, checks the optional sha256, and proves it unpacks
+//! safely (every entry validated, `bin/{app}` present) before the file is
+//! published in the cache under its final name. Only verified tarballs are
+//! ever handed to the DeployManager, so a broken release can never reach a
+//! service folder. Errors are kept as `last_error` (logged once per change)
+//! and retried on the next tick; nothing running is touched.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::config::{EngineConfig, StoreConfig};
+use crate::recorder::{Describe, Recorder};
+use crate::store::{CurrentRelease, LocalStore, ReleaseStore, UnpackLimits};
+
+pub const NAME: &str = "release_fetcher";
+
+/// A verified release, ready to deploy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyRelease {
+    pub release: CurrentRelease,
+    pub tarball: PathBuf,
+}
+
+/// What the fetcher knows.
+#[derive(Debug, Clone, Default)]
+pub struct FetcherStatus {
+    pub ready: Option<ReadyRelease>,
+    pub last_error: Option<String>,
+}
+
+pub enum FetcherMsg {
+    Tick,
+    Fetched(Result<ReadyRelease, String>),
+    Status {
+        reply: RpcReplyPort<FetcherStatus>,
+    },
+    /// The verified tarball of a version that was deployed before (manual
+    /// pin, rollback): from the cache, else downloaded from the store.
+    Ensure {
+        version: String,
+        reply: RpcReplyPort<Result<PathBuf, String>>,
+    },
+    #[doc(hidden)]
+    InjectPanic,
+}
+
+impl Describe for FetcherMsg {
+    fn kind(&self) -> &'static str {
+        match self {
+            FetcherMsg::Tick => "Tick",
+            FetcherMsg::Fetched(_) => "Fetched",
+            FetcherMsg::Status { .. } => "Status",
+            FetcherMsg::Ensure { .. } => "Ensure",
+            FetcherMsg::InjectPanic => "InjectPanic",
+        }
+    }
+    fn summary(&self) -> String {
+        match self {
+            FetcherMsg::Fetched(Ok(r)) => format!("ok {}", r.release.version),
+            FetcherMsg::Fetched(Err(e)) => format!("error: {e}"),
+            FetcherMsg::Ensure { version, .. } => version.clone(),
+            _ => String::new(),
+        }
+    }
+}
+
+pub struct ReleaseFetcher;
+
+pub struct FetcherState {
+    cfg: Arc<EngineConfig>,
+    store: Arc<ReleaseStore>,
+    fetching: bool,
+    status: FetcherStatus,
+    recorder: Recorder,
+}
+
+pub fn make_store(cfg: &EngineConfig) -> ReleaseStore {
+    match &cfg.store {
+        StoreConfig::Local { root } => {
+            ReleaseStore::Local(LocalStore::new(root.clone(), &cfg.app, &cfg.env))
+        }
+        StoreConfig::S3 { .. } => {
+            // The S3 adapter is a later issue; the loader refuses this
+            // configuration before the engine starts.
+            ReleaseStore::Local(LocalStore::new(PathBuf::from("/nonexistent"), &cfg.app, &cfg.env))
+        }
+    }
+}
+
+impl Actor for ReleaseFetcher {
+    type Msg = FetcherMsg;
+    type State = FetcherState;
+    type Arguments = Arc<EngineConfig>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        cfg: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_interval(cfg.schedule_interval, || FetcherMsg::Tick);
+        let _ = myself.cast(FetcherMsg::Tick);
+        Ok(FetcherState {
+            store: Arc::new(make_store(&cfg)),
+            cfg,
+            fetching: false,
+            status: FetcherStatus::default(),
+            recorder: Recorder::for_actor(NAME),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let _rec = state.recorder.begin(&msg);
+        match msg {
+            FetcherMsg::Tick => {
+                if state.fetching {
+                    return Ok(());
+                }
+                state.fetching = true;
+                let cfg = state.cfg.clone();
+                let store = state.store.clone();
+                let known = state.status.ready.clone();
+                tokio::spawn(async move {
+                    let result = fetch_current(&cfg, &store, known).await;
+                    let _ = myself.cast(FetcherMsg::Fetched(result));
+                });
+            }
+            FetcherMsg::Fetched(result) => {
+                state.fetching = false;
+                match result {
+                    Ok(ready) => {
+                        if state.status.last_error.take().is_some() {
+                            tracing::info!(version = %ready.release.version, "release store readable again");
+                        }
+                        let changed = state.status.ready.as_ref() != Some(&ready);
+                        if changed {
+                            tracing::info!(version = %ready.release.version, tarball = %ready.tarball.display(), "release verified and ready");
+                            state.status.ready = Some(ready);
+                            if let Some(dm) = ractor::registry::where_is(
+                                crate::deploy_manager::NAME.to_string(),
+                            ) {
+                                let _ = dm.send_message(crate::deploy_manager::DeployMsg::Evaluate);
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        if state.status.last_error.as_deref() != Some(error.as_str()) {
+                            tracing::error!(%error, "release rejected");
+                        }
+                        state.status.last_error = Some(error);
+                    }
+                }
+            }
+            FetcherMsg::Status { reply } => {
+                let _ = reply.send(state.status.clone());
+            }
+            FetcherMsg::Ensure { version, reply } => {
+                let cfg = state.cfg.clone();
+                let store = state.store.clone();
+                let pre_commands = Vec::new();
+                tokio::spawn(async move {
+                    let release = CurrentRelease {
+                        version,
+                        pre_commands,
+                        hash: String::new(),
+                        sha256: None,
+                    };
+                    let result = ensure_cached(&cfg, &store, &release).await;
+                    let _ = reply.send(result);
+                });
+            }
+            FetcherMsg::InjectPanic => panic!("injected panic in {NAME}"),
+        }
+        Ok(())
+    }
+}
+
+async fn fetch_current(
+    cfg: &EngineConfig,
+    store: &ReleaseStore,
+    known: Option<ReadyRelease>,
+) -> Result<ReadyRelease, String> {
+    let release = store
+        .current()
+        .await
+        .map_err(|e| format!("current.json: {}", error_chain(&e)))?;
+    if let Some(known) = known {
+        if known.release == release && known.tarball.is_file() {
+            return Ok(known);
+        }
+    }
+    let tarball = ensure_cached(cfg, store, &release).await?;
+    Ok(ReadyRelease { release, tarball })
+}
+
+/// The cached, verified tarball of `release`, downloading it when missing.
+async fn ensure_cached(
+    cfg: &EngineConfig,
+    store: &ReleaseStore,
+    release: &CurrentRelease,
+) -> Result<PathBuf, String> {
+    let version = &release.version;
+    let cache = cfg.cache_dir();
+    let final_path = cache.join(format!("{}-{}.tar.gz", cfg.app, version));
+    if final_path.is_file() && release.sha256.is_none() {
+        return Ok(final_path);
+    }
+    tokio::fs::create_dir_all(&cache)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
+    let part = cache.join(format!(".{}-{}.tar.gz.part", cfg.app, version));
+    if !final_path.is_file() {
+        store
+            .download(version, &part)
+            .await
+            .map_err(|e| format!("tarball {version}: {}", error_chain(&e)))?;
+    } else {
+        tokio::fs::copy(&final_path, &part)
+            .await
+            .map_err(|e| format!("cannot copy {}: {e}", final_path.display()))?;
+    }
+    let app = cfg.app.clone();
+    let expected = release.sha256.clone();
+    let part2 = part.clone();
+    let scratch = cache.join(format!(".verify-{}", version));
+    let verified = tokio::task::spawn_blocking(move || verify_tarball(&part2, &scratch, &app, expected))
+        .await
+        .map_err(|e| format!("verification task failed: {e}"))?;
+    if let Err(error) = verified {
+        let _ = tokio::fs::remove_file(&part).await;
+        return Err(format!("tarball {version}: {error}"));
+    }
+    tokio::fs::rename(&part, &final_path)
+        .await
+        .map_err(|e| format!("cannot publish {}: {e}", final_path.display()))?;
+    prune_cache(&cache, 10).await;
+    Ok(final_path)
+}
+
+/// Blocking: sha256 (when given) and a full validating unpack into a scratch
+/// folder that is removed afterwards.
+fn verify_tarball(
+    tarball: &Path,
+    scratch: &Path,
+    app: &str,
+    expected_sha256: Option<String>,
+) -> Result<(), String> {
+    if let Some(expected) = expected_sha256 {
+        let actual = crate::store::sha256_file(tarball).map_err(|e| error_chain(&e))?;
+        if !actual.eq_ignore_ascii_case(expected.trim()) {
+            return Err(format!(
+                "sha256 mismatch: current.json says {expected}, the tarball is {actual}"
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(scratch);
+    let result = crate::store::unpack_release(tarball, scratch, app, &UnpackLimits::default())
+        .map(|_| ())
+        .map_err(|e| error_chain(&e));
+    let _ = std::fs::remove_dir_all(scratch);
+    result
+}
+
+/// Keep the `keep` newest tarballs of the cache.
+async fn prune_cache(cache: &Path, keep: usize) {
+    let Ok(mut dir) = tokio::fs::read_dir(cache).await else {
+        return;
+    };
+    let mut files = Vec::new();
+    while let Ok(Some(entry)) = dir.next_entry().await {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "gz")
+            && !entry.file_name().to_string_lossy().starts_with('.')
+        {
+            if let Ok(meta) = entry.metadata().await {
+                if let Ok(modified) = meta.modified() {
+                    files.push((modified, path));
+                }
+            }
+        }
+    }
+    files.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, path) in files.into_iter().skip(keep) {
+        let _ = tokio::fs::remove_file(path).await;
+    }
+}
+
+/// `err: source: source...` on one line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        source = e.source();
+    }
+    s
+}

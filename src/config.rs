@@ -1,0 +1,539 @@
+//! Configuration loading: defaults, then an optional TOML file, then the
+//! environment (which wins). Every value is validated here; a bad one is a
+//! single clear line naming the variable and the value (exit status 2).
+//!
+//! The TOML file uses the environment variable names in lower case, without
+//! the `DEPLOYEX_` prefix: `monitored_replicas = 3`, `erl_epmd_port = 4369`,
+//! `aws_region = "us-east-2"`. Unknown keys are an error (typos must not be
+//! silently ignored).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use deployex_actors::{EngineConfig, StoreConfig};
+
+/// Every variable deployex reads, in documentation order.
+pub const VARIABLES: &[(&str, &str)] = &[
+    ("DEPLOYEX_MONITORED_APP_NAME", "release name {app} (myphoenixapp)"),
+    ("DEPLOYEX_CLOUD_ENVIRONMENT", "{env} in store paths; `local` = dev defaults (local)"),
+    ("DEPLOYEX_RELEASE_ADAPTER", "local | s3 (local; s3 when env is not local)"),
+    ("DEPLOYEX_RELEASE_BUCKET", "S3 bucket ({app}-{env}-distribution)"),
+    ("DEPLOYEX_RELEASE_DIR", "root of the local store (/tmp/{app})"),
+    ("AWS_REGION", "S3 / Secrets Manager region"),
+    ("AWS_ENDPOINT_URL", "S3 endpoint override"),
+    ("DEPLOYEX_MONITORED_REPLICAS", "number of instances (3)"),
+    ("DEPLOYEX_MONITORED_APP_PORT", "PORT of instance 1; instance i gets base+i-1 (4000)"),
+    ("DEPLOYEX_DEPLOY_TIMEOUT_ROLLBACK_MS", "rollback an instance not ready within (600000)"),
+    ("DEPLOYEX_DEPLOY_SCHEDULE_INTERVAL_MS", "store polling interval (5000)"),
+    ("DEPLOYEX_PHX_HOST", "dashboard host name (localhost)"),
+    ("DEPLOYEX_PHX_PORT", "dashboard port (5001)"),
+    ("DEPLOYEX_PHX_SERVER", "dashboard on/off (true)"),
+    ("DEPLOYEX_BIND_ADDR", "dashboard listen address (127.0.0.1)"),
+    ("DEPLOYEX_SECRET_KEY_BASE", "signs session tokens (random per start in local)"),
+    ("DEPLOYEX_ERLANG_COOKIE", "distribution cookie (cookie in local)"),
+    ("DEPLOYEX_ADMIN_HASHED_PASSWORD", "bcrypt hash of the admin password (deployex in local)"),
+    ("DEPLOYEX_OTP_TLS_CERT_PATH", "folder with ca.crt, deployex.crt, deployex.key: mTLS"),
+    ("DEPLOYEX_VAR_DIR", "service folders and state (/tmp/deployex/varlib; prod /var/lib/deployex)"),
+    ("DEPLOYEX_LOG_DIR", "instance logs (/tmp/{app}/{app}; prod /var/log/{app})"),
+    ("DEPLOYEX_OTP_READINESS", "readiness needs the node over distribution (true)"),
+    ("DEPLOYEX_MIN_READY_MS", "an instance is ready after staying up this long (5000)"),
+    ("ERL_EPMD_PORT", "EPMD port (4369)"),
+    ("DEPLOYEX_HEALTH_PATH", "HTTP path that must answer 2xx for readiness (unset)"),
+    ("DEPLOYEX_ROLLBACK_CRASHES", "crashes after a deploy that trigger a rollback at once (5)"),
+    ("DEPLOYEX_STOP_APPS_ON_EXIT", "stop the instances when deployex stops (true)"),
+    ("DEPLOYEX_STOP_TIMEOUT_MS", "SIGTERM to SIGKILL grace when stopping an instance (10000)"),
+    ("DEPLOYEX_BACKOFF_BASE_MS", "first crash-restart delay after the immediate one (1000)"),
+    ("DEPLOYEX_BACKOFF_MAX_MS", "crash-restart delay cap (60000)"),
+    ("DEPLOYEX_BACKOFF_RESET_MS", "ready this long resets the crash backoff (60000)"),
+    ("DEPLOYEX_PRE_COMMAND_TIMEOUT_MS", "a pre-command running longer is killed (300000)"),
+    ("DEPLOYEX_LOG_MAX_BYTES", "rotate an instance log file above this size (104857600)"),
+    ("DEPLOYEX_LOG_KEEP", "rotated log files kept (5)"),
+    ("DEPLOYEX_SECURE_COOKIE", "mark the session cookie Secure (false; set when served over https)"),
+    ("DEPLOYEX_SESSION_TTL_S", "session lifetime in seconds (43200)"),
+    ("DEPLOYEX_METRICS_TOKEN", "bearer token accepted by /metrics (unset)"),
+    ("DEPLOYEX_TERMINAL_IDLE_MS", "close an idle IEx terminal after (300000)"),
+];
+
+const SECRETS: &[&str] = &[
+    "DEPLOYEX_SECRET_KEY_BASE",
+    "DEPLOYEX_ERLANG_COOKIE",
+    "DEPLOYEX_ADMIN_HASHED_PASSWORD",
+    "DEPLOYEX_METRICS_TOKEN",
+];
+
+/// bcrypt of `deployex` (cost 12): the local-environment admin password.
+pub const LOCAL_ADMIN_HASH: &str = "$2b$12$8/pqHjy5Kvb5hjhvTMsEwO0X/6/6x6jIbeb8uI5sRCx51sqlshHEO";
+
+/// A configuration error: one line, naming the variable and the value.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub engine: EngineConfig,
+    pub web_enabled: bool,
+    pub bind: SocketAddr,
+    pub host: String,
+    pub secret_key_base: String,
+    pub admin_hashed_password: String,
+    pub secure_cookie: bool,
+    pub session_ttl: Duration,
+    pub metrics_token: Option<String>,
+    pub terminal_idle: Duration,
+    /// Effective values by variable, for `check-config` (secrets redacted).
+    pub effective: BTreeMap<String, String>,
+}
+
+/// Where values come from: environment first, then the file.
+struct Source {
+    env: HashMap<String, String>,
+    file: HashMap<String, String>,
+    file_name: Option<PathBuf>,
+}
+
+impl Source {
+    fn get(&self, var: &str) -> Option<String> {
+        if let Some(v) = self.env.get(var) {
+            return Some(v.clone());
+        }
+        self.file.get(&file_key(var)).cloned()
+    }
+
+    fn origin(&self, var: &str) -> String {
+        if self.env.contains_key(var) {
+            var.to_string()
+        } else {
+            match &self.file_name {
+                Some(f) => format!("{} in {}", file_key(var), f.display()),
+                None => var.to_string(),
+            }
+        }
+    }
+
+    fn invalid(&self, var: &str, value: &str, expected: &str) -> ConfigError {
+        ConfigError(format!(
+            "invalid configuration: {}={value:?}: {expected}",
+            self.origin(var)
+        ))
+    }
+
+    fn string(&self, var: &str, default: &str) -> String {
+        self.get(var)
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| default.to_string())
+    }
+
+    fn opt(&self, var: &str) -> Option<String> {
+        self.get(var).filter(|v| !v.is_empty())
+    }
+
+    fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
+        &self,
+        var: &str,
+        default: T,
+        min: T,
+        max: T,
+    ) -> Result<T, ConfigError> {
+        match self.opt(var) {
+            None => Ok(default),
+            Some(v) => match v.trim().parse::<T>() {
+                Ok(n) if n >= min && n <= max => Ok(n),
+                _ => Err(self.invalid(var, &v, &format!("expected a whole number from {min} to {max}"))),
+            },
+        }
+    }
+
+    fn millis(&self, var: &str, default: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
+        self.number(var, default, min, max).map(Duration::from_millis)
+    }
+
+    fn boolean(&self, var: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.opt(var) {
+            None => Ok(default),
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(self.invalid(var, &v, "expected true or false")),
+            },
+        }
+    }
+}
+
+/// `DEPLOYEX_MONITORED_REPLICAS` → `monitored_replicas`.
+fn file_key(var: &str) -> String {
+    var.strip_prefix("DEPLOYEX_").unwrap_or(var).to_ascii_lowercase()
+}
+
+fn read_file(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| ConfigError(format!("config file {} is not valid TOML: {e}", path.display())))?;
+    let known: Vec<String> = VARIABLES.iter().map(|(v, _)| file_key(v)).collect();
+    let mut out = HashMap::new();
+    for (key, value) in table {
+        if !known.contains(&key) {
+            return Err(ConfigError(format!(
+                "config file {}: unknown key {key:?} (keys are the variable names in lower case without DEPLOYEX_, e.g. monitored_replicas)",
+                path.display()
+            )));
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            other => {
+                return Err(ConfigError(format!(
+                    "config file {}: {key} must be a string, number or boolean, not {}",
+                    path.display(),
+                    other.type_str()
+                )));
+            }
+        };
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+fn valid_app_name(app: &str) -> bool {
+    !app.is_empty()
+        && app.len() <= 64
+        && app.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && app
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn short_hostname() -> String {
+    let name = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_string());
+    name.split('.').next().unwrap_or("localhost").to_string()
+}
+
+/// Load from `env` (normally `std::env::vars()`) and an optional file.
+pub fn load(
+    env: impl IntoIterator<Item = (String, String)>,
+    file: Option<&Path>,
+) -> Result<Config, ConfigError> {
+    let env: HashMap<String, String> = env.into_iter().collect();
+    let src = Source {
+        file: match file {
+            Some(f) => read_file(f)?,
+            None => HashMap::new(),
+        },
+        file_name: file.map(Path::to_path_buf),
+        env: env.clone(),
+    };
+
+    let app = src.string("DEPLOYEX_MONITORED_APP_NAME", "myphoenixapp");
+    if !valid_app_name(&app) {
+        return Err(src.invalid(
+            "DEPLOYEX_MONITORED_APP_NAME",
+            &app,
+            "expected a release name: lower-case letters, digits and _, starting with a letter",
+        ));
+    }
+    let cloud_env = src.string("DEPLOYEX_CLOUD_ENVIRONMENT", "local");
+    if !cloud_env
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(src.invalid(
+            "DEPLOYEX_CLOUD_ENVIRONMENT",
+            &cloud_env,
+            "expected letters, digits, - and _",
+        ));
+    }
+    let local = cloud_env == "local";
+
+    let adapter = src.string("DEPLOYEX_RELEASE_ADAPTER", if local { "local" } else { "s3" });
+    let store = match adapter.as_str() {
+        "local" => StoreConfig::Local {
+            root: PathBuf::from(src.string("DEPLOYEX_RELEASE_DIR", &format!("/tmp/{app}"))),
+        },
+        "s3" => StoreConfig::S3 {
+            bucket: src.string(
+                "DEPLOYEX_RELEASE_BUCKET",
+                &format!("{app}-{cloud_env}-distribution"),
+            ),
+            region: src.opt("AWS_REGION"),
+            endpoint: src.opt("AWS_ENDPOINT_URL"),
+        },
+        other => return Err(src.invalid("DEPLOYEX_RELEASE_ADAPTER", other, "expected local or s3")),
+    };
+    if matches!(store, StoreConfig::S3 { .. }) {
+        return Err(src.invalid(
+            "DEPLOYEX_RELEASE_ADAPTER",
+            &adapter,
+            "the S3 release store is not available in this build yet; use local",
+        ));
+    }
+
+    let replicas: u32 = src.number("DEPLOYEX_MONITORED_REPLICAS", 3, 1, 1000)?;
+    let app_port_base: u16 = src.number("DEPLOYEX_MONITORED_APP_PORT", 4000, 1, 65535)?;
+    if u32::from(app_port_base) + replicas - 1 > 65535 {
+        return Err(src.invalid(
+            "DEPLOYEX_MONITORED_APP_PORT",
+            &app_port_base.to_string(),
+            &format!("base port + {replicas} replicas goes past 65535"),
+        ));
+    }
+    let epmd_port: u16 = src.number("ERL_EPMD_PORT", 4369, 1, 65535)?;
+
+    let var_default = if local { "/tmp/deployex/varlib".to_string() } else { "/var/lib/deployex".to_string() };
+    let log_default = if local { format!("/tmp/{app}/{app}") } else { format!("/var/log/{app}") };
+
+    let secret = |var: &str, local_default: Option<String>| -> Result<String, ConfigError> {
+        match src.opt(var) {
+            Some(v) => Ok(v),
+            None if local => Ok(local_default.unwrap_or_default()),
+            None => Err(ConfigError(format!(
+                "missing {var}: required when DEPLOYEX_CLOUD_ENVIRONMENT={cloud_env} (set it in the environment; AWS Secrets Manager is not available in this build yet)"
+            ))),
+        }
+    };
+    let secret_key_base = secret("DEPLOYEX_SECRET_KEY_BASE", Some(random_secret()))?;
+    if secret_key_base.len() < 32 {
+        return Err(ConfigError(
+            "invalid configuration: DEPLOYEX_SECRET_KEY_BASE is too short: expected at least 32 characters".to_string(),
+        ));
+    }
+    let cookie = secret("DEPLOYEX_ERLANG_COOKIE", Some("cookie".to_string()))?;
+    if cookie.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError(
+            "invalid configuration: DEPLOYEX_ERLANG_COOKIE contains white space or control characters".to_string(),
+        ));
+    }
+    let admin_hashed_password =
+        secret("DEPLOYEX_ADMIN_HASHED_PASSWORD", Some(LOCAL_ADMIN_HASH.to_string()))?;
+    if !(admin_hashed_password.starts_with("$2b$")
+        || admin_hashed_password.starts_with("$2a$")
+        || admin_hashed_password.starts_with("$2y$"))
+        || admin_hashed_password.len() != 60
+    {
+        return Err(ConfigError(
+            "invalid configuration: DEPLOYEX_ADMIN_HASHED_PASSWORD is not a bcrypt hash ($2b$..., 60 characters); make one with `deployex hash-password`".to_string(),
+        ));
+    }
+
+    let bind_ip = src.string("DEPLOYEX_BIND_ADDR", "127.0.0.1");
+    let bind_ip: IpAddr = bind_ip
+        .parse()
+        .map_err(|_| src.invalid("DEPLOYEX_BIND_ADDR", &bind_ip, "expected an IP address"))?;
+    let phx_port: u16 = src.number("DEPLOYEX_PHX_PORT", 5001, 0, 65535)?;
+    let health_path = src.opt("DEPLOYEX_HEALTH_PATH");
+    if let Some(p) = &health_path {
+        if !p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(src.invalid("DEPLOYEX_HEALTH_PATH", p, "expected a path starting with /"));
+        }
+    }
+    let tls_cert_path = src.opt("DEPLOYEX_OTP_TLS_CERT_PATH").map(PathBuf::from);
+    if let Some(dir) = &tls_cert_path {
+        for f in ["ca.crt", "deployex.crt", "deployex.key"] {
+            if !dir.join(f).is_file() {
+                return Err(src.invalid(
+                    "DEPLOYEX_OTP_TLS_CERT_PATH",
+                    &dir.display().to_string(),
+                    &format!("{f} is missing in that folder"),
+                ));
+            }
+        }
+    }
+
+    let mut engine = EngineConfig::with_defaults(&app, Path::new("/tmp"));
+    engine.env = cloud_env.clone();
+    engine.store = store;
+    engine.replicas = replicas;
+    engine.app_port_base = app_port_base;
+    engine.var_dir = PathBuf::from(src.string("DEPLOYEX_VAR_DIR", &var_default));
+    engine.log_dir = PathBuf::from(src.string("DEPLOYEX_LOG_DIR", &log_default));
+    engine.schedule_interval =
+        src.millis("DEPLOYEX_DEPLOY_SCHEDULE_INTERVAL_MS", 5000, 50, 86_400_000)?;
+    engine.rollback_timeout =
+        src.millis("DEPLOYEX_DEPLOY_TIMEOUT_ROLLBACK_MS", 600_000, 100, 86_400_000)?;
+    engine.rollback_crashes = src.number("DEPLOYEX_ROLLBACK_CRASHES", 5, 1, 1000)?;
+    engine.cookie = cookie;
+    engine.otp_readiness = src.boolean("DEPLOYEX_OTP_READINESS", true)?;
+    engine.min_ready = src.millis("DEPLOYEX_MIN_READY_MS", 5000, 0, 3_600_000)?;
+    engine.health_path = health_path;
+    engine.stop_apps_on_exit = src.boolean("DEPLOYEX_STOP_APPS_ON_EXIT", true)?;
+    engine.stop_grace = src.millis("DEPLOYEX_STOP_TIMEOUT_MS", 10_000, 100, 600_000)?;
+    engine.backoff_base = src.millis("DEPLOYEX_BACKOFF_BASE_MS", 1000, 1, 3_600_000)?;
+    engine.backoff_max = src.millis("DEPLOYEX_BACKOFF_MAX_MS", 60_000, 1, 86_400_000)?;
+    engine.backoff_reset_after = src.millis("DEPLOYEX_BACKOFF_RESET_MS", 60_000, 1, 86_400_000)?;
+    engine.pre_command_timeout =
+        src.millis("DEPLOYEX_PRE_COMMAND_TIMEOUT_MS", 300_000, 100, 86_400_000)?;
+    engine.epmd_port = epmd_port;
+    engine.hostname = short_hostname();
+    engine.tls_cert_path = tls_cert_path;
+    engine.log_max_bytes = src.number("DEPLOYEX_LOG_MAX_BYTES", 100 * 1024 * 1024, 4096, u64::MAX)?;
+    engine.log_keep = src.number("DEPLOYEX_LOG_KEEP", 5, 0, 1000)?;
+    engine.base_env = env.into_iter().collect();
+    engine.base_env.sort();
+
+    let mut effective = BTreeMap::new();
+    for (var, _) in VARIABLES {
+        let value = if SECRETS.contains(var) {
+            if src.opt(var).is_some() { "<redacted>".to_string() } else { "<default>".to_string() }
+        } else {
+            src.opt(var).unwrap_or_else(|| "<default>".to_string())
+        };
+        effective.insert((*var).to_string(), value);
+    }
+
+    Ok(Config {
+        web_enabled: src.boolean("DEPLOYEX_PHX_SERVER", true)?,
+        bind: SocketAddr::new(bind_ip, phx_port),
+        host: src.string("DEPLOYEX_PHX_HOST", "localhost"),
+        secret_key_base,
+        admin_hashed_password,
+        secure_cookie: src.boolean("DEPLOYEX_SECURE_COOKIE", false)?,
+        session_ttl: Duration::from_secs(src.number("DEPLOYEX_SESSION_TTL_S", 43_200, 60, 31_536_000)?),
+        metrics_token: src.opt("DEPLOYEX_METRICS_TOKEN"),
+        terminal_idle: src.millis("DEPLOYEX_TERMINAL_IDLE_MS", 300_000, 1000, 86_400_000)?,
+        engine,
+        effective,
+    })
+}
+
+fn random_secret() -> String {
+    let bytes: [u8; 48] = rand::random();
+    hex::encode(bytes)
+}
+
+impl Config {
+    /// The effective configuration as text, secrets redacted.
+    pub fn describe(&self) -> String {
+        let e = &self.engine;
+        let mut out = String::new();
+        let store = match &e.store {
+            StoreConfig::Local { root } => format!("local {}", root.display()),
+            StoreConfig::S3 { bucket, region, endpoint } => format!(
+                "s3 bucket={bucket} region={} endpoint={}",
+                region.as_deref().unwrap_or("-"),
+                endpoint.as_deref().unwrap_or("-")
+            ),
+        };
+        let lines = [
+            ("app", e.app.clone()),
+            ("environment", e.env.clone()),
+            ("release store", store),
+            ("replicas", e.replicas.to_string()),
+            ("ports", format!("{}..={}", e.port(1), e.port(e.replicas))),
+            ("nodes", format!("{} .. {}", e.node_name(1), e.node_name(e.replicas))),
+            ("var dir", e.var_dir.display().to_string()),
+            ("log dir", e.log_dir.display().to_string()),
+            ("schedule interval", format!("{:?}", e.schedule_interval)),
+            ("rollback timeout", format!("{:?}", e.rollback_timeout)),
+            ("rollback crashes", e.rollback_crashes.to_string()),
+            ("min ready", format!("{:?}", e.min_ready)),
+            ("otp readiness", e.otp_readiness.to_string()),
+            ("health path", e.health_path.clone().unwrap_or_else(|| "-".into())),
+            ("epmd port", e.epmd_port.to_string()),
+            ("mTLS certs", e.tls_cert_path.as_ref().map_or("-".into(), |p| p.display().to_string())),
+            ("stop apps on exit", e.stop_apps_on_exit.to_string()),
+            ("dashboard", if self.web_enabled { format!("http://{} (host {})", self.bind, self.host) } else { "off".into() }),
+            ("secrets", "<redacted>".to_string()),
+        ];
+        for (k, v) in lines {
+            out.push_str(&format!("{k:>18}: {v}\n"));
+        }
+        out.push_str("\nvariables:\n");
+        for (k, v) in &self.effective {
+            out.push_str(&format!("  {k}={v}\n"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_for_local() {
+        let c = load(env(&[]), None).unwrap();
+        assert_eq!(c.engine.app, "myphoenixapp");
+        assert_eq!(c.engine.replicas, 3);
+        assert_eq!(c.engine.port(3), 4002);
+        assert_eq!(c.bind.port(), 5001);
+        assert_eq!(c.engine.var_dir, PathBuf::from("/tmp/deployex/varlib"));
+        assert_eq!(c.engine.log_dir, PathBuf::from("/tmp/myphoenixapp/myphoenixapp"));
+        assert_eq!(c.engine.store, StoreConfig::Local { root: PathBuf::from("/tmp/myphoenixapp") });
+        assert!(bcrypt::verify("deployex", &c.admin_hashed_password).unwrap());
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable_and_value() {
+        let e = load(env(&[("DEPLOYEX_MONITORED_REPLICAS", "many")]), None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid configuration: DEPLOYEX_MONITORED_REPLICAS=\"many\": expected a whole number from 1 to 1000"
+        );
+        let e = load(env(&[("DEPLOYEX_OTP_READINESS", "maybe")]), None).unwrap_err();
+        assert!(e.to_string().contains("DEPLOYEX_OTP_READINESS=\"maybe\""), "{e}");
+        let e = load(env(&[("DEPLOYEX_MONITORED_APP_PORT", "65535"), ("DEPLOYEX_MONITORED_REPLICAS", "2")]), None).unwrap_err();
+        assert!(e.to_string().contains("past 65535"), "{e}");
+    }
+
+    #[test]
+    fn production_requires_secrets() {
+        let e = load(
+            env(&[("DEPLOYEX_CLOUD_ENVIRONMENT", "prod"), ("DEPLOYEX_RELEASE_ADAPTER", "local")]),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("missing DEPLOYEX_SECRET_KEY_BASE"), "{e}");
+    }
+
+    #[test]
+    fn file_values_are_overridden_by_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "monitored_replicas = 5\nmonitored_app_name = \"shop\"\n").unwrap();
+        let c = load(env(&[("DEPLOYEX_MONITORED_REPLICAS", "2")]), Some(&f)).unwrap();
+        assert_eq!(c.engine.replicas, 2);
+        assert_eq!(c.engine.app, "shop");
+        std::fs::write(&f, "monitored_replica = 5\n").unwrap();
+        let e = load(env(&[]), Some(&f)).unwrap_err();
+        assert!(e.to_string().contains("unknown key \"monitored_replica\""), "{e}");
+        std::fs::write(&f, "monitored_replicas = \"x\"\n").unwrap();
+        let e = load(env(&[]), Some(&f)).unwrap_err();
+        assert!(e.to_string().contains("monitored_replicas in"), "{e}");
+    }
+
+    #[test]
+    fn describe_redacts_secrets() {
+        let c = load(
+            env(&[
+                ("DEPLOYEX_ERLANG_COOKIE", "supersecretcookie"),
+                ("DEPLOYEX_SECRET_KEY_BASE", "k".repeat(64).as_str()),
+            ]),
+            None,
+        )
+        .unwrap();
+        let text = c.describe();
+        assert!(!text.contains("supersecretcookie"));
+        assert!(!text.contains(&"k".repeat(64)));
+        assert!(text.contains("DEPLOYEX_ERLANG_COOKIE=<redacted>"));
+    }
+}

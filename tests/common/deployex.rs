@@ -1,0 +1,338 @@
+//! A real `deployex` process for end-to-end tests: its own temp dir (store,
+//! var, logs), free ports, its own EPMD port, a small HTTP/JSON client for
+//! its API, and clean-up of every process it started (by pid).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{Epmd, fixture_tarball, free_port};
+
+pub const APP: &str = "dxtest";
+
+/// A store + var dir + ports that outlive one deployex process (so tests
+/// can restart deployex on the same state).
+pub struct Site {
+    pub dir: tempfile::TempDir,
+    pub epmd: Epmd,
+    pub api_port: u16,
+    pub app_port: u16,
+    pub replicas: u32,
+    pub extra_env: Vec<(String, String)>,
+}
+
+/// `n` consecutive free TCP ports on loopback.
+pub fn free_port_range(n: u16) -> u16 {
+    for _ in 0..200 {
+        let base = 20000 + (rand_u16() % 30000);
+        let all_free = (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no range of {n} free ports found");
+}
+
+fn rand_u16() -> u16 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    ((t ^ std::process::id().rotate_left(7)) % 65521) as u16
+}
+
+impl Site {
+    pub fn new(replicas: u32) -> Site {
+        Site {
+            dir: tempfile::Builder::new().prefix("dx-e2e-").tempdir().unwrap(),
+            epmd: Epmd::new(),
+            api_port: free_port(),
+            app_port: free_port_range(replicas as u16),
+            replicas,
+            extra_env: Vec::new(),
+        }
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Site {
+        self.extra_env.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+    pub fn var(&self) -> PathBuf {
+        self.dir.path().join("var")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+    pub fn service(&self, i: u32) -> PathBuf {
+        self.var().join("service").join(APP).join(i.to_string())
+    }
+    pub fn log_file(&self, i: u32, stream: &str) -> PathBuf {
+        self.logs().join(format!("{APP}-{i}-{stream}.log"))
+    }
+
+    /// Copy the fixture tarball of `version` into the store.
+    pub fn publish_tarball(&self, version: &str) {
+        let dist = self.store().join("dist").join(APP);
+        std::fs::create_dir_all(&dist).unwrap();
+        std::fs::copy(fixture_tarball(APP, version), dist.join(format!("{APP}-{version}.tar.gz")))
+            .unwrap();
+    }
+
+    /// Write a raw file as the tarball of `version`.
+    pub fn publish_raw_tarball(&self, version: &str, bytes: &[u8]) {
+        let dist = self.store().join("dist").join(APP);
+        std::fs::create_dir_all(&dist).unwrap();
+        std::fs::write(dist.join(format!("{APP}-{version}.tar.gz")), bytes).unwrap();
+    }
+
+    /// Write `current.json` atomically.
+    pub fn write_current(&self, json: &str) {
+        let dir = self.store().join("versions").join(APP).join("local");
+        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = dir.join(".current.json.tmp");
+        std::fs::write(&tmp, json).unwrap();
+        std::fs::rename(tmp, dir.join("current.json")).unwrap();
+    }
+
+    /// Tarball then current.json, like an operator's CI does.
+    pub fn publish(&self, version: &str, pre_commands: &[&str]) {
+        self.publish_tarball(version);
+        let current = serde_json::json!({"version": version, "pre_commands": pre_commands, "hash": format!("h{version}")});
+        self.write_current(&current.to_string());
+    }
+
+    pub fn start(&self) -> Deployex {
+        std::fs::create_dir_all(self.logs()).unwrap();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("deployex.log"))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_deployex"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("DEPLOYEX_MONITORED_APP_NAME", APP)
+            .env("DEPLOYEX_RELEASE_DIR", self.store())
+            .env("DEPLOYEX_VAR_DIR", self.var())
+            .env("DEPLOYEX_LOG_DIR", self.logs())
+            .env("DEPLOYEX_MONITORED_REPLICAS", self.replicas.to_string())
+            .env("DEPLOYEX_MONITORED_APP_PORT", self.app_port.to_string())
+            .env("DEPLOYEX_PHX_PORT", self.api_port.to_string())
+            .env("ERL_EPMD_PORT", self.epmd.port.to_string())
+            .env("DEPLOYEX_ERLANG_COOKIE", "e2ecookie")
+            .env("DEPLOYEX_SECRET_KEY_BASE", "e2e-secret-key-base-0123456789-abcdefghijklmnop")
+            .env("DEPLOYEX_DEPLOY_SCHEDULE_INTERVAL_MS", "200")
+            .env("DEPLOYEX_MIN_READY_MS", "300")
+            .env("DEPLOYEX_STOP_TIMEOUT_MS", "5000")
+            .env("DEPLOYEX_LOG", "info,deployex_actors=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn deployex");
+        let dx = Deployex {
+            child: Some(child),
+            api_port: self.api_port,
+            token: None,
+            log: self.dir.path().join("deployex.log"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some((200, _)) = super::http_get(self.api_port, "/healthz") {
+                let mut dx = dx;
+                dx.login();
+                return dx;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("deployex did not answer /healthz; log:\n{}", dx.log_text());
+    }
+}
+
+/// A running deployex process.
+pub struct Deployex {
+    pub child: Option<Child>,
+    pub api_port: u16,
+    pub token: Option<String>,
+    pub log: PathBuf,
+}
+
+/// One HTTP/1.1 request; returns (status, body).
+pub fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || method != "GET" {
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let Some((size, rest)) = s.split_once("\r\n") else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+impl Deployex {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn login(&mut self) {
+        let (code, body) = http(
+            self.api_port,
+            "POST",
+            "/api/v1/login",
+            None,
+            Some(r#"{"username":"admin","password":"deployex"}"#),
+        );
+        assert_eq!(code, 200, "login failed: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        self.token = Some(v["token"].as_str().unwrap().to_string());
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let (code, body) = http(self.api_port, "GET", path, self.token.as_deref(), None);
+        assert_eq!(code, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> (u16, String) {
+        http(self.api_port, "POST", path, self.token.as_deref(), Some(body))
+    }
+
+    pub fn status(&self) -> Value {
+        self.get("/api/v1/status")
+    }
+
+    pub fn instance(&self, i: u32) -> Value {
+        self.status()["instances"][(i - 1) as usize].clone()
+    }
+
+    /// Poll the status until `pred` holds; panics with the status and the
+    /// deployex log on timeout.
+    pub fn wait_status(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            last = self.status();
+            if pred(&last) {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = self.log_text();
+        let tail: String = log.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        panic!("timed out waiting for {what}\nstatus: {last:#}\nlog tail:\n{tail}");
+    }
+
+    /// Send a signal and wait for the exit code.
+    pub fn stop_with(&mut self, signal: nix::sys::signal::Signal, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("deployex did not exit within {timeout:?} after {signal:?}");
+    }
+}
+
+impl Drop for Deployex {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Kill (SIGKILL, whole group) every pid given; for test clean-up of
+/// instances deployex was told to leave running.
+pub fn kill_pids(pids: &[i32]) {
+    for &pid in pids {
+        if pid > 0 {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    // A zombie still has /proc/<pid>; count it as dead but report it.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+pub fn pid_exists(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The app's own answer on its port: (version, os_pid).
+pub fn app_version(port: u16) -> Option<(String, String)> {
+    let (code, body) = super::http_get(port, "/version")?;
+    if code != 200 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(body.trim()).ok()?;
+    Some((v["version"].as_str()?.to_string(), v["os_pid"].as_str().map(str::to_string).unwrap_or_else(|| v["os_pid"].to_string())))
+}
