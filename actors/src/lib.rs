@@ -1,5 +1,6 @@
 //! deployex's engine: the actor tree that fetches releases, runs instances,
 //! deploys and upgrades them. See ARCHITECTURE.md for the map.
 
+pub mod dist;
 pub mod engine;
 pub mod model;
