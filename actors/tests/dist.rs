@@ -1,0 +1,347 @@
+//! The distribution client against real Erlang nodes. Each test starts its
+//! own `erl` node on its own EPMD port and stops both at the end.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use deployex_actors::dist::{
+    self, DistConfig, DistError, NodeConnection, Term, as_atom, as_int, as_list, atom, binary,
+    charlist, int, list, term_to_string,
+};
+
+const RPC: Duration = Duration::from_secs(5);
+
+fn short_host() -> String {
+    let out = Command::new("hostname").arg("-s").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn random_suffix() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// A real node plus its private EPMD; both die on drop.
+struct TestNode {
+    child: Child,
+    node: String,
+    cookie: String,
+    epmd_port: u16,
+}
+
+impl TestNode {
+    async fn start(extra: &[&str]) -> TestNode {
+        let epmd_port = free_port();
+        let node = format!("dxd{}@{}", random_suffix(), short_host());
+        let cookie = format!("c{}", random_suffix());
+        let child = Command::new("erl")
+            .args(["-sname", &node, "-setcookie", &cookie, "-noshell", "-noinput"])
+            .args(extra)
+            .env("ERL_EPMD_PORT", epmd_port.to_string())
+            .env("ERL_CRASH_DUMP_SECONDS", "0")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let test_node = TestNode {
+            child,
+            node,
+            cookie,
+            epmd_port,
+        };
+        let name = test_node.node.split('@').next().unwrap().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(_)) =
+                dist::epmd::port_please("127.0.0.1", epmd_port, &test_node.node, &name).await
+            {
+                return test_node;
+            }
+            assert!(Instant::now() < deadline, "node {} never registered", test_node.node);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn config(&self) -> DistConfig {
+        DistConfig {
+            cookie: self.cookie.clone(),
+            epmd_host: "127.0.0.1".to_owned(),
+            epmd_port: self.epmd_port,
+            local_node: format!("dxc{}@{}", random_suffix(), short_host()),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    async fn connect(&self) -> NodeConnection {
+        NodeConnection::connect(&self.node, &self.config())
+            .await
+            .unwrap()
+    }
+
+    fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+        let _ = Command::new("epmd")
+            .args(["-port", &self.epmd_port.to_string(), "-kill"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn ints(term: &Term) -> Vec<i64> {
+    as_list(term)
+        .unwrap_or_else(|| panic!("not a list: {term:?}"))
+        .iter()
+        .map(|t| as_int(t).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn rpc_calls_return_results_and_readable_errors() {
+    let n = TestNode::start(&[]).await;
+    let conn = n.connect().await;
+    assert_eq!(conn.node(), n.node);
+    assert!(conn.is_alive());
+
+    let me = conn.rpc("erlang", "node", vec![], RPC).await.unwrap();
+    assert_eq!(as_atom(&me), Some(n.node.as_str()));
+
+    let reversed = conn
+        .rpc("lists", "reverse", vec![list(vec![int(1), int(2), int(3)])], RPC)
+        .await
+        .unwrap();
+    assert_eq!(ints(&reversed), [3, 2, 1]);
+
+    let big = conn
+        .rpc("erlang", "abs", vec![int(-(1 << 40))], RPC)
+        .await
+        .unwrap();
+    assert_eq!(as_int(&big), Some(1 << 40));
+
+    let text = conn
+        .rpc("string", "uppercase", vec![charlist("héllo")], RPC)
+        .await
+        .unwrap();
+    assert_eq!(term_to_string(&text).as_deref(), Some("HÉLLO"));
+
+    let size = conn
+        .rpc("erlang", "byte_size", vec![binary("abc")], RPC)
+        .await
+        .unwrap();
+    assert_eq!(as_int(&size), Some(3));
+
+    match conn.rpc("nomod", "nofun", vec![atom("x")], RPC).await {
+        Err(DistError::BadRpc { node, reason }) => {
+            assert_eq!(node, n.node);
+            assert_eq!(reason, "undefined function nomod:nofun/1");
+        }
+        other => panic!("expected BadRpc, got {other:?}"),
+    }
+    match conn.rpc("erlang", "error", vec![atom("boom")], RPC).await {
+        Err(DistError::BadRpc { reason, .. }) => assert!(reason.contains("boom"), "{reason}"),
+        other => panic!("expected BadRpc, got {other:?}"),
+    }
+    // The connection survives failed calls.
+    assert!(conn.rpc("erlang", "node", vec![], RPC).await.is_ok());
+
+    // We are a hidden node: the peer lists us only among hidden nodes.
+    let visible = conn.rpc("erlang", "nodes", vec![], RPC).await.unwrap();
+    assert_eq!(as_list(&visible).map(|v| v.len()), Some(0));
+    let hidden = conn
+        .rpc("erlang", "nodes", vec![atom("hidden")], RPC)
+        .await
+        .unwrap();
+    assert_eq!(as_list(&hidden).map(|v| v.len()), Some(1));
+}
+
+#[tokio::test]
+async fn concurrent_rpcs_get_their_own_answers() {
+    let n = TestNode::start(&[]).await;
+    let conn = n.connect().await;
+    let calls = (0..50i64).map(|i| {
+        let conn = conn.clone();
+        async move {
+            // Different durations so replies come back out of order.
+            let sleep = int((50 - i) % 7);
+            let args = vec![
+                atom("timer"),
+                atom("sleep"),
+                list(vec![sleep]),
+            ];
+            conn.rpc("erlang", "apply", args, RPC).await.unwrap();
+            let got = conn
+                .rpc("lists", "seq", vec![int(1), int(i)], RPC)
+                .await
+                .unwrap();
+            (i, ints(&got).len() as i64)
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    assert_eq!(results.len(), 50);
+    for (i, len) in results {
+        assert_eq!(i, len);
+    }
+}
+
+#[tokio::test]
+async fn wrong_cookie_is_a_clear_handshake_error() {
+    let n = TestNode::start(&[]).await;
+    let mut cfg = n.config();
+    cfg.cookie = "not-the-cookie".to_owned();
+    match NodeConnection::connect(&n.node, &cfg).await {
+        Err(e @ DistError::Handshake { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("cookie rejected?"), "{text}");
+            assert!(text.contains(&n.node), "{text}");
+        }
+        other => panic!("expected a handshake error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn unknown_node_and_missing_epmd_are_told_apart() {
+    let n = TestNode::start(&[]).await;
+    let cfg = n.config();
+    let ghost = format!("ghost@{}", short_host());
+    match NodeConnection::connect(&ghost, &cfg).await {
+        Err(DistError::NodeNotRegistered { node }) => assert_eq!(node, ghost),
+        other => panic!("expected NodeNotRegistered, got {other:?}"),
+    }
+
+    let mut no_epmd = cfg.clone();
+    no_epmd.epmd_port = free_port();
+    match NodeConnection::connect(&n.node, &no_epmd).await {
+        Err(e @ DistError::Epmd { .. }) => assert!(e.to_string().contains("ERL_EPMD_PORT")),
+        other => panic!("expected an EPMD error, got {other:?}"),
+    }
+
+    match NodeConnection::connect("no-at-sign", &cfg).await {
+        Err(DistError::InvalidNodeName { .. }) => {}
+        other => panic!("expected InvalidNodeName, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn killed_node_closes_the_connection_at_once() {
+    let n = TestNode::start(&[]).await;
+    let conn = n.connect().await;
+    nix::sys::signal::kill(n.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(1), conn.closed())
+        .await
+        .expect("closed() did not resolve within 1 s");
+    eprintln!("lost node noticed after {:?}", started.elapsed());
+    assert!(!conn.is_alive());
+    assert!(conn.close_reason().unwrap().contains("closed"));
+    match conn.rpc("erlang", "node", vec![], RPC).await {
+        Err(DistError::Closed { .. }) => {}
+        other => panic!("expected Closed, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn ticks_keep_an_idle_connection_and_catch_a_frozen_node() {
+    let n = TestNode::start(&["-kernel", "net_ticktime", "4"]).await;
+    let conn = n.connect().await;
+
+    // Idle for longer than the peer's net_ticktime: without our ticks the
+    // peer would drop us after 4-5 s.
+    tokio::select! {
+        () = conn.closed() => panic!("connection dropped while idle: {:?}", conn.close_reason()),
+        () = tokio::time::sleep(Duration::from_secs(6)) => {}
+    }
+    let me = conn.rpc("erlang", "node", vec![], RPC).await.unwrap();
+    assert_eq!(as_atom(&me), Some(n.node.as_str()));
+
+    // A frozen node keeps its socket open but stops ticking.
+    nix::sys::signal::kill(n.pid(), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let started = Instant::now();
+    let noticed = tokio::time::timeout(Duration::from_secs(8), conn.closed()).await;
+    let _ = nix::sys::signal::kill(n.pid(), nix::sys::signal::Signal::SIGCONT);
+    noticed.expect("a frozen node was not noticed");
+    eprintln!("frozen node noticed after {:?}", started.elapsed());
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert!(conn.close_reason().unwrap().contains("tick timeout"));
+}
+
+#[tokio::test]
+async fn rpc_timeout_returns_quickly_and_the_connection_goes_on() {
+    let n = TestNode::start(&[]).await;
+    let conn = n.connect().await;
+    let started = Instant::now();
+    match conn
+        .rpc("timer", "sleep", vec![int(5000)], Duration::from_millis(300))
+        .await
+    {
+        Err(DistError::Timeout { what, .. }) => assert_eq!(what, "rpc timer:sleep/1"),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    let me = conn.rpc("erlang", "node", vec![], RPC).await.unwrap();
+    assert_eq!(as_atom(&me), Some(n.node.as_str()));
+}
+
+#[tokio::test]
+async fn close_ends_the_connection_for_every_clone() {
+    let n = TestNode::start(&[]).await;
+    let conn = n.connect().await;
+    let other = conn.clone();
+    conn.close();
+    assert!(!other.is_alive());
+    tokio::time::timeout(Duration::from_secs(1), other.closed())
+        .await
+        .unwrap();
+    assert_eq!(other.close_reason().as_deref(), Some("closed locally"));
+    assert!(matches!(
+        other.rpc("erlang", "node", vec![], RPC).await,
+        Err(DistError::Closed { .. })
+    ));
+    // The node has seen us go: a fresh connection with the same name works.
+    let again = NodeConnection::connect(&n.node, &n.config()).await.unwrap();
+    assert!(again.rpc("erlang", "node", vec![], RPC).await.is_ok());
+}
+
+/// RPC round-trip benchmark: `cargo test -p deployex-actors --release
+/// --test dist -- --ignored --nocapture rpc_round_trip_benchmark`.
+#[tokio::test]
+#[ignore]
+async fn rpc_round_trip_benchmark() {
+    let n = TestNode::start(&[]).await;
+    let cfg = n.config();
+    let started = Instant::now();
+    let conn = NodeConnection::connect(&n.node, &cfg).await.unwrap();
+    let connect = started.elapsed();
+    let mut samples = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let t = Instant::now();
+        conn.rpc("erlang", "node", vec![], RPC).await.unwrap();
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    let burst = Instant::now();
+    let calls = (0..1000).map(|_| conn.rpc("erlang", "node", vec![], RPC));
+    for r in futures::future::join_all(calls).await {
+        r.unwrap();
+    }
+    let burst = burst.elapsed();
+    eprintln!(
+        "connect {connect:?}; rpc erlang:node/0 x1000 sequential: median {:?}, p99 {:?}, max {:?}; \
+         1000 concurrent: {burst:?}",
+        samples[500], samples[990], samples[999]
+    );
+    assert!(samples[500] < Duration::from_millis(5));
+}
