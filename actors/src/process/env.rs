@@ -100,7 +100,7 @@ mod unit {
         assert_eq!(get(&env, "ERL_FLAGS"), Some("+S 2"));
         assert_eq!(get(&env, "ERL_EPMD_PORT"), Some("4400"));
         assert_eq!(get(&env, "MY_RELEASE_X"), Some("kept: prefix only at the start"));
-        assert_eq!(env.len(), 8);
+        assert_eq!(env.len(), 7);
     }
 
     #[test]
