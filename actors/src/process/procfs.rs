@@ -1,0 +1,130 @@
+//! Reading `/proc/{pid}/stat`: start time (our defence against pid reuse),
+//! process group, state, and the resource numbers shown on the dashboard.
+
+use std::sync::OnceLock;
+
+use super::sys;
+
+/// Resource usage of one process, as the kernel reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStats {
+    pub rss_bytes: u64,
+    /// utime + stime, in [`ticks_per_second`] units.
+    pub cpu_ticks: u64,
+    /// Clock ticks after boot when the process started (field 22).
+    pub start_time_ticks: u64,
+    pub threads: u64,
+}
+
+/// The fields of `/proc/{pid}/stat` that this module uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stat {
+    pub state: char,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub utime: u64,
+    pub stime: u64,
+    pub threads: u64,
+    pub start_time_ticks: u64,
+    pub rss_pages: u64,
+}
+
+impl Stat {
+    /// A zombie (or dying) process has exited; only its pid remains.
+    pub fn is_exited(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// Parses one `/proc/{pid}/stat` line. `comm` (field 2) may contain spaces
+/// and parentheses, so fields are counted from the last `)`.
+pub(super) fn parse_stat(line: &str) -> Option<Stat> {
+    let rest = &line[line.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state): field n is f[n - 3].
+    let num = |n: usize| -> Option<u64> { f.get(n - 3)?.parse().ok() };
+    let int = |n: usize| -> Option<i32> { f.get(n - 3)?.parse().ok() };
+    Some(Stat {
+        state: f.first()?.chars().next()?,
+        ppid: int(4)?,
+        pgid: int(5)?,
+        utime: num(14)?,
+        stime: num(15)?,
+        threads: num(20)?,
+        start_time_ticks: num(22)?,
+        rss_pages: num(24)?,
+    })
+}
+
+/// `None` when the process does not exist (or the line is unreadable).
+pub(super) fn read_stat(pid: i32) -> Option<Stat> {
+    let line = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&line)
+}
+
+/// Live (non-zombie) processes whose process group is `pgid`.
+pub(super) fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| read_stat(*pid).is_some_and(|s| s.pgid == pgid && !s.is_exited()))
+        .collect()
+}
+
+/// Resource usage of `pid`, `None` if it does not exist.
+pub fn proc_stats(pid: i32) -> Option<ProcStats> {
+    let s = read_stat(pid)?;
+    Some(ProcStats {
+        rss_bytes: s.rss_pages * page_size(),
+        cpu_ticks: s.utime + s.stime,
+        start_time_ticks: s.start_time_ticks,
+        threads: s.threads,
+    })
+}
+
+/// Clock ticks per second (USER_HZ) of `/proc` time fields.
+pub fn ticks_per_second() -> u64 {
+    static HZ: OnceLock<u64> = OnceLock::new();
+    *HZ.get_or_init(sys::clock_ticks)
+}
+
+fn page_size() -> u64 {
+    static PAGE: OnceLock<u64> = OnceLock::new();
+    *PAGE.get_or_init(sys::page_size)
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn parses_comm_with_spaces_and_parens() {
+        let line = "4242 (we ird) (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 5 0 123456 1000000 250 18446744073709551615";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.ppid, 1);
+        assert_eq!(s.pgid, 4242);
+        assert_eq!(s.utime + s.stime, 10);
+        assert_eq!(s.threads, 5);
+        assert_eq!(s.start_time_ticks, 123456);
+        assert_eq!(s.rss_pages, 250);
+    }
+
+    #[test]
+    fn rejects_truncated_line() {
+        assert!(parse_stat("1 (init) S 0 1").is_none());
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn own_stats_are_plausible() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        let st = proc_stats(me).unwrap();
+        assert!(st.rss_bytes > 0);
+        assert!(st.threads >= 1);
+        assert!(st.start_time_ticks > 0);
+        assert!(ticks_per_second() >= 100);
+        assert!(proc_stats(-5).is_none());
+    }
+}
