@@ -51,7 +51,7 @@ pub struct DeployJob {
 
 /// Why a process is being stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StopReason {
+pub enum StopReason {
     Restart,
     Deploy,
     Shutdown,
@@ -185,7 +185,7 @@ impl Actor for InstanceMonitor {
         let state = MonitorState {
             node: cfg.node_name(instance),
             port: cfg.port(instance),
-            version: process::release_version(&service.join("current")),
+            version: crate::store::release_version(&service.join("current")),
             service,
             cfg,
             instance,
@@ -309,7 +309,7 @@ impl MonitorState {
     /// start a fresh one when a release is installed.
     fn boot(&mut self, myself: &ActorRef<InstanceMsg>) {
         repair_service_dir(&self.service);
-        self.version = process::release_version(&self.current_dir());
+        self.version = crate::store::release_version(&self.current_dir());
         if let Ok(pidfile) = PidFile::read(&self.pidfile()) {
             match process::adopt(&pidfile) {
                 Adoption::Adopt(handle) => {
@@ -373,7 +373,7 @@ impl MonitorState {
         };
         match process::spawn_instance(&spec) {
             Ok(handle) => {
-                self.version = process::release_version(&current);
+                self.version = crate::store::release_version(&current);
                 let pidfile = PidFile {
                     pid: handle.pid(),
                     start_time_ticks: handle.start_time_ticks(),
@@ -813,7 +813,7 @@ async fn prepare(
             &program,
             &args,
             &new,
-            env.clone(),
+            &env,
             &cfg.log_file(instance, LogStream::Stdout),
             &cfg.log_file(instance, LogStream::Stderr),
             cfg.pre_command_timeout,

@@ -4,15 +4,19 @@
 
 pub mod config;
 pub mod deploy_manager;
+pub mod dist;
 pub mod engine;
 pub mod handle;
 pub mod health;
 pub mod instance_monitor;
 pub mod model;
 pub mod otp_node_watcher;
+pub mod process;
 pub mod recorder;
 pub mod release_fetcher;
 pub mod root;
+pub mod storage;
+pub mod store;
 pub mod time;
 
 pub use config::{EngineConfig, StoreConfig};

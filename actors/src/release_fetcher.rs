@@ -80,16 +80,15 @@ pub struct FetcherState {
     recorder: Recorder,
 }
 
-pub fn make_store(cfg: &EngineConfig) -> ReleaseStore {
+pub fn make_store(cfg: &EngineConfig) -> Result<ReleaseStore, String> {
     match &cfg.store {
-        StoreConfig::Local { root } => {
-            ReleaseStore::Local(LocalStore::new(root.clone(), &cfg.app, &cfg.env))
-        }
-        StoreConfig::S3 { .. } => {
-            // The S3 adapter is a later issue; the loader refuses this
-            // configuration before the engine starts.
-            ReleaseStore::Local(LocalStore::new(PathBuf::from("/nonexistent"), &cfg.app, &cfg.env))
-        }
+        StoreConfig::Local { root } => LocalStore::new(root.clone(), &cfg.app, &cfg.env)
+            .map(ReleaseStore::Local)
+            .map_err(|e| error_chain(&e)),
+        // The loader refuses S3 until the adapter exists.
+        StoreConfig::S3 { bucket, .. } => Err(format!(
+            "the S3 release store (bucket {bucket}) is not available in this build"
+        )),
     }
 }
 
@@ -106,7 +105,7 @@ impl Actor for ReleaseFetcher {
         myself.send_interval(cfg.schedule_interval, || FetcherMsg::Tick);
         let _ = myself.cast(FetcherMsg::Tick);
         Ok(FetcherState {
-            store: Arc::new(make_store(&cfg)),
+            store: Arc::new(make_store(&cfg)?),
             cfg,
             fetching: false,
             status: FetcherStatus::default(),

@@ -23,6 +23,7 @@ mod env;
 mod handle;
 mod procfs;
 mod rotate;
+mod scan;
 mod spawn;
 mod stop;
 mod sys;
@@ -40,6 +41,7 @@ pub use env::{STRIPPED_EXACT, STRIPPED_PREFIXES, instance_env};
 pub use handle::{ExitInfo, ProcessHandle};
 pub use procfs::{ProcStats, proc_stats, ticks_per_second};
 pub use rotate::rotate_if_needed;
+pub use scan::{kill_group_now, pids_running_under};
 pub use spawn::{InstanceSpec, spawn_instance};
 pub use stop::{StopOutcome, stop_group};
 
