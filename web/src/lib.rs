@@ -1,1 +1,152 @@
+//! deployex's HTTP side: the JSON API (`/api/v1/*`), the dashboard pages,
+//! live logs, the web terminal, `/metrics`.
+//!
+//! Invariants: the web layer talks to the engine only through the
+//! [`Engine`] trait (it never mutates state itself); every route except
+//! `/healthz`, `/login` and `/static/*` requires a session (Bearer token or
+//! session cookie); cookie-authenticated state changes pass a same-origin
+//! check.
 
+pub mod api;
+pub mod auth;
+pub mod guard;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deployex_actors::engine::Engine;
+use tokio::task::JoinHandle;
+use warp::Filter;
+
+use crate::auth::{LoginLimiter, TokenSigner};
+use crate::guard::HttpMetrics;
+
+/// Everything the web layer needs to know, built by the binary's config.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    pub bind: SocketAddr,
+    /// Public host name (`DEPLOYEX_PHX_HOST`); accepted as an origin.
+    pub host: String,
+    pub secret_key_base: String,
+    pub admin_hashed_password: String,
+    /// Adds `Secure` to the session cookie (behind https).
+    pub secure_cookie: bool,
+    pub session_ttl: Duration,
+    pub terminal_idle: Duration,
+    /// Bearer token that may read `/metrics` without a session.
+    pub metrics_token: Option<String>,
+    pub app_name: String,
+}
+
+impl WebConfig {
+    /// A config with the documented defaults for the optional parts.
+    pub fn new(
+        bind: SocketAddr,
+        host: impl Into<String>,
+        secret_key_base: impl Into<String>,
+        admin_hashed_password: impl Into<String>,
+        app_name: impl Into<String>,
+    ) -> Self {
+        Self {
+            bind,
+            host: host.into(),
+            secret_key_base: secret_key_base.into(),
+            admin_hashed_password: admin_hashed_password.into(),
+            secure_cookie: false,
+            session_ttl: Duration::from_secs(12 * 3600),
+            terminal_idle: Duration::from_secs(5 * 60),
+            metrics_token: None,
+            app_name: app_name.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("cannot bind the web server to {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Shared state of every handler.
+pub struct AppState {
+    pub engine: Arc<dyn Engine>,
+    pub cfg: WebConfig,
+    pub tokens: TokenSigner,
+    pub limiter: LoginLimiter,
+    pub http_metrics: HttpMetrics,
+}
+
+impl AppState {
+    pub fn new(engine: Arc<dyn Engine>, cfg: WebConfig) -> Arc<Self> {
+        Arc::new(Self {
+            tokens: TokenSigner::new(&cfg.secret_key_base, cfg.session_ttl),
+            engine,
+            cfg,
+            limiter: LoginLimiter::default(),
+            http_metrics: HttpMetrics::default(),
+        })
+    }
+}
+
+/// Binds `cfg.bind` (port 0 allowed), returns the bound address at once and
+/// serves until `shutdown` completes.
+pub async fn serve(
+    engine: Arc<dyn Engine>,
+    cfg: WebConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, JoinHandle<()>), WebError> {
+    let addr = cfg.bind;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| WebError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| WebError::Bind { addr, source })?;
+    let filter = routes(engine, cfg);
+    let handle = tokio::spawn(async move {
+        warp::serve(filter)
+            .incoming(listener)
+            .graceful(shutdown)
+            .run()
+            .await;
+    });
+    tracing::info!(%bound, "web server listening");
+    Ok((bound, handle))
+}
+
+/// All routes, with rejection handling and request logging (tests drive
+/// this with `warp::test`).
+pub fn routes(
+    engine: Arc<dyn Engine>,
+    cfg: WebConfig,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone + Send + Sync + 'static
+{
+    let state = AppState::new(engine, cfg);
+    routes_with_state(state)
+}
+
+/// [`routes`] over an existing state (tests inspect the state).
+pub fn routes_with_state(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone + Send + Sync + 'static
+{
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| warp::reply::Reply::into_response("ok"));
+    let log_state = state.clone();
+    healthz
+        .or(api::routes(state.clone()))
+        .unify()
+        .recover(guard::recover)
+        .unify()
+        .with(warp::log::custom(move |info| {
+            guard::log_request(&log_state, info)
+        }))
+}

@@ -1,0 +1,259 @@
+//! The JSON API under `/api/v1/`: login, status, history, operator
+//! actions. Handlers are thin: extract, call the [`Engine`], render JSON.
+//!
+//! Invariants: every route but `login` requires a session; the status call
+//! answers within [`STATUS_TIMEOUT`] (503 otherwise); action errors map to
+//! fixed codes (404 no such instance, 409 busy, 422 invalid, 504 timeout).
+//!
+//! [`Engine`]: deployex_actors::engine::Engine
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deployex_actors::model::{ActionError, Mode};
+use serde::{Deserialize, Serialize};
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use crate::AppState;
+use crate::guard::{Guard, Session, authed, client_ip, json_error, json_status, with_state};
+
+/// Longest wait for the engine's status snapshot.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Deserialize)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub token: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct VersionsQuery {
+    pub instance: Option<u32>,
+}
+
+/// Result of a login attempt, shared by the API and the HTML form.
+pub enum LoginOutcome {
+    Ok(String),
+    Wrong,
+    Limited,
+    Failed,
+}
+
+/// Rate limit, bcrypt check, token issue.
+pub async fn attempt_login(
+    state: &AppState,
+    ip: IpAddr,
+    username: &str,
+    password: &str,
+) -> LoginOutcome {
+    if !state.limiter.allowed(ip) {
+        tracing::warn!(%ip, "login rate limited");
+        return LoginOutcome::Limited;
+    }
+    match crate::auth::check_credentials(&state.cfg.admin_hashed_password, username, password).await
+    {
+        Ok(true) => LoginOutcome::Ok(state.tokens.issue()),
+        Ok(false) => {
+            state.limiter.record_failure(ip);
+            tracing::warn!(%ip, "failed login");
+            LoginOutcome::Wrong
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "password check failed");
+            LoginOutcome::Failed
+        }
+    }
+}
+
+/// Maps an engine action error to its HTTP answer.
+pub fn action_error(err: &ActionError) -> Response {
+    let status = match err {
+        ActionError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ActionError::NoSuchInstance(_) => StatusCode::NOT_FOUND,
+        ActionError::Busy(_) => StatusCode::CONFLICT,
+        ActionError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+    };
+    json_error(status, err.to_string())
+}
+
+fn ok_json(status: StatusCode) -> Response {
+    json_status(status, &serde_json::json!({"ok": true}))
+}
+
+/// Decodes `%XX` escapes of a path segment (versions may carry `+`).
+pub fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn login(state: Arc<AppState>, ip: IpAddr, req: LoginRequest) -> Result<Response, Rejection> {
+    Ok(
+        match attempt_login(&state, ip, &req.username, &req.password).await {
+            LoginOutcome::Ok(token) => json_status(StatusCode::OK, &LoginResponse { token }),
+            LoginOutcome::Wrong => json_error(StatusCode::UNAUTHORIZED, "invalid credentials"),
+            LoginOutcome::Limited => json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed logins, retry later",
+            ),
+            LoginOutcome::Failed => {
+                json_error(StatusCode::INTERNAL_SERVER_ERROR, "login check failed")
+            }
+        },
+    )
+}
+
+async fn status(state: Arc<AppState>) -> Result<Response, Rejection> {
+    Ok(
+        match tokio::time::timeout(STATUS_TIMEOUT, state.engine.status()).await {
+            Ok(s) => json_status(StatusCode::OK, &s),
+            Err(_) => json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the engine did not answer in time",
+            ),
+        },
+    )
+}
+
+async fn versions(state: Arc<AppState>, q: VersionsQuery) -> Result<Response, Rejection> {
+    let v = state.engine.versions(q.instance).await;
+    Ok(json_status(StatusCode::OK, &v))
+}
+
+async fn restart(state: Arc<AppState>, instance: u32) -> Result<Response, Rejection> {
+    Ok(match state.engine.restart(instance).await {
+        Ok(()) => ok_json(StatusCode::ACCEPTED),
+        Err(e) => action_error(&e),
+    })
+}
+
+async fn set_mode(
+    state: Arc<AppState>,
+    body: warp::hyper::body::Bytes,
+) -> Result<Response, Rejection> {
+    let mode: Mode = match serde_json::from_slice(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            return Ok(json_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "expected {{\"mode\":\"automatic\"}} or {{\"mode\":\"manual\",\"version\":\"...\"}}: {e}"
+                ),
+            ));
+        }
+    };
+    Ok(match state.engine.set_mode(mode).await {
+        Ok(()) => ok_json(StatusCode::OK),
+        Err(e) => action_error(&e),
+    })
+}
+
+async fn unghost(state: Arc<AppState>, version: String) -> Result<Response, Rejection> {
+    Ok(match state.engine.unghost(percent_decode(&version)).await {
+        Ok(()) => ok_json(StatusCode::OK),
+        Err(e) => action_error(&e),
+    })
+}
+
+/// The phase-1 JSON API.
+pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
+    let st = || with_state(state.clone());
+    let auth = || {
+        authed(state.clone(), Guard::Api)
+            .map(|_: Session| ())
+            .untuple_one()
+    };
+    let api = warp::path("api").and(warp::path("v1"));
+
+    let login = api
+        .and(warp::path!("login"))
+        .and(warp::post())
+        .and(st())
+        .and(client_ip())
+        .and(warp::body::content_length_limit(16 * 1024))
+        .and(warp::body::json())
+        .and_then(login);
+    let status = api
+        .and(warp::path!("status"))
+        .and(warp::get())
+        .and(auth())
+        .and(st())
+        .and_then(status);
+    let versions = api
+        .and(warp::path!("versions"))
+        .and(warp::get())
+        .and(auth())
+        .and(st())
+        .and(warp::query::<VersionsQuery>())
+        .and_then(versions);
+    let restart = api
+        .and(warp::path!("instances" / u32 / "restart"))
+        .and(warp::post())
+        .and(auth())
+        .and(st())
+        .and_then(|i, s| restart(s, i));
+    let mode = api
+        .and(warp::path!("mode"))
+        .and(warp::post())
+        .and(auth())
+        .and(st())
+        .and(warp::body::content_length_limit(16 * 1024))
+        .and(warp::body::bytes())
+        .and_then(set_mode);
+    let unghost = api
+        .and(warp::path!("ghosted" / String))
+        .and(warp::delete())
+        .and(auth())
+        .and(st())
+        .and_then(|v, s| unghost(s, v));
+
+    login
+        .or(status)
+        .unify()
+        .or(versions)
+        .unify()
+        .or(restart)
+        .unify()
+        .or(mode)
+        .unify()
+        .or(unghost)
+        .unify()
+        .boxed()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode() {
+        assert_eq!(percent_decode("1.0.0%2Bbuild"), "1.0.0+build");
+        assert_eq!(percent_decode("abc%"), "abc%");
+        assert_eq!(percent_decode("a%zz"), "a%zz");
+    }
+}

@@ -1,0 +1,281 @@
+//! The JSON API through the real filter stack (`warp::test`), against the
+//! canned engine.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use deployex_web::routes_with_state;
+use serde_json::Value;
+
+fn ip(n: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, n], 5555))
+}
+
+fn body_json(r: &warp::http::Response<warp::hyper::body::Bytes>) -> Value {
+    serde_json::from_slice(r.body()).unwrap()
+}
+
+const PROTECTED: &[(&str, &str)] = &[
+    ("GET", "/api/v1/status"),
+    ("GET", "/api/v1/versions"),
+    ("GET", "/api/v1/versions?instance=1"),
+    ("POST", "/api/v1/instances/1/restart"),
+    ("POST", "/api/v1/mode"),
+    ("DELETE", "/api/v1/ghosted/1.0.0"),
+];
+
+#[tokio::test]
+async fn healthz_needs_no_auth() {
+    let (_, state) = state_with(FakeEngine::default());
+    let r = warp::test::request()
+        .path("/healthz")
+        .reply(&routes_with_state(state))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.body().as_ref(), b"ok");
+}
+
+#[tokio::test]
+async fn every_api_route_refuses_missing_bad_or_expired_tokens() {
+    let (engine, state) = state_with(FakeEngine::default());
+    let f = routes_with_state(state.clone());
+    let expired = format!("Bearer {}", state.tokens.issue_with(1, 2));
+    let forged = {
+        let other =
+            deployex_web::auth::TokenSigner::new("other-key", std::time::Duration::from_secs(60));
+        format!("Bearer {}", other.issue())
+    };
+    for (method, path) in PROTECTED {
+        for auth in [
+            None,
+            Some("Bearer garbage".to_string()),
+            Some(expired.clone()),
+            Some(forged.clone()),
+        ] {
+            let mut req = warp::test::request()
+                .method(method)
+                .path(path)
+                .body(r#"{"mode":"automatic"}"#);
+            if let Some(a) = &auth {
+                req = req.header("authorization", a);
+            }
+            let r = req.reply(&f).await;
+            assert_eq!(r.status(), 401, "{method} {path} with {auth:?}");
+            assert!(body_json(&r)["error"].is_string());
+        }
+    }
+    assert!(engine.calls().is_empty(), "no action may reach the engine");
+}
+
+#[tokio::test]
+async fn login_wrong_then_right() {
+    let (_, state) = state_with(FakeEngine::default());
+    let f = routes_with_state(state);
+    let r = warp::test::request()
+        .method("POST")
+        .path("/api/v1/login")
+        .remote_addr(ip(1))
+        .json(&serde_json::json!({"username": "admin", "password": "nope"}))
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 401);
+    assert!(body_json(&r)["error"].is_string());
+    let r = warp::test::request()
+        .method("POST")
+        .path("/api/v1/login")
+        .remote_addr(ip(1))
+        .json(&serde_json::json!({"username": "root", "password": PASSWORD}))
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 401, "only admin exists");
+
+    let r = warp::test::request()
+        .method("POST")
+        .path("/api/v1/login")
+        .remote_addr(ip(1))
+        .json(&serde_json::json!({"username": "admin", "password": PASSWORD}))
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 200);
+    let token = body_json(&r)["token"].as_str().unwrap().to_string();
+    let r = warp::test::request()
+        .path("/api/v1/status")
+        .header("authorization", format!("Bearer {token}"))
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 200);
+    let v = body_json(&r);
+    assert_eq!(v["app"], "myapp");
+    assert_eq!(v["instances"].as_array().unwrap().len(), 3);
+    assert_eq!(v["deploying"]["instance"], 2);
+}
+
+#[tokio::test]
+async fn sixth_failed_login_in_a_minute_is_429_per_client() {
+    let (_, state) = state_with(FakeEngine::default());
+    let f = routes_with_state(state);
+    let attempt = |who: u8, pw: &'static str| {
+        warp::test::request()
+            .method("POST")
+            .path("/api/v1/login")
+            .remote_addr(ip(who))
+            .json(&serde_json::json!({"username": "admin", "password": pw}))
+    };
+    for n in 1..=5 {
+        let r = attempt(7, "bad").reply(&f).await;
+        assert_eq!(r.status(), 401, "attempt {n}");
+    }
+    let r = attempt(7, "bad").reply(&f).await;
+    assert_eq!(r.status(), 429);
+    // Even the right password is refused while limited.
+    let r = attempt(7, PASSWORD).reply(&f).await;
+    assert_eq!(r.status(), 429);
+    // Another client is not affected.
+    let r = attempt(8, PASSWORD).reply(&f).await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn versions_newest_first_and_filtered() {
+    let (_, state) = state_with(FakeEngine::default());
+    let f = routes_with_state(state.clone());
+    let r = warp::test::request()
+        .path("/api/v1/versions")
+        .header("authorization", bearer(&state))
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 200);
+    let all = body_json(&r);
+    assert_eq!(all.as_array().unwrap().len(), 12);
+    assert_eq!(all[0]["version"], "1.0.11");
+    let r = warp::test::request()
+        .path("/api/v1/versions?instance=2")
+        .header("authorization", bearer(&state))
+        .reply(&f)
+        .await;
+    let some = body_json(&r);
+    assert!(!some.as_array().unwrap().is_empty());
+    assert!(some.as_array().unwrap().iter().all(|h| h["instance"] == 2));
+}
+
+#[tokio::test]
+async fn actions_map_engine_errors() {
+    let (engine, state) = state_with(FakeEngine::default());
+    let f = routes_with_state(state.clone());
+    let call = |method: &str, path: &str, body: &str| {
+        warp::test::request()
+            .method(method)
+            .path(path)
+            .header("authorization", bearer(&state))
+            .body(body)
+    };
+    let r = call("POST", "/api/v1/instances/1/restart", "")
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(body_json(&r), serde_json::json!({"ok": true}));
+    let r = call("POST", "/api/v1/instances/9/restart", "")
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 404);
+    assert!(body_json(&r)["error"].as_str().unwrap().contains('9'));
+    let r = call("POST", "/api/v1/instances/2/restart", "")
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 409);
+
+    let r = call(
+        "POST",
+        "/api/v1/mode",
+        r#"{"mode":"manual","version":"1.0.3"}"#,
+    )
+    .reply(&f)
+    .await;
+    assert_eq!(r.status(), 200);
+    let r = call("POST", "/api/v1/mode", r#"{"mode":"automatic"}"#)
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = call(
+        "POST",
+        "/api/v1/mode",
+        r#"{"mode":"manual","version":"bad"}"#,
+    )
+    .reply(&f)
+    .await;
+    assert_eq!(r.status(), 422);
+    assert!(
+        body_json(&r)["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown version")
+    );
+    let r = call("POST", "/api/v1/mode", r#"{"mode":"sideways"}"#)
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 422);
+
+    let r = call("DELETE", "/api/v1/ghosted/0.9.0%2Bb1", "")
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 200);
+
+    assert_eq!(
+        engine.calls(),
+        vec![
+            "restart 1",
+            "restart 9",
+            "restart 2",
+            "mode Manual { version: \"1.0.3\" }",
+            "mode Automatic",
+            "mode Manual { version: \"bad\" }",
+            "unghost 0.9.0+b1",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn status_times_out_with_503() {
+    let (_, state) = state_with(FakeEngine {
+        slow_status: true,
+        ..Default::default()
+    });
+    let f = routes_with_state(state.clone());
+    let r = warp::test::request()
+        .path("/api/v1/status")
+        .header("authorization", bearer(&state))
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 503);
+    assert!(body_json(&r)["error"].is_string());
+}
+
+#[tokio::test]
+async fn serve_binds_port_zero_and_shuts_down() {
+    let engine = std::sync::Arc::new(FakeEngine::default());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr, handle) = deployex_web::serve(engine, config(), async {
+        let _ = rx.await;
+    })
+    .await
+    .unwrap();
+    assert_ne!(addr.port(), 0);
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("ok"));
+    tx.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), handle)
+        .await
+        .unwrap()
+        .unwrap();
+}

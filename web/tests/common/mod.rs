@@ -1,0 +1,207 @@
+//! A canned-data `Engine` for the web tests: the engine is not what these
+//! tests check, the HTTP layer is.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deployex_actors::engine::Engine;
+use deployex_actors::model::*;
+use deployex_web::{AppState, WebConfig};
+use futures::future::BoxFuture;
+
+pub const PASSWORD: &str = "s3cret-pass";
+
+#[derive(Default)]
+pub struct FakeEngine {
+    pub calls: Mutex<Vec<String>>,
+    pub slow_status: bool,
+    pub log_dir: Option<PathBuf>,
+    pub shell: Mutex<Option<ShellCommand>>,
+}
+
+pub fn sample_status() -> Status {
+    Status {
+        app: "myapp".into(),
+        mode: "automatic".into(),
+        manual_version: None,
+        desired_version: Some("1.0.1".into()),
+        ghosted_versions: vec!["0.9.0".into()],
+        last_error: None,
+        deploying: Some(DeployProgress {
+            instance: 2,
+            version: "1.0.1".into(),
+            deploy_ref: "abc".into(),
+            step: "unpack".into(),
+        }),
+        instances: (1..=3)
+            .map(|i| InstanceStatus {
+                instance: i,
+                version: Some("1.0.0".into()),
+                state: InstanceState::Running,
+                os_pid: Some(1000 + i as i32),
+                port: 4000 + i as u16,
+                node: format!("myapp-{i}@localhost"),
+                otp_connected: true,
+                last_deployment: Some(DeploymentKind::FullDeployment),
+                deploy_ref: Some("r1".into()),
+                crash_restarts: u64::from(i == 3) * 2,
+                forced_restarts: 0,
+                uptime_s: Some(42),
+                last_error: None,
+                stale: false,
+            })
+            .collect(),
+        deployex: DeployexStatus {
+            version: "0.1.0".into(),
+            uptime_s: 100,
+            os_pid: 1,
+        },
+        stale: false,
+    }
+}
+
+pub fn sample_history() -> Vec<HistoryEntry> {
+    (0..12)
+        .rev()
+        .map(|n| HistoryEntry {
+            version: format!("1.0.{n}"),
+            hash: format!("h{n}"),
+            instance: 1 + n % 3,
+            deployment: if n % 2 == 0 {
+                DeploymentKind::FullDeployment
+            } else {
+                DeploymentKind::HotUpgrade
+            },
+            deploy_ref: format!("ref{n}"),
+            inserted_at: format!("2026-11-27T10:{n:02}:00Z"),
+        })
+        .collect()
+}
+
+impl FakeEngine {
+    fn record(&self, s: String) {
+        self.calls.lock().unwrap().push(s);
+    }
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl Engine for FakeEngine {
+    fn status(&self) -> BoxFuture<'_, Status> {
+        Box::pin(async move {
+            if self.slow_status {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            sample_status()
+        })
+    }
+    fn versions(&self, instance: Option<u32>) -> BoxFuture<'_, Vec<HistoryEntry>> {
+        Box::pin(async move {
+            sample_history()
+                .into_iter()
+                .filter(|h| instance.is_none_or(|i| h.instance == i))
+                .collect()
+        })
+    }
+    fn restart(&self, instance: u32) -> BoxFuture<'_, Result<(), ActionError>> {
+        Box::pin(async move {
+            self.record(format!("restart {instance}"));
+            match instance {
+                1 | 3 => Ok(()),
+                2 => Err(ActionError::Busy("deploying".into())),
+                n => Err(ActionError::NoSuchInstance(n)),
+            }
+        })
+    }
+    fn set_mode(&self, mode: Mode) -> BoxFuture<'_, Result<(), ActionError>> {
+        Box::pin(async move {
+            self.record(format!("mode {mode:?}"));
+            match mode {
+                Mode::Manual { version } if version == "bad" => {
+                    Err(ActionError::Invalid("unknown version bad".into()))
+                }
+                _ => Ok(()),
+            }
+        })
+    }
+    fn unghost(&self, version: String) -> BoxFuture<'_, Result<(), ActionError>> {
+        Box::pin(async move {
+            self.record(format!("unghost {version}"));
+            Ok(())
+        })
+    }
+    fn log_file(&self, instance: u32, stream: LogStream) -> Option<PathBuf> {
+        let dir = self.log_dir.as_ref()?;
+        (instance <= 3).then(|| dir.join(format!("{instance}-{}.log", stream.as_str())))
+    }
+    fn remote_shell(&self, instance: u32) -> BoxFuture<'_, Result<ShellCommand, ActionError>> {
+        Box::pin(async move {
+            if instance > 3 {
+                return Err(ActionError::NoSuchInstance(instance));
+            }
+            self.shell
+                .lock()
+                .unwrap()
+                .clone()
+                .ok_or_else(|| ActionError::Invalid("not running".into()))
+        })
+    }
+    fn actors(&self) -> BoxFuture<'_, ActorInfo> {
+        Box::pin(async move {
+            let msg = |kind: &str, us| MessageRecord {
+                kind: kind.into(),
+                summary: "<b>summary</b>".into(),
+                at: "2026-11-27T10:00:00.000Z".into(),
+                handling_us: us,
+            };
+            ActorInfo {
+                name: "root".into(),
+                id: "0.1".into(),
+                status: "running".into(),
+                restarts: 0,
+                in_flight: None,
+                messages: vec![msg("Tick", Some(12))],
+                children: vec![ActorInfo {
+                    name: "instance-1".into(),
+                    id: "0.2".into(),
+                    status: "running".into(),
+                    restarts: 1,
+                    in_flight: Some(msg("Deploy", None)),
+                    messages: vec![],
+                    children: vec![],
+                }],
+            }
+        })
+    }
+}
+
+pub fn hash() -> String {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| bcrypt::hash(PASSWORD, 4).unwrap())
+        .clone()
+}
+
+pub fn config() -> WebConfig {
+    let mut cfg = WebConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        "deployex.example",
+        "test-secret-key-base-0123456789",
+        hash(),
+        "myapp",
+    );
+    cfg.metrics_token = Some("metrics-tok".into());
+    cfg
+}
+
+pub fn state_with(engine: FakeEngine) -> (Arc<FakeEngine>, Arc<AppState>) {
+    let engine = Arc::new(engine);
+    let state = AppState::new(engine.clone(), config());
+    (engine, state)
+}
+
+pub fn bearer(state: &AppState) -> String {
+    format!("Bearer {}", state.tokens.issue())
+}
