@@ -81,7 +81,9 @@ pub(super) enum OpenError {
     /// No such process (or it already exited and was reaped).
     Gone,
     /// The pid now belongs to a process that started at another time.
-    Reused { found_start: u64 },
+    Reused {
+        found_start: u64,
+    },
     Pidfd(std::io::Error),
 }
 
