@@ -52,6 +52,7 @@ pub fn instance_env(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod unit {
     use super::*;
 

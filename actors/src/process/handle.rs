@@ -27,7 +27,8 @@ pub struct ExitInfo {
 }
 
 impl ExitInfo {
-    pub(super) const UNKNOWN: ExitInfo = ExitInfo {
+    /// What `wait_exit` reports for a process that is not our child.
+    pub const UNKNOWN: ExitInfo = ExitInfo {
         code: None,
         signal: None,
         reaped: false,
