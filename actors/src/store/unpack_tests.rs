@@ -556,3 +556,48 @@ fn real_mix_release_if_available() {
         assert_ne!(fs::metadata(beam).unwrap().permissions().mode() & 0o111, 0);
     }
 }
+
+#[test]
+fn checks_names_from_pax_and_gnu_long_name_records() {
+    let a = Area::new();
+    // A PAX `path` record overrides the header's harmless name.
+    let e = a.expect_err(
+        &Tb::new()
+            .release()
+            .raw(
+                "././@PaxHeader",
+                tar::EntryType::XHeader,
+                0o644,
+                b"16 path=../evil\n",
+                None,
+            )
+            .file("harmless", 0o644, b"x")
+            .gz(),
+    );
+    assert_eq!(unsafe_problem(&e).0, "../evil", "{e}");
+    // Same with a GNU long-name record.
+    let e = a.expect_err(
+        &Tb::new()
+            .release()
+            .raw(
+                "././@LongLink",
+                tar::EntryType::GNULongName,
+                0o644,
+                b"../evil\0",
+                None,
+            )
+            .file("harmless", 0o644, b"x")
+            .gz(),
+    );
+    assert_eq!(unsafe_problem(&e).0, "../evil", "{e}");
+    // A legitimate long name (over 100 bytes) is fine.
+    let long = format!("lib/{}/ebin/m.beam", "d".repeat(120));
+    let mut tb = Tb::new();
+    tb.release();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(3);
+    h.set_mode(0o644);
+    tb.b.append_data(&mut h, &long, &b"abc"[..]).unwrap();
+    a.unpack(&tb.gz()).unwrap();
+    assert_eq!(fs::read(a.dest().join(&long)).unwrap(), b"abc");
+}
