@@ -361,6 +361,7 @@ fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StorageError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may panic on setup failures
 mod tests {
     use super::*;
     use crate::model::DeploymentKind;
@@ -586,11 +587,13 @@ mod tests {
         let t = time::macros::datetime!(2026-11-27 16:32:46.123456 UTC);
         assert_eq!(format_rfc3339_ms(t), "2026-11-27T16:32:46.123Z");
         let now = utc_now_rfc3339();
-        time::OffsetDateTime::parse(&now, &time::format_description::well_known::Rfc3339)
-            .unwrap();
+        time::OffsetDateTime::parse(&now, &time::format_description::well_known::Rfc3339).unwrap();
         let r = new_deploy_ref();
         assert_eq!(r.len(), 8);
-        assert!(r.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            r.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
         assert_ne!(new_deploy_ref(), new_deploy_ref());
     }
 }

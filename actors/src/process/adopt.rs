@@ -167,6 +167,7 @@ fn runs_from(pid: i32, root: &Path) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod unit {
     use super::*;
 

@@ -43,10 +43,8 @@ pub fn instance_env(
     base: impl IntoIterator<Item = (String, String)>,
     overrides: &[(String, String)],
 ) -> Vec<(String, String)> {
-    let mut env: BTreeMap<String, String> = base
-        .into_iter()
-        .filter(|(k, _)| !stripped(k))
-        .collect();
+    let mut env: BTreeMap<String, String> =
+        base.into_iter().filter(|(k, _)| !stripped(k)).collect();
     for (k, v) in overrides {
         env.insert(k.clone(), v.clone());
     }
@@ -54,6 +52,7 @@ pub fn instance_env(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod unit {
     use super::*;
 
@@ -62,7 +61,9 @@ mod unit {
     }
 
     fn get<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
-        env.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
+        env.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
     }
 
     #[test]
@@ -99,7 +100,10 @@ mod unit {
         assert_eq!(get(&env, "AWS_REGION"), Some("eu-west-1"));
         assert_eq!(get(&env, "ERL_FLAGS"), Some("+S 2"));
         assert_eq!(get(&env, "ERL_EPMD_PORT"), Some("4400"));
-        assert_eq!(get(&env, "MY_RELEASE_X"), Some("kept: prefix only at the start"));
+        assert_eq!(
+            get(&env, "MY_RELEASE_X"),
+            Some("kept: prefix only at the start")
+        );
         assert_eq!(env.len(), 7);
     }
 

@@ -27,7 +27,8 @@ pub struct ExitInfo {
 }
 
 impl ExitInfo {
-    pub(super) const UNKNOWN: ExitInfo = ExitInfo {
+    /// What `wait_exit` reports for a process that is not our child.
+    pub const UNKNOWN: ExitInfo = ExitInfo {
         code: None,
         signal: None,
         reaped: false,
@@ -81,7 +82,9 @@ pub(super) enum OpenError {
     /// No such process (or it already exited and was reaped).
     Gone,
     /// The pid now belongs to a process that started at another time.
-    Reused { found_start: u64 },
+    Reused {
+        found_start: u64,
+    },
     Pidfd(std::io::Error),
 }
 

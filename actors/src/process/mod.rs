@@ -29,6 +29,7 @@ mod stop;
 mod sys;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;
 
 use std::io;

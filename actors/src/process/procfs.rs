@@ -95,6 +95,7 @@ fn page_size() -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod unit {
     use super::*;
 

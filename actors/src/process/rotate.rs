@@ -17,7 +17,8 @@ fn numbered(path: &Path, n: usize) -> PathBuf {
 /// If `path` is larger than `max_bytes`, shifts `path.1 … path.{keep-1}` up
 /// by one (dropping `path.{keep}`), copies `path` to `path.1` and truncates
 /// `path` to 0. With `keep == 0` the content is simply dropped. Returns
-/// whether a rotation happened; a missing file is not an error.
+/// whether a rotation happened; a missing file is not an error. Blocking
+/// file I/O (the copy): call it from `spawn_blocking`, not from a handler.
 pub fn rotate_if_needed(path: &Path, max_bytes: u64, keep: usize) -> io::Result<bool> {
     let len = match fs::metadata(path) {
         Ok(m) => m.len(),
@@ -47,6 +48,7 @@ pub fn rotate_if_needed(path: &Path, max_bytes: u64, keep: usize) -> io::Result<
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod unit {
     use super::*;
 

@@ -63,7 +63,11 @@ pub async fn stop_group(handle: &ProcessHandle, grace: Duration) -> StopOutcome 
     } else {
         Some(handle.wait_exit().await)
     };
-    tracing::warn!(pid = handle.pid(), ?survivors, "process group survived SIGKILL");
+    tracing::warn!(
+        pid = handle.pid(),
+        ?survivors,
+        "process group survived SIGKILL"
+    );
     StopOutcome::Stuck { survivors, exit }
 }
 

@@ -182,7 +182,10 @@ async fn stop_escalates_to_sigkill_and_kills_grandchildren() {
         })
     );
     assert!(outcome.is_stopped());
-    assert!(took >= Duration::from_millis(300), "SIGTERM was ignored: {took:?}");
+    assert!(
+        took >= Duration::from_millis(300),
+        "SIGTERM was ignored: {took:?}"
+    );
     assert!(pid_gone(h.pid()));
     assert!(h.group_members().is_empty());
     // The grandchild was reparented (to init) which reaps it.
@@ -242,7 +245,11 @@ fn spawn_orphan(program: &Path, args: &str) -> i32 {
         ))
         .output()
         .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -257,10 +264,12 @@ async fn adopts_a_non_child_and_notices_its_death() {
     let probe = ProcessHandle::open(pid, None).unwrap();
     let _c = Cleanup(probe.clone());
     // setsid execs in place: same pid, its own group and session.
-    assert!(wait_until(Duration::from_secs(5), || {
-        fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == program)
-    })
-    .await);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == program)
+        })
+        .await
+    );
     let me = i32::try_from(std::process::id()).unwrap();
     let stat = super::procfs::read_stat(pid).unwrap();
     assert_ne!(stat.ppid, me, "must not be our child");
@@ -332,7 +341,11 @@ async fn adopted_script_is_matched_by_cmdline_and_stopped_with_its_group() {
 #[tokio::test]
 async fn run_command_reports_code_and_appends_output() {
     let dir = tempfile::tempdir().unwrap();
-    let prog = script(dir.path(), "rel/bin/app", "echo \"migrating $1 $MARKER\"\nexit 3");
+    let prog = script(
+        dir.path(),
+        "rel/bin/app",
+        "echo \"migrating $1 $MARKER\"\nexit 3",
+    );
     let sp = spec(dir.path(), prog.clone(), &[]);
     for _ in 0..2 {
         let info = run_command(
@@ -381,10 +394,15 @@ async fn run_command_kills_its_group_on_success_timeout_and_drop() {
 
     // Success: the background `sleep` it left behind is killed.
     let p1 = dir.path().join("g1.pid");
-    let info = run(p1.clone(), "exit", Duration::from_secs(10)).await.unwrap();
+    let info = run(p1.clone(), "exit", Duration::from_secs(10))
+        .await
+        .unwrap();
     assert!(info.success());
     let g1 = read_pid(&p1).unwrap();
-    assert!(wait_until(Duration::from_secs(5), || pid_gone(g1)).await, "leftover survived");
+    assert!(
+        wait_until(Duration::from_secs(5), || pid_gone(g1)).await,
+        "leftover survived"
+    );
 
     // Timeout: error, whole group killed.
     let p2 = dir.path().join("g2.pid");
@@ -402,7 +420,10 @@ async fn run_command_kills_its_group_on_success_timeout_and_drop() {
     let g3 = read_pid(&p3).unwrap();
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
-    assert!(wait_until(Duration::from_secs(5), || pid_gone(g3)).await, "group survived drop");
+    assert!(
+        wait_until(Duration::from_secs(5), || pid_gone(g3)).await,
+        "group survived drop"
+    );
 }
 
 #[tokio::test]
@@ -442,9 +463,156 @@ async fn rotation_under_a_live_appending_child() {
     assert!(!log.with_extension("log.3").exists());
     for part in [&old, &mid, &cur] {
         assert!(!part.is_empty());
-        assert!(part.windows(2).all(|w| w[1] == w[0] + 1), "gap inside a file");
+        assert!(
+            part.windows(2).all(|w| w[1] == w[0] + 1),
+            "gap inside a file"
+        );
     }
     assert!(old.last() < mid.first() && mid.last() < cur.first());
     // The writer continued at the start of the truncated file.
     assert!(size(&log) < size(&log.with_extension("log.1")) * 10);
+}
+
+/// Stops the test's own epmd (found by its port) when dropped.
+struct Epmd(u16);
+
+impl Epmd {
+    fn kill(&self) -> bool {
+        std::process::Command::new("epmd")
+            .args(["-port", &self.0.to_string(), "-kill"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Killed"))
+    }
+    fn names(&self) -> String {
+        std::process::Command::new("epmd")
+            .args(["-port", &self.0.to_string(), "-names"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Epmd {
+    /// epmd refuses to die while a node is registered; a node killed a
+    /// moment ago may still be listed, so retry for a while.
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.kill() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Builds a zero-dependency `mix release` into `dir`, returns its root.
+fn build_release(dir: &Path) -> PathBuf {
+    let ok = |c: &mut std::process::Command| {
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{c:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(std::process::Command::new("mix")
+        .args(["new", "relapp"])
+        .current_dir(dir));
+    ok(std::process::Command::new("mix")
+        .args(["release", "--overwrite"])
+        .env("MIX_ENV", "prod")
+        .current_dir(dir.join("relapp")));
+    dir.join("relapp/_build/prod/rel/relapp")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_release_spawn_adopt_stop_leaves_no_beam() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = build_release(dir.path());
+    let program = root.join("bin/relapp");
+    let epmd = Epmd(free_port());
+    let overrides: Vec<(String, String)> = [
+        ("ERL_EPMD_PORT", epmd.0.to_string()),
+        // mix's default env.sh ignores RELEASE_NODE_SUFFIX (the seed app's
+        // uses it), so name the node directly.
+        ("RELEASE_NODE", "relapp-1".into()),
+        ("RELEASE_DISTRIBUTION", "sname".into()),
+        ("RELEASE_COOKIE", "process-test-cookie".into()),
+        ("ERL_CRASH_DUMP_SECONDS", "0".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let sp = InstanceSpec {
+        program: program.clone(),
+        args: vec!["start".into()],
+        cwd: dir.path().to_path_buf(),
+        env: instance_env(std::env::vars(), &overrides),
+        stdout_log: dir.path().join("log/relapp-1-stdout.log"),
+        stderr_log: dir.path().join("log/relapp-1-stderr.log"),
+    };
+    let h = spawn_instance(&sp).unwrap();
+    let _c = Cleanup(h.clone());
+    // `bin/relapp start` execs down to beam.smp: same pid.
+    assert!(
+        wait_until(Duration::from_secs(30), || epmd
+            .names()
+            .contains("name relapp-1 "))
+        .await,
+        "node never registered; stderr: {}",
+        fs::read_to_string(&sp.stderr_log).unwrap_or_default()
+    );
+    let exe = fs::read_link(format!("/proc/{}/exe", h.pid())).unwrap();
+    assert!(
+        exe.ends_with("bin/beam.smp") && exe.starts_with(&root),
+        "{exe:?}"
+    );
+    let cmdline = fs::read(format!("/proc/{}/cmdline", h.pid())).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let at = args.iter().position(|a| a == "-root").unwrap();
+    assert_eq!(Path::new(&args[at + 1]), root.as_path());
+    // epmd daemonized out of the group: only the VM and its helpers remain.
+    for member in h.group_members() {
+        let exe = fs::read_link(format!("/proc/{member}/exe")).unwrap_or_default();
+        assert!(
+            !exe.ends_with("epmd"),
+            "epmd {member} is in the instance's group"
+        );
+    }
+
+    let pidfile = PidFile::new(&h, &program, Some("0.1.0".into()), 4000);
+    let Adoption::Adopt(adopted) = adopt(&pidfile) else {
+        panic!("a running release must be adoptable");
+    };
+    assert_eq!(adopted.pid(), h.pid());
+    let other = PidFile {
+        program: dir.path().join("elsewhere/current/bin/relapp"),
+        ..pidfile.clone()
+    };
+    assert!(matches!(adopt(&other), Adoption::Mismatch { .. }));
+    let stats = proc_stats(h.pid()).unwrap();
+    assert!(stats.threads > 1 && stats.rss_bytes > 1 << 20, "{stats:?}");
+
+    let outcome = stop_group(&h, Duration::from_secs(15)).await;
+    assert_eq!(
+        outcome,
+        StopOutcome::Terminated(ExitInfo {
+            code: Some(0),
+            signal: None,
+            reaped: true
+        })
+    );
+    assert!(pid_gone(h.pid()));
+    assert!(h.group_members().is_empty(), "a beam.smp helper survived");
+    assert!(matches!(adopt(&pidfile), Adoption::Gone));
+    assert!(wait_until(Duration::from_secs(10), || epmd.kill()).await);
 }

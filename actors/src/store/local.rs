@@ -63,7 +63,9 @@ impl LocalStore {
         let meta = match tokio::fs::metadata(&path).await {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(self.missing_root_or(StoreError::CurrentMissing { path }).await);
+                return Err(self
+                    .missing_root_or(StoreError::CurrentMissing { path })
+                    .await);
             }
             Err(source) => return Err(StoreError::Read { path, source }),
         };
@@ -103,10 +105,7 @@ impl LocalStore {
         let (from, to, v) = (src.clone(), dest.to_path_buf(), version.to_owned());
         tokio::task::spawn_blocking(move || copy_atomic(&from, &to))
             .await
-            .map_err(|source| StoreError::TaskFailed {
-                version: v,
-                source,
-            })?
+            .map_err(|source| StoreError::TaskFailed { version: v, source })?
             .map_err(|source| StoreError::Copy {
                 version: version.to_owned(),
                 from: src,
@@ -155,6 +154,7 @@ fn copy_atomic(from: &Path, to: &Path) -> io::Result<u64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::store::ReleaseStore;

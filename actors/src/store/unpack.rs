@@ -437,11 +437,9 @@ impl Unpacker<'_> {
                 let link = PathBuf::from(OsStr::from_bytes(&link));
                 self.check_symlink(&name, &rel, &link)?;
                 self.create_parent(&target)?;
-                std::os::unix::fs::symlink(&link, &target).map_err(|source| {
-                    UnpackError::Write {
-                        path: target.clone(),
-                        source,
-                    }
+                std::os::unix::fs::symlink(&link, &target).map_err(|source| UnpackError::Write {
+                    path: target.clone(),
+                    source,
                 })
             }
             tar::EntryType::Link => {
@@ -543,10 +541,8 @@ impl Unpacker<'_> {
         for c in link.components() {
             match c {
                 Component::RootDir | Component::Prefix(_) => {
-                    return Err(self.unsafe_entry(
-                        name,
-                        format!("is a symlink to the absolute path {shown}"),
-                    ));
+                    return Err(self
+                        .unsafe_entry(name, format!("is a symlink to the absolute path {shown}")));
                 }
                 Component::CurDir => {}
                 Component::ParentDir if seen_name => {
