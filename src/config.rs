@@ -64,7 +64,7 @@ const SECRETS: &[&str] = &[
 ];
 
 /// bcrypt of `deployex` (cost 12): the local-environment admin password.
-pub const LOCAL_ADMIN_HASH: &str = "$2b$12$8/pqHjy5Kvb5hjhvTMsEwO0X/6/6x6jIbeb8uI5sRCx51sqlshHEO";
+pub const LOCAL_ADMIN_HASH: &str = "$2b$12$oTpgs.Vc4nxDsEB8MBkB.Obs9rCf4wB4WvKYErfgcY9BEFaYp48Rq";
 
 /// A configuration error: one line, naming the variable and the value.
 #[derive(Debug)]
@@ -218,9 +218,10 @@ fn valid_app_name(app: &str) -> bool {
 }
 
 fn short_hostname() -> String {
-    let name = nix::unistd::gethostname()
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
         .ok()
-        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_string());
     name.split('.').next().unwrap_or("localhost").to_string()
 }

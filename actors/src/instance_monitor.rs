@@ -362,7 +362,10 @@ impl MonitorState {
             self.set_phase(InstanceState::Stopped, "no release installed");
             return;
         }
-        stop_strays(&self.service, None);
+        if self.generation == 0 {
+            // First start by this monitor: nothing may run from current/.
+            stop_strays(&current);
+        }
         let spec = InstanceSpec {
             program: program.clone(),
             args: vec!["start".to_string()],
@@ -409,7 +412,11 @@ impl MonitorState {
     }
 
     fn on_exit(&mut self, myself: &ActorRef<InstanceMsg>, info: ExitInfo) {
-        self.process = None;
+        if let Some(old) = self.process.take() {
+            // The BEAM's helpers (erl_child_setup, inet_gethost) share its
+            // group and may linger a moment: never two copies.
+            process::kill_group_now(old.pgid());
+        }
         self.otp_connected = false;
         let _ = std::fs::remove_file(self.pidfile());
         if self.stopping.is_some() {
@@ -891,12 +898,9 @@ pub fn repair_service_dir(service: &Path) {
 
 /// Stop every process running from this service folder that is not
 /// `keep`: left by a crash between spawn and pid file, never two copies.
-fn stop_strays(service: &Path, keep: Option<i32>) {
-    for pid in process::pids_running_under(service) {
-        if Some(pid) == keep {
-            continue;
-        }
-        tracing::warn!(service = %service.display(), pid, "stopping a stray process of this instance");
+fn stop_strays(current: &Path) {
+    for pid in process::pids_running_under(current) {
+        tracing::warn!(release = %current.display(), pid, "stopping a stray process of this instance");
         process::kill_group_now(pid);
     }
 }

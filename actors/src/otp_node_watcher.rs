@@ -272,18 +272,20 @@ impl Actor for OtpNodeWatcher {
 }
 
 /// Keeps one node connected: connect, wait for the connection to close,
-/// reconnect with backoff (100 ms doubling to 2 s; reset after a success).
+/// reconnect with backoff (50 ms growing to 2 s; reset after a success).
 async fn connector(
     watcher: ActorRef<WatcherMsg>,
     node: String,
     generation: u64,
     dist: Arc<DistConfig>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    // A node registers with EPMD ~0.5 s after its OS process starts: retry
+    // fast at first, so readiness is seen promptly, then back off to 2 s.
+    let mut backoff = Duration::from_millis(50);
     loop {
         match NodeConnection::connect(&node, &dist).await {
             Ok(conn) => {
-                backoff = Duration::from_millis(100);
+                backoff = Duration::from_millis(50);
                 if watcher
                     .cast(WatcherMsg::Connected {
                         node: node.clone(),
@@ -321,6 +323,6 @@ async fn connector(
             }
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 3 / 2).min(Duration::from_secs(2));
     }
 }
