@@ -16,44 +16,128 @@ use deployex_actors::{EngineConfig, StoreConfig};
 
 /// Every variable deployex reads, in documentation order.
 pub const VARIABLES: &[(&str, &str)] = &[
-    ("DEPLOYEX_MONITORED_APP_NAME", "release name {app} (myphoenixapp)"),
-    ("DEPLOYEX_CLOUD_ENVIRONMENT", "{env} in store paths; `local` = dev defaults (local)"),
-    ("DEPLOYEX_RELEASE_ADAPTER", "local | s3 (local; s3 when env is not local)"),
-    ("DEPLOYEX_RELEASE_BUCKET", "S3 bucket ({app}-{env}-distribution)"),
-    ("DEPLOYEX_RELEASE_DIR", "root of the local store (/tmp/{app})"),
+    (
+        "DEPLOYEX_MONITORED_APP_NAME",
+        "release name {app} (myphoenixapp)",
+    ),
+    (
+        "DEPLOYEX_CLOUD_ENVIRONMENT",
+        "{env} in store paths; `local` = dev defaults (local)",
+    ),
+    (
+        "DEPLOYEX_RELEASE_ADAPTER",
+        "local | s3 (local; s3 when env is not local)",
+    ),
+    (
+        "DEPLOYEX_RELEASE_BUCKET",
+        "S3 bucket ({app}-{env}-distribution)",
+    ),
+    (
+        "DEPLOYEX_RELEASE_DIR",
+        "root of the local store (/tmp/{app})",
+    ),
     ("AWS_REGION", "S3 / Secrets Manager region"),
     ("AWS_ENDPOINT_URL", "S3 endpoint override"),
     ("DEPLOYEX_MONITORED_REPLICAS", "number of instances (3)"),
-    ("DEPLOYEX_MONITORED_APP_PORT", "PORT of instance 1; instance i gets base+i-1 (4000)"),
-    ("DEPLOYEX_DEPLOY_TIMEOUT_ROLLBACK_MS", "rollback an instance not ready within (600000)"),
-    ("DEPLOYEX_DEPLOY_SCHEDULE_INTERVAL_MS", "store polling interval (5000)"),
+    (
+        "DEPLOYEX_MONITORED_APP_PORT",
+        "PORT of instance 1; instance i gets base+i-1 (4000)",
+    ),
+    (
+        "DEPLOYEX_DEPLOY_TIMEOUT_ROLLBACK_MS",
+        "rollback an instance not ready within (600000)",
+    ),
+    (
+        "DEPLOYEX_DEPLOY_SCHEDULE_INTERVAL_MS",
+        "store polling interval (5000)",
+    ),
     ("DEPLOYEX_PHX_HOST", "dashboard host name (localhost)"),
     ("DEPLOYEX_PHX_PORT", "dashboard port (5001)"),
     ("DEPLOYEX_PHX_SERVER", "dashboard on/off (true)"),
     ("DEPLOYEX_BIND_ADDR", "dashboard listen address (127.0.0.1)"),
-    ("DEPLOYEX_SECRET_KEY_BASE", "signs session tokens (random per start in local)"),
-    ("DEPLOYEX_ERLANG_COOKIE", "distribution cookie (cookie in local)"),
-    ("DEPLOYEX_ADMIN_HASHED_PASSWORD", "bcrypt hash of the admin password (deployex in local)"),
-    ("DEPLOYEX_OTP_TLS_CERT_PATH", "folder with ca.crt, deployex.crt, deployex.key: mTLS"),
-    ("DEPLOYEX_VAR_DIR", "service folders and state (/tmp/deployex/varlib; prod /var/lib/deployex)"),
-    ("DEPLOYEX_LOG_DIR", "instance logs (/tmp/{app}/{app}; prod /var/log/{app})"),
-    ("DEPLOYEX_OTP_READINESS", "readiness needs the node over distribution (true)"),
-    ("DEPLOYEX_MIN_READY_MS", "an instance is ready after staying up this long (5000)"),
+    (
+        "DEPLOYEX_SECRET_KEY_BASE",
+        "signs session tokens (random per start in local)",
+    ),
+    (
+        "DEPLOYEX_ERLANG_COOKIE",
+        "distribution cookie (cookie in local)",
+    ),
+    (
+        "DEPLOYEX_ADMIN_HASHED_PASSWORD",
+        "bcrypt hash of the admin password (deployex in local)",
+    ),
+    (
+        "DEPLOYEX_OTP_TLS_CERT_PATH",
+        "folder with ca.crt, deployex.crt, deployex.key: mTLS",
+    ),
+    (
+        "DEPLOYEX_VAR_DIR",
+        "service folders and state (/tmp/deployex/varlib; prod /var/lib/deployex)",
+    ),
+    (
+        "DEPLOYEX_LOG_DIR",
+        "instance logs (/tmp/{app}/{app}; prod /var/log/{app})",
+    ),
+    (
+        "DEPLOYEX_OTP_READINESS",
+        "readiness needs the node over distribution (true)",
+    ),
+    (
+        "DEPLOYEX_MIN_READY_MS",
+        "an instance is ready after staying up this long (5000)",
+    ),
     ("ERL_EPMD_PORT", "EPMD port (4369)"),
-    ("DEPLOYEX_HEALTH_PATH", "HTTP path that must answer 2xx for readiness (unset)"),
-    ("DEPLOYEX_ROLLBACK_CRASHES", "crashes after a deploy that trigger a rollback at once (5)"),
-    ("DEPLOYEX_STOP_APPS_ON_EXIT", "stop the instances when deployex stops (true)"),
-    ("DEPLOYEX_STOP_TIMEOUT_MS", "SIGTERM to SIGKILL grace when stopping an instance (10000)"),
-    ("DEPLOYEX_BACKOFF_BASE_MS", "first crash-restart delay after the immediate one (1000)"),
+    (
+        "DEPLOYEX_HEALTH_PATH",
+        "HTTP path that must answer 2xx for readiness (unset)",
+    ),
+    (
+        "DEPLOYEX_ROLLBACK_CRASHES",
+        "crashes after a deploy that trigger a rollback at once (5)",
+    ),
+    (
+        "DEPLOYEX_STOP_APPS_ON_EXIT",
+        "stop the instances when deployex stops (true)",
+    ),
+    (
+        "DEPLOYEX_STOP_TIMEOUT_MS",
+        "SIGTERM to SIGKILL grace when stopping an instance (10000)",
+    ),
+    (
+        "DEPLOYEX_BACKOFF_BASE_MS",
+        "first crash-restart delay after the immediate one (1000)",
+    ),
     ("DEPLOYEX_BACKOFF_MAX_MS", "crash-restart delay cap (60000)"),
-    ("DEPLOYEX_BACKOFF_RESET_MS", "ready this long resets the crash backoff (60000)"),
-    ("DEPLOYEX_PRE_COMMAND_TIMEOUT_MS", "a pre-command running longer is killed (300000)"),
-    ("DEPLOYEX_LOG_MAX_BYTES", "rotate an instance log file above this size (104857600)"),
+    (
+        "DEPLOYEX_BACKOFF_RESET_MS",
+        "ready this long resets the crash backoff (60000)",
+    ),
+    (
+        "DEPLOYEX_PRE_COMMAND_TIMEOUT_MS",
+        "a pre-command running longer is killed (300000)",
+    ),
+    (
+        "DEPLOYEX_LOG_MAX_BYTES",
+        "rotate an instance log file above this size (104857600)",
+    ),
     ("DEPLOYEX_LOG_KEEP", "rotated log files kept (5)"),
-    ("DEPLOYEX_SECURE_COOKIE", "mark the session cookie Secure (false; set when served over https)"),
-    ("DEPLOYEX_SESSION_TTL_S", "session lifetime in seconds (43200)"),
-    ("DEPLOYEX_METRICS_TOKEN", "bearer token accepted by /metrics (unset)"),
-    ("DEPLOYEX_TERMINAL_IDLE_MS", "close an idle IEx terminal after (300000)"),
+    (
+        "DEPLOYEX_SECURE_COOKIE",
+        "mark the session cookie Secure (false; set when served over https)",
+    ),
+    (
+        "DEPLOYEX_SESSION_TTL_S",
+        "session lifetime in seconds (43200)",
+    ),
+    (
+        "DEPLOYEX_METRICS_TOKEN",
+        "bearer token accepted by /metrics (unset)",
+    ),
+    (
+        "DEPLOYEX_TERMINAL_IDLE_MS",
+        "close an idle IEx terminal after (300000)",
+    ),
 ];
 
 const SECRETS: &[&str] = &[
@@ -149,13 +233,18 @@ impl Source {
             None => Ok(default),
             Some(v) => match v.trim().parse::<T>() {
                 Ok(n) if n >= min && n <= max => Ok(n),
-                _ => Err(self.invalid(var, &v, &format!("expected a whole number from {min} to {max}"))),
+                _ => Err(self.invalid(
+                    var,
+                    &v,
+                    &format!("expected a whole number from {min} to {max}"),
+                )),
             },
         }
     }
 
     fn millis(&self, var: &str, default: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
-        self.number(var, default, min, max).map(Duration::from_millis)
+        self.number(var, default, min, max)
+            .map(Duration::from_millis)
     }
 
     fn boolean(&self, var: &str, default: bool) -> Result<bool, ConfigError> {
@@ -172,15 +261,20 @@ impl Source {
 
 /// `DEPLOYEX_MONITORED_REPLICAS` → `monitored_replicas`.
 fn file_key(var: &str) -> String {
-    var.strip_prefix("DEPLOYEX_").unwrap_or(var).to_ascii_lowercase()
+    var.strip_prefix("DEPLOYEX_")
+        .unwrap_or(var)
+        .to_ascii_lowercase()
 }
 
 fn read_file(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| ConfigError(format!("config file {} is not valid TOML: {e}", path.display())))?;
+    let table: toml::Table = text.parse().map_err(|e| {
+        ConfigError(format!(
+            "config file {} is not valid TOML: {e}",
+            path.display()
+        ))
+    })?;
     let known: Vec<String> = VARIABLES.iter().map(|(v, _)| file_key(v)).collect();
     let mut out = HashMap::new();
     for (key, value) in table {
@@ -262,7 +356,10 @@ pub fn load(
     }
     let local = cloud_env == "local";
 
-    let adapter = src.string("DEPLOYEX_RELEASE_ADAPTER", if local { "local" } else { "s3" });
+    let adapter = src.string(
+        "DEPLOYEX_RELEASE_ADAPTER",
+        if local { "local" } else { "s3" },
+    );
     let store = match adapter.as_str() {
         "local" => StoreConfig::Local {
             root: PathBuf::from(src.string("DEPLOYEX_RELEASE_DIR", &format!("/tmp/{app}"))),
@@ -275,7 +372,9 @@ pub fn load(
             region: src.opt("AWS_REGION"),
             endpoint: src.opt("AWS_ENDPOINT_URL"),
         },
-        other => return Err(src.invalid("DEPLOYEX_RELEASE_ADAPTER", other, "expected local or s3")),
+        other => {
+            return Err(src.invalid("DEPLOYEX_RELEASE_ADAPTER", other, "expected local or s3"));
+        }
     };
     if matches!(store, StoreConfig::S3 { .. }) {
         return Err(src.invalid(
@@ -296,8 +395,16 @@ pub fn load(
     }
     let epmd_port: u16 = src.number("ERL_EPMD_PORT", 4369, 1, 65535)?;
 
-    let var_default = if local { "/tmp/deployex/varlib".to_string() } else { "/var/lib/deployex".to_string() };
-    let log_default = if local { format!("/tmp/{app}/{app}") } else { format!("/var/log/{app}") };
+    let var_default = if local {
+        "/tmp/deployex/varlib".to_string()
+    } else {
+        "/var/lib/deployex".to_string()
+    };
+    let log_default = if local {
+        format!("/tmp/{app}/{app}")
+    } else {
+        format!("/var/log/{app}")
+    };
 
     let secret = |var: &str, local_default: Option<String>| -> Result<String, ConfigError> {
         match src.opt(var) {
@@ -320,8 +427,10 @@ pub fn load(
             "invalid configuration: DEPLOYEX_ERLANG_COOKIE contains white space or control characters".to_string(),
         ));
     }
-    let admin_hashed_password =
-        secret("DEPLOYEX_ADMIN_HASHED_PASSWORD", Some(LOCAL_ADMIN_HASH.to_string()))?;
+    let admin_hashed_password = secret(
+        "DEPLOYEX_ADMIN_HASHED_PASSWORD",
+        Some(LOCAL_ADMIN_HASH.to_string()),
+    )?;
     if !(admin_hashed_password.starts_with("$2b$")
         || admin_hashed_password.starts_with("$2a$")
         || admin_hashed_password.starts_with("$2y$"))
@@ -365,8 +474,12 @@ pub fn load(
     engine.log_dir = PathBuf::from(src.string("DEPLOYEX_LOG_DIR", &log_default));
     engine.schedule_interval =
         src.millis("DEPLOYEX_DEPLOY_SCHEDULE_INTERVAL_MS", 5000, 50, 86_400_000)?;
-    engine.rollback_timeout =
-        src.millis("DEPLOYEX_DEPLOY_TIMEOUT_ROLLBACK_MS", 600_000, 100, 86_400_000)?;
+    engine.rollback_timeout = src.millis(
+        "DEPLOYEX_DEPLOY_TIMEOUT_ROLLBACK_MS",
+        600_000,
+        100,
+        86_400_000,
+    )?;
     engine.rollback_crashes = src.number("DEPLOYEX_ROLLBACK_CRASHES", 5, 1, 1000)?;
     engine.cookie = cookie;
     engine.otp_readiness = src.boolean("DEPLOYEX_OTP_READINESS", true)?;
@@ -382,7 +495,8 @@ pub fn load(
     engine.epmd_port = epmd_port;
     engine.hostname = short_hostname();
     engine.tls_cert_path = tls_cert_path;
-    engine.log_max_bytes = src.number("DEPLOYEX_LOG_MAX_BYTES", 100 * 1024 * 1024, 4096, u64::MAX)?;
+    engine.log_max_bytes =
+        src.number("DEPLOYEX_LOG_MAX_BYTES", 100 * 1024 * 1024, 4096, u64::MAX)?;
     engine.log_keep = src.number("DEPLOYEX_LOG_KEEP", 5, 0, 1000)?;
     engine.base_env = env.into_iter().collect();
     engine.base_env.sort();
@@ -390,7 +504,11 @@ pub fn load(
     let mut effective = BTreeMap::new();
     for (var, _) in VARIABLES {
         let value = if SECRETS.contains(var) {
-            if src.opt(var).is_some() { "<redacted>".to_string() } else { "<default>".to_string() }
+            if src.opt(var).is_some() {
+                "<redacted>".to_string()
+            } else {
+                "<default>".to_string()
+            }
         } else {
             src.opt(var).unwrap_or_else(|| "<default>".to_string())
         };
@@ -404,7 +522,12 @@ pub fn load(
         secret_key_base,
         admin_hashed_password,
         secure_cookie: src.boolean("DEPLOYEX_SECURE_COOKIE", false)?,
-        session_ttl: Duration::from_secs(src.number("DEPLOYEX_SESSION_TTL_S", 43_200, 60, 31_536_000)?),
+        session_ttl: Duration::from_secs(src.number(
+            "DEPLOYEX_SESSION_TTL_S",
+            43_200,
+            60,
+            31_536_000,
+        )?),
         metrics_token: src.opt("DEPLOYEX_METRICS_TOKEN"),
         terminal_idle: src.millis("DEPLOYEX_TERMINAL_IDLE_MS", 300_000, 1000, 86_400_000)?,
         engine,
@@ -424,7 +547,11 @@ impl Config {
         let mut out = String::new();
         let store = match &e.store {
             StoreConfig::Local { root } => format!("local {}", root.display()),
-            StoreConfig::S3 { bucket, region, endpoint } => format!(
+            StoreConfig::S3 {
+                bucket,
+                region,
+                endpoint,
+            } => format!(
                 "s3 bucket={bucket} region={} endpoint={}",
                 region.as_deref().unwrap_or("-"),
                 endpoint.as_deref().unwrap_or("-")
@@ -436,7 +563,10 @@ impl Config {
             ("release store", store),
             ("replicas", e.replicas.to_string()),
             ("ports", format!("{}..={}", e.port(1), e.port(e.replicas))),
-            ("nodes", format!("{} .. {}", e.node_name(1), e.node_name(e.replicas))),
+            (
+                "nodes",
+                format!("{} .. {}", e.node_name(1), e.node_name(e.replicas)),
+            ),
             ("var dir", e.var_dir.display().to_string()),
             ("log dir", e.log_dir.display().to_string()),
             ("schedule interval", format!("{:?}", e.schedule_interval)),
@@ -444,11 +574,26 @@ impl Config {
             ("rollback crashes", e.rollback_crashes.to_string()),
             ("min ready", format!("{:?}", e.min_ready)),
             ("otp readiness", e.otp_readiness.to_string()),
-            ("health path", e.health_path.clone().unwrap_or_else(|| "-".into())),
+            (
+                "health path",
+                e.health_path.clone().unwrap_or_else(|| "-".into()),
+            ),
             ("epmd port", e.epmd_port.to_string()),
-            ("mTLS certs", e.tls_cert_path.as_ref().map_or("-".into(), |p| p.display().to_string())),
+            (
+                "mTLS certs",
+                e.tls_cert_path
+                    .as_ref()
+                    .map_or("-".into(), |p| p.display().to_string()),
+            ),
             ("stop apps on exit", e.stop_apps_on_exit.to_string()),
-            ("dashboard", if self.web_enabled { format!("http://{} (host {})", self.bind, self.host) } else { "off".into() }),
+            (
+                "dashboard",
+                if self.web_enabled {
+                    format!("http://{} (host {})", self.bind, self.host)
+                } else {
+                    "off".into()
+                },
+            ),
             ("secrets", "<redacted>".to_string()),
         ];
         for (k, v) in lines {
@@ -467,7 +612,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -478,8 +626,16 @@ mod tests {
         assert_eq!(c.engine.port(3), 4002);
         assert_eq!(c.bind.port(), 5001);
         assert_eq!(c.engine.var_dir, PathBuf::from("/tmp/deployex/varlib"));
-        assert_eq!(c.engine.log_dir, PathBuf::from("/tmp/myphoenixapp/myphoenixapp"));
-        assert_eq!(c.engine.store, StoreConfig::Local { root: PathBuf::from("/tmp/myphoenixapp") });
+        assert_eq!(
+            c.engine.log_dir,
+            PathBuf::from("/tmp/myphoenixapp/myphoenixapp")
+        );
+        assert_eq!(
+            c.engine.store,
+            StoreConfig::Local {
+                root: PathBuf::from("/tmp/myphoenixapp")
+            }
+        );
         assert!(bcrypt::verify("deployex", &c.admin_hashed_password).unwrap());
     }
 
@@ -491,32 +647,55 @@ mod tests {
             "invalid configuration: DEPLOYEX_MONITORED_REPLICAS=\"many\": expected a whole number from 1 to 1000"
         );
         let e = load(env(&[("DEPLOYEX_OTP_READINESS", "maybe")]), None).unwrap_err();
-        assert!(e.to_string().contains("DEPLOYEX_OTP_READINESS=\"maybe\""), "{e}");
-        let e = load(env(&[("DEPLOYEX_MONITORED_APP_PORT", "65535"), ("DEPLOYEX_MONITORED_REPLICAS", "2")]), None).unwrap_err();
+        assert!(
+            e.to_string().contains("DEPLOYEX_OTP_READINESS=\"maybe\""),
+            "{e}"
+        );
+        let e = load(
+            env(&[
+                ("DEPLOYEX_MONITORED_APP_PORT", "65535"),
+                ("DEPLOYEX_MONITORED_REPLICAS", "2"),
+            ]),
+            None,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("past 65535"), "{e}");
     }
 
     #[test]
     fn production_requires_secrets() {
         let e = load(
-            env(&[("DEPLOYEX_CLOUD_ENVIRONMENT", "prod"), ("DEPLOYEX_RELEASE_ADAPTER", "local")]),
+            env(&[
+                ("DEPLOYEX_CLOUD_ENVIRONMENT", "prod"),
+                ("DEPLOYEX_RELEASE_ADAPTER", "local"),
+            ]),
             None,
         )
         .unwrap_err();
-        assert!(e.to_string().contains("missing DEPLOYEX_SECRET_KEY_BASE"), "{e}");
+        assert!(
+            e.to_string().contains("missing DEPLOYEX_SECRET_KEY_BASE"),
+            "{e}"
+        );
     }
 
     #[test]
     fn file_values_are_overridden_by_the_environment() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
-        std::fs::write(&f, "monitored_replicas = 5\nmonitored_app_name = \"shop\"\n").unwrap();
+        std::fs::write(
+            &f,
+            "monitored_replicas = 5\nmonitored_app_name = \"shop\"\n",
+        )
+        .unwrap();
         let c = load(env(&[("DEPLOYEX_MONITORED_REPLICAS", "2")]), Some(&f)).unwrap();
         assert_eq!(c.engine.replicas, 2);
         assert_eq!(c.engine.app, "shop");
         std::fs::write(&f, "monitored_replica = 5\n").unwrap();
         let e = load(env(&[]), Some(&f)).unwrap_err();
-        assert!(e.to_string().contains("unknown key \"monitored_replica\""), "{e}");
+        assert!(
+            e.to_string().contains("unknown key \"monitored_replica\""),
+            "{e}"
+        );
         std::fs::write(&f, "monitored_replicas = \"x\"\n").unwrap();
         let e = load(env(&[]), Some(&f)).unwrap_err();
         assert!(e.to_string().contains("monitored_replicas in"), "{e}");

@@ -19,9 +19,11 @@ fn states(status: &Value) -> Vec<String> {
 }
 
 fn all_running(status: &Value, version: &str) -> bool {
-    status["instances"].as_array().unwrap().iter().all(|i| {
-        i["state"] == "running" && i["version"] == version && i["otp_connected"] == true
-    })
+    status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["state"] == "running" && i["version"] == version && i["otp_connected"] == true)
 }
 
 fn pids(status: &Value) -> Vec<i32> {
@@ -50,9 +52,11 @@ fn replicas_come_up_restart_after_kill_and_roll_to_the_next_version() {
     site.publish("0.1.0", &[]);
     let dx = site.start();
 
-    let status = dx.wait_status("3 replicas of 0.1.0 running", Duration::from_secs(60), |s| {
-        all_running(s, "0.1.0")
-    });
+    let status = dx.wait_status(
+        "3 replicas of 0.1.0 running",
+        Duration::from_secs(60),
+        |s| all_running(s, "0.1.0"),
+    );
     let first_pids = pids(&status);
     for i in 1..=3u32 {
         let inst = &status["instances"][(i - 1) as usize];
@@ -64,12 +68,21 @@ fn replicas_come_up_restart_after_kill_and_roll_to_the_next_version() {
         // Its own process group.
         let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();
         assert_eq!(pgid.as_raw(), pid, "instance {i} leads its process group");
-        assert_eq!(inst["node"], format!("{APP}-{i}@{}", common::short_hostname()));
+        assert_eq!(
+            inst["node"],
+            format!("{APP}-{i}@{}", common::short_hostname())
+        );
     }
     // Logs fill (the fixture prints a heartbeat every second).
-    common::wait_until_sync("stdout logs of every instance fill", Duration::from_secs(10), || {
-        (1..=3).all(|i| std::fs::metadata(site.log_file(i, "stdout")).map(|m| m.len() > 0).unwrap_or(false))
-    });
+    common::wait_until_blocking(
+        "stdout logs of every instance fill",
+        Duration::from_secs(10),
+        || {
+            (1..=3)
+                .all(|i| std::fs::metadata(site.log_file(i, "stdout")).is_ok_and(|m| m.len() > 0))
+                .then_some(())
+        },
+    );
 
     // kill -9 one instance: a new process at once, crash_restarts = 1.
     let victim = first_pids[1];
@@ -81,8 +94,13 @@ fn replicas_come_up_restart_after_kill_and_roll_to_the_next_version() {
     });
     let respawn = killed_at.elapsed();
     assert_eq!(status["instances"][1]["crash_restarts"], 1);
-    assert!(respawn < Duration::from_secs(2), "first restart is immediate, took {respawn:?}");
-    dx.wait_status("instance 2 running again", Duration::from_secs(30), |s| all_running(s, "0.1.0"));
+    assert!(
+        respawn < Duration::from_secs(2),
+        "first restart is immediate, took {respawn:?}"
+    );
+    dx.wait_status("instance 2 running again", Duration::from_secs(30), |s| {
+        all_running(s, "0.1.0")
+    });
 
     // Publish 0.1.1 with a pre-command; watch the rollout.
     site.publish("0.1.1", &["eval Fixture.Migrator.migrate"]);
@@ -90,18 +108,31 @@ fn replicas_come_up_restart_after_kill_and_roll_to_the_next_version() {
     let mut max_down = 0;
     loop {
         let s = dx.status();
-        let down = states(&s).iter().filter(|st| st.as_str() != "running").count();
+        let down = states(&s)
+            .iter()
+            .filter(|st| st.as_str() != "running")
+            .count();
         max_down = max_down.max(down);
         if all_running(&s, "0.1.1") {
             break;
         }
-        assert!(Instant::now() < deadline, "rollout to 0.1.1 did not finish: {s:#}\n{}", dx.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "rollout to 0.1.1 did not finish: {s:#}\n{}",
+            dx.log_text()
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
-    assert!(max_down <= 1, "never two instances down at once (saw {max_down})");
+    assert!(
+        max_down <= 1,
+        "never two instances down at once (saw {max_down})"
+    );
     for i in 1..=3 {
         assert_eq!(start_erl_version(&site.service(i).join("current")), "0.1.1");
-        assert_eq!(start_erl_version(&site.service(i).join("previous")), "0.1.0");
+        assert_eq!(
+            start_erl_version(&site.service(i).join("previous")),
+            "0.1.0"
+        );
         assert!(!site.service(i).join("new").exists());
         let port = site.app_port + i as u16 - 1;
         assert_eq!(app_version(port).unwrap().0, "0.1.1");
@@ -118,14 +149,23 @@ fn replicas_come_up_restart_after_kill_and_roll_to_the_next_version() {
     assert!(rows.iter().all(|r| r["deployment"] == "full_deployment"));
     assert_eq!(rows.iter().filter(|r| r["version"] == "0.1.0").count(), 3);
     let only_2 = dx.get("/api/v1/versions?instance=2");
-    assert!(only_2.as_array().unwrap().iter().all(|r| r["instance"] == 2));
+    assert!(
+        only_2
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["instance"] == 2)
+    );
     // Pre-commands ran once per instance, in order.
     let lines: Vec<String> = std::fs::read_to_string(&marker)
         .unwrap()
         .lines()
         .map(str::to_string)
         .collect();
-    assert_eq!(lines, vec!["migrate 0.1.1 -1", "migrate 0.1.1 -2", "migrate 0.1.1 -3"]);
+    assert_eq!(
+        lines,
+        vec!["migrate 0.1.1 -1", "migrate 0.1.1 -2", "migrate 0.1.1 -3"]
+    );
 }
 
 #[test]
@@ -133,7 +173,9 @@ fn a_failing_pre_command_keeps_the_old_version_running() {
     let site = Site::new(1);
     site.publish("0.1.0", &[]);
     let dx = site.start();
-    let s = dx.wait_status("0.1.0 running", Duration::from_secs(60), |s| all_running(s, "0.1.0"));
+    let s = dx.wait_status("0.1.0 running", Duration::from_secs(60), |s| {
+        all_running(s, "0.1.0")
+    });
     let pid = pids(&s)[0];
     site.publish("0.1.1", &["eval Fixture.Migrator.fail"]);
     let s = dx.wait_status("pre_commands_failed", Duration::from_secs(60), |s| {
@@ -143,7 +185,10 @@ fn a_failing_pre_command_keeps_the_old_version_running() {
     assert_eq!(pids(&s)[0], pid, "the old process keeps running");
     assert!(pid_alive(pid));
     let err = s["last_error"].as_str().unwrap_or("");
-    assert!(err.contains("pre-command"), "last_error names the pre-command: {s:#}");
+    assert!(
+        err.contains("pre-command"),
+        "last_error names the pre-command: {s:#}"
+    );
     assert_eq!(app_version(site.app_port).unwrap().0, "0.1.0");
 }
 
@@ -161,10 +206,19 @@ fn a_version_crashing_at_boot_is_restarted_with_growing_intervals() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| time::OffsetDateTime::parse(t.as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap())
+        .map(|t| {
+            time::OffsetDateTime::parse(
+                t.as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap()
+        })
         .collect();
     assert!(times.len() >= 5);
-    let gaps: Vec<f64> = times.windows(2).map(|w| (w[1] - w[0]).as_seconds_f64()).collect();
+    let gaps: Vec<f64> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_seconds_f64())
+        .collect();
     // Each gap is boot-to-crash time plus the delay (0.3, 0.6, 1.2 s...):
     // strictly growing by at least most of the added delay.
     for w in gaps.windows(2) {
@@ -177,14 +231,28 @@ fn malformed_releases_are_rejected_and_nothing_running_is_touched() {
     let site = Site::new(1);
     site.publish("0.1.0", &[]);
     let dx = site.start();
-    let s = dx.wait_status("0.1.0 running", Duration::from_secs(60), |s| all_running(s, "0.1.0"));
+    let s = dx.wait_status("0.1.0 running", Duration::from_secs(60), |s| {
+        all_running(s, "0.1.0")
+    });
     let pid = pids(&s)[0];
 
     let good = std::fs::read(common::fixture_tarball(APP, "0.1.1")).unwrap();
     let cases: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
-        ("malformed json", Box::new(|| site.write_current("{not json")), "current.json"),
-        ("missing version", Box::new(|| site.write_current(r#"{"hash":"x"}"#)), "version"),
-        ("missing tarball", Box::new(|| site.write_current(r#"{"version":"9.9.9"}"#)), "9.9.9"),
+        (
+            "malformed json",
+            Box::new(|| site.write_current("{not json")),
+            "current.json",
+        ),
+        (
+            "missing version",
+            Box::new(|| site.write_current(r#"{"hash":"x"}"#)),
+            "version",
+        ),
+        (
+            "missing tarball",
+            Box::new(|| site.write_current(r#"{"version":"9.9.9"}"#)),
+            "9.9.9",
+        ),
         (
             "truncated tarball",
             Box::new(|| {
@@ -237,7 +305,10 @@ fn malformed_releases_are_rejected_and_nothing_running_is_touched() {
             "sha256 mismatch",
             Box::new(|| {
                 site.publish_tarball("0.1.1");
-                site.write_current(&format!(r#"{{"version":"0.1.1","sha256":"{}"}}"#, "ab".repeat(32)));
+                site.write_current(&format!(
+                    r#"{{"version":"0.1.1","sha256":"{}"}}"#,
+                    "ab".repeat(32)
+                ));
             }),
             "sha256",
         ),
@@ -245,10 +316,14 @@ fn malformed_releases_are_rejected_and_nothing_running_is_touched() {
     let mut previous_error = String::new();
     for (name, make, expect) in cases {
         make();
-        let s = dx.wait_status(&format!("last_error for {name}"), Duration::from_secs(20), |s| {
-            let e = s["last_error"].as_str().unwrap_or("");
-            e.contains(expect) && e != previous_error
-        });
+        let s = dx.wait_status(
+            &format!("last_error for {name}"),
+            Duration::from_secs(20),
+            |s| {
+                let e = s["last_error"].as_str().unwrap_or("");
+                e.contains(expect) && e != previous_error
+            },
+        );
         previous_error = s["last_error"].as_str().unwrap_or("").to_string();
         assert_eq!(pids(&s)[0], pid, "{name}: instance untouched");
         assert_eq!(s["instances"][0]["version"], "0.1.0", "{name}");
@@ -259,9 +334,11 @@ fn malformed_releases_are_rejected_and_nothing_running_is_touched() {
     assert!(pid_alive(pid));
     // A good release afterwards clears the error and deploys.
     site.write_current(r#"{"version":"0.1.1"}"#);
-    dx.wait_status("0.1.1 deployed after the bad ones", Duration::from_secs(60), |s| {
-        all_running(s, "0.1.1") && s["last_error"].is_null()
-    });
+    dx.wait_status(
+        "0.1.1 deployed after the bad ones",
+        Duration::from_secs(60),
+        |s| all_running(s, "0.1.1") && s["last_error"].is_null(),
+    );
 }
 
 #[test]
@@ -269,19 +346,32 @@ fn restarting_deployex_adopts_running_instances_and_sigterm_stops_them() {
     let site = Site::new(2).env("DEPLOYEX_STOP_APPS_ON_EXIT", "false");
     site.publish("0.1.0", &[]);
     let mut dx = site.start();
-    let s = dx.wait_status("2 replicas running", Duration::from_secs(60), |s| all_running(s, "0.1.0"));
+    let s = dx.wait_status("2 replicas running", Duration::from_secs(60), |s| {
+        all_running(s, "0.1.0")
+    });
     let before = pids(&s);
     let code = dx.stop_with(Signal::SIGTERM, Duration::from_secs(15));
     assert_eq!(code, Some(0));
-    assert!(before.iter().all(|&p| pid_alive(p)), "apps keep running when DEPLOYEX_STOP_APPS_ON_EXIT=false");
+    assert!(
+        before.iter().all(|&p| pid_alive(p)),
+        "apps keep running when DEPLOYEX_STOP_APPS_ON_EXIT=false"
+    );
 
     // Start again, this time with the default (stop apps on exit).
-    let site2 = Site { extra_env: Vec::new(), ..site };
+    let site2 = Site {
+        extra_env: Vec::new(),
+        ..site
+    };
     let mut dx = site2.start();
-    let s = dx.wait_status("adopted and running", Duration::from_secs(30), |s| all_running(s, "0.1.0"));
+    let s = dx.wait_status("adopted and running", Duration::from_secs(30), |s| {
+        all_running(s, "0.1.0")
+    });
     if pids(&s) != before {
         kill_pids(&before);
-        panic!("the same OS pids must be adopted: before {before:?}, after {:?}", pids(&s));
+        panic!(
+            "the same OS pids must be adopted: before {before:?}, after {:?}",
+            pids(&s)
+        );
     }
     assert_eq!(s["instances"][0]["crash_restarts"], 0);
 
@@ -290,7 +380,10 @@ fn restarting_deployex_adopts_running_instances_and_sigterm_stops_them() {
     assert_eq!(code, Some(0));
     assert!(started.elapsed() < Duration::from_secs(15));
     for p in &before {
-        assert!(!pid_exists(*p), "instance pid {p} gone (no beam.smp, no zombie)");
+        assert!(
+            !pid_exists(*p),
+            "instance pid {p} gone (no beam.smp, no zombie)"
+        );
     }
 }
 
@@ -300,10 +393,28 @@ fn the_api_requires_a_valid_token() {
     let dx = site.start();
     use common::deployex::http;
     for path in ["/api/v1/status", "/api/v1/versions"] {
-        assert_eq!(http(dx.api_port, "GET", path, None, None).0, 401, "{path} without token");
-        assert_eq!(http(dx.api_port, "GET", path, Some("forged.token"), None).0, 401, "{path} bad token");
+        assert_eq!(
+            http(dx.api_port, "GET", path, None, None).0,
+            401,
+            "{path} without token"
+        );
+        assert_eq!(
+            http(dx.api_port, "GET", path, Some("forged.token"), None).0,
+            401,
+            "{path} bad token"
+        );
     }
-    assert_eq!(http(dx.api_port, "POST", "/api/v1/instances/1/restart", None, Some("")).0, 401);
+    assert_eq!(
+        http(
+            dx.api_port,
+            "POST",
+            "/api/v1/instances/1/restart",
+            None,
+            Some("")
+        )
+        .0,
+        401
+    );
     let (code, body) = http(
         dx.api_port,
         "POST",
@@ -313,6 +424,19 @@ fn the_api_requires_a_valid_token() {
     );
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("error"));
-    assert_eq!(http(dx.api_port, "GET", "/healthz", None, None), (200, "ok".to_string()));
-    assert_eq!(http(dx.api_port, "GET", "/api/v1/status", dx.token.as_deref(), None).0, 200);
+    assert_eq!(
+        http(dx.api_port, "GET", "/healthz", None, None),
+        (200, "ok".to_string())
+    );
+    assert_eq!(
+        http(
+            dx.api_port,
+            "GET",
+            "/api/v1/status",
+            dx.token.as_deref(),
+            None
+        )
+        .0,
+        200
+    );
 }

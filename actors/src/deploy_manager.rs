@@ -246,7 +246,9 @@ impl Actor for DeployManager {
                     let attempts = state.failures.get(&key).map_or(0, |f| f.0) + 1;
                     let delay = retry_delay(state.cfg.schedule_interval, attempts);
                     tracing::warn!(instance, version = %p.version, %error, attempts, retry_in_ms = delay.as_millis() as u64, "deployment failed; will retry");
-                    state.failures.insert(key, (attempts, Instant::now() + delay));
+                    state
+                        .failures
+                        .insert(key, (attempts, Instant::now() + delay));
                     state.last_error = Some(format!("instance {instance}: {error}"));
                 }
             }
@@ -526,7 +528,10 @@ impl DmState {
             return;
         };
         let Some(previous) = previous else {
-            tracing::error!(instance = p.instance, "no previous version to roll back to; stopping the instance");
+            tracing::error!(
+                instance = p.instance,
+                "no previous version to roll back to; stopping the instance"
+            );
             self.last_error = Some(format!(
                 "version {} failed on instance {} and there is no previous version to roll back to",
                 p.version, p.instance

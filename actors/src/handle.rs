@@ -14,8 +14,8 @@ use crate::deploy_manager::{self, DeployMsg};
 use crate::engine::Engine;
 use crate::instance_monitor::{self, InstanceMsg};
 use crate::model::{
-    ActionError, ActorInfo, DeployexStatus, HistoryEntry, InstanceState, InstanceStatus,
-    LogStream, Mode, ShellCommand, Status,
+    ActionError, ActorInfo, DeployexStatus, HistoryEntry, InstanceState, InstanceStatus, LogStream,
+    Mode, ShellCommand, Status,
 };
 use crate::otp_node_watcher::{self, WatcherMsg};
 use crate::recorder::Recorder;
@@ -101,7 +101,8 @@ impl EngineHandle {
     fn actor_info(cell: &ActorCell) -> ActorInfo {
         let name = cell.get_name().unwrap_or_else(|| "(unnamed)".to_string());
         let recorder = Recorder::get(&name);
-        let mut children: Vec<ActorInfo> = cell.get_children().iter().map(Self::actor_info).collect();
+        let mut children: Vec<ActorInfo> =
+            cell.get_children().iter().map(Self::actor_info).collect();
         children.sort_by(|a, b| a.name.cmp(&b.name));
         ActorInfo {
             id: cell.get_id().to_string(),
@@ -132,12 +133,11 @@ impl Engine for EngineHandle {
             };
             let instances =
                 futures::future::join_all((1..=self.cfg.replicas).map(|i| self.instance_status(i)));
-            let (dm, fetcher, nodes, mut instances) =
-                futures::join!(dm, fetcher, nodes, instances);
+            let (dm, fetcher, nodes, mut instances) = futures::join!(dm, fetcher, nodes, instances);
             if let Some(nodes) = &nodes {
                 for inst in instances.iter_mut() {
-                    inst.otp_connected = inst.os_pid.is_some()
-                        && nodes.get(&inst.node).is_some_and(|n| n.connected);
+                    inst.otp_connected =
+                        inst.os_pid.is_some() && nodes.get(&inst.node).is_some_and(|n| n.connected);
                 }
             }
             let stale = dm.is_none()

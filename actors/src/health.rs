@@ -18,7 +18,8 @@ pub async fn http_ok(port: u16, path: &str, timeout: Duration) -> bool {
 
 async fn status(port: u16, path: &str) -> Option<u16> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut buf = Vec::with_capacity(64);
     let mut chunk = [0u8; 64];
@@ -63,9 +64,14 @@ mod tests {
                 let (mut s, _) = listener.accept().await.unwrap();
                 let mut buf = [0u8; 256];
                 let _ = s.read(&mut buf).await;
-                s.write_all(format!("{answer}\r\n\r\n").as_bytes()).await.unwrap();
+                s.write_all(format!("{answer}\r\n\r\n").as_bytes())
+                    .await
+                    .unwrap();
             });
-            assert_eq!(http_ok(port, "/health", Duration::from_secs(2)).await, expect);
+            assert_eq!(
+                http_ok(port, "/health", Duration::from_secs(2)).await,
+                expect
+            );
             server.await.unwrap();
         }
         let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();

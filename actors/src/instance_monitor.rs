@@ -60,22 +60,48 @@ pub enum StopReason {
 pub enum InstanceMsg {
     /// Adopt or start the process at boot of the monitor.
     Boot,
-    Exited { generation: u64, info: ExitInfo },
+    Exited {
+        generation: u64,
+        info: ExitInfo,
+    },
     HealthTick,
-    Probed { generation: u64, otp: bool, http: bool },
-    RestartAfterBackoff { generation: u64 },
+    Probed {
+        generation: u64,
+        otp: bool,
+        http: bool,
+    },
+    RestartAfterBackoff {
+        generation: u64,
+    },
     /// Operator restart (a forced restart).
-    Restart { reply: RpcReplyPort<Result<(), String>> },
-    Deploy { job: DeployJob },
+    Restart {
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    Deploy {
+        job: DeployJob,
+    },
     /// `new/` unpacked and pre-commands run (or failed).
-    Prepared { deploy_ref: String, result: Result<(), String> },
+    Prepared {
+        deploy_ref: String,
+        result: Result<(), String>,
+    },
     /// A stop requested earlier has completed.
-    StopDone { generation: u64, reason: StopReason },
+    StopDone {
+        generation: u64,
+        reason: StopReason,
+    },
     /// Folders rotated for a deployment (or failed).
-    Rotated { deploy_ref: String, result: Result<(), String> },
-    Status { reply: RpcReplyPort<InstanceStatus> },
+    Rotated {
+        deploy_ref: String,
+        result: Result<(), String>,
+    },
+    Status {
+        reply: RpcReplyPort<InstanceStatus>,
+    },
     /// Stop the process (deployex shutting down); answers when it is gone.
-    Shutdown { reply: RpcReplyPort<()> },
+    Shutdown {
+        reply: RpcReplyPort<()>,
+    },
     #[doc(hidden)]
     InjectPanic,
 }
@@ -313,7 +339,11 @@ impl MonitorState {
         if let Ok(pidfile) = PidFile::read(&self.pidfile()) {
             match process::adopt(&pidfile) {
                 Adoption::Adopt(handle) => {
-                    tracing::info!(instance = self.instance, pid = pidfile.pid, "adopted running instance");
+                    tracing::info!(
+                        instance = self.instance,
+                        pid = pidfile.pid,
+                        "adopted running instance"
+                    );
                     self.attach(myself, handle);
                     // It was already running: readiness only needs the probes.
                     self.started_at = Some(Instant::now() - self.cfg.min_ready);
@@ -387,7 +417,12 @@ impl MonitorState {
                 if let Err(e) = pidfile.write(&self.pidfile()) {
                     tracing::error!(instance = self.instance, error = %e, "cannot write pid file");
                 }
-                tracing::info!(instance = self.instance, pid = handle.pid(), version = self.version.as_deref().unwrap_or("?"), "instance started");
+                tracing::info!(
+                    instance = self.instance,
+                    pid = handle.pid(),
+                    version = self.version.as_deref().unwrap_or("?"),
+                    "instance started"
+                );
                 self.attach(myself, handle);
             }
             Err(e) => {
@@ -401,7 +436,10 @@ impl MonitorState {
 
     fn env(&self) -> Vec<(String, String)> {
         let overrides = vec![
-            ("RELEASE_NODE_SUFFIX".to_string(), format!("-{}", self.instance)),
+            (
+                "RELEASE_NODE_SUFFIX".to_string(),
+                format!("-{}", self.instance),
+            ),
             ("RELEASE_DISTRIBUTION".to_string(), "sname".to_string()),
             ("RELEASE_COOKIE".to_string(), self.cfg.cookie.clone()),
             ("PORT".to_string(), self.port.to_string()),
@@ -456,7 +494,9 @@ impl MonitorState {
         } else {
             self.set_phase(InstanceState::CrashBackoff, "crashed");
             let generation = self.generation;
-            myself.send_after(delay, move || InstanceMsg::RestartAfterBackoff { generation });
+            myself.send_after(delay, move || InstanceMsg::RestartAfterBackoff {
+                generation,
+            });
         }
     }
 
@@ -522,8 +562,7 @@ impl MonitorState {
                     self.ready_since = Some(Instant::now());
                     self.last_error = None;
                     self.set_phase(InstanceState::Running, "ready");
-                    if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME.to_string())
-                    {
+                    if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME.to_string()) {
                         let _ = dm.send_message(DeployMsg::InstanceReady {
                             instance: self.instance,
                             version: self.version.clone(),
@@ -835,7 +874,10 @@ async fn prepare(
                 ));
             }
             Err(e) => {
-                return Err(format!("pre-command {} ({command}) could not run: {e}", n + 1));
+                return Err(format!(
+                    "pre-command {} ({command}) could not run: {e}",
+                    n + 1
+                ));
             }
         }
     }

@@ -145,6 +145,9 @@ mod tests {
         drop(g);
         assert!(r.in_flight().is_none());
         // The same name gives the same recorder (survives actor restarts).
-        assert_eq!(Recorder::for_actor("recorder-test-actor").messages().len(), CAPACITY);
+        assert_eq!(
+            Recorder::for_actor("recorder-test-actor").messages().len(),
+            CAPACITY
+        );
     }
 }

@@ -145,9 +145,9 @@ impl Actor for ReleaseFetcher {
                         if changed {
                             tracing::info!(version = %ready.release.version, tarball = %ready.tarball.display(), "release verified and ready");
                             state.status.ready = Some(ready);
-                            if let Some(dm) = ractor::registry::where_is(
-                                crate::deploy_manager::NAME.to_string(),
-                            ) {
+                            if let Some(dm) =
+                                ractor::registry::where_is(crate::deploy_manager::NAME.to_string())
+                            {
                                 let _ = dm.send_message(crate::deploy_manager::DeployMsg::Evaluate);
                             }
                         }
@@ -232,9 +232,10 @@ async fn ensure_cached(
     let expected = release.sha256.clone();
     let part2 = part.clone();
     let scratch = cache.join(format!(".verify-{}", version));
-    let verified = tokio::task::spawn_blocking(move || verify_tarball(&part2, &scratch, &app, expected))
-        .await
-        .map_err(|e| format!("verification task failed: {e}"))?;
+    let verified =
+        tokio::task::spawn_blocking(move || verify_tarball(&part2, &scratch, &app, expected))
+            .await
+            .map_err(|e| format!("verification task failed: {e}"))?;
     if let Err(error) = verified {
         let _ = tokio::fs::remove_file(&part).await;
         return Err(format!("tarball {version}: {error}"));

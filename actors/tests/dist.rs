@@ -43,7 +43,14 @@ impl TestNode {
         let node = format!("dxd{}@{}", random_suffix(), short_host());
         let cookie = format!("c{}", random_suffix());
         let child = Command::new("erl")
-            .args(["-sname", &node, "-setcookie", &cookie, "-noshell", "-noinput"])
+            .args([
+                "-sname",
+                &node,
+                "-setcookie",
+                &cookie,
+                "-noshell",
+                "-noinput",
+            ])
             .args(extra)
             .env("ERL_EPMD_PORT", epmd_port.to_string())
             .env("ERL_CRASH_DUMP_SECONDS", "0")
@@ -64,7 +71,11 @@ impl TestNode {
             {
                 return test_node;
             }
-            assert!(Instant::now() < deadline, "node {} never registered", test_node.node);
+            assert!(
+                Instant::now() < deadline,
+                "node {} never registered",
+                test_node.node
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -121,7 +132,12 @@ async fn rpc_calls_return_results_and_readable_errors() {
     assert_eq!(as_atom(&me), Some(n.node.as_str()));
 
     let reversed = conn
-        .rpc("lists", "reverse", vec![list(vec![int(1), int(2), int(3)])], RPC)
+        .rpc(
+            "lists",
+            "reverse",
+            vec![list(vec![int(1), int(2), int(3)])],
+            RPC,
+        )
         .await
         .unwrap();
     assert_eq!(ints(&reversed), [3, 2, 1]);
@@ -177,11 +193,7 @@ async fn concurrent_rpcs_get_their_own_answers() {
         async move {
             // Different durations so replies come back out of order.
             let sleep = int((50 - i) % 7);
-            let args = vec![
-                atom("timer"),
-                atom("sleep"),
-                list(vec![sleep]),
-            ];
+            let args = vec![atom("timer"), atom("sleep"), list(vec![sleep])];
             conn.rpc("erlang", "apply", args, RPC).await.unwrap();
             let got = conn
                 .rpc("lists", "seq", vec![int(1), int(i)], RPC)
@@ -284,13 +296,22 @@ async fn rpc_timeout_returns_quickly_and_the_connection_goes_on() {
     let conn = n.connect().await;
     let started = Instant::now();
     match conn
-        .rpc("timer", "sleep", vec![int(5000)], Duration::from_millis(300))
+        .rpc(
+            "timer",
+            "sleep",
+            vec![int(5000)],
+            Duration::from_millis(300),
+        )
         .await
     {
         Err(DistError::Timeout { what, .. }) => assert_eq!(what, "rpc timer:sleep/1"),
         other => panic!("expected Timeout, got {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     let me = conn.rpc("erlang", "node", vec![], RPC).await.unwrap();
     assert_eq!(as_atom(&me), Some(n.node.as_str()));
 }

@@ -48,7 +48,10 @@ fn rand_u16() -> u16 {
 impl Site {
     pub fn new(replicas: u32) -> Site {
         Site {
-            dir: tempfile::Builder::new().prefix("dx-e2e-").tempdir().unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("dx-e2e-")
+                .tempdir()
+                .unwrap(),
             epmd: Epmd::new(),
             api_port: free_port(),
             app_port: free_port_range(replicas as u16),
@@ -82,8 +85,11 @@ impl Site {
     pub fn publish_tarball(&self, version: &str) {
         let dist = self.store().join("dist").join(APP);
         std::fs::create_dir_all(&dist).unwrap();
-        std::fs::copy(fixture_tarball(APP, version), dist.join(format!("{APP}-{version}.tar.gz")))
-            .unwrap();
+        std::fs::copy(
+            fixture_tarball(APP, version),
+            dist.join(format!("{APP}-{version}.tar.gz")),
+        )
+        .unwrap();
     }
 
     /// Write a raw file as the tarball of `version`.
@@ -129,7 +135,10 @@ impl Site {
             .env("DEPLOYEX_PHX_PORT", self.api_port.to_string())
             .env("ERL_EPMD_PORT", self.epmd.port.to_string())
             .env("DEPLOYEX_ERLANG_COOKIE", "e2ecookie")
-            .env("DEPLOYEX_SECRET_KEY_BASE", "e2e-secret-key-base-0123456789-abcdefghijklmnop")
+            .env(
+                "DEPLOYEX_SECRET_KEY_BASE",
+                "e2e-secret-key-base-0123456789-abcdefghijklmnop",
+            )
             .env("DEPLOYEX_DEPLOY_SCHEDULE_INTERVAL_MS", "200")
             .env("DEPLOYEX_MIN_READY_MS", "300")
             .env("DEPLOYEX_STOP_TIMEOUT_MS", "5000")
@@ -169,16 +178,26 @@ pub struct Deployex {
 }
 
 /// One HTTP/1.1 request; returns (status, body).
-pub fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
     let body = body.unwrap_or("");
     if !body.is_empty() || method != "GET" {
-        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
     }
     req.push_str("\r\n");
     req.push_str(body);
@@ -192,7 +211,10 @@ pub fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: Opti
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -203,8 +225,12 @@ pub fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: Opti
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     loop {
-        let Some((size, rest)) = s.split_once("\r\n") else { break };
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Some((size, rest)) = s.split_once("\r\n") else {
+            break;
+        };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }
@@ -243,7 +269,13 @@ impl Deployex {
     }
 
     pub fn post(&self, path: &str, body: &str) -> (u16, String) {
-        http(self.api_port, "POST", path, self.token.as_deref(), Some(body))
+        http(
+            self.api_port,
+            "POST",
+            path,
+            self.token.as_deref(),
+            Some(body),
+        )
     }
 
     pub fn status(&self) -> Value {
@@ -256,7 +288,12 @@ impl Deployex {
 
     /// Poll the status until `pred` holds; panics with the status and the
     /// deployex log on timeout.
-    pub fn wait_status(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         let mut last = Value::Null;
         while Instant::now() < deadline {
@@ -267,12 +304,24 @@ impl Deployex {
             std::thread::sleep(Duration::from_millis(50));
         }
         let log = self.log_text();
-        let tail: String = log.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String = log
+            .lines()
+            .rev()
+            .take(60)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
         panic!("timed out waiting for {what}\nstatus: {last:#}\nlog tail:\n{tail}");
     }
 
     /// Send a signal and wait for the exit code.
-    pub fn stop_with(&mut self, signal: nix::sys::signal::Signal, timeout: Duration) -> Option<i32> {
+    pub fn stop_with(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+        timeout: Duration,
+    ) -> Option<i32> {
         let mut child = self.child.take()?;
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
         let deadline = Instant::now() + timeout;
@@ -291,7 +340,10 @@ impl Deployex {
 impl Drop for Deployex {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -310,7 +362,10 @@ impl Drop for Deployex {
 pub fn kill_pids(pids: &[i32]) {
     for &pid in pids {
         if pid > 0 {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -318,7 +373,12 @@ pub fn kill_pids(pids: &[i32]) {
 pub fn pid_alive(pid: i32) -> bool {
     // A zombie still has /proc/<pid>; count it as dead but report it.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -334,5 +394,11 @@ pub fn app_version(port: u16) -> Option<(String, String)> {
         return None;
     }
     let v: Value = serde_json::from_str(body.trim()).ok()?;
-    Some((v["version"].as_str()?.to_string(), v["os_pid"].as_str().map(str::to_string).unwrap_or_else(|| v["os_pid"].to_string())))
+    Some((
+        v["version"].as_str()?.to_string(),
+        v["os_pid"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v["os_pid"].to_string()),
+    ))
 }

@@ -37,26 +37,59 @@ fn raw_entry(name: &str, kind: u8, link: &str, data: &[u8], mode: u32) -> Vec<u8
 }
 
 fn with_bin(app: &str, mut extra: Vec<u8>) -> Vec<u8> {
-    let mut tar = raw_entry(&format!("bin/{app}"), b'0', "", b"#!/bin/sh\nexit 0\n", 0o755);
+    let mut tar = raw_entry(
+        &format!("bin/{app}"),
+        b'0',
+        "",
+        b"#!/bin/sh\nexit 0\n",
+        0o755,
+    );
     tar.append(&mut extra);
     tar.extend(std::iter::repeat_n(0u8, 1024));
     gz(&tar)
 }
 
 pub fn evil_tarball_dotdot(app: &str) -> Vec<u8> {
-    with_bin(app, raw_entry("../../../escaped", b'0', "", b"pwned\n", 0o644))
+    with_bin(
+        app,
+        raw_entry("../../../escaped", b'0', "", b"pwned\n", 0o644),
+    )
 }
 
 pub fn evil_tarball_absolute(app: &str) -> Vec<u8> {
-    with_bin(app, raw_entry("/tmp/deployex-test-escaped-absolute", b'0', "", b"pwned\n", 0o644))
+    with_bin(
+        app,
+        raw_entry(
+            "/tmp/deployex-test-escaped-absolute",
+            b'0',
+            "",
+            b"pwned\n",
+            0o644,
+        ),
+    )
 }
 
 pub fn evil_tarball_symlink(app: &str) -> Vec<u8> {
-    with_bin(app, raw_entry("lib/passwd", b'2', "../../../../../../etc/passwd", b"", 0o777))
+    with_bin(
+        app,
+        raw_entry(
+            "lib/passwd",
+            b'2',
+            "../../../../../../etc/passwd",
+            b"",
+            0o777,
+        ),
+    )
 }
 
 pub fn tarball_without_bin() -> Vec<u8> {
-    let mut tar = raw_entry("releases/start_erl.data", b'0', "", b"13.1.5 0.5.6\n", 0o644);
+    let mut tar = raw_entry(
+        "releases/start_erl.data",
+        b'0',
+        "",
+        b"13.1.5 0.5.6\n",
+        0o644,
+    );
     tar.extend(std::iter::repeat_n(0u8, 1024));
     gz(&tar)
 }

@@ -6,12 +6,17 @@
 //!
 //! Invariants: nothing here kills by name, every port comes from binding
 //! port 0, and every wait polls a condition against a deadline.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
+pub mod deployex;
+pub mod evil;
 pub mod fixtures;
 pub mod net;
 pub mod process;
 
+pub use evil::{
+    evil_tarball_absolute, evil_tarball_dotdot, evil_tarball_symlink, tarball_without_bin,
+};
 pub use fixtures::{
     fixture_relup_tarball, fixture_tarball, fixtures_dir, hot_upgrade_expr, release_command,
     unpack_tarball,
@@ -62,4 +67,15 @@ pub fn wait_until_blocking<T>(
         }
         std::thread::sleep(POLL_EVERY);
     }
+}
+
+/// The short host name, the host part of `sname` node names.
+pub fn short_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string()
 }

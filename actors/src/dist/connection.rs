@@ -49,12 +49,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     split_node(node)?;
-    let local_name: NodeName =
-        cfg.local_node
-            .parse()
-            .map_err(|_| DistError::InvalidNodeName {
-                node: cfg.local_node.clone(),
-            })?;
+    let local_name: NodeName = cfg
+        .local_node
+        .parse()
+        .map_err(|_| DistError::InvalidNodeName {
+            node: cfg.local_node.clone(),
+        })?;
     // Creation 0 means "any incarnation" in some places: avoid it.
     let creation = Creation::new(rand::random::<u32>().max(1));
     let local = LocalNode::new(local_name, creation);
@@ -104,9 +104,9 @@ fn handshake_reason(e: &HandshakeError, local: &str) -> String {
             "the peer still has a connection from {local} (status alive); \
              use another local node name or wait for the old connection to drop"
         ),
-        HandshakeError::OngoingHandshake => format!(
-            "the peer is already setting up a connection with {local} (status nok); retry"
-        ),
+        HandshakeError::OngoingHandshake => {
+            format!("the peer is already setting up a connection with {local} (status nok); retry")
+        }
         other => other.to_string(),
     }
 }
@@ -641,7 +641,10 @@ mod tests {
     fn node_names_need_both_parts() {
         assert!(split_node("a@b").is_ok());
         for bad in ["ab", "@b", "a@", ""] {
-            assert!(matches!(split_node(bad), Err(DistError::InvalidNodeName { .. })), "{bad}");
+            assert!(
+                matches!(split_node(bad), Err(DistError::InvalidNodeName { .. })),
+                "{bad}"
+            );
         }
     }
 

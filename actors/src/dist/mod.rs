@@ -37,8 +37,8 @@ use std::time::Duration;
 pub use connection::{Handshake, NodeConnection, handshake};
 pub use erl_dist::term::Term;
 pub use term::{
-    as_atom, as_int, as_list, as_tuple, atom, binary, charlist, int, list, pretty,
-    term_to_string, tuple,
+    as_atom, as_int, as_list, as_tuple, atom, binary, charlist, int, list, pretty, term_to_string,
+    tuple,
 };
 
 /// The EPMD port when `ERL_EPMD_PORT` is not set.
@@ -95,7 +95,9 @@ pub enum DistError {
     InvalidNodeName { node: String },
 
     /// EPMD could not be asked (not running on that port, or misbehaving).
-    #[error("cannot query EPMD at {epmd} for node {node} (is a node running with this ERL_EPMD_PORT?)")]
+    #[error(
+        "cannot query EPMD at {epmd} for node {node} (is a node running with this ERL_EPMD_PORT?)"
+    )]
     Epmd {
         node: String,
         epmd: String,

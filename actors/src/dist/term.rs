@@ -129,11 +129,9 @@ fn write_term(out: &mut String, term: &Term) -> fmt::Result {
             }
             out.write_char('>')
         }
-        Term::ExternalFun(f) => write!(
-            out,
-            "fun {}:{}/{}",
-            f.module.name, f.function.name, f.arity
-        ),
+        Term::ExternalFun(f) => {
+            write!(out, "fun {}:{}/{}", f.module.name, f.function.name, f.arity)
+        }
         Term::InternalFun(_) => out.write_str("#Fun<>"),
         Term::Binary(b) => match std::str::from_utf8(&b.bytes) {
             Ok(s) if s.chars().all(is_printable) => {
@@ -239,8 +237,14 @@ mod tests {
 
     #[test]
     fn strings_round_trip_through_charlists_and_binaries() {
-        assert_eq!(term_to_string(&charlist("héllo €")).as_deref(), Some("héllo €"));
-        assert_eq!(term_to_string(&binary("héllo €")).as_deref(), Some("héllo €"));
+        assert_eq!(
+            term_to_string(&charlist("héllo €")).as_deref(),
+            Some("héllo €")
+        );
+        assert_eq!(
+            term_to_string(&binary("héllo €")).as_deref(),
+            Some("héllo €")
+        );
         assert_eq!(term_to_string(&list(vec![])).as_deref(), Some(""));
         assert_eq!(term_to_string(&list(vec![atom("a")])), None);
         assert_eq!(term_to_string(&binary([0xff, 0xfe])), None);

@@ -9,7 +9,10 @@ use std::path::Path;
 /// (a BEAM started by `bin/{app} start` carries `-root {release}` and
 /// `-boot {release}/releases/...` in its arguments).
 pub fn pids_running_under(root: &Path) -> Vec<i32> {
-    let Some(needle) = root.to_str().map(|s| format!("{}/", s.trim_end_matches('/'))) else {
+    let Some(needle) = root
+        .to_str()
+        .map(|s| format!("{}/", s.trim_end_matches('/')))
+    else {
         return Vec::new();
     };
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -18,7 +21,11 @@ pub fn pids_running_under(root: &Path) -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut pids = Vec::new();
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         if pid == me {

@@ -51,6 +51,7 @@ pub fn sample_status() -> Status {
                 uptime_s: Some(42),
                 last_error: None,
                 stale: false,
+                restart_times: Vec::new(),
             })
             .collect(),
         deployex: DeployexStatus {
