@@ -94,6 +94,7 @@ impl EngineHandle {
             last_error: None,
             stale: true,
             restart_times: Vec::new(),
+            crash_times: Vec::new(),
         })
     }
 

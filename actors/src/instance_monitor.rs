@@ -185,8 +185,12 @@ pub struct MonitorState {
     crash_restarts: u64,
     forced_restarts: u64,
     consecutive_crashes: u32,
-    /// Crash restart times (UTC), newest last, bounded.
+    /// When the process crashed / was started again after a crash (UTC),
+    /// newest last, at most 20 each.
+    crash_times: VecDeque<String>,
     restart_times: VecDeque<String>,
+    /// The next start is a crash restart (recorded in `restart_times`).
+    crash_restart_pending: bool,
     last_deployment: Option<DeploymentKind>,
     deploy_ref: Option<String>,
     deploying: Option<DeployJob>,
@@ -225,7 +229,9 @@ impl Actor for InstanceMonitor {
             crash_restarts: 0,
             forced_restarts: 0,
             consecutive_crashes: 0,
+            crash_times: VecDeque::new(),
             restart_times: VecDeque::new(),
+            crash_restart_pending: false,
             last_deployment: None,
             deploy_ref: None,
             deploying: None,
@@ -361,6 +367,9 @@ impl MonitorState {
     }
 
     fn attach(&mut self, myself: &ActorRef<InstanceMsg>, handle: ProcessHandle) {
+        if std::mem::take(&mut self.crash_restart_pending) {
+            push_bounded(&mut self.restart_times, crate::time::utc_now_millis());
+        }
         self.generation += 1;
         let generation = self.generation;
         let handle = Arc::new(handle);
@@ -463,10 +472,8 @@ impl MonitorState {
         }
         tracing::warn!(instance = self.instance, exit = ?info, version = self.version.as_deref().unwrap_or("?"), "instance exited unexpectedly");
         self.crash_restarts += 1;
-        if self.restart_times.len() == 20 {
-            self.restart_times.pop_front();
-        }
-        self.restart_times.push_back(crate::time::utc_now_millis());
+        push_bounded(&mut self.crash_times, crate::time::utc_now_millis());
+        self.crash_restart_pending = true;
         if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME.to_string()) {
             let _ = dm.send_message(DeployMsg::InstanceCrashed {
                 instance: self.instance,
@@ -785,8 +792,16 @@ impl MonitorState {
             last_error: self.last_error.clone(),
             stale: false,
             restart_times: self.restart_times.iter().cloned().collect(),
+            crash_times: self.crash_times.iter().cloned().collect(),
         }
     }
+}
+
+fn push_bounded(list: &mut VecDeque<String>, value: String) {
+    if list.len() == 20 {
+        list.pop_front();
+    }
+    list.push_back(value);
 }
 
 /// Delay before restart number `consecutive` (1-based): 0, base, 2·base,

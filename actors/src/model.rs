@@ -78,9 +78,13 @@ pub struct InstanceStatus {
     /// True when the instance's actor did not answer in time: every other
     /// field is then a placeholder.
     pub stale: bool,
-    /// UTC times of the most recent crash restarts (at most 20), oldest first.
+    /// UTC times at which the most recent crash restarts started a new
+    /// process (at most 20), oldest first.
     #[serde(default)]
     pub restart_times: Vec<String>,
+    /// UTC times of the most recent crashes (at most 20), oldest first.
+    #[serde(default)]
+    pub crash_times: Vec<String>,
 }
 
 /// Snapshot of the whole engine, the body of `GET /api/v1/status`.

@@ -52,6 +52,7 @@ pub fn sample_status() -> Status {
                 last_error: None,
                 stale: false,
                 restart_times: Vec::new(),
+                crash_times: Vec::new(),
             })
             .collect(),
         deployex: DeployexStatus {
