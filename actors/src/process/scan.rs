@@ -5,9 +5,12 @@
 
 use std::path::Path;
 
-/// Pids of the processes whose command line names a path under `root`
+/// Pids of the BEAM processes whose command line names a path under `root`
 /// (a BEAM started by `bin/{app} start` carries `-root {release}` and
-/// `-boot {release}/releases/...` in its arguments).
+/// `-boot {release}/releases/...` in its arguments). Only `beam*`
+/// executables count: the `epmd` daemon that the first node started from
+/// its own `erts-*/bin` also runs from the release folder, and it serves
+/// every node on the machine: it must never be taken for a stray.
 pub fn pids_running_under(root: &Path) -> Vec<i32> {
     let Some(needle) = root
         .to_str()
@@ -34,9 +37,16 @@ pub fn pids_running_under(root: &Path) -> Vec<i32> {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
-        let found = cmdline
-            .split(|&b| b == 0)
-            .any(|arg| std::str::from_utf8(arg).is_ok_and(|a| a.contains(&needle)));
+        let mut args = cmdline.split(|&b| b == 0);
+        let is_beam = args
+            .next()
+            .and_then(|a| std::str::from_utf8(a).ok())
+            .and_then(|a| a.rsplit('/').next())
+            .is_some_and(|name| name.starts_with("beam"));
+        let found = is_beam
+            && cmdline
+                .split(|&b| b == 0)
+                .any(|arg| std::str::from_utf8(arg).is_ok_and(|a| a.contains(&needle)));
         if found {
             pids.push(pid);
         }
@@ -65,12 +75,27 @@ mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
 
+    /// /proc/pid/cmdline is set after exec: poll briefly.
+    fn common_wait(f: impl Fn() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
+    }
+
     #[test]
     fn finds_a_process_by_a_path_in_its_arguments_and_kills_it() {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("current");
         std::fs::create_dir_all(&marker).unwrap();
-        let mut child = std::process::Command::new("sh")
+        // A copy of sh named beam.smp stands in for a BEAM.
+        let beam = dir.path().join("beam.smp");
+        std::fs::copy("/bin/sh", &beam).unwrap();
+        let mut child = std::process::Command::new(&beam)
             .arg("-c")
             .arg("sleep 30; : \"$0\"")
             .arg(marker.join("x"))
@@ -78,6 +103,18 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
+        // Something else under the same folder that is not a BEAM (epmd).
+        let mut other = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("sleep 30; : \"$0\"")
+            .arg(marker.join("y"))
+            .spawn()
+            .unwrap();
+        let found = common_wait(|| pids_running_under(dir.path()).contains(&pid));
+        assert!(found);
+        assert!(!pids_running_under(dir.path()).contains(&(other.id() as i32)));
+        let _ = other.kill();
+        let _ = other.wait();
         let found = pids_running_under(dir.path());
         assert!(found.contains(&pid), "{found:?} has {pid}");
         kill_group_now(pid);

@@ -1,0 +1,168 @@
+//! Supervision of the actor tree, in-process: a panicking InstanceMonitor
+//! is restarted by the RootSupervisor and adopts its running OS process
+//! (never orphaned, never duplicated); too many restarts in the period
+//! escalate and stop the tree, leaving the apps running for adoption.
+//!
+//! One test function: actor names are process-global in ractor's registry.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::deployex::{Site, kill_pids, pid_alive};
+use deployex_actors::instance_monitor::{self, InstanceMsg};
+use deployex_actors::model::{ActorInfo, Status};
+use deployex_actors::otp_node_watcher::{self, WatcherMsg};
+use deployex_actors::{Engine, EngineConfig};
+
+fn find<'a>(tree: &'a ActorInfo, name: &str) -> Option<&'a ActorInfo> {
+    if tree.name == name {
+        return Some(tree);
+    }
+    tree.children.iter().find_map(|c| find(c, name))
+}
+
+async fn wait_status(
+    engine: &dyn Engine,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&Status) -> bool,
+) -> Status {
+    common::wait_until(what, timeout, || async {
+        let s = engine.status().await;
+        pred(&s).then_some(s)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_monitor_adopts_its_process_and_too_many_restarts_escalate() {
+    let site = Site::new(2);
+    site.publish("0.1.0", &[]);
+    let mut cfg = EngineConfig::with_defaults(common::deployex::APP, site.dir.path());
+    cfg.store = deployex_actors::StoreConfig::Local { root: site.store() };
+    cfg.var_dir = site.var();
+    cfg.log_dir = site.logs();
+    cfg.replicas = 2;
+    cfg.app_port_base = site.app_port;
+    cfg.epmd_port = site.epmd.port;
+    cfg.hostname = common::short_hostname();
+    cfg.cookie = "supervisioncookie".into();
+    cfg.schedule_interval = Duration::from_millis(200);
+    cfg.min_ready = Duration::from_millis(200);
+    cfg.stop_grace = Duration::from_secs(5);
+    cfg.base_env = vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())];
+    let running = deployex_actors::start(cfg).await.expect("engine starts");
+    let handle = running.handle.clone();
+    let engine: Arc<dyn Engine> = Arc::new(handle.clone());
+
+    let s = wait_status(
+        &*engine,
+        "2 replicas running",
+        Duration::from_secs(60),
+        |s| {
+            s.instances
+                .iter()
+                .all(|i| i.state == deployex_actors::model::InstanceState::Running)
+        },
+    )
+    .await;
+    let pids: Vec<i32> = s.instances.iter().map(|i| i.os_pid.unwrap()).collect();
+
+    // 1. Panic instance_monitor-1: restarted, adopts the same OS process.
+    let monitor: ractor::ActorRef<InstanceMsg> =
+        ractor::registry::where_is(instance_monitor::name(1))
+            .unwrap()
+            .into();
+    let old_id = monitor.get_id();
+    monitor.cast(InstanceMsg::InjectPanic).unwrap();
+    common::wait_until(
+        "instance_monitor-1 restarted",
+        Duration::from_secs(10),
+        || async {
+            let tree = engine.actors().await;
+            let m = find(&tree, &instance_monitor::name(1))?;
+            (m.restarts == 1 && m.id != old_id.to_string()).then_some(())
+        },
+    )
+    .await;
+    let s = wait_status(
+        &*engine,
+        "instance 1 adopted and running",
+        Duration::from_secs(20),
+        |s| s.instances[0].state == deployex_actors::model::InstanceState::Running,
+    )
+    .await;
+    assert_eq!(
+        s.instances[0].os_pid,
+        Some(pids[0]),
+        "the same OS process, adopted"
+    );
+    assert_eq!(
+        s.instances[0].crash_restarts, 0,
+        "the app was not restarted"
+    );
+    let current = site.service(1).join("current");
+    let running_copies = deployex_actors::process::pids_running_under(&current);
+    assert_eq!(
+        running_copies,
+        vec![pids[0]],
+        "exactly one copy of instance 1"
+    );
+    // The debug tree lists every actor of the tree.
+    let tree = engine.actors().await;
+    for name in [
+        "root_supervisor",
+        "otp_node_watcher",
+        "release_fetcher",
+        "deploy_manager",
+        "instance_monitor-1",
+        "instance_monitor-2",
+    ] {
+        assert!(find(&tree, name).is_some(), "{name} in the tree: {tree:#?}");
+    }
+    assert!(
+        !find(&tree, "instance_monitor-2")
+            .unwrap()
+            .messages
+            .is_empty()
+    );
+
+    // 2. Restart intensity: more than MAX_RESTARTS restarts within the
+    // period escalate. One restart was used above; panic the watcher until
+    // the root gives up, and check it gave up at exactly the limit.
+    let mut panics = 0;
+    while !running.join.is_finished() {
+        assert!(
+            panics <= deployex_actors::root::MAX_RESTARTS,
+            "the root never escalated"
+        );
+        let Some(cell) = ractor::registry::where_is(otp_node_watcher::NAME.to_string()) else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let id = cell.get_id();
+        let watcher: ractor::ActorRef<WatcherMsg> = cell.into();
+        watcher.cast(WatcherMsg::InjectPanic).unwrap();
+        panics += 1;
+        common::wait_until(
+            "watcher respawned or root stopped",
+            Duration::from_secs(5),
+            || async {
+                let respawned = ractor::registry::where_is(otp_node_watcher::NAME.to_string())
+                    .is_some_and(|c| c.get_id() != id);
+                (respawned || running.join.is_finished()).then_some(())
+            },
+        )
+        .await;
+    }
+    assert_eq!(
+        panics,
+        deployex_actors::root::MAX_RESTARTS,
+        "1 + {panics} restarts"
+    );
+    // The apps are left running for the next deployex to adopt.
+    assert!(pids.iter().all(|p| pid_alive(*p)));
+    kill_pids(&pids);
+}
