@@ -200,6 +200,7 @@ impl Actor for DeployManager {
                     p.instance == instance && version.as_deref() == Some(p.version.as_str())
                 });
                 if done {
+                    crate::testhook::point("instance_ready");
                     if let Some(p) = state.in_progress.take() {
                         tracing::info!(instance, version = %p.version, deploy_ref = %p.deploy_ref, took_ms = p.started.elapsed().as_millis() as u64, "instance ready; moving on");
                         state.failures.remove(&(instance, p.version));
@@ -232,6 +233,7 @@ impl Actor for DeployManager {
                 };
                 state.history.insert(0, entry);
                 state.persist_history().await;
+                crate::testhook::point("history_written");
             }
             DeployMsg::DeployFailed {
                 instance,

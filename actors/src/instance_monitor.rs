@@ -415,6 +415,7 @@ impl MonitorState {
         };
         match process::spawn_instance(&spec) {
             Ok(handle) => {
+                crate::testhook::point("spawned");
                 self.version = crate::store::release_version(&current);
                 let pidfile = PidFile {
                     pid: handle.pid(),
@@ -426,6 +427,7 @@ impl MonitorState {
                 if let Err(e) = pidfile.write(&self.pidfile()) {
                     tracing::error!(instance = self.instance, error = %e, "cannot write pid file");
                 }
+                crate::testhook::point("pid_file_written");
                 tracing::info!(
                     instance = self.instance,
                     pid = handle.pid(),
@@ -634,12 +636,16 @@ impl MonitorState {
                 self.consecutive_crashes = 0;
                 self.start(myself);
             }
-            StopReason::Deploy => self.rotate(myself),
+            StopReason::Deploy => {
+                crate::testhook::point("old_stopped");
+                self.rotate(myself)
+            }
             StopReason::Shutdown => self.set_phase(InstanceState::Stopped, "stopped"),
         }
     }
 
     fn deploy(&mut self, myself: &ActorRef<InstanceMsg>, job: DeployJob) {
+        crate::testhook::point("deploy_requested");
         if let Some(current) = &self.deploying {
             tracing::warn!(instance = self.instance, busy = %current.deploy_ref, refused = %job.deploy_ref, "deployment refused: another one is running");
             return;
@@ -857,6 +863,7 @@ async fn prepare(
     })
     .await
     .map_err(|e| format!("unpack task failed: {e}"))??;
+    crate::testhook::point("new_unpacked");
 
     let program = new.join("bin").join(&cfg.app);
     for (n, command) in job.pre_commands.iter().enumerate() {
@@ -914,10 +921,13 @@ fn rotate_folders(service: &Path) -> Result<(), String> {
         }
         std::fs::rename(&current, &previous)
             .map_err(|e| format!("cannot move {} to previous/: {e}", current.display()))?;
+        sync_dir(service);
+        crate::testhook::point("current_moved_to_previous");
     }
     std::fs::rename(&new, &current)
         .map_err(|e| format!("cannot move {} to current/: {e}", new.display()))?;
     sync_dir(service);
+    crate::testhook::point("new_moved_to_current");
     Ok(())
 }
 

@@ -17,6 +17,7 @@ pub mod release_fetcher;
 pub mod root;
 pub mod storage;
 pub mod store;
+pub mod testhook;
 pub mod time;
 
 pub use config::{EngineConfig, StoreConfig};
