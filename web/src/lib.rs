@@ -8,8 +8,14 @@
 //! check.
 
 pub mod api;
+pub mod assets;
 pub mod auth;
 pub mod guard;
+pub mod live;
+pub mod logs;
+pub mod metrics;
+pub mod pages;
+pub mod terminal;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -142,7 +148,19 @@ pub fn routes_with_state(
         .map(|| warp::reply::Reply::into_response("ok"));
     let log_state = state.clone();
     healthz
+        .or(assets::routes())
+        .unify()
         .or(api::routes(state.clone()))
+        .unify()
+        .or(live::routes(state.clone()))
+        .unify()
+        .or(logs::routes(state.clone()))
+        .unify()
+        .or(metrics::routes(state.clone()))
+        .unify()
+        .or(terminal::routes(state.clone()))
+        .unify()
+        .or(pages::routes(state.clone()))
         .unify()
         .recover(guard::recover)
         .unify()
