@@ -87,6 +87,9 @@ pub struct AppState {
     pub tokens: TokenSigner,
     pub limiter: LoginLimiter,
     pub http_metrics: HttpMetrics,
+    /// Flips to true when the server shuts down: long-lived streams (SSE,
+    /// log followers, terminals) end on it instead of holding shutdown up.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -97,7 +100,16 @@ impl AppState {
             cfg,
             limiter: LoginLimiter::default(),
             http_metrics: HttpMetrics::default(),
+            shutdown: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Resolves once the server is shutting down.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + use<> {
+        let mut rx = self.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|down| *down).await;
+        }
     }
 }
 
@@ -115,7 +127,12 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .map_err(|source| WebError::Bind { addr, source })?;
-    let filter = routes(engine, cfg);
+    let state = AppState::new(engine, cfg);
+    let filter = routes_with_state(state.clone());
+    let shutdown = async move {
+        shutdown.await;
+        state.shutdown.send_replace(true);
+    };
     let handle = tokio::spawn(async move {
         warp::serve(filter)
             .incoming(listener)

@@ -48,7 +48,9 @@ fn changes(
     what: What,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + Sync + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(1);
+    let stopped = state.stopped();
     tokio::spawn(async move {
+        tokio::pin!(stopped);
         let mut tick = tokio::time::interval(PERIOD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last = String::new();
@@ -56,6 +58,7 @@ fn changes(
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = tx.closed() => return,
+                _ = &mut stopped => return,
             }
             if let Some(json) = snapshot(&state, what).await
                 && json != last

@@ -249,7 +249,13 @@ async fn send(ws: &mut futures::stream::SplitSink<WebSocket, Message>, p: Push<'
 }
 
 /// Follows `path` from `from` until the socket closes.
-pub async fn follow(ws: WebSocket, path: PathBuf, from: Option<u64>) {
+pub async fn follow(
+    ws: WebSocket,
+    path: PathBuf,
+    from: Option<u64>,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
     let (mut tx, mut rx) = ws.split();
     let mut offset = from;
     let mut inode: Option<u64> = None;
@@ -264,6 +270,7 @@ pub async fn follow(ws: WebSocket, path: PathBuf, from: Option<u64>) {
                 _ => return,
             },
             _ = tick.tick() => {}
+            _ = &mut stopped => return,
         }
         let meta = match tokio::fs::metadata(&path).await {
             Ok(m) => m,
@@ -419,7 +426,7 @@ async fn ws_upgrade(
         .and_then(|s| state.engine.log_file(instance, s))
         .ok_or_else(warp::reject::not_found)?;
     Ok(ws
-        .on_upgrade(move |socket| follow(socket, path, q.from))
+        .on_upgrade(move |socket| follow(socket, path, q.from, state.stopped()))
         .into_response())
 }
 

@@ -122,6 +122,8 @@ pub async fn session(ws: WebSocket, state: Arc<AppState>, instance: u32) {
     let sleep = tokio::time::sleep(idle);
     tokio::pin!(sleep);
     let mut buf = vec![0u8; 16 * 1024];
+    let stopped = state.stopped();
+    tokio::pin!(stopped);
     let reason = loop {
         tokio::select! {
             msg = rx.next() => {
@@ -152,6 +154,7 @@ pub async fn session(ws: WebSocket, state: Arc<AppState>, instance: u32) {
             },
             _ = child.wait() => break "shell exited",
             _ = &mut sleep => break "closed after inactivity",
+            _ = &mut stopped => break "deployex is shutting down",
         }
     };
     tracing::info!(instance, pid, reason, "terminal closing");

@@ -727,3 +727,69 @@ async fn status_stream_pushes_sse_over_a_real_socket() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn shutdown_ends_terminals_and_log_followers() {
+    use deployex_actors::model::ShellCommand;
+    let (dir, engine) = log_engine();
+    *engine.shell.lock().unwrap() = Some(ShellCommand {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), "echo PID $$ END; exec sleep 1000".into()],
+        env: vec![],
+        cwd: dir.path().to_path_buf(),
+    });
+    let (_, state) = state_with(engine);
+    let f = routes_with_state(state.clone());
+    let mut term = warp::test::ws()
+        .path("/instances/1/terminal/ws")
+        .header("cookie", cookie_of(&state))
+        .handshake(f.clone())
+        .await
+        .unwrap();
+    let mut logs = warp::test::ws()
+        .path("/instances/1/logs/stdout/ws")
+        .header("cookie", cookie_of(&state))
+        .handshake(f.clone())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    while !out.contains("END") {
+        let m = tokio::time::timeout(Duration::from_secs(10), term.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        out.push_str(&String::from_utf8_lossy(m.as_bytes()));
+    }
+    let pid: i32 = out
+        .split("PID")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    state.shutdown.send_replace(true);
+    let notice = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), term.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if m.is_text() {
+            break m.to_str().unwrap().to_string();
+        }
+    };
+    assert!(notice.contains("shutting down"), "{notice}");
+    wait_until("the shell to die", || !alive(pid)).await;
+    // The log follower closes its socket (a missing-file notice may come first).
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), logs.recv())
+            .await
+            .unwrap()
+        {
+            Ok(m) if m.is_close() => break,
+            Ok(m) => assert!(m.is_text(), "only notices before the close"),
+            Err(_) => break,
+        }
+    }
+}
