@@ -276,6 +276,17 @@ async fn csrf_cookie_state_changes_need_same_origin() {
             .status(),
         202
     );
+    for (origin, want) in [
+        ("https://deployex.example:8443", 202),
+        ("https://deployex.example.evil", 403),
+        ("https://evil.example/deployex.example", 403),
+    ] {
+        assert_eq!(
+            post(Some(origin), None).reply(&f).await.status(),
+            want,
+            "{origin}"
+        );
+    }
     // Bearer calls are exempt.
     let r = warp::test::request()
         .method("POST")
@@ -284,7 +295,7 @@ async fn csrf_cookie_state_changes_need_same_origin() {
         .reply(&f)
         .await;
     assert_eq!(r.status(), 202);
-    assert_eq!(engine.calls().len(), 4);
+    assert_eq!(engine.calls().len(), 5);
     // Cross-origin logout is refused too.
     let r = warp::test::request()
         .method("POST")
