@@ -100,6 +100,7 @@ pub fn layout(title: &str, app: &str, page: &str, body: Markup, logged_in: bool)
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                link rel="icon" href="data:,";
                 title { (title) " · deployex" }
                 link rel="stylesheet" href="/static/app.css";
                 script src="/static/app.js" defer {}
@@ -473,6 +474,7 @@ fn terminal_page(app: &str, instance: u32) -> Markup {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                link rel="icon" href="data:,";
                 title { "Terminal " (instance) " · deployex" }
                 link rel="stylesheet" href="/static/app.css";
                 link rel="stylesheet" href={ "/static/xterm-" (XTERM_VERSION) ".css" };
