@@ -6,6 +6,18 @@
 //! `/healthz`, `/login` and `/static/*` requires a session (Bearer token or
 //! session cookie); cookie-authenticated state changes pass a same-origin
 //! check.
+//!
+//! Route map (module in brackets):
+//! - `GET /healthz` — `ok`, no auth.
+//! - `POST /api/v1/login` → `{"token"}`; `GET /api/v1/status`, `GET
+//!   /api/v1/versions[?instance=i]`, `POST /api/v1/instances/{i}/restart`,
+//!   `POST /api/v1/mode`, `DELETE /api/v1/ghosted/{version}` [api].
+//! - `GET /api/v1/status/stream`, `/api/v1/debug/actors[/stream]` (SSE) [live].
+//! - `GET /api/v1/instances/{i}/logs/{stdout|stderr}?lines=N` (text),
+//!   `/instances/{i}/logs/{stream}` (page), `.../ws?from=OFFSET` [logs].
+//! - `/instances/{i}/terminal` (page), `/instances/{i}/terminal/ws` [terminal].
+//! - `/`, `/versions`, `/debug/actors`, `/login`, `/logout` [pages];
+//!   `/metrics` [metrics]; `/static/*` [assets].
 
 pub mod api;
 pub mod assets;
