@@ -223,21 +223,34 @@ pub fn clear_cookie_header(secure: bool) -> String {
     format!("{COOKIE_NAME}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}")
 }
 
+/// The `scheme://authority` source of a request: the `Origin`, or else the
+/// `Referer` (an `Origin` of `null` counts as absent).
+fn source_authority<'a>(origin: Option<&'a str>, referer: Option<&'a str>) -> Option<&'a str> {
+    let source = origin.filter(|o| *o != "null").or(referer)?;
+    let rest = source
+        .strip_prefix("https://")
+        .or_else(|| source.strip_prefix("http://"))?;
+    rest.split(['/', '?', '#']).next()
+}
+
 /// Same-origin check for cookie-authenticated state changes: the `Origin`
 /// (or else the `Referer`) must name the host the request was sent to.
 /// Neither header present → refused.
 pub fn same_origin(origin: Option<&str>, referer: Option<&str>, host: Option<&str>) -> bool {
-    let Some(host) = host else { return false };
-    let source = origin.filter(|o| *o != "null").or(referer);
-    let Some(source) = source else { return false };
-    let Some(rest) = source
-        .strip_prefix("https://")
-        .or_else(|| source.strip_prefix("http://"))
-    else {
-        return false;
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    authority.eq_ignore_ascii_case(host)
+    match (source_authority(origin, referer), host) {
+        (Some(a), Some(h)) => a.eq_ignore_ascii_case(h),
+        _ => false,
+    }
+}
+
+/// The host name (no port) of the request's `Origin`/`Referer`.
+pub fn origin_hostname<'a>(origin: Option<&'a str>, referer: Option<&'a str>) -> Option<&'a str> {
+    let a = source_authority(origin, referer)?;
+    let a = a.rsplit_once('@').map_or(a, |(_, h)| h);
+    if a.starts_with('[') {
+        return a.split_inclusive(']').next();
+    }
+    a.split(':').next()
 }
 
 #[cfg(test)]

@@ -100,12 +100,22 @@ pub fn client_ip() -> impl Filter<Extract = (IpAddr,), Error = Infallible> + Clo
     })
 }
 
-/// Same-origin check against the `Host` header or the configured host.
+/// Same-origin check: the origin must name the `Host` the request was
+/// sent to, or the configured public host (any port: a reverse proxy may
+/// rewrite `Host` and serve on another port).
 pub fn origin_ok(state: &AppState, info: &ReqInfo) -> bool {
     let origin = info.origin.as_deref();
     let referer = info.referer.as_deref();
     auth::same_origin(origin, referer, info.host.as_deref())
-        || auth::same_origin(origin, referer, Some(&state.cfg.host))
+        || auth::origin_hostname(origin, referer)
+            .is_some_and(|h| h.eq_ignore_ascii_case(strip_port(&state.cfg.host)))
+}
+
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.split_inclusive(']').next().unwrap_or(authority);
+    }
+    authority.split(':').next().unwrap_or(authority)
 }
 
 /// Decides whether a request is authenticated (see the module invariants).
@@ -185,7 +195,22 @@ pub async fn recover(rej: Rejection) -> Result<Response, Infallible> {
     if let Some(e) = rej.find::<warp::filters::body::BodyDeserializeError>() {
         return Ok(json_error(StatusCode::BAD_REQUEST, e.to_string()));
     }
-    Ok(json_error(StatusCode::BAD_REQUEST, format!("{rej:?}")))
+    if rej.find::<warp::reject::PayloadTooLarge>().is_some() {
+        return Ok(json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+        ));
+    }
+    if rej.find::<warp::reject::UnsupportedMediaType>().is_some() {
+        return Ok(json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported content type",
+        ));
+    }
+    if rej.find::<warp::reject::InvalidQuery>().is_some() {
+        return Ok(json_error(StatusCode::BAD_REQUEST, "invalid query string"));
+    }
+    Ok(json_error(StatusCode::BAD_REQUEST, "bad request"))
 }
 
 /// HTTP request counters by route pattern and status, for `/metrics`.

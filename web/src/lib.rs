@@ -6,10 +6,28 @@
 //! `/healthz`, `/login` and `/static/*` requires a session (Bearer token or
 //! session cookie); cookie-authenticated state changes pass a same-origin
 //! check.
+//!
+//! Route map (module in brackets):
+//! - `GET /healthz` — `ok`, no auth.
+//! - `POST /api/v1/login` → `{"token"}`; `GET /api/v1/status`, `GET
+//!   /api/v1/versions[?instance=i]`, `POST /api/v1/instances/{i}/restart`,
+//!   `POST /api/v1/mode`, `DELETE /api/v1/ghosted/{version}` [api].
+//! - `GET /api/v1/status/stream`, `/api/v1/debug/actors[/stream]` (SSE) [live].
+//! - `GET /api/v1/instances/{i}/logs/{stdout|stderr}?lines=N` (text),
+//!   `/instances/{i}/logs/{stream}` (page), `.../ws?from=OFFSET` [logs].
+//! - `/instances/{i}/terminal` (page), `/instances/{i}/terminal/ws` [terminal].
+//! - `/`, `/versions`, `/debug/actors`, `/login`, `/logout` [pages];
+//!   `/metrics` [metrics]; `/static/*` [assets].
 
 pub mod api;
+pub mod assets;
 pub mod auth;
 pub mod guard;
+pub mod live;
+pub mod logs;
+pub mod metrics;
+pub mod pages;
+pub mod terminal;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -81,6 +99,9 @@ pub struct AppState {
     pub tokens: TokenSigner,
     pub limiter: LoginLimiter,
     pub http_metrics: HttpMetrics,
+    /// Flips to true when the server shuts down: long-lived streams (SSE,
+    /// log followers, terminals) end on it instead of holding shutdown up.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -91,7 +112,16 @@ impl AppState {
             cfg,
             limiter: LoginLimiter::default(),
             http_metrics: HttpMetrics::default(),
+            shutdown: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Resolves once the server is shutting down.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + use<> {
+        let mut rx = self.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|down| *down).await;
+        }
     }
 }
 
@@ -109,7 +139,12 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .map_err(|source| WebError::Bind { addr, source })?;
-    let filter = routes(engine, cfg);
+    let state = AppState::new(engine, cfg);
+    let filter = routes_with_state(state.clone());
+    let shutdown = async move {
+        shutdown.await;
+        state.shutdown.send_replace(true);
+    };
     let handle = tokio::spawn(async move {
         warp::serve(filter)
             .incoming(listener)
@@ -142,7 +177,19 @@ pub fn routes_with_state(
         .map(|| warp::reply::Reply::into_response("ok"));
     let log_state = state.clone();
     healthz
+        .or(assets::routes())
+        .unify()
         .or(api::routes(state.clone()))
+        .unify()
+        .or(live::routes(state.clone()))
+        .unify()
+        .or(logs::routes(state.clone()))
+        .unify()
+        .or(metrics::routes(state.clone()))
+        .unify()
+        .or(terminal::routes(state.clone()))
+        .unify()
+        .or(pages::routes(state.clone()))
         .unify()
         .recover(guard::recover)
         .unify()

@@ -19,6 +19,8 @@ pub struct FakeEngine {
     pub slow_status: bool,
     pub log_dir: Option<PathBuf>,
     pub shell: Mutex<Option<ShellCommand>>,
+    /// When set, uptimes grow with real time (for the demo server).
+    pub started: Option<std::time::Instant>,
 }
 
 pub fn sample_status() -> Status {
@@ -97,7 +99,15 @@ impl Engine for FakeEngine {
             if self.slow_status {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
-            sample_status()
+            let mut s = sample_status();
+            if let Some(t) = self.started {
+                let up = t.elapsed().as_secs();
+                s.deployex.uptime_s += up;
+                for i in &mut s.instances {
+                    i.uptime_s = i.uptime_s.map(|u| u + up);
+                }
+            }
+            s
         })
     }
     fn versions(&self, instance: Option<u32>) -> BoxFuture<'_, Vec<HistoryEntry>> {

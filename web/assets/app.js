@@ -1,0 +1,274 @@
+// deployex dashboard: live updates (SSE), actions, log follow, terminal.
+// Data from the server is only ever inserted with textContent, never as HTML.
+"use strict";
+
+(function () {
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }
+
+  let toastTimer = null;
+  function toast(msg, ok) {
+    const t = $("#toast");
+    if (!t) return;
+    t.textContent = msg;
+    t.className = ok ? "show ok" : "show err";
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { t.className = ""; }, 5000);
+  }
+
+  async function api(method, path, body) {
+    const opts = { method, credentials: "same-origin", headers: {} };
+    if (body !== undefined) {
+      opts.headers["content-type"] = "application/json";
+      opts.body = JSON.stringify(body);
+    }
+    try {
+      const r = await fetch(path, opts);
+      let j = null;
+      try { j = await r.json(); } catch (_) { j = null; }
+      return { ok: r.ok, status: r.status, json: j };
+    } catch (e) {
+      return { ok: false, status: 0, json: { error: String(e) } };
+    }
+  }
+
+  function outcome(what, r) {
+    if (r.ok) toast(what + ": done", true);
+    else toast(what + " failed (" + r.status + "): " + ((r.json && r.json.error) || "error"), false);
+  }
+
+  function fmtUptime(s) {
+    if (s === null || s === undefined) return "—";
+    const d = Math.floor(s / 86400), h = Math.floor(s / 3600) % 24, m = Math.floor(s / 60) % 60, sec = s % 60;
+    if (d > 0) return d + "d " + h + "h";
+    if (h > 0) return h + "h " + m + "m";
+    if (m > 0) return m + "m " + sec + "s";
+    return sec + "s";
+  }
+  const dash = (v) => (v === null || v === undefined || v === "" ? "—" : String(v));
+  const human = (v) => dash(v).replace(/_/g, " ");
+
+  function setField(card, key, value) {
+    const f = card.querySelector('[data-f="' + key + '"]');
+    if (f && f.textContent !== value) f.textContent = value;
+  }
+
+  // ------------------------------------------------------------ dashboard
+  function updateDashboard(s) {
+    const banner = $("#deploying");
+    if (banner) {
+      if (s.deploying) {
+        banner.textContent = "Deploying " + s.deploying.version + " to instance " + s.deploying.instance + ": " + s.deploying.step;
+        banner.hidden = false;
+      } else banner.hidden = true;
+    }
+    const stale = $("#stale");
+    if (stale) stale.hidden = !s.stale;
+    const dx = $("#deployex");
+    if (dx) {
+      setField(dx, "version", s.deployex.version);
+      setField(dx, "uptime", fmtUptime(s.deployex.uptime_s));
+      setField(dx, "mode", s.manual_version ? s.mode + " (" + s.manual_version + ")" : s.mode);
+      setField(dx, "desired_version", dash(s.desired_version));
+      const g = s.ghosted_versions || [];
+      setField(dx, "last_ghosted", dash(g[g.length - 1]));
+      const err = dx.querySelector('[data-f="last_error"]');
+      if (err) { err.hidden = !s.last_error; err.textContent = dash(s.last_error); }
+      const ul = $("#ghosted");
+      if (ul && ul.dataset.v !== JSON.stringify(g)) {
+        ul.dataset.v = JSON.stringify(g);
+        ul.replaceChildren(...g.map((v) => {
+          const li = el("li");
+          li.append(el("span", null, v), " ");
+          const b = el("button", null, "Un-ghost");
+          b.dataset.action = "unghost";
+          b.dataset.version = v;
+          li.append(b);
+          return li;
+        }));
+      }
+    }
+    for (const i of s.instances) {
+      const card = $('[data-instance="' + i.instance + '"].instance');
+      if (!card) { location.reload(); return; }
+      card.classList.toggle("stale", !!i.stale);
+      const badge = card.querySelector('[data-f="state"]');
+      if (badge) { badge.dataset.state = i.state; badge.textContent = human(i.state); }
+      setField(card, "version", dash(i.version));
+      setField(card, "otp_connected", i.otp_connected ? "connected" : "not connected");
+      setField(card, "last_deployment", human(i.last_deployment));
+      setField(card, "crash_restarts", String(i.crash_restarts));
+      setField(card, "forced_restarts", String(i.forced_restarts));
+      setField(card, "uptime", fmtUptime(i.uptime_s));
+      setField(card, "port", String(i.port));
+      setField(card, "os_pid", dash(i.os_pid));
+      for (const k of ["crash_restarts", "forced_restarts"]) {
+        const f = card.querySelector('[data-k="' + k + '"]');
+        if (f) f.classList.toggle("warn", i[k] > 0);
+      }
+      const err = card.querySelector('[data-f="last_error"]');
+      if (err) { err.hidden = !i.last_error; err.textContent = dash(i.last_error); }
+    }
+  }
+
+  function live(path, onData) {
+    const es = new EventSource(path);
+    es.onmessage = (e) => {
+      try { onData(JSON.parse(e.data)); } catch (err) { console.error(err); }
+    };
+    es.onerror = () => { document.body.classList.add("offline"); };
+    es.onopen = () => { document.body.classList.remove("offline"); };
+    return es;
+  }
+
+  function initDashboard() {
+    document.addEventListener("click", async (ev) => {
+      const b = ev.target.closest("[data-action]");
+      if (!b) return;
+      const a = b.dataset.action;
+      if (a === "restart") {
+        const i = b.dataset.instance;
+        if (!confirm("Restart instance " + i + "?")) return;
+        outcome("Restart of instance " + i, await api("POST", "/api/v1/instances/" + encodeURIComponent(i) + "/restart"));
+      } else if (a === "pin") {
+        const v = $("#pin-version") && $("#pin-version").value;
+        if (!v) { toast("No version to pin", false); return; }
+        if (!confirm("Pin version " + v + " (manual mode)?")) return;
+        outcome("Pin " + v, await api("POST", "/api/v1/mode", { mode: "manual", version: v }));
+      } else if (a === "automatic") {
+        if (!confirm("Go back to automatic mode?")) return;
+        outcome("Automatic mode", await api("POST", "/api/v1/mode", { mode: "automatic" }));
+      } else if (a === "unghost") {
+        const v = b.dataset.version;
+        if (!confirm("Un-ghost version " + v + "?")) return;
+        outcome("Un-ghost " + v, await api("DELETE", "/api/v1/ghosted/" + encodeURIComponent(v)));
+      }
+    });
+    live("/api/v1/status/stream", updateDashboard);
+  }
+
+  // --------------------------------------------------------------- actors
+  function actorNode(a) {
+    const li = el("li", "actor");
+    const head = el("div", "actor-head" + (a.in_flight ? " stuck" : ""));
+    head.append(el("strong", null, a.name), " ", el("span", "mono", a.id), " ");
+    const badge = el("span", "badge", a.status);
+    badge.dataset.state = a.status;
+    head.append(badge, " ", el("span", "restarts" + (a.restarts > 0 ? " warn" : ""), "restarts: " + a.restarts));
+    li.append(head);
+    const msgs = el("ul", "msgs");
+    const row = (m, inflight) => {
+      const r = el("li", "msg" + (inflight ? " inflight" : ""));
+      r.append(el("span", "kind", m.kind), " ", el("span", "summary", m.summary), " ", el("span", "at", m.at), " ",
+        el("span", "us", m.handling_us === null || m.handling_us === undefined ? "in flight" : m.handling_us + " µs"));
+      return r;
+    };
+    if (a.in_flight) msgs.append(row(a.in_flight, true));
+    for (const m of a.messages || []) msgs.append(row(m, false));
+    li.append(msgs);
+    if (a.children && a.children.length) {
+      const ul = el("ul", "tree");
+      for (const c of a.children) ul.append(actorNode(c));
+      li.append(ul);
+    }
+    return li;
+  }
+
+  function initActors() {
+    const root = $("#actors");
+    live("/api/v1/debug/actors/stream", (a) => root.replaceChildren(actorNode(a)));
+  }
+
+  // ----------------------------------------------------------------- logs
+  const MAX_LOG_LINES = 5000;
+  function initLogs() {
+    const pre = $("#log");
+    const notice = $("#log-notice");
+    const follow = $("#follow");
+    const scroll = () => { if (!follow || follow.checked) window.scrollTo(0, document.body.scrollHeight); };
+    scroll();
+    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + pre.dataset.ws;
+    const ws = new WebSocket(url);
+    ws.onmessage = (e) => {
+      let m;
+      try { m = JSON.parse(e.data); } catch (_) { return; }
+      if (m.notice !== undefined) {
+        notice.textContent = m.notice;
+        notice.hidden = false;
+      }
+      if (m.lines) {
+        const frag = document.createDocumentFragment();
+        for (const l of m.lines) {
+          const span = el("span", "line" + (l.level ? " lv-" + l.level : ""));
+          for (const s of l.segs) {
+            if (s.c) span.append(el("span", s.c, s.t));
+            else span.append(document.createTextNode(s.t));
+          }
+          span.append(document.createTextNode("\n"));
+          frag.append(span);
+        }
+        pre.append(frag);
+        while (pre.childElementCount > MAX_LOG_LINES) pre.firstElementChild.remove();
+        scroll();
+      }
+    };
+    ws.onclose = () => {
+      notice.textContent = "Disconnected from the log stream: reload the page to resume.";
+      notice.hidden = false;
+    };
+    window.addEventListener("pagehide", () => ws.close());
+  }
+
+  // ------------------------------------------------------------- terminal
+  function initTerminal() {
+    const box = $("#terminal");
+    const status = $("#term-status");
+    if (typeof Terminal === "undefined" || typeof FitAddon === "undefined") {
+      status.textContent = "terminal assets failed to load";
+      return;
+    }
+    const term = new Terminal({ cursorBlink: true, scrollback: 5000, fontSize: 14 });
+    const fit = new FitAddon.FitAddon();
+    term.loadAddon(fit);
+    term.open(box);
+    fit.fit();
+    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + box.dataset.ws;
+    const ws = new WebSocket(url);
+    ws.binaryType = "arraybuffer";
+    const enc = new TextEncoder();
+    const sendSize = () => {
+      if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ cols: term.cols, rows: term.rows }));
+    };
+    ws.onopen = () => { status.textContent = "connected"; sendSize(); term.focus(); };
+    ws.onmessage = (e) => {
+      if (e.data instanceof ArrayBuffer) { term.write(new Uint8Array(e.data)); return; }
+      try {
+        const m = JSON.parse(e.data);
+        if (m.notice) { status.textContent = m.notice; term.write("\r\n\x1b[33m[" + m.notice + "]\x1b[0m\r\n"); }
+      } catch (_) { /* ignore */ }
+    };
+    ws.onclose = () => { status.textContent = (status.textContent || "") + " (closed)"; };
+    term.onData((d) => { if (ws.readyState === WebSocket.OPEN) ws.send(enc.encode(d)); });
+    term.onResize(sendSize);
+    window.addEventListener("resize", () => fit.fit());
+    window.addEventListener("pagehide", () => ws.close());
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    const page = document.body.dataset.page;
+    if (page === "dashboard") initDashboard();
+    else if (page === "actors") initActors();
+    else if (page === "logs") initLogs();
+    else if (page === "terminal") initTerminal();
+    for (const f of $$("form[data-confirm]")) {
+      f.addEventListener("submit", (e) => { if (!confirm(f.dataset.confirm)) e.preventDefault(); });
+    }
+  });
+})();

@@ -1,0 +1,186 @@
+//! `/metrics` in the Prometheus text format: instance liveness and
+//! restarts, per-instance RSS/CPU from `/proc`, deploys by kind from the
+//! history, HTTP requests by route and status.
+//!
+//! Invariants: readable with a session or with `Bearer <metrics_token>`
+//! (compared in constant time); label values are escaped.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use deployex_actors::model::{DeploymentKind, InstanceState, Status};
+use warp::http::{StatusCode, header};
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use crate::AppState;
+use crate::api::STATUS_TIMEOUT;
+use crate::guard::{self, Guard, ReqInfo, req_info, with_state};
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// RSS bytes and CPU seconds of a process, from `/proc` (Linux).
+fn proc_usage(pid: i32) -> Option<(u64, f64)> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let rss_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces and parens).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    // Page size and clock ticks are 4096 and 100 on every Linux deployex targets.
+    Some((rss_pages * 4096, (utime + stime) as f64 / 100.0))
+}
+
+/// The exposition text.
+pub fn render(
+    state: &AppState,
+    status: Option<&Status>,
+    deploys: &[(DeploymentKind, u64)],
+) -> String {
+    let mut o = String::new();
+    if let Some(s) = status {
+        let _ = writeln!(
+            o,
+            "# HELP deployex_uptime_seconds Uptime of deployex.\n# TYPE deployex_uptime_seconds gauge"
+        );
+        let _ = writeln!(o, "deployex_uptime_seconds {}", s.deployex.uptime_s);
+        let _ = writeln!(
+            o,
+            "# HELP deployex_instance_up 1 when the instance is running.\n# TYPE deployex_instance_up gauge"
+        );
+        for i in &s.instances {
+            let up = u8::from(i.state == InstanceState::Running);
+            let v = esc(i.version.as_deref().unwrap_or(""));
+            let _ = writeln!(
+                o,
+                "deployex_instance_up{{instance=\"{}\",version=\"{v}\"}} {up}",
+                i.instance
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP deployex_instance_crash_restarts_total Restarts after a crash.\n# TYPE deployex_instance_crash_restarts_total counter"
+        );
+        for i in &s.instances {
+            let _ = writeln!(
+                o,
+                "deployex_instance_crash_restarts_total{{instance=\"{}\"}} {}",
+                i.instance, i.crash_restarts
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP deployex_instance_forced_restarts_total Restarts by an operator or a deployment.\n# TYPE deployex_instance_forced_restarts_total counter"
+        );
+        for i in &s.instances {
+            let _ = writeln!(
+                o,
+                "deployex_instance_forced_restarts_total{{instance=\"{}\"}} {}",
+                i.instance, i.forced_restarts
+            );
+        }
+        let usage: Vec<_> = s
+            .instances
+            .iter()
+            .filter_map(|i| Some((i.instance, proc_usage(i.os_pid?)?)))
+            .collect();
+        let _ = writeln!(
+            o,
+            "# HELP deployex_instance_rss_bytes Resident memory of the instance's OS process.\n# TYPE deployex_instance_rss_bytes gauge"
+        );
+        for (i, (rss, _)) in &usage {
+            let _ = writeln!(o, "deployex_instance_rss_bytes{{instance=\"{i}\"}} {rss}");
+        }
+        let _ = writeln!(
+            o,
+            "# HELP deployex_instance_cpu_seconds_total CPU time of the instance's OS process.\n# TYPE deployex_instance_cpu_seconds_total counter"
+        );
+        for (i, (_, cpu)) in &usage {
+            let _ = writeln!(
+                o,
+                "deployex_instance_cpu_seconds_total{{instance=\"{i}\"}} {cpu}"
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP deployex_deploys_total Deployments in the history, by kind.\n# TYPE deployex_deploys_total counter"
+    );
+    for (kind, n) in deploys {
+        let k = serde_json::to_value(kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let _ = writeln!(o, "deployex_deploys_total{{kind=\"{}\"}} {n}", esc(&k));
+    }
+    let _ = writeln!(
+        o,
+        "# HELP deployex_http_requests_total HTTP requests by route and status.\n# TYPE deployex_http_requests_total counter"
+    );
+    for ((route, code), n) in state.http_metrics.snapshot() {
+        let _ = writeln!(
+            o,
+            "deployex_http_requests_total{{route=\"{}\",status=\"{code}\"}} {n}",
+            esc(&route)
+        );
+    }
+    o
+}
+
+async fn metrics(state: Arc<AppState>, info: ReqInfo) -> Result<Response, Rejection> {
+    let token_ok = match (
+        &state.cfg.metrics_token,
+        info.authorization.as_deref().and_then(crate::auth::bearer),
+    ) {
+        (Some(want), Some(got)) => ct_eq(want.as_bytes(), got.as_bytes()),
+        _ => false,
+    };
+    if !token_ok {
+        guard::check(&state, &info, Guard::Api)?;
+    }
+    let status = tokio::time::timeout(STATUS_TIMEOUT, state.engine.status())
+        .await
+        .ok();
+    let history = state.engine.versions(None).await;
+    let deploys: Vec<(DeploymentKind, u64)> = [
+        DeploymentKind::FullDeployment,
+        DeploymentKind::HotUpgrade,
+        DeploymentKind::Rollback,
+    ]
+    .into_iter()
+    .map(|k| {
+        (
+            k,
+            history.iter().filter(|h| h.deployment == k).count() as u64,
+        )
+    })
+    .collect();
+    let body = render(&state, status.as_ref(), &deploys);
+    Ok(warp::http::Response::builder()
+        .status(StatusCode::OK)
+        .header(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .body(body.into())
+        .unwrap_or_default())
+}
+
+pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
+    warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state(state))
+        .and(req_info())
+        .and_then(metrics)
+        .boxed()
+}
