@@ -116,6 +116,11 @@ impl Site {
     }
 
     pub fn start(&self) -> Deployex {
+        self.start_with(&[])
+    }
+
+    /// Start with extra environment variables for this run only.
+    pub fn start_with(&self, extra: &[(&str, &str)]) -> Deployex {
         std::fs::create_dir_all(self.logs()).unwrap();
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -147,6 +152,9 @@ impl Site {
             .stdout(Stdio::null())
             .stderr(stderr);
         for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        for (k, v) in extra {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn deployex");
@@ -314,6 +322,24 @@ impl Deployex {
             .collect::<Vec<_>>()
             .join("\n");
         panic!("timed out waiting for {what}\nstatus: {last:#}\nlog tail:\n{tail}");
+    }
+
+    /// Wait for deployex to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "deployex did not exit within {timeout:?}; log:\n{}",
+            self.log_text()
+        );
     }
 
     /// Send a signal and wait for the exit code.
