@@ -253,6 +253,12 @@ impl Deployex {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
 
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log_text();
+        let lines: Vec<&str> = log.lines().filter(|l| !l.contains("http request")).collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
