@@ -124,6 +124,12 @@ impl Describe for DeployMsg {
 
 pub struct DeployManager;
 
+struct Recent {
+    version: String,
+    since: Instant,
+    crashes: u32,
+}
+
 struct InProgress {
     instance: u32,
     version: String,
@@ -141,6 +147,9 @@ pub struct DmState {
     mode: Mode,
     desired: Option<String>,
     in_progress: Option<InProgress>,
+    /// Instances deployed recently: crashes inside the rollback window
+    /// count against their version, even after the rollout moved on.
+    recent: HashMap<u32, Recent>,
     /// Failed preparations: (instance, version) → (attempts, not before).
     failures: HashMap<(u32, String), (u32, Instant)>,
     last_error: Option<String>,
@@ -176,6 +185,7 @@ impl Actor for DeployManager {
             mode: loaded.mode,
             desired: None,
             in_progress: None,
+            recent: HashMap::new(),
             failures: HashMap::new(),
             last_error,
             recorder: Recorder::for_actor(NAME),
@@ -214,6 +224,7 @@ impl Actor for DeployManager {
                         p.crashes += 1;
                     }
                 }
+                state.on_crash(instance).await;
                 state.check_rollback().await;
             }
             DeployMsg::Deployed {
@@ -231,6 +242,18 @@ impl Actor for DeployManager {
                     deploy_ref,
                     inserted_at: crate::time::utc_now_millis(),
                 };
+                if kind != DeploymentKind::Rollback {
+                    state.recent.insert(
+                        instance,
+                        Recent {
+                            version: entry.version.clone(),
+                            since: Instant::now(),
+                            crashes: 0,
+                        },
+                    );
+                } else {
+                    state.recent.remove(&instance);
+                }
                 state.history.insert(0, entry);
                 state.persist_history().await;
                 crate::testhook::point("history_written");
@@ -419,9 +442,90 @@ impl DmState {
         }
     }
 
+    /// A deployed instance that crash-loops inside its rollback window gets
+    /// its version ghosted, even when the rollout has moved past it (a
+    /// release that dies a few seconds after it looked ready).
+    async fn on_crash(&mut self, instance: u32) {
+        let window = self.cfg.rollback_timeout;
+        let limit = self.cfg.rollback_crashes;
+        let Some(r) = self.recent.get_mut(&instance) else {
+            return;
+        };
+        if r.since.elapsed() > window {
+            self.recent.remove(&instance);
+            return;
+        }
+        r.crashes += 1;
+        if r.crashes <= limit {
+            return;
+        }
+        let version = r.version.clone();
+        let crashes = r.crashes;
+        self.recent.remove(&instance);
+        tracing::error!(instance, %version, crashes, "crash loop after deployment: ghosting the version");
+        self.ghost(&version).await;
+        self.last_error = Some(format!(
+            "version {version} rolled back: instance {instance} crashed {crashes} times after its deployment"
+        ));
+        if let Some(p) = &self.in_progress {
+            if p.instance == instance && p.kind != DeploymentKind::Rollback {
+                self.in_progress = None;
+            }
+        }
+        self.evaluate().await;
+    }
+
+    async fn ghost(&mut self, version: &str) {
+        if !self.ghosted.iter().any(|v| v == version) {
+            self.ghosted.push(version.to_string());
+            if let Err(e) = self.persist_ghosted().await {
+                tracing::error!(error = %e, "cannot save the ghosted list");
+            }
+        }
+    }
+
+    /// Roll back, one at a time, every instance that runs a ghosted
+    /// version. Returns true when a rollback was started (or is needed but
+    /// cannot start now).
+    async fn rollback_ghosted(&mut self) -> bool {
+        if self.ghosted.is_empty() {
+            return false;
+        }
+        for instance in 1..=self.cfg.replicas {
+            let Some(monitor) = monitor(instance) else {
+                return true;
+            };
+            let Ok(status) = ractor::call_t!(monitor, |reply| InstanceMsg::Status { reply }, 1000)
+            else {
+                return true;
+            };
+            let Some(version) = status.version.clone() else {
+                continue;
+            };
+            if !self.ghosted.contains(&version) {
+                continue;
+            }
+            if let Mode::Manual { version: pinned } = &self.mode {
+                if pinned == &version {
+                    continue;
+                }
+            }
+            if status.state == InstanceState::Stopped && status.os_pid.is_none() {
+                // Stopped for lack of a version to roll back to.
+                continue;
+            }
+            self.rollback(instance, &version).await;
+            return true;
+        }
+        false
+    }
+
     /// Start the next deployment step, if any.
     async fn evaluate(&mut self) {
         if self.in_progress.is_some() {
+            return;
+        }
+        if self.rollback_ghosted().await {
             return;
         }
         let Some(target) = self.target().await else {
@@ -494,6 +598,15 @@ impl DmState {
             return;
         };
         if p.kind == DeploymentKind::Rollback {
+            if p.started.elapsed() >= self.cfg.rollback_timeout {
+                let instance = p.instance;
+                tracing::error!(instance, version = %p.version, "rollback did not become ready in time; giving up");
+                self.last_error = Some(format!(
+                    "rollback of instance {instance} to {} did not become ready in time",
+                    p.version
+                ));
+                self.in_progress = None;
+            }
             return;
         }
         let timed_out = p.started.elapsed() >= self.cfg.rollback_timeout;
@@ -510,33 +623,33 @@ impl DmState {
             "not ready in time".to_string()
         };
         tracing::error!(instance = p.instance, version = %p.version, %why, "deployment unstable: rolling back and ghosting the version");
-        if !self.ghosted.contains(&p.version) {
-            self.ghosted.push(p.version.clone());
-            if let Err(e) = self.persist_ghosted().await {
-                tracing::error!(error = %e, "cannot save the ghosted list");
-            }
-        }
+        self.ghost(&p.version).await;
         self.last_error = Some(format!(
             "version {} rolled back on instance {} ({why})",
             p.version, p.instance
         ));
+        self.rollback(p.instance, &p.version).await;
+    }
+
+    /// Deploy the previous good version of `instance` (kind `rollback`), or
+    /// stop the instance when there is none.
+    async fn rollback(&mut self, instance: u32, bad: &str) {
         let previous = self
             .history
             .iter()
-            .filter(|e| e.instance == p.instance)
+            .filter(|e| e.instance == instance)
             .map(|e| e.version.clone())
-            .find(|v| v != &p.version && !self.ghosted.contains(v));
-        let Some(monitor) = monitor(p.instance) else {
+            .find(|v| v != bad && !self.ghosted.contains(v));
+        let Some(monitor) = monitor(instance) else {
             return;
         };
         let Some(previous) = previous else {
             tracing::error!(
-                instance = p.instance,
+                instance,
                 "no previous version to roll back to; stopping the instance"
             );
             self.last_error = Some(format!(
-                "version {} failed on instance {} and there is no previous version to roll back to",
-                p.version, p.instance
+                "version {bad} failed on instance {instance} and there is no previous version to roll back to"
             ));
             let _ = ractor::call_t!(monitor, |reply| InstanceMsg::Shutdown { reply }, 30_000);
             return;
@@ -566,6 +679,7 @@ impl DmState {
             .find(|e| e.version == previous)
             .map(|e| e.hash.clone())
             .unwrap_or_default();
+        tracing::warn!(instance, from = %bad, to = %previous, "rolling back");
         let target = Target {
             version: previous,
             hash,
@@ -575,7 +689,7 @@ impl DmState {
         let deploy_ref = crate::storage::new_deploy_ref();
         self.start_deploy(
             &monitor,
-            p.instance,
+            instance,
             &target,
             deploy_ref,
             DeploymentKind::Rollback,

@@ -903,6 +903,7 @@ async fn prepare(
             }
         }
     }
+    crate::testhook::point("pre_commands_done");
     Ok(())
 }
 

@@ -255,7 +255,10 @@ impl Deployex {
 
     pub fn log_tail(&self, n: usize) -> String {
         let log = self.log_text();
-        let lines: Vec<&str> = log.lines().filter(|l| !l.contains("http request")).collect();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.contains("http request"))
+            .collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
