@@ -18,6 +18,7 @@ pub mod root;
 pub mod storage;
 pub mod store;
 pub mod time;
+pub mod upgrade;
 
 pub use config::{EngineConfig, StoreConfig};
 pub use engine::Engine;
