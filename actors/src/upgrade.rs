@@ -852,8 +852,10 @@ async fn unpack_and_relup<R: Rpc>(
         .await
         .map_err(io_err(Step::Copy, to, &rel_dir))?;
     let dest = rel_dir.join(format!("{app}.tar.gz"));
-    tokio::fs::copy(tarball, &dest)
+    let (src, dst, base) = (tarball.to_owned(), dest.clone(), root.to_owned());
+    tokio::task::spawn_blocking(move || copy_new_entries(&src, &base, &dst))
         .await
+        .map_err(|e| io_err(Step::Copy, to, tarball)(std::io::Error::other(e)))?
         .map_err(io_err(Step::Copy, to, tarball))?;
     run.steps.push((Step::Copy, copy_started.elapsed()));
 
@@ -922,6 +924,51 @@ async fn unpack_and_relup<R: Rpc>(
     // better, but the raw reason is precise enough.
     run.ok(Step::MakeRelup, &reply)?;
     Ok(RelupSource::Built)
+}
+
+/// Copies to `dest` (gzip) the entries of `tarball` that do not exist under
+/// `root` yet. `unpack_release` extracts with `keep_old_files`, so the
+/// entries left out (ERTS, the OTP and Elixir libs both releases share)
+/// would be skipped anyway; leaving them out saves the node from
+/// decompressing them, which was most of the upgrade's time (0.4-2.5 s of
+/// 0.7-2.8 s for a 6 MiB tarball on a loaded 2-core machine). Entries that
+/// would land outside `root` are refused.
+fn copy_new_entries(tarball: &Path, root: &Path, dest: &Path) -> std::io::Result<()> {
+    let input = std::fs::File::open(tarball)?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(input));
+    let output = std::fs::File::create(dest)?;
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        std::io::BufWriter::new(output),
+        flate2::Compression::fast(),
+    ));
+    for entry in archive.entries()? {
+        let entry = entry?;
+        let path = entry.path()?.into_owned();
+        if path.components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        }) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("tarball entry {} escapes the release root", path.display()),
+            ));
+        }
+        if std::fs::symlink_metadata(root.join(&path)).is_ok() {
+            continue;
+        }
+        let header = entry.header().clone();
+        builder.append(&header, entry)?;
+    }
+    // No fsync: the node reads it right away, and a crash loses nothing
+    // that the next attempt would not rewrite.
+    builder
+        .into_inner()?
+        .finish()?
+        .into_inner()
+        .map_err(|e| e.into_error())?;
+    Ok(())
 }
 
 /// Runs [`cleanup_failed`] after `err`; returns `err`, or a
@@ -993,6 +1040,9 @@ async fn cleanup(
     if as_atom(&reply) != Some("ok") && !unknown {
         return Err(fail(format!("set_removed: {}", pretty(&reply))));
     }
+    // What the failed unpack added; none of it belongs to the running
+    // release (to != from), and unpack_release's keep_old_files would keep
+    // stale copies on a retry.
     for dir in [
         root.join("releases").join(to),
         root.join("lib").join(format!("{app}-{to}")),
@@ -1002,6 +1052,12 @@ async fn cleanup(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(Step::Cleanup, to, &dir)(e)),
         }
+    }
+    let rel = root.join("releases").join(format!("{app}-{to}.rel"));
+    match tokio::fs::remove_file(&rel).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(Step::Cleanup, to, &rel)(e)),
     }
     let start_erl = root.join("releases").join("start_erl.data");
     let text = tokio::fs::read_to_string(&start_erl).await.map_err(io_err(
