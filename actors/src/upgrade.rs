@@ -18,6 +18,9 @@
 //!   and `releases/start_erl.data` still names `from`. So a retry starts from
 //!   a clean slate instead of hitting `{existing_release, Vsn}`.
 //! - Every RPC is bounded by the caller's step timeout.
+//! - The tarball handed to `unpack_release` holds only the entries missing
+//!   from `current/` (it extracts with `keep_old_files`, so the others would
+//!   be skipped anyway): same result, a fraction of the node's work.
 
 use std::fmt;
 use std::future::Future;
@@ -668,7 +671,8 @@ fn path_term(path: &Path) -> Term {
 /// its root at `current_root`) to `to`, from the release `tarball`.
 ///
 /// Sequence (NOTES-BEAM §3): check the node's root and permanent release,
-/// copy the tarball to `releases/{to}/{app}.tar.gz`, `unpack_release`,
+/// copy the tarball's new entries to `releases/{to}/{app}.tar.gz`,
+/// `unpack_release`,
 /// `make_relup` when the tarball ships none, `check_install_release`,
 /// `install_release` with `update_paths`, `make_permanent`. A failure before
 /// the install succeeded runs [`cleanup_failed`], so a retry can work.
@@ -707,7 +711,7 @@ pub async fn hot_upgrade(
     // From here on files change: undo them on failure.
     let relup = match unpack_and_relup(&mut run, &root, tarball, app).await {
         Ok(relup) => relup,
-        Err(err) => return Err(with_cleanup(rpc, &root, app, to, step_timeout, err).await),
+        Err(err) => return Err(with_cleanup(rpc, &root, app, (from, to), step_timeout, err).await),
     };
     let reply = run
         .call(
@@ -718,7 +722,7 @@ pub async fn hot_upgrade(
         )
         .await;
     if let Err(err) = reply.and_then(|r| run.ok(Step::CheckInstall, &r)) {
-        return Err(with_cleanup(rpc, &root, app, to, step_timeout, err).await);
+        return Err(with_cleanup(rpc, &root, app, (from, to), step_timeout, err).await);
     }
     let reply = run
         .call(
@@ -734,7 +738,7 @@ pub async fn hot_upgrade(
     if let Err(err) = reply.and_then(|r| run.ok(Step::Install, &r)) {
         // A failure past the relup's point of no return restarts the node
         // by itself (into `from`, still permanent); before it, nothing ran.
-        return Err(with_cleanup(rpc, &root, app, to, step_timeout, err).await);
+        return Err(with_cleanup(rpc, &root, app, (from, to), step_timeout, err).await);
     }
     // The new code runs now; if this fails, a restart boots `from` again.
     let reply = run
@@ -977,15 +981,11 @@ async fn with_cleanup(
     rpc: &impl Rpc,
     root: &Path,
     app: &str,
-    to: &str,
+    (from, to): (&str, &str),
     timeout: Duration,
     err: UpgradeError,
 ) -> UpgradeError {
-    let from = match &err {
-        UpgradeError::Step { from, .. } | UpgradeError::Precondition { from, .. } => from.clone(),
-        _ => String::new(),
-    };
-    match cleanup(rpc, root, app, &from, to, timeout).await {
+    match cleanup(rpc, root, app, from, to, timeout).await {
         Ok(()) => err,
         Err(cleanup_err) => UpgradeError::CleanupFailed {
             step: err.step(),

@@ -3,6 +3,9 @@
 //! and HTTP port, talks to it over distribution, and kills what it started
 //! (the node by pid, epmd by port).
 
+// Test helpers panic on purpose: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -222,6 +225,20 @@ impl Drop for Node {
     }
 }
 
+/// Versions release_handler knows (`which_releases`, any status).
+async fn known_versions(conn: &NodeConnection) -> Vec<String> {
+    use deployex_actors::dist::{as_list, as_tuple, term_to_string};
+    let reply = conn
+        .rpc("release_handler", "which_releases", vec![], STEP_TIMEOUT)
+        .await
+        .unwrap();
+    as_list(&reply)
+        .unwrap()
+        .iter()
+        .map(|r| term_to_string(&as_tuple(r).unwrap()[1]).unwrap())
+        .collect()
+}
+
 fn print_timings(label: &str, report: &upgrade::HotUpgradeReport) {
     let steps: Vec<String> = report
         .steps
@@ -386,6 +403,8 @@ async fn failed_upgrade_is_cleaned_up_and_a_retry_works() {
     assert_eq!(node.start_erl_vsn(), "0.1.1");
     assert!(!node.current.join("releases/0.1.2").exists());
     assert!(!node.current.join("lib/upg-0.1.2").exists());
+    let known = known_versions(&node.conn).await;
+    assert_eq!(known, ["0.1.1"], "0.1.2 was set_removed");
 
     // The retry with the good tarball succeeds: 0.1.2 was set_removed, so
     // unpack_release does not answer {existing_release, "0.1.2"}.
