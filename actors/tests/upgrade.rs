@@ -447,6 +447,23 @@ async fn a_left_over_unpack_does_not_block_the_upgrade() {
         .unwrap();
     assert_eq!(deployex_actors::dist::pretty(&reply), r#"{ok,"0.1.2"}"#);
 
+    // A root that is not the node's: refused before anything is touched.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let err = upgrade::hot_upgrade(
+        &node.conn,
+        elsewhere.path(),
+        &tarball("0.1.2"),
+        APP,
+        "0.1.1",
+        "0.1.2",
+        STEP_TIMEOUT,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, UpgradeError::Precondition { .. }), "{err}");
+    assert!(err.to_string().contains("the node runs from"), "{err}");
+    assert!(node.current.join("lib/upg-0.1.2").is_dir());
+
     let report = upgrade::hot_upgrade(
         &node.conn,
         &node.current,
