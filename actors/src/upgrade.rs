@@ -487,7 +487,8 @@ impl Parser<'_> {
 pub enum Step {
     /// `code:root_dir()` and `release_handler:which_releases()`.
     Check,
-    /// `rm -rf releases/{to}`, copy the tarball in.
+    /// `rm -rf releases/{to}`, copy in the tarball's entries missing from
+    /// the root.
     Copy,
     Unpack,
     /// `systools:make_relup` on the node (only when the tarball has none).
@@ -672,10 +673,14 @@ fn path_term(path: &Path) -> Term {
 ///
 /// Sequence (NOTES-BEAM §3): check the node's root and permanent release,
 /// copy the tarball's new entries to `releases/{to}/{app}.tar.gz`,
-/// `unpack_release`,
-/// `make_relup` when the tarball ships none, `check_install_release`,
-/// `install_release` with `update_paths`, `make_permanent`. A failure before
-/// the install succeeded runs [`cleanup_failed`], so a retry can work.
+/// `unpack_release`, `make_relup` when the tarball ships none,
+/// `check_install_release`, `install_release` with `update_paths`,
+/// `make_permanent`. A failure from the copy up to `install_release`
+/// (included) runs [`cleanup_failed`], so a retry can work; a failed
+/// `make_permanent` leaves the new code running but `from` permanent (a
+/// restart boots `from`). `install_release` answering
+/// `continue_after_restart` (an ERTS upgrade) counts as a failure: such a
+/// release needs a full deployment.
 pub async fn hot_upgrade(
     rpc: &impl Rpc,
     current_root: &Path,
