@@ -19,6 +19,7 @@ pub mod storage;
 pub mod store;
 pub mod testhook;
 pub mod time;
+pub mod upgrade;
 
 pub use config::{EngineConfig, StoreConfig};
 pub use engine::Engine;
