@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, Frame};
 use super::term::{as_atom, as_int, as_list, as_tuple, atom, pretty};
-use super::{DistConfig, DistError, epmd};
+use super::{DistConfig, DistError, epmd, tls};
 
 /// Tick period until the peer's `net_ticktime` is known (and if it never is).
 const FALLBACK_TICK: Duration = Duration::from_secs(1);
@@ -34,6 +34,17 @@ pub struct Handshake {
     creation: u32,
     /// Bounds the first RPC, which asks for the peer's `net_ticktime`.
     setup_timeout: Duration,
+    /// Whether the stream is TLS (for [`NodeConnection::is_tls`]).
+    tls: bool,
+}
+
+impl Handshake {
+    /// Marks the connection as running over TLS; for callers of the split
+    /// [`handshake`] API that bring their own TLS stream.
+    pub fn over_tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
 }
 
 /// Runs the client side of the distribution handshake over `stream` and
@@ -78,6 +89,7 @@ where
             local_name: cfg.local_node.clone(),
             creation: creation.get(),
             setup_timeout: cfg.connect_timeout,
+            tls: false,
         },
     ))
 }
@@ -108,6 +120,23 @@ fn handshake_reason(e: &HandshakeError, local: &str) -> String {
             format!("the peer is already setting up a connection with {local} (status nok); retry")
         }
         other => other.to_string(),
+    }
+}
+
+/// A TLS node closes a plain TCP handshake exactly like a wrong cookie
+/// does: say both.
+fn hint_tls(e: DistError, cfg: &DistConfig) -> DistError {
+    match e {
+        DistError::Handshake { node, reason } if cfg.tls.is_none() && reason.contains("closed") => {
+            DistError::Handshake {
+                node,
+                reason: format!(
+                    "{reason}; or the node uses TLS distribution (-proto_dist inet_tls) \
+                     and deployex has no TLS certificates configured"
+                ),
+            }
+        }
+        other => other,
     }
 }
 
@@ -156,6 +185,7 @@ struct Inner {
     shutdown: CancellationToken,
     done: CancellationToken,
     close_reason: Arc<OnceLock<String>>,
+    tls: bool,
 }
 
 impl fmt::Debug for NodeConnection {
@@ -169,10 +199,11 @@ impl fmt::Debug for NodeConnection {
 
 impl NodeConnection {
     /// Connects to `node` (`name@host`): EPMD lookup on `cfg.epmd_host`,
-    /// TCP to the node's port there, handshake. Bounded by
+    /// TCP to the node's port there, TLS if `cfg.tls` is set (the node's
+    /// certificate must be valid for `host`), handshake. Bounded by
     /// `cfg.connect_timeout`.
     pub async fn connect(node: &str, cfg: &DistConfig) -> Result<Self, DistError> {
-        let (name, _host) = split_node(node)?;
+        let (name, host) = split_node(node)?;
         let attempt = async {
             let port = epmd::port_please(&cfg.epmd_host, cfg.epmd_port, node, name)
                 .await?
@@ -188,7 +219,13 @@ impl NodeConnection {
                 .map_err(connect_err)?;
             // Without it every RPC waits ~40 ms for Nagle + delayed ACK.
             stream.set_nodelay(true).map_err(connect_err)?;
-            let (stream, hs) = handshake(stream, node, cfg).await?;
+            if let Some(settings) = &cfg.tls {
+                let (stream, hs) = tls::handshake_tls(stream, node, host, cfg, settings).await?;
+                return Self::from_handshake(stream, hs.over_tls()).await;
+            }
+            let (stream, hs) = handshake(stream, node, cfg)
+                .await
+                .map_err(|e| hint_tls(e, cfg))?;
             Self::from_handshake(stream, hs).await
         };
         with_timeout(cfg.connect_timeout, node, "connect", attempt).await?
@@ -244,6 +281,7 @@ impl NodeConnection {
         }
         let conn = NodeConnection {
             inner: Arc::new(Inner {
+                tls: hs.tls,
                 node: hs.node,
                 local_name: hs.local_name,
                 creation: hs.creation,
@@ -292,6 +330,11 @@ impl NodeConnection {
     /// The peer's node name.
     pub fn node(&self) -> &str {
         &self.inner.node
+    }
+
+    /// Whether the connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.inner.tls
     }
 
     /// `false` once the connection is closed or closing.
