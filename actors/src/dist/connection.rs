@@ -71,7 +71,7 @@ where
     let local = LocalNode::new(local_name, creation);
     let failed = |e: HandshakeError| DistError::Handshake {
         node: node.to_owned(),
-        reason: handshake_reason(&e, &cfg.local_node),
+        reason: handshake_reason(&e, &cfg.local_node, cfg.tls.is_none()),
     };
     let mut hs = ClientSideHandshake::new(stream.compat(), local, &cfg.cookie);
     hs.execute_send_name(LOWEST_DISTRIBUTION_PROTOCOL_VERSION)
@@ -95,7 +95,28 @@ where
 }
 
 /// Turns erl_dist's terse handshake errors into what an operator can act on.
-fn handshake_reason(e: &HandshakeError, local: &str) -> String {
+/// `plain`: we did not use TLS, so a TLS node (which answers with a TLS
+/// alert, or just closes) may be the cause of a garbled or closed handshake.
+fn handshake_reason(e: &HandshakeError, local: &str, plain: bool) -> String {
+    let reason = handshake_cause(e, local);
+    let garbled = !matches!(
+        e,
+        HandshakeError::CookieMismatch
+            | HandshakeError::NotAllowed
+            | HandshakeError::AlreadyActive
+            | HandshakeError::OngoingHandshake
+    );
+    if plain && garbled {
+        format!(
+            "{reason}; or the node uses TLS distribution (-proto_dist inet_tls) \
+             and deployex has no TLS certificates configured"
+        )
+    } else {
+        reason
+    }
+}
+
+fn handshake_cause(e: &HandshakeError, local: &str) -> String {
     use std::io::ErrorKind;
     match e {
         HandshakeError::Io(io)
@@ -120,23 +141,6 @@ fn handshake_reason(e: &HandshakeError, local: &str) -> String {
             format!("the peer is already setting up a connection with {local} (status nok); retry")
         }
         other => other.to_string(),
-    }
-}
-
-/// A TLS node closes a plain TCP handshake exactly like a wrong cookie
-/// does: say both.
-fn hint_tls(e: DistError, cfg: &DistConfig) -> DistError {
-    match e {
-        DistError::Handshake { node, reason } if cfg.tls.is_none() && reason.contains("closed") => {
-            DistError::Handshake {
-                node,
-                reason: format!(
-                    "{reason}; or the node uses TLS distribution (-proto_dist inet_tls) \
-                     and deployex has no TLS certificates configured"
-                ),
-            }
-        }
-        other => other,
     }
 }
 
@@ -223,9 +227,7 @@ impl NodeConnection {
                 let (stream, hs) = tls::handshake_tls(stream, node, host, cfg, settings).await?;
                 return Self::from_handshake(stream, hs.over_tls()).await;
             }
-            let (stream, hs) = handshake(stream, node, cfg)
-                .await
-                .map_err(|e| hint_tls(e, cfg))?;
+            let (stream, hs) = handshake(stream, node, cfg).await?;
             Self::from_handshake(stream, hs).await
         };
         with_timeout(cfg.connect_timeout, node, "connect", attempt).await?
@@ -694,7 +696,9 @@ mod tests {
     #[test]
     fn handshake_eof_suggests_the_cookie() {
         let eof = HandshakeError::Io(std::io::ErrorKind::UnexpectedEof.into());
-        assert!(handshake_reason(&eof, "me@h").contains("cookie rejected?"));
-        assert!(handshake_reason(&HandshakeError::AlreadyActive, "me@h").contains("me@h"));
+        assert!(handshake_reason(&eof, "me@h", false).contains("cookie rejected?"));
+        assert!(handshake_reason(&eof, "me@h", true).contains("inet_tls"));
+        let active = handshake_reason(&HandshakeError::AlreadyActive, "me@h", true);
+        assert!(active.contains("me@h") && !active.contains("inet_tls"));
     }
 }

@@ -183,6 +183,7 @@ pub(crate) async fn handshake_tls(
     cfg: &DistConfig,
     settings: &TlsSettings,
 ) -> Result<(DistTlsStream, Handshake), DistError> {
+    let sends_cert = settings.config.client_auth_cert_resolver.has_certs();
     let tls_err = |reason: String| DistError::Tls {
         node: node.to_owned(),
         reason,
@@ -192,7 +193,7 @@ pub(crate) async fn handshake_tls(
     let mut tls = TlsConnector::from(settings.config.clone())
         .connect(server_name, tcp)
         .await
-        .map_err(|e| tls_err(tls_reason(&e, host, Phase::Tls)))?;
+        .map_err(|e| tls_err(tls_reason(&e, host, sends_cert, Phase::Tls)))?;
 
     let (erl_side, pump_side) = tokio::io::duplex(4096);
     let (shaken, pumped) = tokio::join!(
@@ -211,10 +212,10 @@ pub(crate) async fn handshake_tls(
         // A TLS alert says more than erl_dist (which only sees EOF). A plain
         // close is left to erl_dist's reading (e.g. "cookie rejected?").
         (_, Err(PumpError::Tls(e))) if is_rustls(&e) => {
-            Err(tls_err(tls_reason(&e, host, Phase::Dist)))
+            Err(tls_err(tls_reason(&e, host, sends_cert, Phase::Dist)))
         }
         (Err(e), _) => Err(e),
-        (Ok(_), Err(PumpError::Tls(e))) => Err(tls_err(tls_reason(&e, host, Phase::Dist))),
+        (Ok(_), Err(PumpError::Tls(e))) => Err(tls_err(tls_reason(&e, host, sends_cert, Phase::Dist))),
         (Ok(_), Err(PumpError::Pipe)) => Err(DistError::Handshake {
             node: node.to_owned(),
             reason: "handshake ended before the challenge_ack".to_owned(),
@@ -313,7 +314,7 @@ fn is_rustls(e: &io::Error) -> bool {
 }
 
 /// A TLS failure → what the operator should check.
-fn tls_reason(e: &io::Error, host: &str, phase: Phase) -> String {
+fn tls_reason(e: &io::Error, host: &str, sends_cert: bool, phase: Phase) -> String {
     let Some(err) = rustls_error(e) else {
         return match e.kind() {
             io::ErrorKind::UnexpectedEof
@@ -355,9 +356,11 @@ fn tls_reason(e: &io::Error, host: &str, phase: Phase) -> String {
             | CertificateError::NotValidYetContext { .. },
         ) => format!("the node's certificate is expired or not yet valid ({err})"),
         E::InvalidCertificate(_) => format!("the node's certificate is rejected ({err})"),
-        E::AlertReceived(AlertDescription::CertificateRequired) => {
-            "the node requires a client certificate and we sent none".to_owned()
-        }
+        E::AlertReceived(
+            AlertDescription::CertificateRequired | AlertDescription::HandshakeFailure,
+        ) if !sends_cert => format!(
+            "the node requires a client certificate and we sent none (alert: {err})"
+        ),
         E::AlertReceived(
             AlertDescription::UnknownCA
             | AlertDescription::BadCertificate
