@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deployex_actors::dist::{
-    self, DistConfig, DistError, NodeConnection, TlsError, TlsSettings, as_atom, as_list, atom, int,
-    pretty,
+    self, DistConfig, DistError, NodeConnection, TlsError, TlsSettings, as_atom, as_list, atom,
+    int, pretty,
 };
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -66,7 +66,14 @@ impl TestNode {
         let node = format!("dxt{}@{}", random_suffix(), short_host());
         let cookie = format!("c{}", random_suffix());
         let mut cmd = Command::new("erl");
-        cmd.args(["-sname", &node, "-setcookie", &cookie, "-noshell", "-noinput"]);
+        cmd.args([
+            "-sname",
+            &node,
+            "-setcookie",
+            &cookie,
+            "-noshell",
+            "-noinput",
+        ]);
         if let Some(certs) = certs {
             cmd.args(["-proto_dist", "inet_tls", "-ssl_dist_optfile"])
                 .arg(certs.join("inet_tls.conf"));
@@ -248,7 +255,11 @@ async fn mutual_tls_connects_and_runs_rpcs() {
                 .await
         }
     });
-    for (i, reply) in futures::future::join_all(calls).await.into_iter().enumerate() {
+    for (i, reply) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
         let seq = as_list(&reply.unwrap()).unwrap();
         assert_eq!(seq.len(), 20_000 + i);
     }
@@ -282,7 +293,11 @@ async fn wrong_certificates_are_refused_with_the_cause() {
     // the node refuses it.
     let mixed = tempfile::tempdir().unwrap();
     copy(certs.path(), mixed.path(), &["ca.crt"]);
-    copy(other.path(), mixed.path(), &["deployex.crt", "deployex.key"]);
+    copy(
+        other.path(),
+        mixed.path(),
+        &["deployex.crt", "deployex.key"],
+    );
     let reason = tls_reason(
         n.connect(Some(TlsSettings::load(mixed.path()).unwrap()))
             .await,
@@ -385,10 +400,7 @@ async fn bench_tls_vs_tcp() {
     let settings = TlsSettings::load(certs.path()).unwrap();
 
     let mut rows = Vec::new();
-    for (label, node, tls) in [
-        ("tcp", &tcp_node, None),
-        ("tls", &tls_node, Some(settings)),
-    ] {
+    for (label, node, tls) in [("tcp", &tcp_node, None), ("tls", &tls_node, Some(settings))] {
         let mut connects = Vec::new();
         for _ in 0..CONNECTS {
             let started = Instant::now();

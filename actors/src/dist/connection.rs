@@ -560,10 +560,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Runner<S> {
                     }
                 }
             }
-            if !self.out.is_empty() {
-                if let Err(reason) = self.flush().await {
-                    return reason;
-                }
+            if !self.out.is_empty()
+                && let Err(reason) = self.flush().await
+            {
+                return reason;
             }
         }
     }

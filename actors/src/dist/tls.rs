@@ -121,14 +121,13 @@ impl TlsSettings {
             dir: dir.to_owned(),
             source,
         };
-        let config = ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(config_err)?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(config_err)?;
+        let config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(config_err)?
+                .with_root_certificates(roots)
+                .with_client_auth_cert(chain, key)
+                .map_err(config_err)?;
         Ok(Self {
             config: Arc::new(config),
             dir: Some(dir.to_owned()),
@@ -196,10 +195,7 @@ pub(crate) async fn handshake_tls(
         .map_err(|e| tls_err(tls_reason(&e, host, sends_cert, Phase::Tls)))?;
 
     let (erl_side, pump_side) = tokio::io::duplex(4096);
-    let (shaken, pumped) = tokio::join!(
-        handshake(erl_side, node, cfg),
-        pump(&mut tls, pump_side)
-    );
+    let (shaken, pumped) = tokio::join!(handshake(erl_side, node, cfg), pump(&mut tls, pump_side));
     match (shaken, pumped) {
         (Ok((_, hs)), Ok(leftover)) => Ok((
             Prefixed {
@@ -215,7 +211,9 @@ pub(crate) async fn handshake_tls(
             Err(tls_err(tls_reason(&e, host, sends_cert, Phase::Dist)))
         }
         (Err(e), _) => Err(e),
-        (Ok(_), Err(PumpError::Tls(e))) => Err(tls_err(tls_reason(&e, host, sends_cert, Phase::Dist))),
+        (Ok(_), Err(PumpError::Tls(e))) => {
+            Err(tls_err(tls_reason(&e, host, sends_cert, Phase::Dist)))
+        }
         (Ok(_), Err(PumpError::Pipe)) => Err(DistError::Handshake {
             node: node.to_owned(),
             reason: "handshake ended before the challenge_ack".to_owned(),
@@ -358,9 +356,9 @@ fn tls_reason(e: &io::Error, host: &str, sends_cert: bool, phase: Phase) -> Stri
         E::InvalidCertificate(_) => format!("the node's certificate is rejected ({err})"),
         E::AlertReceived(
             AlertDescription::CertificateRequired | AlertDescription::HandshakeFailure,
-        ) if !sends_cert => format!(
-            "the node requires a client certificate and we sent none (alert: {err})"
-        ),
+        ) if !sends_cert => {
+            format!("the node requires a client certificate and we sent none (alert: {err})")
+        }
         E::AlertReceived(
             AlertDescription::UnknownCA
             | AlertDescription::BadCertificate
@@ -376,9 +374,9 @@ fn tls_reason(e: &io::Error, host: &str, sends_cert: bool, phase: Phase) -> Stri
             "the node refused the TLS handshake (no client certificate, or no common \
              cipher suite; {err})"
         ),
-        E::InvalidMessage(_) | E::InappropriateMessage { .. } => format!(
-            "the node does not speak TLS (started without -proto_dist inet_tls?) ({err})"
-        ),
+        E::InvalidMessage(_) | E::InappropriateMessage { .. } => {
+            format!("the node does not speak TLS (started without -proto_dist inet_tls?) ({err})")
+        }
         other => format!("TLS failed: {other}"),
     }
 }
