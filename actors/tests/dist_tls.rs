@@ -62,6 +62,10 @@ impl TestNode {
     /// A node using TLS distribution with `certs/inet_tls.conf`, or plain
     /// TCP when `certs` is `None`.
     async fn start(certs: Option<&Path>) -> TestNode {
+        Self::start_with(certs, &[]).await
+    }
+
+    async fn start_with(certs: Option<&Path>, extra: &[&str]) -> TestNode {
         let epmd_port = free_port();
         let node = format!("dxt{}@{}", random_suffix(), short_host());
         let cookie = format!("c{}", random_suffix());
@@ -79,6 +83,7 @@ impl TestNode {
                 .arg(certs.join("inet_tls.conf"));
         }
         let child = cmd
+            .args(extra)
             .env("ERL_EPMD_PORT", epmd_port.to_string())
             .env("ERL_CRASH_DUMP_SECONDS", "0")
             .stdin(Stdio::null())
@@ -272,6 +277,34 @@ async fn mutual_tls_connects_and_runs_rpcs() {
     assert_eq!(pretty(&proto), r#"{ok,[["inet_tls"]]}"#);
     conn.close();
     tokio::time::timeout(RPC, conn.closed()).await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_tls_connection_lives_on_ticks() {
+    let certs = tempfile::tempdir().unwrap();
+    gen_certs(certs.path(), None);
+    // The node drops a peer after 2 s of silence; we must tick over TLS.
+    let n = TestNode::start_with(Some(certs.path()), &["-kernel", "net_ticktime", "2"]).await;
+    let conn = n
+        .connect(Some(TlsSettings::load(certs.path()).unwrap()))
+        .await
+        .unwrap();
+    let idle = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    assert!(
+        idle.is_err(),
+        "connection closed while idle: {:?}",
+        conn.close_reason()
+    );
+    let me = conn.rpc("erlang", "node", vec![], RPC).await.unwrap();
+    assert_eq!(as_atom(&me), Some(n.node.as_str()));
+
+    // And a node that goes away is noticed.
+    let pid = nix::unistd::Pid::from_raw(n.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .unwrap();
+    assert!(!conn.is_alive());
 }
 
 #[tokio::test]
