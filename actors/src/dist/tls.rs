@@ -383,7 +383,7 @@ fn tls_reason(e: &io::Error, host: &str, sends_cert: bool, phase: Phase) -> Stri
 
 /// A stream that first yields `prefix[pos..]`, then reads from `inner`.
 /// Writes go straight to `inner`.
-pub struct Prefixed<S> {
+pub(crate) struct Prefixed<S> {
     prefix: Vec<u8>,
     pos: usize,
     inner: S,
