@@ -35,3 +35,10 @@ demo: deps
 bench: deps
 	$(CARGO) build --release --bins
 	$(CARGO) run --release --example bench_respawn
+
+# Certificates for mutual TLS on Erlang distribution (devops/tls/README.md):
+# CA, deployex.crt/.key, node.crt/.key and inet_tls.conf in $(TLS_CERTS_DIR).
+TLS_CERTS_DIR ?= /tmp
+.PHONY: tls-distribution-certs
+tls-distribution-certs:
+	bash devops/tls/gen-certs.sh $(TLS_CERTS_DIR) $(TLS_HOSTNAME)

@@ -130,6 +130,7 @@ impl Actor for OtpNodeWatcher {
             epmd_port: cfg.epmd_port,
             local_node: format!("deployex@{}", cfg.hostname),
             connect_timeout: Duration::from_secs(3),
+            tls: None,
         };
         Ok(WatcherState {
             dist: Arc::new(dist),

@@ -87,6 +87,7 @@ impl TestNode {
             epmd_port: self.epmd_port,
             local_node: format!("dxc{}@{}", random_suffix(), short_host()),
             connect_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 

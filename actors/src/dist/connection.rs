@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, Frame};
 use super::term::{as_atom, as_int, as_list, as_tuple, atom, pretty};
-use super::{DistConfig, DistError, epmd};
+use super::{DistConfig, DistError, epmd, tls};
 
 /// Tick period until the peer's `net_ticktime` is known (and if it never is).
 const FALLBACK_TICK: Duration = Duration::from_secs(1);
@@ -34,6 +34,17 @@ pub struct Handshake {
     creation: u32,
     /// Bounds the first RPC, which asks for the peer's `net_ticktime`.
     setup_timeout: Duration,
+    /// Whether the stream is TLS (for [`NodeConnection::is_tls`]).
+    tls: bool,
+}
+
+impl Handshake {
+    /// Marks the connection as running over TLS; for callers of the split
+    /// [`handshake`] API that bring their own TLS stream.
+    pub fn over_tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
 }
 
 /// Runs the client side of the distribution handshake over `stream` and
@@ -60,7 +71,7 @@ where
     let local = LocalNode::new(local_name, creation);
     let failed = |e: HandshakeError| DistError::Handshake {
         node: node.to_owned(),
-        reason: handshake_reason(&e, &cfg.local_node),
+        reason: handshake_reason(&e, &cfg.local_node, cfg.tls.is_none()),
     };
     let mut hs = ClientSideHandshake::new(stream.compat(), local, &cfg.cookie);
     hs.execute_send_name(LOWEST_DISTRIBUTION_PROTOCOL_VERSION)
@@ -78,12 +89,34 @@ where
             local_name: cfg.local_node.clone(),
             creation: creation.get(),
             setup_timeout: cfg.connect_timeout,
+            tls: false,
         },
     ))
 }
 
 /// Turns erl_dist's terse handshake errors into what an operator can act on.
-fn handshake_reason(e: &HandshakeError, local: &str) -> String {
+/// `plain`: we did not use TLS, so a TLS node (which answers with a TLS
+/// alert, or just closes) may be the cause of a garbled or closed handshake.
+fn handshake_reason(e: &HandshakeError, local: &str, plain: bool) -> String {
+    let reason = handshake_cause(e, local);
+    let garbled = !matches!(
+        e,
+        HandshakeError::CookieMismatch
+            | HandshakeError::NotAllowed
+            | HandshakeError::AlreadyActive
+            | HandshakeError::OngoingHandshake
+    );
+    if plain && garbled {
+        format!(
+            "{reason}; or the node uses TLS distribution (-proto_dist inet_tls) \
+             and deployex has no TLS certificates configured"
+        )
+    } else {
+        reason
+    }
+}
+
+fn handshake_cause(e: &HandshakeError, local: &str) -> String {
     use std::io::ErrorKind;
     match e {
         HandshakeError::Io(io)
@@ -156,6 +189,7 @@ struct Inner {
     shutdown: CancellationToken,
     done: CancellationToken,
     close_reason: Arc<OnceLock<String>>,
+    tls: bool,
 }
 
 impl fmt::Debug for NodeConnection {
@@ -169,10 +203,11 @@ impl fmt::Debug for NodeConnection {
 
 impl NodeConnection {
     /// Connects to `node` (`name@host`): EPMD lookup on `cfg.epmd_host`,
-    /// TCP to the node's port there, handshake. Bounded by
+    /// TCP to the node's port there, TLS if `cfg.tls` is set (the node's
+    /// certificate must be valid for `host`), handshake. Bounded by
     /// `cfg.connect_timeout`.
     pub async fn connect(node: &str, cfg: &DistConfig) -> Result<Self, DistError> {
-        let (name, _host) = split_node(node)?;
+        let (name, host) = split_node(node)?;
         let attempt = async {
             let port = epmd::port_please(&cfg.epmd_host, cfg.epmd_port, node, name)
                 .await?
@@ -188,6 +223,10 @@ impl NodeConnection {
                 .map_err(connect_err)?;
             // Without it every RPC waits ~40 ms for Nagle + delayed ACK.
             stream.set_nodelay(true).map_err(connect_err)?;
+            if let Some(settings) = &cfg.tls {
+                let (stream, hs) = tls::handshake_tls(stream, node, host, cfg, settings).await?;
+                return Self::from_handshake(stream, hs.over_tls()).await;
+            }
             let (stream, hs) = handshake(stream, node, cfg).await?;
             Self::from_handshake(stream, hs).await
         };
@@ -244,6 +283,7 @@ impl NodeConnection {
         }
         let conn = NodeConnection {
             inner: Arc::new(Inner {
+                tls: hs.tls,
                 node: hs.node,
                 local_name: hs.local_name,
                 creation: hs.creation,
@@ -292,6 +332,11 @@ impl NodeConnection {
     /// The peer's node name.
     pub fn node(&self) -> &str {
         &self.inner.node
+    }
+
+    /// Whether the connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.inner.tls
     }
 
     /// `false` once the connection is closed or closing.
@@ -515,10 +560,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Runner<S> {
                     }
                 }
             }
-            if !self.out.is_empty() {
-                if let Err(reason) = self.flush().await {
-                    return reason;
-                }
+            if !self.out.is_empty()
+                && let Err(reason) = self.flush().await
+            {
+                return reason;
             }
         }
     }
@@ -651,7 +696,9 @@ mod tests {
     #[test]
     fn handshake_eof_suggests_the_cookie() {
         let eof = HandshakeError::Io(std::io::ErrorKind::UnexpectedEof.into());
-        assert!(handshake_reason(&eof, "me@h").contains("cookie rejected?"));
-        assert!(handshake_reason(&HandshakeError::AlreadyActive, "me@h").contains("me@h"));
+        assert!(handshake_reason(&eof, "me@h", false).contains("cookie rejected?"));
+        assert!(handshake_reason(&eof, "me@h", true).contains("inet_tls"));
+        let active = handshake_reason(&HandshakeError::AlreadyActive, "me@h", true);
+        assert!(active.contains("me@h") && !active.contains("inet_tls"));
     }
 }

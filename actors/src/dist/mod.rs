@@ -19,7 +19,8 @@
 //! - One connection per (local node name, peer): the peer refuses a second
 //!   one with the same local name while the first is up.
 //!
-//! Transport: [`NodeConnection::connect`] does EPMD + TCP. Any other byte
+//! Transport: [`NodeConnection::connect`] does EPMD + TCP, plus mutual TLS
+//! when [`DistConfig::tls`] is set (see [`tls`]). Any other byte
 //! stream can be plugged in with [`NodeConnection::connect_over`]. For
 //! transports whose *handshake* framing differs (inet_tls uses 4-byte
 //! lengths during the handshake where erl_dist writes 2), run [`handshake`]
@@ -31,7 +32,9 @@ mod connection;
 pub mod epmd;
 mod frame;
 pub mod term;
+pub mod tls;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use connection::{Handshake, NodeConnection, handshake};
@@ -40,6 +43,7 @@ pub use term::{
     as_atom, as_int, as_list, as_tuple, atom, binary, charlist, int, list, pretty, term_to_string,
     tuple,
 };
+pub use tls::{TlsError, TlsSettings};
 
 /// The EPMD port when `ERL_EPMD_PORT` is not set.
 pub const DEFAULT_EPMD_PORT: u16 = 4369;
@@ -58,6 +62,8 @@ pub struct DistConfig {
     pub local_node: String,
     /// Bound on a whole connect: EPMD lookup, TCP, handshake, first RPC.
     pub connect_timeout: Duration,
+    /// Mutual TLS (`-proto_dist inet_tls` on the nodes); `None`: plain TCP.
+    pub tls: Option<Arc<TlsSettings>>,
 }
 
 impl DistConfig {
@@ -70,7 +76,14 @@ impl DistConfig {
             epmd_port: Self::epmd_port_from_env(),
             local_node: local_node.into(),
             connect_timeout: Duration::from_secs(5),
+            tls: None,
         }
+    }
+
+    /// The same config, connecting over mutual TLS.
+    pub fn with_tls(mut self, tls: Arc<TlsSettings>) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// EPMD's port as the Erlang tools see it: `ERL_EPMD_PORT`, else 4369.
@@ -120,6 +133,11 @@ pub enum DistError {
     /// The distribution handshake failed; `reason` says what the peer did.
     #[error("handshake with node {node} failed: {reason}")]
     Handshake { node: String, reason: String },
+
+    /// TLS failed; `reason` names the likely cause (other CA, certificate
+    /// refused by the node, node not using TLS...).
+    #[error("TLS with node {node} failed: {reason}")]
+    Tls { node: String, reason: String },
 
     /// The connection is gone (socket closed, tick timeout, closed locally).
     #[error("connection to node {node} is closed")]
