@@ -49,6 +49,15 @@ pub struct DeployJob {
     pub kind: DeploymentKind,
 }
 
+/// What preparing a deployment found.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// `Some(reason)` when the release can be hot-upgraded from the running
+    /// version; `None(…)` with the reason for a full deployment otherwise.
+    pub hot: bool,
+    pub reason: String,
+}
+
 /// Why a process is being stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -83,7 +92,12 @@ pub enum InstanceMsg {
     /// `new/` unpacked and pre-commands run (or failed).
     Prepared {
         deploy_ref: String,
-        result: Result<(), String>,
+        result: Result<Prepared, String>,
+    },
+    /// A hot upgrade finished (or failed: then a full deployment follows).
+    HotUpgraded {
+        deploy_ref: String,
+        result: Result<String, String>,
     },
     /// A stop requested earlier has completed.
     StopDone {
@@ -117,6 +131,7 @@ impl Describe for InstanceMsg {
             InstanceMsg::Restart { .. } => "Restart",
             InstanceMsg::Deploy { .. } => "Deploy",
             InstanceMsg::Prepared { .. } => "Prepared",
+            InstanceMsg::HotUpgraded { .. } => "HotUpgraded",
             InstanceMsg::StopDone { .. } => "StopDone",
             InstanceMsg::Rotated { .. } => "Rotated",
             InstanceMsg::Status { .. } => "Status",
@@ -139,9 +154,14 @@ impl Describe for InstanceMsg {
                 job.deploy_ref,
                 job.pre_commands.len()
             ),
-            InstanceMsg::Prepared { deploy_ref, result } => {
-                format!("ref={deploy_ref} {}", short_result(result))
-            }
+            InstanceMsg::Prepared { deploy_ref, result } => match result {
+                Ok(p) => format!("ref={deploy_ref} ok hot={} ({})", p.hot, p.reason),
+                Err(e) => format!("ref={deploy_ref} error: {e}"),
+            },
+            InstanceMsg::HotUpgraded { deploy_ref, result } => match result {
+                Ok(r) => format!("ref={deploy_ref} ok {r}"),
+                Err(e) => format!("ref={deploy_ref} error: {e}"),
+            },
             InstanceMsg::StopDone { generation, reason } => {
                 format!("gen={generation} {reason:?}")
             }
@@ -284,6 +304,9 @@ impl Actor for InstanceMonitor {
             InstanceMsg::Deploy { job } => state.deploy(&myself, job),
             InstanceMsg::Prepared { deploy_ref, result } => {
                 state.on_prepared(&myself, deploy_ref, result)
+            }
+            InstanceMsg::HotUpgraded { deploy_ref, result } => {
+                state.on_hot_upgraded(&myself, deploy_ref, result)
             }
             InstanceMsg::StopDone { generation, reason } => {
                 if generation == state.generation {
@@ -666,8 +689,12 @@ impl MonitorState {
         let service = self.service.clone();
         let env = self.env();
         let me = myself.clone();
+        let running = self
+            .version
+            .clone()
+            .filter(|_| self.process.is_some() && job.kind != DeploymentKind::Rollback);
         tokio::spawn(async move {
-            let result = prepare(&cfg, instance, &service, &job, env).await;
+            let result = prepare(&cfg, instance, &service, &job, env, running).await;
             let _ = me.cast(InstanceMsg::Prepared {
                 deploy_ref: job.deploy_ref,
                 result,
@@ -679,7 +706,7 @@ impl MonitorState {
         &mut self,
         myself: &ActorRef<InstanceMsg>,
         deploy_ref: String,
-        result: Result<(), String>,
+        result: Result<Prepared, String>,
     ) {
         let Some(job) = self.deploying.clone() else {
             return;
@@ -687,7 +714,8 @@ impl MonitorState {
         if job.deploy_ref != deploy_ref {
             return;
         }
-        if let Err(error) = result {
+        if let Err(error) = &result {
+            let error = error.clone();
             tracing::error!(instance = self.instance, %deploy_ref, %error, "deployment preparation failed; the running version is kept");
             self.deploying = None;
             self.last_error = Some(error.clone());
@@ -711,10 +739,112 @@ impl MonitorState {
             }
             return;
         }
+        let prepared = match result {
+            Ok(p) => p,
+            Err(_) => unreachable!("handled above"),
+        };
+        let from = self.version.clone().unwrap_or_default();
+        if prepared.hot && self.process.is_some() {
+            tracing::info!(instance = self.instance, %deploy_ref, from = %from, to = %job.version, reason = %prepared.reason, "HOT UPGRADE version detected");
+            self.set_phase(InstanceState::Deploying, "hot upgrade");
+            let rpc = crate::otp_node_watcher::WatcherRpc {
+                node: self.node.clone(),
+            };
+            let current = self.current_dir();
+            let new = self.service.join("new");
+            let app = self.cfg.app.clone();
+            let me = myself.clone();
+            tokio::spawn(async move {
+                let result = crate::upgrade::hot_upgrade(
+                    &rpc,
+                    &current,
+                    &job.tarball,
+                    &app,
+                    &from,
+                    &job.version,
+                    Duration::from_secs(60),
+                )
+                .await
+                .map(|report| {
+                    format!(
+                        "{} -> {} in {} ms (relup {:?})",
+                        report.from,
+                        report.to,
+                        report.total.as_millis(),
+                        report.relup
+                    )
+                })
+                .map_err(|e| crate::release_fetcher::error_chain(&e));
+                if result.is_ok() {
+                    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(new)).await;
+                }
+                let _ = me.cast(InstanceMsg::HotUpgraded {
+                    deploy_ref: job.deploy_ref,
+                    result,
+                });
+            });
+            return;
+        }
+        tracing::info!(instance = self.instance, %deploy_ref, from = %from, to = %job.version, reason = %prepared.reason, "full deployment");
+        self.full_deploy(myself);
+    }
+
+    fn full_deploy(&mut self, myself: &ActorRef<InstanceMsg>) {
         self.set_phase(InstanceState::Deploying, "stopping the old version");
         match self.process.clone() {
             Some(handle) => self.stop_process(myself, handle, StopReason::Deploy),
             None => self.rotate(myself),
+        }
+    }
+
+    fn on_hot_upgraded(
+        &mut self,
+        myself: &ActorRef<InstanceMsg>,
+        deploy_ref: String,
+        result: Result<String, String>,
+    ) {
+        let Some(job) = self.deploying.clone() else {
+            return;
+        };
+        if job.deploy_ref != deploy_ref {
+            return;
+        }
+        match result {
+            Ok(summary) => {
+                tracing::info!(instance = self.instance, %deploy_ref, %summary, "release upgrade executed with success");
+                self.deploying = None;
+                self.version = crate::store::release_version(&self.current_dir());
+                self.last_deployment = Some(DeploymentKind::HotUpgrade);
+                self.last_error = None;
+                self.set_phase(
+                    if self.process.is_some() {
+                        InstanceState::Running
+                    } else {
+                        InstanceState::CrashBackoff
+                    },
+                    "hot upgrade done",
+                );
+                if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME.to_string()) {
+                    let _ = dm.send_message(DeployMsg::Deployed {
+                        instance: self.instance,
+                        version: job.version.clone(),
+                        hash: job.hash.clone(),
+                        deploy_ref: job.deploy_ref.clone(),
+                        kind: DeploymentKind::HotUpgrade,
+                    });
+                    if self.process.is_some() {
+                        let _ = dm.send_message(DeployMsg::InstanceReady {
+                            instance: self.instance,
+                            version: self.version.clone(),
+                        });
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(instance = self.instance, %deploy_ref, %error, "hot upgrade failed; falling back to a full deployment");
+                self.last_error = Some(format!("hot upgrade failed: {error}"));
+                self.full_deploy(myself);
+            }
         }
     }
 
@@ -838,7 +968,8 @@ async fn prepare(
     service: &Path,
     job: &DeployJob,
     env: Vec<(String, String)>,
-) -> Result<(), String> {
+    running: Option<String>,
+) -> Result<Prepared, String> {
     let new = service.join("new");
     let tarball = job.tarball.clone();
     let app = cfg.app.clone();
@@ -904,7 +1035,23 @@ async fn prepare(
         }
     }
     crate::testhook::point("pre_commands_done");
-    Ok(())
+    let decision = match running {
+        None => crate::upgrade::Decision::FullDeployment {
+            reason: "no running instance to upgrade".to_string(),
+        },
+        Some(running) => {
+            let app = cfg.app.clone();
+            let to = job.version.clone();
+            let new2 = new.clone();
+            tokio::task::spawn_blocking(move || crate::upgrade::detect(&new2, &app, &to, &running))
+                .await
+                .map_err(|e| format!("detection task failed: {e}"))?
+        }
+    };
+    Ok(Prepared {
+        hot: decision.is_hot(),
+        reason: decision.reason().to_string(),
+    })
 }
 
 /// `previous/` removed, `current/` → `previous/`, `new/` → `current/`.

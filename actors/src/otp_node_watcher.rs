@@ -108,7 +108,6 @@ struct Entry {
 
 pub struct WatcherState {
     dist: Arc<DistConfig>,
-    tls: bool,
     nodes: HashMap<String, Entry>,
     next_generation: u64,
     recorder: Recorder,
@@ -124,17 +123,28 @@ impl Actor for OtpNodeWatcher {
         _myself: ActorRef<Self::Msg>,
         cfg: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let tls = match &cfg.tls_cert_path {
+            None => None,
+            Some(dir) => Some(Arc::new(crate::dist::TlsSettings::load(dir).map_err(
+                |e| {
+                    format!(
+                        "mTLS certificates in {}: {}",
+                        dir.display(),
+                        crate::release_fetcher::error_chain(&e)
+                    )
+                },
+            )?)),
+        };
         let dist = DistConfig {
             cookie: cfg.cookie.clone(),
             epmd_host: "127.0.0.1".to_string(),
             epmd_port: cfg.epmd_port,
             local_node: format!("deployex@{}", cfg.hostname),
             connect_timeout: Duration::from_secs(3),
-            tls: None,
+            tls,
         };
         Ok(WatcherState {
             dist: Arc::new(dist),
-            tls: cfg.tls_cert_path.is_some(),
             nodes: HashMap::new(),
             next_generation: 1,
             recorder: Recorder::for_actor(NAME),
@@ -230,7 +240,7 @@ impl Actor for OtpNodeWatcher {
                             node.clone(),
                             NodeInfo {
                                 connected,
-                                tls: connected && state.tls,
+                                tls: connected && entry.conn.as_ref().is_some_and(|c| c.is_tls()),
                                 last_error: entry.last_error.clone(),
                             },
                         )
@@ -325,5 +335,39 @@ async fn connector(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 3 / 2).min(Duration::from_secs(2));
+    }
+}
+
+/// RPCs to one node through the watcher's connection (used by hot upgrades:
+/// no extra VM, no extra connection).
+pub struct WatcherRpc {
+    pub node: String,
+}
+
+impl crate::upgrade::Rpc for WatcherRpc {
+    async fn call(
+        &self,
+        module: &str,
+        function: &str,
+        args: Vec<Term>,
+        timeout: Duration,
+    ) -> Result<Term, String> {
+        let watcher: ActorRef<WatcherMsg> = ractor::registry::where_is(NAME.to_string())
+            .ok_or_else(|| "the OtpNodeWatcher is not running".to_string())?
+            .into();
+        let wait = timeout + Duration::from_secs(1);
+        ractor::call_t!(
+            watcher,
+            |reply| WatcherMsg::Rpc {
+                node: self.node.clone(),
+                module: module.to_string(),
+                function: function.to_string(),
+                args,
+                timeout,
+                reply,
+            },
+            wait.as_millis() as u64
+        )
+        .map_err(|e| format!("the OtpNodeWatcher did not answer: {e}"))?
     }
 }

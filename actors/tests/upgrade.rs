@@ -173,6 +173,7 @@ impl Node {
             epmd_port,
             local_node: format!("dxt{:08x}@{}", rand::random::<u32>(), short_host()),
             connect_timeout: Duration::from_secs(5),
+            tls: None,
         };
         let node = Node {
             _dir: dir,
