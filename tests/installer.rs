@@ -6,6 +6,9 @@
 //! release build is needed. A test skips (printing why) only when a tool is
 //! missing from the machine.
 
+// Helpers outside #[test] fns unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -60,7 +63,9 @@ esac
 /// deployex-{version}-x86_64-unknown-linux-gnu.tar.gz with the fake binary
 /// and the real unit / logrotate templates (as `make dist` lays them out).
 fn fake_release(dir: &Path, version: &str) -> PathBuf {
-    let path = dir.join(format!("deployex-{version}-x86_64-unknown-linux-gnu.tar.gz"));
+    let path = dir.join(format!(
+        "deployex-{version}-x86_64-unknown-linux-gnu.tar.gz"
+    ));
     let file = fs::File::create(&path).unwrap();
     let mut tar = tar::Builder::new(GzEncoder::new(file, Compression::fast()));
     let mut add = |name: &str, data: &[u8], mode: u32| {
@@ -71,7 +76,10 @@ fn fake_release(dir: &Path, version: &str) -> PathBuf {
         tar.append_data(&mut h, name, data).unwrap();
     };
     add("bin/deployex", fake_binary(version).as_bytes(), 0o755);
-    for f in ["devops/systemd/deployex.service", "devops/logrotate/deployex"] {
+    for f in [
+        "devops/systemd/deployex.service",
+        "devops/logrotate/deployex",
+    ] {
         add(f, &fs::read(repo().join(f)).unwrap(), 0o644);
     }
     add("README.md", b"# deployex\n", 0o644);
@@ -90,7 +98,8 @@ fn write_config(dir: &Path, release: &Path) -> PathBuf {
     cfg["read_write_paths"] = json!(["/srv/shop-uploads"]);
     cfg["otp_tls_cert_path"] = json!("/etc/deployex/tls");
     cfg["secrets"] = json!({"erlang_cookie": "given-cookie"});
-    cfg["env"] = json!({"DATABASE_URL": DATABASE_URL, "POOL_SIZE": 10, "DEPLOYEX_PHX_PORT": "5555"});
+    cfg["env"] =
+        json!({"DATABASE_URL": DATABASE_URL, "POOL_SIZE": 10, "DEPLOYEX_PHX_PORT": "5555"});
     let path = dir.join("config.json");
     fs::write(&path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
     path
@@ -314,7 +323,10 @@ fn install_writes_everything_twice_identically_update_and_uninstall() {
         assert!(unit.lines().any(|l| l == line), "{line} missing in\n{unit}");
     }
     assert!(!unit.contains("@APP@") && !unit.contains("@EXTRA_RW_PATHS@"));
-    assert_eq!(mode(&root.join("etc/systemd/system/deployex.service")), 0o644);
+    assert_eq!(
+        mode(&root.join("etc/systemd/system/deployex.service")),
+        0o644
+    );
 
     // logrotate rule.
     let rule = fs::read_to_string(root.join("etc/logrotate.d/deployex")).unwrap();
@@ -360,7 +372,10 @@ fn install_writes_everything_twice_identically_update_and_uninstall() {
         fs::read_to_string(root.join("opt/deployex/bin/deployex.previous")).unwrap(),
         fake_binary("0.1.0")
     );
-    assert_eq!(fs::read(&env_file).unwrap(), first["etc/deployex/deployex.env"].1);
+    assert_eq!(
+        fs::read(&env_file).unwrap(),
+        first["etc/deployex/deployex.env"].1
+    );
 
     // --uninstall keeps state and logs; --purge removes them.
     fs::write(root.join("var/log/shop/shop-1-stdout.log"), "kept\n").unwrap();
@@ -381,8 +396,16 @@ fn install_writes_everything_twice_identically_update_and_uninstall() {
     assert!(root.join("var/log/shop/shop-1-stdout.log").is_file());
     run_ok(root, &["--install", cfg]);
     run_ok(root, &["--uninstall", "--purge"]);
-    for gone in ["var/lib/deployex", "var/log/deployex", "var/log/shop", "opt/deployex"] {
-        assert!(!root.join(gone).exists(), "{gone} still there after --purge");
+    for gone in [
+        "var/lib/deployex",
+        "var/log/deployex",
+        "var/log/shop",
+        "opt/deployex",
+    ] {
+        assert!(
+            !root.join(gone).exists(),
+            "{gone} still there after --purge"
+        );
     }
 }
 
@@ -396,8 +419,16 @@ fn bad_configs_fail_clearly_and_write_nothing() {
     let cases: [(&str, Value, &str); 5] = [
         ("app_name", json!("Bad-Name"), "app_name=\"Bad-Name\""),
         ("replicas", json!("three"), "replicas=\"three\""),
-        ("release", json!("/nonexistent/deployex.tar.gz"), "not found"),
-        ("release", json!("http://example.invalid/x.tar.gz"), "only https"),
+        (
+            "release",
+            json!("/nonexistent/deployex.tar.gz"),
+            "not found",
+        ),
+        (
+            "release",
+            json!("http://example.invalid/x.tar.gz"),
+            "only https",
+        ),
         ("env", json!({"A": "it's"}), "single quote"),
     ];
     for (key, value, expected) in cases {
@@ -443,7 +474,10 @@ fn generated_unit_passes_systemd_analyze_verify() {
             .arg(&path)
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (ok, stderr) = verify(&copy);
     assert!(ok && stderr.trim().is_empty(), "verify: {stderr}");
