@@ -63,6 +63,10 @@ esac
 /// deployex-{version}-x86_64-unknown-linux-gnu.tar.gz with the fake binary
 /// and the real unit / logrotate templates (as `make dist` lays them out).
 fn fake_release(dir: &Path, version: &str) -> PathBuf {
+    release_with(dir, version, fake_binary(version).as_bytes())
+}
+
+fn release_with(dir: &Path, version: &str, binary: &[u8]) -> PathBuf {
     let path = dir.join(format!(
         "deployex-{version}-x86_64-unknown-linux-gnu.tar.gz"
     ));
@@ -75,7 +79,7 @@ fn fake_release(dir: &Path, version: &str) -> PathBuf {
         h.set_cksum();
         tar.append_data(&mut h, name, data).unwrap();
     };
-    add("bin/deployex", fake_binary(version).as_bytes(), 0o755);
+    add("bin/deployex", binary, 0o755);
     for f in [
         "devops/systemd/deployex.service",
         "devops/logrotate/deployex",
@@ -531,4 +535,59 @@ fn generated_logrotate_rule_rotates_with_copytruncate() {
         assert_eq!(rotated.len(), 1, "{rotated:?}");
         assert_eq!(fs::read_to_string(&rotated[0]).unwrap(), line);
     }
+}
+
+#[test]
+fn real_deployex_accepts_the_generated_environment() {
+    if !tools_present(&["jq"]) {
+        return;
+    }
+    let s = scratch();
+    // The real binary of this crate: its `hash-password` makes the admin
+    // hash and its `check-config` (run by the installer) must accept the file.
+    let real = fs::read(env!("CARGO_BIN_EXE_deployex")).unwrap();
+    let release = release_with(&s.base, "0.1.0", &real);
+    let mut c: Value = serde_json::from_str(&fs::read_to_string(&s.config).unwrap()).unwrap();
+    c["release"] = json!(release.to_str().unwrap());
+    c["otp_tls_cert_path"] = json!("");
+    fs::write(&s.config, c.to_string()).unwrap();
+    let stdout = run_ok(&s.root, &["--install", s.config.to_str().unwrap()]);
+    assert!(
+        stdout.contains("checked by deployex check-config"),
+        "{stdout}"
+    );
+
+    // Same check here, with nothing but the environment file.
+    let env_file = s.root.join("etc/deployex/deployex.env");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg("set -a; . \"$1\"; set +a; exec \"$2\" check-config")
+        .arg("bash")
+        .arg(&env_file)
+        .arg(s.root.join("opt/deployex/bin/deployex"))
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "app: shop",
+        "environment: prod",
+        "replicas: 2",
+        "var dir: /var/lib/deployex",
+        "log dir: /var/log/shop",
+        "stop apps on exit: false",
+        "DEPLOYEX_PHX_PORT=5555",
+        "DEPLOYEX_ADMIN_HASHED_PASSWORD=<redacted>",
+    ] {
+        assert!(text.contains(needle), "{needle} missing in\n{text}");
+    }
+    let password = fs::read_to_string(s.root.join("etc/deployex/admin-password")).unwrap();
+    let hash = sourced(&env_file, "DEPLOYEX_ADMIN_HASHED_PASSWORD");
+    assert!(bcrypt::verify(password.trim(), &hash).unwrap());
 }
