@@ -277,8 +277,9 @@ fetch_release() {
   [ -f "$LOGROTATE_TEMPLATE" ] || LOGROTATE_TEMPLATE="$SCRIPT_DIR/../logrotate/deployex"
   [ -f "$UNIT_TEMPLATE" ] || die "no systemd unit template in the release nor in $SCRIPT_DIR/../systemd"
   [ -f "$LOGROTATE_TEMPLATE" ] || die "no logrotate template in the release nor in $SCRIPT_DIR/../logrotate"
-  "$WORK/x/bin/deployex" --version >/dev/null 2>&1 ||
-    die "the release binary does not run here (needs x86_64 Linux with glibc >= the build host's; see the README)"
+  local err
+  err="$("$WORK/x/bin/deployex" --version 2>&1 >/dev/null)" ||
+    die "the release binary does not run here (x86_64 Linux, glibc at least the build host's; this host has $(ldd --version 2>/dev/null | head -n 1)): $err"
 }
 
 ensure_user() {
