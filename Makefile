@@ -11,6 +11,7 @@ help:
 	@echo "make test    the whole test suite (unit + end-to-end with real releases)"
 	@echo "make demo    build a demo release, publish 0.1.0 locally, run deployex on :5001"
 	@echo "make bench   crash->respawn latency and RSS benchmark (prints a table)"
+	@echo "make dist    release tarball target/dist/deployex-{version}-x86_64-unknown-linux-gnu.tar.gz"
 
 deps:
 	@bash devops/deps.sh
@@ -42,3 +43,34 @@ TLS_CERTS_DIR ?= /tmp
 .PHONY: tls-distribution-certs
 tls-distribution-certs:
 	bash devops/tls/gen-certs.sh $(TLS_CERTS_DIR) $(TLS_HOSTNAME)
+
+# Release tarball for devops/installer/deployex.sh:
+# target/dist/deployex-{version}-x86_64-unknown-linux-gnu.tar.gz (files at the
+# top level: bin/, config/, devops/, LICENSE, README.md). The binary links
+# glibc dynamically: it runs on hosts whose glibc is at least the newest
+# GLIBC_x.y symbol version it references (printed below).
+DIST_TARGET := x86_64-unknown-linux-gnu
+
+.PHONY: dist
+dist:
+	$(CARGO) build --release --bin deployex
+	@set -euo pipefail; \
+	[ "$$(uname -m)" = x86_64 ] || { echo "dist: builds $(DIST_TARGET) only, this is $$(uname -m)" >&2; exit 1; }; \
+	version="$$($(CARGO) pkgid -p deployex | sed 's/.*[#@]//')"; \
+	name="deployex-$$version-$(DIST_TARGET)"; \
+	stage="target/dist/$$name"; \
+	rm -rf "$$stage"; \
+	mkdir -p "$$stage/bin" "$$stage/config" "$$stage/devops/installer" "$$stage/devops/systemd" "$$stage/devops/logrotate"; \
+	install -m 0755 target/release/deployex "$$stage/bin/deployex"; \
+	if command -v strip >/dev/null 2>&1; then strip "$$stage/bin/deployex"; fi; \
+	install -m 0644 config/deployex.example.toml "$$stage/config/"; \
+	install -m 0755 devops/installer/deployex.sh "$$stage/devops/installer/"; \
+	install -m 0644 devops/installer/deployex-config.json "$$stage/devops/installer/"; \
+	install -m 0644 devops/systemd/deployex.service "$$stage/devops/systemd/"; \
+	install -m 0644 devops/logrotate/deployex "$$stage/devops/logrotate/"; \
+	install -m 0644 LICENSE "$$stage/"; \
+	if [ -f README.md ]; then install -m 0644 README.md "$$stage/"; else echo "dist: warning: no README.md at the top level" >&2; fi; \
+	tar --sort=name --owner=0 --group=0 --numeric-owner -czf "target/dist/$$name.tar.gz" -C "$$stage" .; \
+	rm -rf "$$stage"; \
+	glibc="$$(objdump -T target/release/deployex 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1 || true)"; \
+	echo "dist: target/dist/$$name.tar.gz ($$(du -h "target/dist/$$name.tar.gz" | cut -f1), $$(stat -c %s "target/dist/$$name.tar.gz") bytes; needs $${glibc:-glibc ?} or newer)"

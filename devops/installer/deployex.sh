@@ -1,0 +1,495 @@
+#!/usr/bin/env bash
+# deployex installer for Ubuntu 20.04 / 22.04 / 24.04 (x86_64, systemd).
+#
+#   deployex.sh --install CONFIG   install (or re-install: idempotent) and start
+#   deployex.sh --update CONFIG    replace the binary, rewrite config, restart
+#   deployex.sh --uninstall [--purge]
+#
+# CONFIG is JSON (example: deployex-config.json next to this script), parsed
+# with jq (installed with apt-get when missing). The systemd unit and the
+# logrotate rule are templates shipped in the release tarball
+# (devops/systemd/deployex.service, devops/logrotate/deployex): one source of
+# truth, versioned with the binary. When the tarball lacks them, the copies
+# next to this script (../systemd, ../logrotate) are used.
+#
+# --root DIR prefixes every path with DIR (tests) and, like
+# DEPLOYEX_INSTALLER_DRY_RUN=1, echoes instead of running the privileged
+# system commands (useradd, chown, systemctl).
+set -euo pipefail
+
+readonly TARGET="x86_64-unknown-linux-gnu"
+readonly SERVICE="deployex.service"
+readonly USER_NAME="deployex"
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+readonly SCRIPT_DIR
+
+ROOT=""
+MODE=""
+CONFIG=""
+PURGE=0
+DRY_RUN="${DEPLOYEX_INSTALLER_DRY_RUN:-0}"
+WORK=""
+
+usage() {
+  cat <<EOF
+Usage: $(basename "$0") --install CONFIG | --update CONFIG | --uninstall [--purge] | --help
+                  [--root DIR]
+
+  --install CONFIG  create the deployex user, folders, binary, environment file
+                    /etc/deployex/deployex.env, systemd unit and logrotate rule
+                    from the JSON CONFIG, then enable and (re)start deployex.
+                    Safe to run again: files are rewritten identically and
+                    generated secrets are kept.
+  --update CONFIG   same as --install on an installed host: replaces the binary
+                    (the old one is kept as deployex.previous) and restarts
+                    deployex; the application instances keep running and are
+                    adopted (KillMode=process, DEPLOYEX_STOP_APPS_ON_EXIT=false).
+  --uninstall       stop and disable deployex and its instances, remove the unit,
+                    /opt/deployex, /etc/deployex and the logrotate rule. State
+                    (/var/lib/deployex) and logs are kept unless --purge is given
+                    (which also removes the deployex user).
+  --root DIR        operate under DIR instead of / (tests); system commands
+                    (useradd, chown, systemctl) are echoed, not run.
+  --help            this text.
+
+Environment: DEPLOYEX_INSTALLER_DRY_RUN=1 echoes the system commands instead of
+running them (files are still written under --root, default /).
+The release tarball is deployex-{version}-${TARGET}.tar.gz (CONFIG "release":
+a local path or an https URL; "{version}" is replaced by "deployex_version").
+EOF
+}
+
+log() { echo "deployex-installer: $*"; }
+die() {
+  echo "deployex-installer: error: $*" >&2
+  exit 1
+}
+
+# A system command with effects outside the files we write: echoed in dry-run.
+sys() {
+  if [ "$DRY_RUN" = 1 ]; then
+    echo "dry-run: $*"
+  else
+    "$@"
+  fi
+}
+
+p() { printf '%s%s' "$ROOT" "$1"; }
+
+cleanup() {
+  if [ -n "$WORK" ] && [ -d "$WORK" ]; then rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+parse_args() {
+  [ $# -gt 0 ] || {
+    usage >&2
+    exit 2
+  }
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --install | --update)
+        [ -z "$MODE" ] || die "only one of --install, --update, --uninstall"
+        MODE="${1#--}"
+        [ $# -ge 2 ] || die "$1 needs a CONFIG file"
+        CONFIG="$2"
+        shift 2
+        ;;
+      --uninstall)
+        [ -z "$MODE" ] || die "only one of --install, --update, --uninstall"
+        MODE="uninstall"
+        shift
+        ;;
+      --purge)
+        PURGE=1
+        shift
+        ;;
+      --root)
+        [ $# -ge 2 ] || die "--root needs a directory"
+        ROOT="${2%/}"
+        shift 2
+        ;;
+      -h | --help)
+        usage
+        exit 0
+        ;;
+      *)
+        usage >&2
+        die "unknown argument: $1"
+        ;;
+    esac
+  done
+  [ -n "$MODE" ] || die "one of --install, --update, --uninstall is required"
+  if [ -n "$ROOT" ]; then
+    [ -d "$ROOT" ] || die "--root $ROOT: not a directory"
+    ROOT="$(cd "$ROOT" && pwd)"
+    DRY_RUN=1
+  fi
+  if [ "$DRY_RUN" != 1 ] && [ "$(id -u)" != 0 ]; then
+    die "must run as root (sudo $0 ...)"
+  fi
+}
+
+check_os() {
+  [ -z "$ROOT" ] || return 0
+  local id="" version=""
+  if [ -r /etc/os-release ]; then
+    # shellcheck source=/dev/null
+    id="$(. /etc/os-release && echo "${ID:-}")"
+    # shellcheck source=/dev/null
+    version="$(. /etc/os-release && echo "${VERSION_ID:-}")"
+  fi
+  case "$id:$version" in
+    ubuntu:20.04 | ubuntu:22.04 | ubuntu:24.04) ;;
+    *) log "warning: tested on Ubuntu 20.04, 22.04, 24.04; this is ${id:-unknown} ${version:-}" ;;
+  esac
+  command -v systemctl >/dev/null 2>&1 || [ "$DRY_RUN" = 1 ] || die "systemctl not found: deployex needs systemd"
+}
+
+need_jq() {
+  command -v jq >/dev/null 2>&1 && return 0
+  if [ "$DRY_RUN" != 1 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing jq"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null ||
+      die "cannot install jq (apt-get install jq); it is needed to read $CONFIG"
+    return 0
+  fi
+  die "jq is required to read $CONFIG: apt-get install jq"
+}
+
+# Read a scalar from CONFIG; empty when missing or null. Objects/arrays fail.
+cfg() {
+  local v
+  v="$(jq -r --arg k "$1" '.[$k] // empty | if type == "object" or type == "array" then error("\($k) must be a string, number or boolean") else tostring end' "$CONFIG")" ||
+    die "$CONFIG: cannot read \"$1\""
+  printf '%s' "$v"
+}
+
+cfg_secret() {
+  jq -r --arg k "$1" '(.secrets // {})[$k] // empty | tostring' "$CONFIG" || die "$CONFIG: cannot read secrets.$1"
+}
+
+valid_value() { # name value: one line, no single quote (systemd and bash quoting)
+  case "$2" in
+    *"'"* | *$'\n'* | *$'\r'*) die "$CONFIG: $1 must not contain a single quote or a line break" ;;
+  esac
+}
+
+valid_path() { # name value
+  [[ "$2" =~ ^/[A-Za-z0-9._/-]*$ ]] || die "$CONFIG: $1=\"$2\" must be an absolute path of letters, digits, . _ - /"
+}
+
+valid_number() { # name value
+  [[ "$2" =~ ^[0-9]+$ ]] || die "$CONFIG: $1=\"$2\" must be a whole number"
+}
+
+load_config() {
+  [ -f "$CONFIG" ] || die "config file $CONFIG not found"
+  jq -e 'type == "object"' "$CONFIG" >/dev/null 2>&1 || die "$CONFIG is not a JSON object"
+
+  jq -e '(.env // {} | type) == "object"' "$CONFIG" >/dev/null || die "$CONFIG: \"env\" must be an object of variables"
+  jq -e '(.secrets // {} | type) == "object"' "$CONFIG" >/dev/null || die "$CONFIG: \"secrets\" must be an object"
+  jq -e '(.read_write_paths // [] | type) == "array"' "$CONFIG" >/dev/null || die "$CONFIG: \"read_write_paths\" must be a list of paths"
+
+  # Values are written single-quoted (literal for systemd and bash alike).
+  local re bad
+  re="['"$'\n'$'\r'"]"
+  bad="$(jq -r --arg re "$re" '([paths(type == "string" and test($re))] | first) // empty | map(tostring) | join(".")' "$CONFIG")"
+  [ -z "$bad" ] || die "$CONFIG: $bad must not contain a single quote or a line break"
+
+  APP="$(cfg app_name)"
+  [[ "$APP" =~ ^[a-z][a-z0-9_]{0,63}$ ]] ||
+    die "$CONFIG: app_name=\"$APP\" must be a release name: lower-case letters, digits and _, starting with a letter"
+  CLOUD_ENV="$(cfg cloud_environment)"
+  CLOUD_ENV="${CLOUD_ENV:-prod}"
+  [[ "$CLOUD_ENV" =~ ^[A-Za-z0-9_-]+$ ]] || die "$CONFIG: cloud_environment=\"$CLOUD_ENV\" must be letters, digits, - and _"
+  REPLICAS="$(cfg replicas)"
+  REPLICAS="${REPLICAS:-3}"
+  valid_number replicas "$REPLICAS"
+
+  VERSION="$(cfg deployex_version)"
+  RELEASE="$(cfg release)"
+  [ -n "$RELEASE" ] || die "$CONFIG: \"release\" (path or https URL of deployex-{version}-${TARGET}.tar.gz) is required"
+  if [[ "$RELEASE" == *"{version}"* ]]; then
+    [ -n "$VERSION" ] || die "$CONFIG: release contains {version} but deployex_version is not set"
+    RELEASE="${RELEASE//\{version\}/$VERSION}"
+  fi
+  RELEASE_SHA256="$(cfg release_sha256)"
+
+  OTP_TLS="$(cfg otp_tls_cert_path)"
+  [ -z "$OTP_TLS" ] || valid_path otp_tls_cert_path "$OTP_TLS"
+  RELEASE_DIR="$(cfg release_dir)"
+  [ -z "$RELEASE_DIR" ] || valid_path release_dir "$RELEASE_DIR"
+
+  EXTRA_RW=()
+  local path
+  while IFS= read -r path; do
+    [ -n "$path" ] || continue
+    valid_path read_write_paths "$path"
+    EXTRA_RW+=("$path")
+  done < <(jq -r '(.read_write_paths // [])[] | tostring' "$CONFIG")
+
+  # The extra environment: exported to deployex, inherited by the instances.
+  EXTRA_KEYS=()
+  local key
+  while IFS= read -r key; do
+    [[ "$key" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "$CONFIG: env key \"$key\" is not a variable name"
+    EXTRA_KEYS+=("$key")
+  done < <(jq -r '(.env // {}) | keys_unsorted[]' "$CONFIG")
+}
+
+# The value of KEY in the currently installed environment file, if any.
+installed_value() {
+  local file
+  file="$(p /etc/deployex/deployex.env)"
+  [ -f "$file" ] || return 0
+  sed -n "s/^$1='\\(.*\\)'\$/\\1/p" "$file" | tail -n 1
+}
+
+random_hex() { # bytes
+  od -An -vtx1 -N "$1" /dev/urandom | tr -d ' \n'
+}
+
+fetch_release() {
+  WORK="$(mktemp -d)"
+  local tarball="$WORK/release.tar.gz"
+  case "$RELEASE" in
+    https://*)
+      log "downloading $RELEASE"
+      curl -fsSL --proto '=https' --retry 3 -o "$tarball" "$RELEASE" || die "cannot download $RELEASE"
+      ;;
+    http://* | ftp://*) die "release $RELEASE: only https URLs or local paths are accepted" ;;
+    *)
+      [ -f "$RELEASE" ] || die "release tarball $RELEASE not found"
+      cp "$RELEASE" "$tarball"
+      ;;
+  esac
+  if [ -n "$RELEASE_SHA256" ]; then
+    echo "$RELEASE_SHA256  $tarball" | sha256sum -c --status - || die "release $RELEASE: sha256 mismatch (expected $RELEASE_SHA256)"
+  fi
+  mkdir "$WORK/x"
+  tar -xzf "$tarball" -C "$WORK/x" --no-same-owner || die "release $RELEASE is not a readable .tar.gz"
+  [ -f "$WORK/x/bin/deployex" ] || die "release $RELEASE has no bin/deployex"
+  UNIT_TEMPLATE="$WORK/x/devops/systemd/deployex.service"
+  [ -f "$UNIT_TEMPLATE" ] || UNIT_TEMPLATE="$SCRIPT_DIR/../systemd/deployex.service"
+  LOGROTATE_TEMPLATE="$WORK/x/devops/logrotate/deployex"
+  [ -f "$LOGROTATE_TEMPLATE" ] || LOGROTATE_TEMPLATE="$SCRIPT_DIR/../logrotate/deployex"
+  [ -f "$UNIT_TEMPLATE" ] || die "no systemd unit template in the release nor in $SCRIPT_DIR/../systemd"
+  [ -f "$LOGROTATE_TEMPLATE" ] || die "no logrotate template in the release nor in $SCRIPT_DIR/../logrotate"
+  local err
+  err="$("$WORK/x/bin/deployex" --version 2>&1 >/dev/null)" ||
+    die "the release binary does not run here (x86_64 Linux, glibc at least the build host's; this host has $(ldd --version 2>/dev/null | head -n 1)): $err"
+}
+
+ensure_user() {
+  if getent passwd "$USER_NAME" >/dev/null 2>&1 && [ -z "$ROOT" ]; then
+    return 0
+  fi
+  sys useradd --system --user-group --home-dir /var/lib/deployex --no-create-home \
+    --shell /usr/sbin/nologin --comment "deployex release supervisor" "$USER_NAME"
+}
+
+# mkdir with mode and owner; owner change is a system command (dry-run aware).
+make_dir() { # path mode owner
+  mkdir -p "$(p "$1")"
+  chmod "$2" "$(p "$1")"
+  sys chown "$3" "$(p "$1")"
+}
+
+# Atomically replace DEST with the content of SRC, with mode and owner.
+put_file() { # src dest mode owner
+  local dest tmp
+  dest="$(p "$2")"
+  tmp="$(dirname "$dest")/.$(basename "$dest").new"
+  mkdir -p "$(dirname "$dest")"
+  cp "$1" "$tmp"
+  chmod "$3" "$tmp"
+  sys chown "$4" "$tmp"
+  mv -f "$tmp" "$dest"
+}
+
+write_env_file() {
+  local out="$WORK/deployex.env"
+  local skb cookie admin
+  skb="$(cfg_secret secret_key_base)"
+  skb="${skb:-$(installed_value DEPLOYEX_SECRET_KEY_BASE)}"
+  skb="${skb:-$(random_hex 48)}"
+  cookie="$(cfg_secret erlang_cookie)"
+  cookie="${cookie:-$(installed_value DEPLOYEX_ERLANG_COOKIE)}"
+  cookie="${cookie:-$(random_hex 32)}"
+  admin="$(cfg_secret admin_hashed_password)"
+  admin="${admin:-$(installed_value DEPLOYEX_ADMIN_HASHED_PASSWORD)}"
+  if [ -z "$admin" ]; then
+    local password pwfile
+    password="$(random_hex 12)"
+    admin="$(printf '%s' "$password" | "$WORK/x/bin/deployex" hash-password)" || die "cannot hash the generated admin password"
+    pwfile="$WORK/admin-password"
+    printf '%s\n' "$password" >"$pwfile"
+    put_file "$pwfile" /etc/deployex/admin-password 0600 root:root
+    log "generated the dashboard admin password: see /etc/deployex/admin-password (user admin)"
+  fi
+
+  # Base variables, in this order; a key also in CONFIG "env" is taken from there.
+  local -a base=(
+    "DEPLOYEX_MONITORED_APP_NAME=$APP"
+    "DEPLOYEX_CLOUD_ENVIRONMENT=$CLOUD_ENV"
+    "DEPLOYEX_MONITORED_REPLICAS=$REPLICAS"
+    "DEPLOYEX_VAR_DIR=/var/lib/deployex"
+    "DEPLOYEX_LOG_DIR=/var/log/$APP"
+    "DEPLOYEX_STOP_APPS_ON_EXIT=false"
+  )
+  local field var v
+  for field in release_adapter:DEPLOYEX_RELEASE_ADAPTER release_dir:DEPLOYEX_RELEASE_DIR \
+    release_bucket:DEPLOYEX_RELEASE_BUCKET aws_region:AWS_REGION \
+    app_port:DEPLOYEX_MONITORED_APP_PORT phx_host:DEPLOYEX_PHX_HOST phx_port:DEPLOYEX_PHX_PORT \
+    bind_addr:DEPLOYEX_BIND_ADDR deploy_timeout_rollback_ms:DEPLOYEX_DEPLOY_TIMEOUT_ROLLBACK_MS \
+    deploy_schedule_interval_ms:DEPLOYEX_DEPLOY_SCHEDULE_INTERVAL_MS \
+    otp_tls_cert_path:DEPLOYEX_OTP_TLS_CERT_PATH; do
+    var="${field#*:}"
+    v="$(cfg "${field%%:*}")"
+    [ -z "$v" ] || base+=("$var=$v")
+  done
+  base+=(
+    "DEPLOYEX_SECRET_KEY_BASE=$skb"
+    "DEPLOYEX_ERLANG_COOKIE=$cookie"
+    "DEPLOYEX_ADMIN_HASHED_PASSWORD=$admin"
+  )
+
+  {
+    echo "# Written by devops/installer/deployex.sh from $(basename "$CONFIG"); rewritten on"
+    echo "# --install/--update: change the JSON config, not this file. Single quotes: literal"
+    echo "# values for systemd's EnvironmentFile= and for bash alike."
+    local entry key k overridden
+    for entry in "${base[@]}"; do
+      key="${entry%%=*}"
+      overridden=0
+      for k in "${EXTRA_KEYS[@]}"; do [ "$k" = "$key" ] && overridden=1; done
+      [ "$overridden" = 1 ] && continue
+      valid_value "$key" "${entry#*=}"
+      printf "%s='%s'\n" "$key" "${entry#*=}"
+    done
+    if [ "${#EXTRA_KEYS[@]}" -gt 0 ]; then
+      echo "# CONFIG env: also inherited by the application instances"
+      for key in "${EXTRA_KEYS[@]}"; do
+        v="$(jq -r --arg k "$key" '.env[$k] | if type == "object" or type == "array" then error("not a scalar") elif . == null then "" else tostring end' "$CONFIG")" ||
+          die "$CONFIG: env.$key must be a string, number or boolean"
+        valid_value "env.$key" "$v"
+        printf "%s='%s'\n" "$key" "$v"
+      done
+    fi
+  } >"$out"
+  put_file "$out" /etc/deployex/deployex.env 0640 "root:$USER_NAME"
+}
+
+render() { # template dest mode
+  local out="$WORK/rendered" extra="" path
+  for path in "${EXTRA_RW[@]}"; do extra+=" $path"; done
+  sed -e "s|@APP@|$APP|g" -e "s|@EXTRA_RW_PATHS@|$extra|g" "$1" >"$out"
+  put_file "$out" "$2" "$3" root:root
+}
+
+install_binary() {
+  local bin new
+  bin="$(p /opt/deployex/bin/deployex)"
+  if [ -f "$bin" ] && cmp -s "$bin" "$WORK/x/bin/deployex"; then
+    log "binary unchanged"
+  else
+    if [ -f "$bin" ]; then
+      cp -p "$bin" "$bin.previous"
+    fi
+    new="$(dirname "$bin")/.deployex.new"
+    cp "$WORK/x/bin/deployex" "$new"
+    chmod 0755 "$new"
+    sys chown root:root "$new"
+    mv -f "$new" "$bin" # rename: a running deployex keeps its old inode
+    log "installed $(p /opt/deployex/bin/deployex)"
+  fi
+  local f
+  for f in README.md LICENSE; do
+    [ ! -f "$WORK/x/$f" ] || put_file "$WORK/x/$f" "/opt/deployex/$f" 0644 root:root
+  done
+  put_file "${BASH_SOURCE[0]}" /opt/deployex/deployex.sh 0755 root:root
+}
+
+# deployex check-config with the environment file, as systemd would pass it.
+check_config() {
+  local out
+  # shellcheck source=/dev/null
+  if ! out="$(set -a && . "$(p /etc/deployex/deployex.env)" && set +a && "$(p /opt/deployex/bin/deployex)" check-config 2>&1)"; then
+    echo "$out" >&2
+    die "deployex check-config rejected the configuration (fix $CONFIG and run again)"
+  fi
+  log "configuration checked by deployex check-config"
+}
+
+do_install() {
+  need_jq
+  load_config
+  if [ "$MODE" = update ] && [ ! -f "$(p /opt/deployex/bin/deployex)" ]; then
+    die "deployex is not installed here: use --install"
+  fi
+  fetch_release
+  ensure_user
+
+  make_dir /opt/deployex 0755 root:root
+  make_dir /opt/deployex/bin 0755 root:root
+  make_dir /etc/deployex 0750 "root:$USER_NAME"
+  make_dir /var/lib/deployex 0750 "$USER_NAME:$USER_NAME"
+  make_dir /var/log/deployex 0750 "$USER_NAME:$USER_NAME"
+  make_dir "/var/log/$APP" 0750 "$USER_NAME:$USER_NAME"
+  [ -z "$RELEASE_DIR" ] || make_dir "$RELEASE_DIR" 0755 "$USER_NAME:$USER_NAME"
+  local path
+  for path in "${EXTRA_RW[@]}"; do
+    [ -d "$(p "$path")" ] || make_dir "$path" 0750 "$USER_NAME:$USER_NAME"
+  done
+  if [ -n "$OTP_TLS" ] && [ ! -d "$(p "$OTP_TLS")" ]; then
+    log "warning: otp_tls_cert_path $OTP_TLS does not exist yet (needs ca.crt, deployex.crt, deployex.key)"
+  fi
+
+  install_binary
+  write_env_file
+  render "$UNIT_TEMPLATE" "/etc/systemd/system/$SERVICE" 0644
+  render "$LOGROTATE_TEMPLATE" /etc/logrotate.d/deployex 0644
+  check_config
+
+  sys systemctl daemon-reload
+  sys systemctl enable "$SERVICE"
+  # restart = start when stopped; running instances survive it (KillMode=process).
+  sys systemctl restart "$SERVICE"
+  log "$MODE done: $APP x$REPLICAS ($CLOUD_ENV); logs in /var/log/deployex and /var/log/$APP"
+}
+
+do_uninstall() {
+  local app
+  app="$(installed_value DEPLOYEX_MONITORED_APP_NAME)"
+  if [ -f "$(p "/etc/systemd/system/$SERVICE")" ]; then
+    sys systemctl disable --now "$SERVICE" || true
+    # The instances outlive deployex by design (KillMode=process): stop them too.
+    sys systemctl kill --kill-whom=all --signal=SIGTERM "$SERVICE" 2>/dev/null || true
+  fi
+  rm -f "$(p "/etc/systemd/system/$SERVICE")" "$(p /etc/logrotate.d/deployex)"
+  rm -rf "$(p /opt/deployex)" "$(p /etc/deployex)"
+  sys systemctl daemon-reload
+  if [ "$PURGE" = 1 ]; then
+    rm -rf "$(p /var/lib/deployex)" "$(p /var/log/deployex)"
+    if [ -n "$app" ]; then rm -rf "$(p "/var/log/$app")"; fi
+    if [ -n "$ROOT" ] || getent passwd "$USER_NAME" >/dev/null 2>&1; then
+      sys userdel "$USER_NAME" || true
+    fi
+    log "uninstalled and purged state, logs and the $USER_NAME user"
+  else
+    log "uninstalled; kept /var/lib/deployex and logs (--purge removes them)"
+  fi
+}
+
+main() {
+  parse_args "$@"
+  check_os
+  case "$MODE" in
+    install | update) do_install ;;
+    uninstall) do_uninstall ;;
+  esac
+}
+
+main "$@"
