@@ -447,10 +447,10 @@ pub fn load(
         .map_err(|_| src.invalid("DEPLOYEX_BIND_ADDR", &bind_ip, "expected an IP address"))?;
     let phx_port: u16 = src.number("DEPLOYEX_PHX_PORT", 5001, 0, 65535)?;
     let health_path = src.opt("DEPLOYEX_HEALTH_PATH");
-    if let Some(p) = &health_path {
-        if !p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(src.invalid("DEPLOYEX_HEALTH_PATH", p, "expected a path starting with /"));
-        }
+    if let Some(p) = &health_path
+        && (!p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(src.invalid("DEPLOYEX_HEALTH_PATH", p, "expected a path starting with /"));
     }
     let tls_cert_path = src.opt("DEPLOYEX_OTP_TLS_CERT_PATH").map(PathBuf::from);
     if let Some(dir) = &tls_cert_path {

@@ -1,5 +1,6 @@
 //! End-to-end tests of the core engine: the real `deployex` binary, real
 //! `mix release` tarballs, real OS processes, real EPMD and distribution.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -251,7 +252,8 @@ fn malformed_releases_are_rejected_and_nothing_running_is_touched() {
     let pid = pids(&s)[0];
 
     let good = std::fs::read(common::fixture_tarball(APP, "0.1.1")).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
+    type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "malformed json",
             Box::new(|| site.write_current("{not json")),

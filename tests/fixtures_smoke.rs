@@ -1,6 +1,7 @@
 //! Smoke test of the fixture releases themselves (tests/fixtures): proves
 //! each version behaves as the engine tests assume, including a hot
 //! upgrade 0.1.1 -> 0.1.2 done by hand over `bin/APP rpc`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! End-to-end tests of the safety half of the DeployManager: rollback,
 //! ghosting, manual mode, crash-proof state, store outages. Real releases,
 //! real processes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! escalate and stop the tree, leaving the apps running for adoption.
 //!
 //! One test function: actor names are process-global in ractor's registry.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -138,7 +139,7 @@ async fn a_panicking_monitor_adopts_its_process_and_too_many_restarts_escalate()
             panics <= deployex_actors::root::MAX_RESTARTS,
             "the root never escalated"
         );
-        let Some(cell) = ractor::registry::where_is(otp_node_watcher::NAME.to_string()) else {
+        let Some(cell) = ractor::registry::where_is(otp_node_watcher::NAME) else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
@@ -150,7 +151,7 @@ async fn a_panicking_monitor_adopts_its_process_and_too_many_restarts_escalate()
             "watcher respawned or root stopped",
             Duration::from_secs(5),
             || async {
-                let respawned = ractor::registry::where_is(otp_node_watcher::NAME.to_string())
+                let respawned = ractor::registry::where_is(otp_node_watcher::NAME)
                     .is_some_and(|c| c.get_id() != id);
                 (respawned || running.join.is_finished()).then_some(())
             },

@@ -76,7 +76,7 @@ pub enum DeployMsg {
         version: String,
         reply: RpcReplyPort<Result<(), String>>,
     },
-    #[doc(hidden)]
+    /// Fault injection for the supervision tests: the handler panics.
     InjectPanic,
 }
 
@@ -219,10 +219,10 @@ impl Actor for DeployManager {
                 }
             }
             DeployMsg::InstanceCrashed { instance } => {
-                if let Some(p) = state.in_progress.as_mut() {
-                    if p.instance == instance {
-                        p.crashes += 1;
-                    }
+                if let Some(p) = state.in_progress.as_mut()
+                    && p.instance == instance
+                {
+                    p.crashes += 1;
                 }
                 state.on_crash(instance).await;
                 state.check_rollback().await;
@@ -390,7 +390,7 @@ impl DmState {
 
     async fn target(&mut self) -> Option<Target> {
         let fetcher: ActorRef<FetcherMsg> =
-            ractor::registry::where_is(release_fetcher::NAME.to_string())?.into();
+            ractor::registry::where_is(release_fetcher::NAME)?.into();
         match self.mode.clone() {
             Mode::Manual { version } => {
                 self.desired = Some(version.clone());
@@ -467,10 +467,11 @@ impl DmState {
         self.last_error = Some(format!(
             "version {version} rolled back: instance {instance} crashed {crashes} times after its deployment"
         ));
-        if let Some(p) = &self.in_progress {
-            if p.instance == instance && p.kind != DeploymentKind::Rollback {
-                self.in_progress = None;
-            }
+        if let Some(p) = &self.in_progress
+            && p.instance == instance
+            && p.kind != DeploymentKind::Rollback
+        {
+            self.in_progress = None;
         }
         self.evaluate().await;
     }
@@ -505,10 +506,10 @@ impl DmState {
             if !self.ghosted.contains(&version) {
                 continue;
             }
-            if let Mode::Manual { version: pinned } = &self.mode {
-                if pinned == &version {
-                    continue;
-                }
+            if let Mode::Manual { version: pinned } = &self.mode
+                && pinned == &version
+            {
+                continue;
             }
             if status.state == InstanceState::Stopped && status.os_pid.is_none() {
                 // Stopped for lack of a version to roll back to.
@@ -546,10 +547,10 @@ impl DmState {
                 // On the desired version but not ready (yet): wait for it.
                 return;
             }
-            if let Some((_, not_before)) = self.failures.get(&(instance, target.version.clone())) {
-                if Instant::now() < *not_before {
-                    return;
-                }
+            if let Some((_, not_before)) = self.failures.get(&(instance, target.version.clone()))
+                && Instant::now() < *not_before
+            {
+                return;
             }
             let deploy_ref = crate::storage::new_deploy_ref();
             tracing::info!(instance, from = status.version.as_deref().unwrap_or("<none>"), to = %target.version, %deploy_ref, "update needed: full deployment");
@@ -654,7 +655,7 @@ impl DmState {
             let _ = ractor::call_t!(monitor, |reply| InstanceMsg::Shutdown { reply }, 30_000);
             return;
         };
-        let Some(fetcher) = ractor::registry::where_is(release_fetcher::NAME.to_string()) else {
+        let Some(fetcher) = ractor::registry::where_is(release_fetcher::NAME) else {
             return;
         };
         let fetcher: ActorRef<FetcherMsg> = fetcher.into();

@@ -54,7 +54,7 @@ pub async fn start(cfg: EngineConfig) -> Result<Running, ractor::SpawnErr> {
 }
 
 fn actor<M: ractor::Message>(name: &str) -> Option<ActorRef<M>> {
-    ractor::registry::where_is(name.to_string()).map(Into::into)
+    ractor::registry::where_is(name).map(Into::into)
 }
 
 impl EngineHandle {

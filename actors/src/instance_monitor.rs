@@ -116,7 +116,7 @@ pub enum InstanceMsg {
     Shutdown {
         reply: RpcReplyPort<()>,
     },
-    #[doc(hidden)]
+    /// Fault injection for the supervision tests: the handler panics.
     InjectPanic,
 }
 
@@ -402,7 +402,7 @@ impl MonitorState {
         self.otp_connected = false;
         self.stopping = None;
         self.set_phase(InstanceState::Starting, "process started");
-        if let Some(w) = ractor::registry::where_is(otp_node_watcher::NAME.to_string()) {
+        if let Some(w) = ractor::registry::where_is(otp_node_watcher::NAME) {
             let _ = w.send_message(WatcherMsg::Watch {
                 node: self.node.clone(),
             });
@@ -499,7 +499,7 @@ impl MonitorState {
         self.crash_restarts += 1;
         push_bounded(&mut self.crash_times, crate::time::utc_now_millis());
         self.crash_restart_pending = true;
-        if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME.to_string()) {
+        if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME) {
             let _ = dm.send_message(DeployMsg::InstanceCrashed {
                 instance: self.instance,
             });
@@ -553,7 +553,7 @@ impl MonitorState {
                 return;
             }
         }
-        if let Some(w) = ractor::registry::where_is(otp_node_watcher::NAME.to_string()) {
+        if let Some(w) = ractor::registry::where_is(otp_node_watcher::NAME) {
             let _ = w.send_message(WatcherMsg::Watch {
                 node: self.node.clone(),
             });
@@ -589,26 +589,23 @@ impl MonitorState {
         }
         let checks = (otp || !self.cfg.otp_readiness) && http;
         match self.phase {
-            InstanceState::Starting => {
-                if checks && started.elapsed() >= self.cfg.min_ready {
-                    self.ready_since = Some(Instant::now());
-                    self.last_error = None;
-                    self.set_phase(InstanceState::Running, "ready");
-                    if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME.to_string()) {
-                        let _ = dm.send_message(DeployMsg::InstanceReady {
-                            instance: self.instance,
-                            version: self.version.clone(),
-                        });
-                    }
+            InstanceState::Starting if checks && started.elapsed() >= self.cfg.min_ready => {
+                self.ready_since = Some(Instant::now());
+                self.last_error = None;
+                self.set_phase(InstanceState::Running, "ready");
+                if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME) {
+                    let _ = dm.send_message(DeployMsg::InstanceReady {
+                        instance: self.instance,
+                        version: self.version.clone(),
+                    });
                 }
             }
-            InstanceState::Running => {
+            InstanceState::Running
                 if self
                     .ready_since
-                    .is_some_and(|t| t.elapsed() >= self.cfg.backoff_reset_after)
-                {
-                    self.consecutive_crashes = 0;
-                }
+                    .is_some_and(|t| t.elapsed() >= self.cfg.backoff_reset_after) =>
+            {
+                self.consecutive_crashes = 0;
             }
             _ => {}
         }
@@ -730,7 +727,7 @@ impl MonitorState {
                 },
                 "preparation failed",
             );
-            if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME.to_string()) {
+            if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME) {
                 let _ = dm.send_message(DeployMsg::DeployFailed {
                     instance: self.instance,
                     deploy_ref,
@@ -824,7 +821,7 @@ impl MonitorState {
                     },
                     "hot upgrade done",
                 );
-                if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME.to_string()) {
+                if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME) {
                     let _ = dm.send_message(DeployMsg::Deployed {
                         instance: self.instance,
                         version: job.version.clone(),
@@ -882,7 +879,7 @@ impl MonitorState {
         if let Err(error) = result {
             tracing::error!(instance = self.instance, %deploy_ref, %error, "folder rotation failed");
             self.last_error = Some(error.clone());
-            if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME.to_string()) {
+            if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME) {
                 let _ = dm.send_message(DeployMsg::DeployFailed {
                     instance: self.instance,
                     deploy_ref,
@@ -896,7 +893,7 @@ impl MonitorState {
         self.consecutive_crashes = 0;
         self.last_deployment = Some(job.kind);
         self.start(myself);
-        if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME.to_string()) {
+        if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME) {
             let _ = dm.send_message(DeployMsg::Deployed {
                 instance: self.instance,
                 version: job.version.clone(),
@@ -951,7 +948,7 @@ pub fn backoff_delay(consecutive: u32, base: Duration, max: Duration) -> Duratio
 }
 
 async fn node_connected(node: &str) -> bool {
-    let Some(w) = ractor::registry::where_is(otp_node_watcher::NAME.to_string()) else {
+    let Some(w) = ractor::registry::where_is(otp_node_watcher::NAME) else {
         return false;
     };
     let w: ActorRef<WatcherMsg> = w.into();
@@ -1099,10 +1096,8 @@ pub fn repair_service_dir(service: &Path) {
             if std::fs::rename(&new, &current).is_ok() {
                 tracing::warn!(service = %service.display(), "repaired: new/ moved to current/");
             }
-        } else if previous.join("bin").is_dir() {
-            if std::fs::rename(&previous, &current).is_ok() {
-                tracing::warn!(service = %service.display(), "repaired: previous/ moved back to current/");
-            }
+        } else if previous.join("bin").is_dir() && std::fs::rename(&previous, &current).is_ok() {
+            tracing::warn!(service = %service.display(), "repaired: previous/ moved back to current/");
         }
     }
     if new.exists() {

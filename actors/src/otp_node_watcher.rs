@@ -58,7 +58,6 @@ pub enum WatcherMsg {
         reply: RpcReplyPort<Result<Term, String>>,
     },
     /// Fault injection for the supervision tests.
-    #[doc(hidden)]
     InjectPanic,
 }
 
@@ -219,15 +218,15 @@ impl Actor for OtpNodeWatcher {
                 generation,
                 error,
             } => {
-                if let Some(entry) = state.nodes.get_mut(&node) {
-                    if entry.generation == generation {
-                        if entry.conn.take().is_some() {
-                            tracing::warn!(%node, %error, "distribution connection lost");
-                        } else if entry.last_error.as_deref() != Some(error.as_str()) {
-                            tracing::debug!(%node, %error, "distribution not connected");
-                        }
-                        entry.last_error = Some(error);
+                if let Some(entry) = state.nodes.get_mut(&node)
+                    && entry.generation == generation
+                {
+                    if entry.conn.take().is_some() {
+                        tracing::warn!(%node, %error, "distribution connection lost");
+                    } else if entry.last_error.as_deref() != Some(error.as_str()) {
+                        tracing::debug!(%node, %error, "distribution not connected");
                     }
+                    entry.last_error = Some(error);
                 }
             }
             WatcherMsg::Snapshot { reply } => {
@@ -352,7 +351,7 @@ impl crate::upgrade::Rpc for WatcherRpc {
         args: Vec<Term>,
         timeout: Duration,
     ) -> Result<Term, String> {
-        let watcher: ActorRef<WatcherMsg> = ractor::registry::where_is(NAME.to_string())
+        let watcher: ActorRef<WatcherMsg> = ractor::registry::where_is(NAME)
             .ok_or_else(|| "the OtpNodeWatcher is not running".to_string())?
             .into();
         let wait = timeout + Duration::from_secs(1);

@@ -46,7 +46,7 @@ pub enum FetcherMsg {
         version: String,
         reply: RpcReplyPort<Result<PathBuf, String>>,
     },
-    #[doc(hidden)]
+    /// Fault injection for the supervision tests: the handler panics.
     InjectPanic,
 }
 
@@ -146,7 +146,7 @@ impl Actor for ReleaseFetcher {
                             tracing::info!(version = %ready.release.version, tarball = %ready.tarball.display(), "release verified and ready");
                             state.status.ready = Some(ready);
                             if let Some(dm) =
-                                ractor::registry::where_is(crate::deploy_manager::NAME.to_string())
+                                ractor::registry::where_is(crate::deploy_manager::NAME)
                             {
                                 let _ = dm.send_message(crate::deploy_manager::DeployMsg::Evaluate);
                             }
@@ -193,10 +193,11 @@ async fn fetch_current(
         .current()
         .await
         .map_err(|e| format!("current.json: {}", error_chain(&e)))?;
-    if let Some(known) = known {
-        if known.release == release && known.tarball.is_file() {
-            return Ok(known);
-        }
+    if let Some(known) = known
+        && known.release == release
+        && known.tarball.is_file()
+    {
+        return Ok(known);
     }
     let tarball = ensure_cached(cfg, store, &release).await?;
     Ok(ReadyRelease { release, tarball })
@@ -281,15 +282,13 @@ async fn prune_cache(cache: &Path, keep: usize) {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "gz")
             && !entry.file_name().to_string_lossy().starts_with('.')
+            && let Ok(meta) = entry.metadata().await
+            && let Ok(modified) = meta.modified()
         {
-            if let Ok(meta) = entry.metadata().await {
-                if let Ok(modified) = meta.modified() {
-                    files.push((modified, path));
-                }
-            }
+            files.push((modified, path));
         }
     }
-    files.sort_by(|a, b| b.0.cmp(&a.0));
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
     for (_, path) in files.into_iter().skip(keep) {
         let _ = tokio::fs::remove_file(path).await;
     }

@@ -1,5 +1,6 @@
 //! The distribution client against real Erlang nodes. Each test starts its
 //! own `erl` node on its own EPMD port and stops both at the end.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

@@ -1,6 +1,7 @@
 //! The distribution client over mutual TLS against real `erl` nodes started
 //! with `-proto_dist inet_tls`, using certificates made by
 //! `devops/tls/gen-certs.sh`. Each test has its own temp dir, node and EPMD.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::TcpListener;
 use std::path::Path;

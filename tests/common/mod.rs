@@ -6,6 +6,7 @@
 //!
 //! Invariants: nothing here kills by name, every port comes from binding
 //! port 0, and every wait polls a condition against a deadline.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code, unused_imports)]
 
 pub mod deployex;

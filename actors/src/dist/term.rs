@@ -150,9 +150,8 @@ fn write_term(out: &mut String, term: &Term) -> fmt::Result {
             Some(s) if !s.is_empty() && s.chars().all(is_printable) => write_quoted(out, &s, '"'),
             _ => {
                 out.write_char('[')?;
-                match as_list(term) {
-                    Some(elements) => write_joined(out, elements.iter(), write_term)?,
-                    None => {}
+                if let Some(elements) = as_list(term) {
+                    write_joined(out, elements.iter(), write_term)?
                 }
                 out.write_char(']')
             }

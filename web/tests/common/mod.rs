@@ -1,5 +1,6 @@
 //! A canned-data `Engine` for the web tests: the engine is not what these
 //! tests check, the HTTP layer is.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::path::PathBuf;
