@@ -11,6 +11,7 @@
 pub mod deployex;
 pub mod evil;
 pub mod fixtures;
+pub mod moto;
 pub mod net;
 pub mod process;
 
