@@ -217,13 +217,15 @@ struct Source {
 
 impl Source {
     fn get(&self, var: &str) -> Option<String> {
-        if let Some(v) = self.env.get(var) {
-            return Some(v.clone());
+        let set = match self.env.get(var) {
+            Some(v) => Some(v.clone()),
+            None => self.file.get(&file_key(var)).cloned(),
+        };
+        match set {
+            Some(v) if !v.is_empty() => Some(v),
+            // Empty counts as unset (see `opt`): a fetched value fills it.
+            other => self.fetched.get(var).cloned().or(other),
         }
-        if let Some(v) = self.file.get(&file_key(var)) {
-            return Some(v.clone());
-        }
-        self.fetched.get(var).cloned()
     }
 
     fn origin(&self, var: &str) -> String {
@@ -352,8 +354,9 @@ fn short_hostname() -> String {
     name.split('.').next().unwrap_or("localhost").to_string()
 }
 
-/// Load from `env` (normally `std::env::vars()`) and an optional file,
-/// without a secrets fetcher: outside `local`, every secret must be set.
+/// Load from `env` and an optional file without a secrets fetcher: outside
+/// `local`, every secret must be set (the binary uses [`load_with_secrets`]).
+#[cfg(test)]
 pub fn load(
     env: impl IntoIterator<Item = (String, String)>,
     file: Option<&Path>,
@@ -361,9 +364,11 @@ pub fn load(
     load_inner(env, file, None::<NoFetcher>)
 }
 
+#[cfg(test)]
 type NoFetcher = fn(&SecretsRequest) -> Result<HashMap<String, String>, String>;
 
-/// Like [`load`]; outside `local`, the secrets missing from `env` and the
+/// Load from `env` (normally `std::env::vars()`) and an optional file;
+/// outside `local`, the secrets missing from `env` and the
 /// file are asked of `fetch` (at most one call; its error is one line for
 /// the operator). Values already set win over fetched ones.
 pub fn load_with_secrets(
@@ -437,27 +442,28 @@ fn load_inner(
         .copied()
         .filter(|var| src.opt(var).is_none())
         .collect();
-    if !local && !missing.is_empty() {
-        if let Some(fetch) = fetch {
-            let request = SecretsRequest {
-                app: app.clone(),
-                env: cloud_env.clone(),
-                region: src.opt("AWS_REGION"),
-                endpoint: src.opt("AWS_ENDPOINT_URL"),
-                missing: missing.clone(),
-            };
-            let fetched = fetch(&request).map_err(|e| {
-                ConfigError(format!(
-                    "cannot read {} from AWS Secrets Manager: {e}",
-                    missing.join(", ")
-                ))
-            })?;
-            // Only the secrets asked for: a secret cannot override settings.
-            src.fetched = fetched
-                .into_iter()
-                .filter(|(k, _)| missing.contains(&k.as_str()))
-                .collect();
-        }
+    if !local
+        && !missing.is_empty()
+        && let Some(fetch) = fetch
+    {
+        let request = SecretsRequest {
+            app: app.clone(),
+            env: cloud_env.clone(),
+            region: src.opt("AWS_REGION"),
+            endpoint: src.opt("AWS_ENDPOINT_URL"),
+            missing: missing.clone(),
+        };
+        let fetched = fetch(&request).map_err(|e| {
+            ConfigError(format!(
+                "cannot read {} from AWS Secrets Manager: {e}",
+                missing.join(", ")
+            ))
+        })?;
+        // Only the secrets asked for: a secret cannot override settings.
+        src.fetched = fetched
+            .into_iter()
+            .filter(|(k, _)| missing.contains(&k.as_str()))
+            .collect();
     }
 
     let replicas: u32 = src.number("DEPLOYEX_MONITORED_REPLICAS", 3, 1, 1000)?;
@@ -523,10 +529,10 @@ fn load_inner(
         .map_err(|_| src.invalid("DEPLOYEX_BIND_ADDR", &bind_ip, "expected an IP address"))?;
     let phx_port: u16 = src.number("DEPLOYEX_PHX_PORT", 5001, 0, 65535)?;
     let health_path = src.opt("DEPLOYEX_HEALTH_PATH");
-    if let Some(p) = &health_path {
-        if !p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(src.invalid("DEPLOYEX_HEALTH_PATH", p, "expected a path starting with /"));
-        }
+    if let Some(p) = &health_path
+        && (!p.starts_with('/') || p.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(src.invalid("DEPLOYEX_HEALTH_PATH", p, "expected a path starting with /"));
     }
     let tls_cert_path = src.opt("DEPLOYEX_OTP_TLS_CERT_PATH").map(PathBuf::from);
     if let Some(dir) = &tls_cert_path {
@@ -778,6 +784,7 @@ mod tests {
                 ("DEPLOYEX_CLOUD_ENVIRONMENT", "prod"),
                 ("DEPLOYEX_MONITORED_APP_NAME", "shop"),
                 ("DEPLOYEX_ERLANG_COOKIE", "envcookie"),
+                ("DEPLOYEX_ADMIN_HASHED_PASSWORD", ""),
                 ("AWS_REGION", "eu-west-1"),
                 ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
             ]),

@@ -187,3 +187,86 @@ fn deploys_from_s3_with_secrets_and_rides_out_an_outage() {
     drop(dx);
     moto.stop();
 }
+
+/// `deployex check-config` outside `local`: the secret is read from Secrets
+/// Manager, never printed; a missing secret or service is exit status 2.
+#[test]
+fn check_config_reads_secrets_and_fails_clearly_without_them() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut moto = Moto::start();
+    let sdk = sdk(&moto.endpoint());
+    let dir = tempfile::tempdir().unwrap();
+    let check = |endpoint: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_deployex"))
+            .arg("check-config")
+            .env_clear()
+            .env("HOME", dir.path())
+            .env("DEPLOYEX_MONITORED_APP_NAME", APP)
+            .env("DEPLOYEX_CLOUD_ENVIRONMENT", ENV)
+            .env("AWS_ENDPOINT_URL", endpoint)
+            .env("AWS_REGION", moto::REGION)
+            .env("AWS_ACCESS_KEY_ID", moto::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", moto::SECRET_KEY)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("DEPLOYEX_ERLANG_COOKIE", "env-cookie")
+            .output()
+            .unwrap()
+    };
+    let endpoint = moto.endpoint();
+
+    let out = check(&endpoint);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("no secret deployex-{APP}-{ENV}-secrets")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("DEPLOYEX_SECRET_KEY_BASE"), "{stderr}");
+
+    rt.block_on(async {
+        aws_sdk_secretsmanager::Client::new(&sdk)
+            .create_secret()
+            .name(format!("deployex-{APP}-{ENV}-secrets"))
+            .secret_string(
+                serde_json::json!({
+                    "DEPLOYEX_SECRET_KEY_BASE": "q".repeat(64),
+                    "DEPLOYEX_ERLANG_COOKIE": COOKIE,
+                    "DEPLOYEX_ADMIN_HASHED_PASSWORD": ADMIN_HASH,
+                })
+                .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+    });
+    let out = check(&endpoint);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("s3 bucket=dxtest-prod-distribution"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("DEPLOYEX_SECRET_KEY_BASE=<redacted, from AWS Secrets Manager>"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("DEPLOYEX_ERLANG_COOKIE=<redacted>\n"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&"q".repeat(64)) && !stdout.contains(COOKIE));
+
+    moto.stop();
+    let out = check(&endpoint);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot reach AWS Secrets Manager at {endpoint}")),
+        "{stderr}"
+    );
+}

@@ -291,6 +291,7 @@ async fn stopped_endpoint_is_unreachable_and_leaves_no_file() {
 
 /// A credentials provider of the standard chain (the profile file) that
 /// finds nothing, as on a host without credentials.
+#[allow(deprecated)] // the aliases' new home (aws-runtime) is not a dependency
 fn no_credentials() -> SharedCredentialsProvider {
     use aws_config::profile::ProfileFileCredentialsProvider;
     use aws_config::profile::profile_file::{ProfileFileKind, ProfileFiles};

@@ -56,11 +56,11 @@ impl Moto {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return moto;
             }
-            if let Some(child) = moto.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    moto.child = None;
-                    panic!("moto_server exited at start ({status}); port {port} taken?");
-                }
+            if let Some(child) = moto.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                moto.child = None;
+                panic!("moto_server exited at start ({status}); port {port} taken?");
             }
             assert!(
                 Instant::now() < deadline,
