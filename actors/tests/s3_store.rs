@@ -324,3 +324,116 @@ async fn missing_credentials_are_said_so() {
     );
     assert!(!e.is_transient());
 }
+
+/// A scripted HTTP server standing in for S3 where moto cannot misbehave on
+/// demand: every connection gets `response` (raw bytes), then is closed.
+/// Returns its endpoint and the number of requests served so far.
+fn scripted_s3(response: Vec<u8>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Read;
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = stream.write_all(&response);
+        }
+    });
+    (endpoint, served)
+}
+
+fn http_response(status: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status}\r\nconnection: close\r\n{headers}\r\n").into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+fn s3_error(status: &str, code: &str) -> Vec<u8> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>scripted</Message></Error>"
+    );
+    http_response(
+        status,
+        &format!(
+            "content-type: application/xml\r\ncontent-length: {}\r\n",
+            body.len()
+        ),
+        body.as_bytes(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_shorter_than_content_length_is_retried_and_leaves_no_file() {
+    let cut = http_response(
+        "200 OK",
+        "content-type: application/octet-stream\r\ncontent-length: 100000\r\n",
+        &noise(40_000, 5),
+    );
+    let (endpoint, served) = scripted_s3(cut);
+    let s = store(&sdk(&endpoint), BUCKET);
+    let tmp = tempfile::tempdir().unwrap();
+    let e = s
+        .download("0.1.1", &tmp.path().join("t.tar.gz"))
+        .await
+        .unwrap_err();
+    let msg = error_chain(&e);
+    assert!(
+        matches!(
+            e,
+            StoreError::S3Body { .. } | StoreError::S3Truncated { .. }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("s3://dx-releases/dist/myapp/myapp-0.1.1.tar.gz"),
+        "{msg}"
+    );
+    assert_eq!(
+        served.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "retried"
+    );
+    assert!(entries(tmp.path()).is_empty(), "no partial file");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn throttling_is_retried_access_denied_is_not() {
+    let (endpoint, served) = scripted_s3(s3_error("503 Slow Down", "SlowDown"));
+    let e = store(&sdk(&endpoint), BUCKET).current().await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::S3Request {
+                transient: true,
+                ..
+            }
+        ),
+        "{}",
+        error_chain(&e)
+    );
+    assert!(e.to_string().contains("HTTP 503, SlowDown"), "{e}");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+    let (endpoint, served) = scripted_s3(s3_error("403 Forbidden", "AccessDenied"));
+    let e = store(&sdk(&endpoint), BUCKET)
+        .download("0.1.1", Path::new("/nonexistent/t.tar.gz"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::AccessDenied { .. }), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "access denied to s3://dx-releases/dist/myapp/myapp-0.1.1.tar.gz: check the IAM policy: s3:GetObject on arn:aws:s3:::dx-releases/*"
+    );
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
