@@ -17,3 +17,27 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+# moto_server (Python moto): real S3 and Secrets Manager HTTP APIs on
+# loopback for the AWS tests (actors/tests/s3_store.rs, tests/s3_e2e.rs,
+# src/secrets.rs). Debian 12's Python is "externally managed": fall back to
+# --break-system-packages (root, CI machine).
+if ! command -v moto_server >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "deps: missing moto_server; run 'sudo make deps' (pip install 'moto[server]')" >&2
+    exit 1
+  fi
+  if ! command -v pip3 >/dev/null 2>&1 && ! command -v pip >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  pip=$(command -v pip3 || command -v pip)
+  echo "deps: installing moto[server] with $pip"
+  "$pip" install -q 'moto[server]' 2>/dev/null \
+    || "$pip" install -q --break-system-packages 'moto[server]'
+  if ! command -v moto_server >/dev/null 2>&1; then
+    echo "deps: moto_server is not on PATH after pip install" >&2
+    exit 1
+  fi
+fi

@@ -6,6 +6,12 @@
 //! the `DEPLOYEX_` prefix: `monitored_replicas = 3`, `erl_epmd_port = 4369`,
 //! `aws_region = "us-east-2"`. Unknown keys are an error (typos must not be
 //! silently ignored).
+//!
+//! Outside the `local` environment the three secrets (key base, cookie,
+//! admin hash) that neither the environment nor the file sets come from a
+//! fetcher (AWS Secrets Manager in the binary, see `secrets.rs`); a secret
+//! the fetcher cannot supply is an error, never a default. Secret values
+//! never appear in messages or in `describe`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -37,7 +43,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "root of the local store (/tmp/{app})",
     ),
     ("AWS_REGION", "S3 / Secrets Manager region"),
-    ("AWS_ENDPOINT_URL", "S3 endpoint override"),
+    (
+        "AWS_ENDPOINT_URL",
+        "S3 and Secrets Manager endpoint override (e.g. a local moto_server)",
+    ),
     ("DEPLOYEX_MONITORED_REPLICAS", "number of instances (3)"),
     (
         "DEPLOYEX_MONITORED_APP_PORT",
@@ -179,19 +188,44 @@ pub struct Config {
     pub effective: BTreeMap<String, String>,
 }
 
-/// Where values come from: environment first, then the file.
+/// The secrets a [`SecretsFetcher`] is asked for.
+const FETCHED_SECRETS: &[&str] = &[
+    "DEPLOYEX_SECRET_KEY_BASE",
+    "DEPLOYEX_ERLANG_COOKIE",
+    "DEPLOYEX_ADMIN_HASHED_PASSWORD",
+];
+
+/// What the secrets fetcher needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretsRequest {
+    pub app: String,
+    pub env: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    /// The secrets neither the environment nor the file set.
+    pub missing: Vec<&'static str>,
+}
+
+/// Where values come from: environment first, then the file, then the
+/// fetched secrets.
 struct Source {
     env: HashMap<String, String>,
     file: HashMap<String, String>,
     file_name: Option<PathBuf>,
+    fetched: HashMap<String, String>,
 }
 
 impl Source {
     fn get(&self, var: &str) -> Option<String> {
-        if let Some(v) = self.env.get(var) {
-            return Some(v.clone());
+        let set = match self.env.get(var) {
+            Some(v) => Some(v.clone()),
+            None => self.file.get(&file_key(var)).cloned(),
+        };
+        match set {
+            Some(v) if !v.is_empty() => Some(v),
+            // Empty counts as unset (see `opt`): a fetched value fills it.
+            other => self.fetched.get(var).cloned().or(other),
         }
-        self.file.get(&file_key(var)).cloned()
     }
 
     fn origin(&self, var: &str) -> String {
@@ -320,19 +354,45 @@ fn short_hostname() -> String {
     name.split('.').next().unwrap_or("localhost").to_string()
 }
 
-/// Load from `env` (normally `std::env::vars()`) and an optional file.
+/// Load from `env` and an optional file without a secrets fetcher: outside
+/// `local`, every secret must be set (the binary uses [`load_with_secrets`]).
+#[cfg(test)]
 pub fn load(
     env: impl IntoIterator<Item = (String, String)>,
     file: Option<&Path>,
 ) -> Result<Config, ConfigError> {
+    load_inner(env, file, None::<NoFetcher>)
+}
+
+#[cfg(test)]
+type NoFetcher = fn(&SecretsRequest) -> Result<HashMap<String, String>, String>;
+
+/// Load from `env` (normally `std::env::vars()`) and an optional file;
+/// outside `local`, the secrets missing from `env` and the
+/// file are asked of `fetch` (at most one call; its error is one line for
+/// the operator). Values already set win over fetched ones.
+pub fn load_with_secrets(
+    env: impl IntoIterator<Item = (String, String)>,
+    file: Option<&Path>,
+    fetch: impl FnOnce(&SecretsRequest) -> Result<HashMap<String, String>, String>,
+) -> Result<Config, ConfigError> {
+    load_inner(env, file, Some(fetch))
+}
+
+fn load_inner(
+    env: impl IntoIterator<Item = (String, String)>,
+    file: Option<&Path>,
+    fetch: Option<impl FnOnce(&SecretsRequest) -> Result<HashMap<String, String>, String>>,
+) -> Result<Config, ConfigError> {
     let env: HashMap<String, String> = env.into_iter().collect();
-    let src = Source {
+    let mut src = Source {
         file: match file {
             Some(f) => read_file(f)?,
             None => HashMap::new(),
         },
         file_name: file.map(Path::to_path_buf),
         env: env.clone(),
+        fetched: HashMap::new(),
     };
 
     let app = src.string("DEPLOYEX_MONITORED_APP_NAME", "myphoenixapp");
@@ -376,12 +436,34 @@ pub fn load(
             return Err(src.invalid("DEPLOYEX_RELEASE_ADAPTER", other, "expected local or s3"));
         }
     };
-    if matches!(store, StoreConfig::S3 { .. }) {
-        return Err(src.invalid(
-            "DEPLOYEX_RELEASE_ADAPTER",
-            &adapter,
-            "the S3 release store is not available in this build yet; use local",
-        ));
+    let secret_name = format!("deployex-{app}-{cloud_env}-secrets");
+    let missing: Vec<&'static str> = FETCHED_SECRETS
+        .iter()
+        .copied()
+        .filter(|var| src.opt(var).is_none())
+        .collect();
+    if !local
+        && !missing.is_empty()
+        && let Some(fetch) = fetch
+    {
+        let request = SecretsRequest {
+            app: app.clone(),
+            env: cloud_env.clone(),
+            region: src.opt("AWS_REGION"),
+            endpoint: src.opt("AWS_ENDPOINT_URL"),
+            missing: missing.clone(),
+        };
+        let fetched = fetch(&request).map_err(|e| {
+            ConfigError(format!(
+                "cannot read {} from AWS Secrets Manager: {e}",
+                missing.join(", ")
+            ))
+        })?;
+        // Only the secrets asked for: a secret cannot override settings.
+        src.fetched = fetched
+            .into_iter()
+            .filter(|(k, _)| missing.contains(&k.as_str()))
+            .collect();
     }
 
     let replicas: u32 = src.number("DEPLOYEX_MONITORED_REPLICAS", 3, 1, 1000)?;
@@ -411,7 +493,7 @@ pub fn load(
             Some(v) => Ok(v),
             None if local => Ok(local_default.unwrap_or_default()),
             None => Err(ConfigError(format!(
-                "missing {var}: required when DEPLOYEX_CLOUD_ENVIRONMENT={cloud_env} (set it in the environment; AWS Secrets Manager is not available in this build yet)"
+                "missing {var}: required when DEPLOYEX_CLOUD_ENVIRONMENT={cloud_env} (set it in the environment or in the AWS Secrets Manager secret {secret_name})"
             ))),
         }
     };
@@ -504,7 +586,9 @@ pub fn load(
     let mut effective = BTreeMap::new();
     for (var, _) in VARIABLES {
         let value = if SECRETS.contains(var) {
-            if src.opt(var).is_some() {
+            if src.fetched.contains_key(*var) {
+                "<redacted, from AWS Secrets Manager>".to_string()
+            } else if src.opt(var).is_some() {
                 "<redacted>".to_string()
             } else {
                 "<default>".to_string()
@@ -676,6 +760,117 @@ mod tests {
             e.to_string().contains("missing DEPLOYEX_SECRET_KEY_BASE"),
             "{e}"
         );
+    }
+
+    fn prod_secrets() -> HashMap<String, String> {
+        [
+            ("DEPLOYEX_SECRET_KEY_BASE", "f".repeat(64)),
+            ("DEPLOYEX_ERLANG_COOKIE", "fetchedcookie".to_string()),
+            (
+                "DEPLOYEX_ADMIN_HASHED_PASSWORD",
+                LOCAL_ADMIN_HASH.to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    #[test]
+    fn s3_and_secrets_outside_local() {
+        let mut asked = None;
+        let c = load_with_secrets(
+            env(&[
+                ("DEPLOYEX_CLOUD_ENVIRONMENT", "prod"),
+                ("DEPLOYEX_MONITORED_APP_NAME", "shop"),
+                ("DEPLOYEX_ERLANG_COOKIE", "envcookie"),
+                ("DEPLOYEX_ADMIN_HASHED_PASSWORD", ""),
+                ("AWS_REGION", "eu-west-1"),
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+            ]),
+            None,
+            |req| {
+                asked = Some(req.clone());
+                Ok(prod_secrets())
+            },
+        )
+        .unwrap();
+        let req = asked.unwrap();
+        assert_eq!(
+            req,
+            SecretsRequest {
+                app: "shop".into(),
+                env: "prod".into(),
+                region: Some("eu-west-1".into()),
+                endpoint: Some("http://127.0.0.1:9".into()),
+                missing: vec!["DEPLOYEX_SECRET_KEY_BASE", "DEPLOYEX_ADMIN_HASHED_PASSWORD"],
+            }
+        );
+        // The environment wins over the secret.
+        assert_eq!(c.engine.cookie, "envcookie");
+        assert_eq!(c.secret_key_base, "f".repeat(64));
+        assert_eq!(
+            c.engine.store,
+            StoreConfig::S3 {
+                bucket: "shop-prod-distribution".into(),
+                region: Some("eu-west-1".into()),
+                endpoint: Some("http://127.0.0.1:9".into()),
+            }
+        );
+        // Fetched secrets stay out of the instances' environment and the text.
+        assert!(
+            !c.engine
+                .base_env
+                .iter()
+                .any(|(k, _)| k == "DEPLOYEX_SECRET_KEY_BASE")
+        );
+        let text = c.describe();
+        assert!(!text.contains(&"f".repeat(64)), "{text}");
+        assert!(
+            text.contains("DEPLOYEX_SECRET_KEY_BASE=<redacted, from AWS Secrets Manager>"),
+            "{text}"
+        );
+        assert!(
+            text.contains("DEPLOYEX_ERLANG_COOKIE=<redacted>\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn secrets_fetch_failures_are_fatal_and_named() {
+        let prod = env(&[("DEPLOYEX_CLOUD_ENVIRONMENT", "prod")]);
+        let e = load_with_secrets(prod.clone(), None, |_| {
+            Err("AWS Secrets Manager has no secret deployex-myphoenixapp-prod-secrets".into())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("cannot read DEPLOYEX_SECRET_KEY_BASE, DEPLOYEX_ERLANG_COOKIE, DEPLOYEX_ADMIN_HASHED_PASSWORD from AWS Secrets Manager: "),
+            "{e}"
+        );
+        assert!(e.contains("deployex-myphoenixapp-prod-secrets"), "{e}");
+        // A fetcher that comes back without one of them: named, no default.
+        let e = load_with_secrets(prod, None, |_| {
+            let mut s = prod_secrets();
+            s.remove("DEPLOYEX_ERLANG_COOKIE");
+            Ok(s)
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("missing DEPLOYEX_ERLANG_COOKIE"), "{e}");
+        assert!(e.contains("deployex-myphoenixapp-prod-secrets"), "{e}");
+    }
+
+    #[test]
+    fn no_fetch_in_local_or_when_everything_is_set() {
+        let never = |_: &SecretsRequest| -> Result<HashMap<String, String>, String> {
+            panic!("fetcher must not be called")
+        };
+        load_with_secrets(env(&[]), None, never).unwrap();
+        let mut all: Vec<(String, String)> = prod_secrets().into_iter().collect();
+        all.push(("DEPLOYEX_CLOUD_ENVIRONMENT".into(), "prod".into()));
+        let c = load_with_secrets(all, None, never).unwrap();
+        assert_eq!(c.engine.cookie, "fetchedcookie");
     }
 
     #[test]

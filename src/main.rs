@@ -2,6 +2,7 @@
 //! (`deployex-actors`) and the HTTP server (`deployex-web`).
 
 mod config;
+mod secrets;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -46,7 +47,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::HashPassword { cost } => hash_password(cost),
-        Command::CheckConfig => match config::load(std::env::vars(), cli.config.as_deref()) {
+        Command::CheckConfig => match load_config(cli.config.as_deref()) {
             Ok(c) => {
                 print!("{}", c.describe());
                 ExitCode::SUCCESS
@@ -57,7 +58,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run => {
-            let cfg = match config::load(std::env::vars(), cli.config.as_deref()) {
+            let cfg = match load_config(cli.config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("deployex: {e}");
@@ -84,6 +85,26 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The configuration from the environment and `file`; outside `local`,
+/// missing secrets come from AWS Secrets Manager (a short-lived runtime:
+/// the configuration is complete before the engine's runtime starts).
+fn load_config(file: Option<&std::path::Path>) -> Result<config::Config, config::ConfigError> {
+    config::load_with_secrets(std::env::vars(), file, |req| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        runtime
+            .block_on(secrets::fetch_secrets(
+                &req.app,
+                &req.env,
+                req.region.clone(),
+                req.endpoint.clone(),
+            ))
+            .map_err(|e| deployex_actors::release_fetcher::error_chain(&e))
+    })
 }
 
 fn init_tracing() {

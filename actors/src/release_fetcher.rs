@@ -16,7 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::config::{EngineConfig, StoreConfig};
 use crate::recorder::{Describe, Recorder};
-use crate::store::{CurrentRelease, LocalStore, ReleaseStore, UnpackLimits};
+use crate::store::{CurrentRelease, LocalStore, ReleaseStore, S3Store, UnpackLimits};
 
 pub const NAME: &str = "release_fetcher";
 
@@ -80,15 +80,19 @@ pub struct FetcherState {
     recorder: Recorder,
 }
 
-pub fn make_store(cfg: &EngineConfig) -> Result<ReleaseStore, String> {
+pub async fn make_store(cfg: &EngineConfig) -> Result<ReleaseStore, String> {
     match &cfg.store {
         StoreConfig::Local { root } => LocalStore::new(root.clone(), &cfg.app, &cfg.env)
             .map(ReleaseStore::Local)
             .map_err(|e| error_chain(&e)),
-        // The loader refuses S3 until the adapter exists.
-        StoreConfig::S3 { bucket, .. } => Err(format!(
-            "the S3 release store (bucket {bucket}) is not available in this build"
-        )),
+        StoreConfig::S3 {
+            bucket,
+            region,
+            endpoint,
+        } => S3Store::new(bucket, region.clone(), endpoint.clone(), &cfg.app, &cfg.env)
+            .await
+            .map(ReleaseStore::S3)
+            .map_err(|e| error_chain(&e)),
     }
 }
 
@@ -105,7 +109,7 @@ impl Actor for ReleaseFetcher {
         myself.send_interval(cfg.schedule_interval, || FetcherMsg::Tick);
         let _ = myself.cast(FetcherMsg::Tick);
         Ok(FetcherState {
-            store: Arc::new(make_store(&cfg)?),
+            store: Arc::new(make_store(&cfg).await?),
             cfg,
             fetching: false,
             status: FetcherStatus::default(),

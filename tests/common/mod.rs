@@ -12,6 +12,7 @@
 pub mod deployex;
 pub mod evil;
 pub mod fixtures;
+pub mod moto;
 pub mod net;
 pub mod process;
 

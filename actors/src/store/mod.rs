@@ -8,10 +8,11 @@
 //!   [`validate_version`]: it can never name a path outside the store.
 //! - [`ReleaseStore::download`] never leaves a partial file at its
 //!   destination.
-//! - [`ReleaseStore`] is an enum over backends (local folder today, S3 later);
-//!   callers only use its methods, so a new variant changes nothing for them.
+//! - [`ReleaseStore`] is an enum over backends (local folder, S3); callers
+//!   only use its methods, so a new variant changes nothing for them.
 
 mod local;
+mod s3;
 pub mod unpack;
 
 use std::io;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use local::LocalStore;
+pub use s3::S3Store;
 pub use unpack::{
     UnpackError, UnpackLimits, UnpackedRelease, release_version, sha256_file, unpack_release,
 };
@@ -76,6 +78,89 @@ pub enum StoreError {
         #[source]
         source: tokio::task::JoinError,
     },
+    #[error("cannot write the tarball of version {version} to {path}")]
+    Write {
+        version: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no AWS region for bucket {bucket}: set AWS_REGION (or a region in the AWS profile)")]
+    NoRegion { bucket: String },
+    #[error(
+        "S3 bucket {bucket} does not exist (reading s3://{bucket}/{key}); check DEPLOYEX_RELEASE_BUCKET and AWS_REGION"
+    )]
+    NoSuchBucket { bucket: String, key: String },
+    #[error("no object s3://{bucket}/{key}")]
+    NoSuchKey { bucket: String, key: String },
+    #[error(
+        "access denied to s3://{bucket}/{key}: check the IAM policy: s3:GetObject on arn:aws:s3:::{bucket}/*"
+    )]
+    AccessDenied { bucket: String, key: String },
+    #[error(
+        "no valid AWS credentials to read bucket {bucket} (environment, profile or instance role)"
+    )]
+    Credentials {
+        bucket: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot reach S3 at {endpoint}")]
+    Unreachable {
+        endpoint: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("S3 request for s3://{bucket}/{key} failed ({detail})")]
+    S3Request {
+        bucket: String,
+        key: String,
+        detail: String,
+        /// 5xx or throttling: worth another try.
+        transient: bool,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("reading s3://{bucket}/{key} failed after {received} bytes")]
+    S3Body {
+        bucket: String,
+        key: String,
+        received: u64,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(
+        "s3://{bucket}/{key} was cut short: {received} bytes received, Content-Length {expected}"
+    )]
+    S3Truncated {
+        bucket: String,
+        key: String,
+        expected: u64,
+        received: u64,
+    },
+    #[error(
+        "s3://{bucket}/{key} is {size} bytes, larger than the {max} bytes a current.json may have"
+    )]
+    ObjectTooLarge {
+        bucket: String,
+        key: String,
+        size: u64,
+        max: u64,
+    },
+}
+
+impl StoreError {
+    /// Whether trying again may succeed (network trouble, an overloaded
+    /// service, a cut transfer), as opposed to a fact that needs a fix.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Unreachable { .. }
+            | StoreError::S3Body { .. }
+            | StoreError::S3Truncated { .. } => true,
+            StoreError::S3Request { transient, .. } => *transient,
+            _ => false,
+        }
+    }
 }
 
 /// The parsed `current.json`: which version to run and what to run before it.
@@ -253,6 +338,7 @@ fn check_name(s: &str) -> Result<(), &'static str> {
 #[derive(Debug, Clone)]
 pub enum ReleaseStore {
     Local(LocalStore),
+    S3(S3Store),
 }
 
 impl ReleaseStore {
@@ -260,6 +346,7 @@ impl ReleaseStore {
     pub async fn current(&self) -> Result<CurrentRelease, StoreError> {
         match self {
             ReleaseStore::Local(s) => s.current().await,
+            ReleaseStore::S3(s) => s.current().await,
         }
     }
 
@@ -268,6 +355,7 @@ impl ReleaseStore {
     pub async fn download(&self, version: &str, dest: &Path) -> Result<u64, StoreError> {
         match self {
             ReleaseStore::Local(s) => s.download(version, dest).await,
+            ReleaseStore::S3(s) => s.download(version, dest).await,
         }
     }
 
@@ -275,6 +363,7 @@ impl ReleaseStore {
     pub fn describe(&self) -> String {
         match self {
             ReleaseStore::Local(s) => s.describe(),
+            ReleaseStore::S3(s) => s.describe(),
         }
     }
 }
