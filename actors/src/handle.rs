@@ -86,6 +86,7 @@ impl EngineHandle {
             port: self.cfg.port(instance),
             node: self.cfg.node_name(instance),
             otp_connected: false,
+            tls: false,
             last_deployment: None,
             deploy_ref: None,
             crash_restarts: 0,
@@ -137,8 +138,12 @@ impl Engine for EngineHandle {
             let (dm, fetcher, nodes, mut instances) = futures::join!(dm, fetcher, nodes, instances);
             if let Some(nodes) = &nodes {
                 for inst in instances.iter_mut() {
-                    inst.otp_connected =
-                        inst.os_pid.is_some() && nodes.get(&inst.node).is_some_and(|n| n.connected);
+                    let node = nodes.get(&inst.node);
+                    inst.otp_connected = inst.os_pid.is_some() && node.is_some_and(|n| n.connected);
+                    inst.tls = inst.otp_connected && node.is_some_and(|n| n.tls);
+                    if inst.os_pid.is_some() && !inst.otp_connected && inst.last_error.is_none() {
+                        inst.last_error = node.and_then(|n| n.last_error.clone());
+                    }
                 }
             }
             let stale = dm.is_none()
@@ -165,6 +170,7 @@ impl Engine for EngineHandle {
                 instances,
                 deployex: DeployexStatus {
                     version: env!("CARGO_PKG_VERSION").to_string(),
+                    tls: self.cfg.tls_cert_path.is_some(),
                     uptime_s: self.started.elapsed().as_secs(),
                     os_pid: std::process::id(),
                 },

@@ -913,6 +913,7 @@ impl MonitorState {
             port: self.port,
             node: self.node.clone(),
             otp_connected: self.otp_connected,
+            tls: false,
             last_deployment: self.last_deployment,
             deploy_ref: self.deploy_ref.clone(),
             crash_restarts: self.crash_restarts,

@@ -69,6 +69,9 @@ pub struct InstanceStatus {
     pub port: u16,
     pub node: String,
     pub otp_connected: bool,
+    /// The distribution link runs over mutual TLS.
+    #[serde(default)]
+    pub tls: bool,
     pub last_deployment: Option<DeploymentKind>,
     pub deploy_ref: Option<String>,
     pub crash_restarts: u64,
@@ -117,6 +120,9 @@ pub struct DeployProgress {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployexStatus {
     pub version: String,
+    /// deployex connects to instances over mutual TLS.
+    #[serde(default)]
+    pub tls: bool,
     pub uptime_s: u64,
     pub os_pid: u32,
 }

@@ -216,23 +216,31 @@ async fn ensure_cached(
     let version = &release.version;
     let cache = cfg.cache_dir();
     let final_path = cache.join(format!("{}-{}.tar.gz", cfg.app, version));
-    if final_path.is_file() && release.sha256.is_none() {
-        return Ok(final_path);
-    }
     tokio::fs::create_dir_all(&cache)
         .await
         .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
-    let part = cache.join(format!(".{}-{}.tar.gz.part", cfg.app, version));
-    if !final_path.is_file() {
-        store
-            .download(version, &part)
-            .await
-            .map_err(|e| format!("tarball {version}: {}", error_chain(&e)))?;
-    } else {
-        tokio::fs::copy(&final_path, &part)
-            .await
-            .map_err(|e| format!("cannot copy {}: {e}", final_path.display()))?;
+    if final_path.is_file() {
+        // Cached and verified before; re-check the checksum when one is
+        // given (the store may have been fixed), else trust the cache.
+        let Some(expected) = release.sha256.clone() else {
+            return Ok(final_path);
+        };
+        let cached = final_path.clone();
+        let matches = tokio::task::spawn_blocking(move || {
+            crate::store::sha256_file(&cached)
+                .is_ok_and(|s| s.eq_ignore_ascii_case(expected.trim()))
+        })
+        .await
+        .unwrap_or(false);
+        if matches {
+            return Ok(final_path);
+        }
     }
+    let part = cache.join(format!(".{}-{}.tar.gz.part", cfg.app, version));
+    store
+        .download(version, &part)
+        .await
+        .map_err(|e| format!("tarball {version}: {}", error_chain(&e)))?;
     let app = cfg.app.clone();
     let expected = release.sha256.clone();
     let part2 = part.clone();

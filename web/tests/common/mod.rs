@@ -47,6 +47,7 @@ pub fn sample_status() -> Status {
                 port: 4000 + i as u16,
                 node: format!("myapp-{i}@localhost"),
                 otp_connected: true,
+                tls: false,
                 last_deployment: Some(DeploymentKind::FullDeployment),
                 deploy_ref: Some("r1".into()),
                 crash_restarts: u64::from(i == 3) * 2,
@@ -60,6 +61,7 @@ pub fn sample_status() -> Status {
             .collect(),
         deployex: DeployexStatus {
             version: "0.1.0".into(),
+            tls: false,
             uptime_s: 100,
             os_pid: 1,
         },

@@ -1,0 +1,250 @@
+//! End-to-end: OTP hot upgrades through deployex (same OS pid, state kept),
+//! full deployment when the appup does not match, fallback to a full
+//! deployment when the hot upgrade fails, and mutual-TLS distribution.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::deployex::{APP, Site, app_version, pid_exists};
+use serde_json::Value;
+
+fn running_on(s: &Value, version: &str) -> bool {
+    s["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["state"] == "running" && i["version"] == version && i["otp_connected"] == true)
+}
+
+fn pids(s: &Value) -> Vec<i32> {
+    s["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["os_pid"].as_i64().unwrap_or(0) as i32)
+        .collect()
+}
+
+fn counter(port: u16) -> u64 {
+    let (_, body) = common::http_get(port, "/version").unwrap();
+    let v: Value = serde_json::from_str(body.trim()).unwrap();
+    v["counter"].as_u64().unwrap()
+}
+
+#[test]
+fn a_hot_upgradable_release_upgrades_every_instance_in_place() {
+    let site = Site::new(3);
+    site.publish("0.1.1", &[]);
+    let dx = site.start();
+    let s = dx.wait_status("3 x 0.1.1", Duration::from_secs(90), |s| {
+        running_on(s, "0.1.1")
+    });
+    let before = pids(&s);
+    for i in 0..3u16 {
+        common::http_get(site.app_port + i, "/bump").unwrap();
+        common::http_get(site.app_port + i, "/bump").unwrap();
+        assert_eq!(counter(site.app_port + i), 2);
+    }
+    site.publish("0.1.2", &[]);
+    let s = dx.wait_status("3 x 0.1.2", Duration::from_secs(120), |s| {
+        running_on(s, "0.1.2")
+    });
+    assert_eq!(pids(&s), before, "hot upgrade keeps the OS processes");
+    for i in 0..3u16 {
+        let (version, _) = app_version(site.app_port + i).unwrap();
+        assert_eq!(version, "0.1.2", "the running code is the new version");
+        assert_eq!(counter(site.app_port + i), 2, "in-memory state kept");
+        let start_erl = std::fs::read_to_string(
+            site.service(u32::from(i) + 1)
+                .join("current/releases/start_erl.data"),
+        )
+        .unwrap();
+        assert!(
+            start_erl.trim().ends_with("0.1.2"),
+            "a restart boots 0.1.2: {start_erl}"
+        );
+    }
+    let history = dx.get("/api/v1/versions");
+    let hot: Vec<&Value> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["version"] == "0.1.2")
+        .collect();
+    assert_eq!(hot.len(), 3);
+    assert!(
+        hot.iter().all(|r| r["deployment"] == "hot_upgrade"),
+        "{history:#}"
+    );
+    assert!(
+        s["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["last_deployment"] == "hot_upgrade")
+    );
+
+    // A crash afterwards restarts the upgraded version.
+    let victim = before[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let s = dx.wait_status("instance 1 back after kill", Duration::from_secs(60), |s| {
+        pids(s)[0] != victim && running_on(s, "0.1.2")
+    });
+    assert!(!pid_exists(victim));
+    assert_eq!(s["instances"][0]["crash_restarts"], 1);
+    assert_eq!(app_version(site.app_port).unwrap().0, "0.1.2");
+}
+
+#[test]
+fn an_appup_for_another_version_means_a_full_deployment_with_the_reason_logged() {
+    let site = Site::new(1);
+    site.publish("0.1.0", &[]);
+    let dx = site.start();
+    let s = dx.wait_status("0.1.0", Duration::from_secs(60), |s| running_on(s, "0.1.0"));
+    let before = pids(&s)[0];
+    site.publish("0.1.2", &[]);
+    let s = dx.wait_status("0.1.2", Duration::from_secs(90), |s| running_on(s, "0.1.2"));
+    assert_ne!(pids(&s)[0], before, "full deployment: a new process");
+    assert_eq!(
+        dx.get("/api/v1/versions")[0]["deployment"],
+        "full_deployment"
+    );
+    let log = dx.log_text();
+    assert!(
+        log.contains("full deployment") && log.contains("0.1.0"),
+        "the decision and its reason are logged"
+    );
+    assert!(
+        site.service(1)
+            .join("previous/releases/start_erl.data")
+            .is_file()
+    );
+}
+
+/// The fixture's 0.1.2-with-relup tarball, with a relup that names 0.1.1
+/// (so deployex chooses a hot upgrade) but loads code of an application
+/// that does not exist: `check_install_release` fails on the node.
+fn corrupt_relup_tarball(dest: &Path) {
+    let src = common::fixture_relup_tarball(APP, "0.1.2");
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("tar")
+        .arg("-xzf")
+        .arg(&src)
+        .arg("-C")
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let relup = dir.path().join("releases/0.1.2/relup");
+    assert!(relup.is_file(), "the relup variant ships a relup");
+    std::fs::write(
+        &relup,
+        b"{\"0.1.2\",\n [{\"0.1.1\",[],[{load_object_code,{no_such_app,\"9.9.9\",[no_such_mod]}},point_of_no_return,{load,{no_such_mod,brutal_purge,brutal_purge}}]}],\n [{\"0.1.1\",[],[]}]}.\n",
+    )
+    .unwrap();
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(dest)
+        .arg("-C")
+        .arg(dir.path())
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_failing_hot_upgrade_falls_back_to_a_full_deployment() {
+    let site = Site::new(1);
+    site.publish("0.1.1", &[]);
+    let dx = site.start();
+    let s = dx.wait_status("0.1.1", Duration::from_secs(60), |s| running_on(s, "0.1.1"));
+    let before = pids(&s)[0];
+    let bad = site.dir.path().join("bad.tar.gz");
+    corrupt_relup_tarball(&bad);
+    let mut bytes = Vec::new();
+    std::fs::File::open(&bad)
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    site.publish_raw_tarball("0.1.2", &bytes);
+    site.write_current(r#"{"version":"0.1.2","hash":"bad-relup"}"#);
+    let s = dx.wait_status("0.1.2 after fallback", Duration::from_secs(120), |s| {
+        running_on(s, "0.1.2")
+    });
+    assert_ne!(pids(&s)[0], before, "the fallback is a full deployment");
+    assert_eq!(
+        dx.get("/api/v1/versions")[0]["deployment"],
+        "full_deployment"
+    );
+    let log = dx.log_text();
+    assert!(log.contains("hot upgrade failed"), "the failure is logged");
+    assert_eq!(app_version(site.app_port).unwrap().0, "0.1.2");
+}
+
+fn gen_certs(dir: &Path) {
+    let status = Command::new("bash")
+        .arg("devops/tls/gen-certs.sh")
+        .arg(dir)
+        .arg(common::short_hostname())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "gen-certs.sh");
+}
+
+#[test]
+fn mutual_tls_distribution_connects_and_hot_upgrades() {
+    let site = Site::new(1);
+    let certs = site.dir.path().join("tls");
+    gen_certs(&certs);
+    let conf = certs.join("inet_tls.conf");
+    let site = site
+        .env("FIXTURE_TLS_OPTFILE", conf.to_str().unwrap())
+        .env("DEPLOYEX_OTP_TLS_CERT_PATH", certs.to_str().unwrap());
+    site.publish("0.1.1", &[]);
+    let dx = site.start();
+    let s = dx.wait_status("0.1.1 over TLS", Duration::from_secs(90), |s| {
+        running_on(s, "0.1.1")
+    });
+    assert_eq!(s["instances"][0]["tls"], true, "{s:#}");
+    assert_eq!(s["deployex"]["tls"], true);
+    let before = pids(&s)[0];
+    site.publish("0.1.2", &[]);
+    let s = dx.wait_status("hot upgrade over TLS", Duration::from_secs(90), |s| {
+        running_on(s, "0.1.2")
+    });
+    assert_eq!(pids(&s)[0], before);
+    assert_eq!(dx.get("/api/v1/versions")[0]["deployment"], "hot_upgrade");
+    drop(dx);
+
+    // deployex with a certificate from another CA: refused, with a reason.
+    let other = site.dir.path().join("other-ca");
+    gen_certs(&other);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(site.dir.path().join("deployex.log"))
+        .unwrap();
+    writeln!(f, "---- second run, certificate from another CA ----").unwrap();
+    let dx = site.start_with(&[("DEPLOYEX_OTP_TLS_CERT_PATH", other.to_str().unwrap())]);
+    let s = dx.wait_status("a clear TLS error", Duration::from_secs(60), |s| {
+        s["instances"][0]["os_pid"].as_i64().is_some()
+            && s["instances"][0]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.to_lowercase().contains("certificate") || e.contains("CA"))
+    });
+    assert_eq!(s["instances"][0]["otp_connected"], false);
+    assert_eq!(
+        s["instances"][0]["state"], "starting",
+        "never ready without the link"
+    );
+}
