@@ -34,8 +34,8 @@ demo: deps
 	@bash devops/demo.sh
 
 bench: deps
-	$(CARGO) build --release --bins
-	$(CARGO) run --release --example bench_respawn
+	$(CARGO) build --release --bin deployex
+	DEPLOYEX_BIN=$(CURDIR)/target/release/deployex $(CARGO) bench --bench respawn
 
 # Certificates for mutual TLS on Erlang distribution (devops/tls/README.md):
 # CA, deployex.crt/.key, node.crt/.key and inet_tls.conf in $(TLS_CERTS_DIR).

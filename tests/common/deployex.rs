@@ -127,7 +127,7 @@ impl Site {
             .append(true)
             .open(self.dir.path().join("deployex.log"))
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_deployex"));
+        let mut cmd = Command::new(deployex_bin());
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())
@@ -175,6 +175,18 @@ impl Site {
         }
         panic!("deployex did not answer /healthz; log:\n{}", dx.log_text());
     }
+}
+
+/// The deployex binary under test: cargo's for integration tests,
+/// `DEPLOYEX_BIN` or `target/release/deployex` for benchmarks.
+pub fn deployex_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_deployex") {
+        return PathBuf::from(p);
+    }
+    if let Ok(p) = std::env::var("DEPLOYEX_BIN") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/deployex")
 }
 
 /// A running deployex process.
