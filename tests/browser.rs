@@ -42,7 +42,7 @@ struct Chromium {
     child: Child,
     /// Browser-level DevTools websocket URL.
     ws_url: String,
-    _profile: tempfile::TempDir,
+    profile: tempfile::TempDir,
 }
 
 impl Chromium {
@@ -79,10 +79,10 @@ impl Chromium {
         let mut chromium = Chromium {
             child,
             ws_url: String::new(),
-            _profile: profile,
+            profile,
         };
         // Chromium writes "<port>\n<browser ws path>" once it listens.
-        let port_file = chromium._profile.path().join("DevToolsActivePort");
+        let port_file = chromium.profile.path().join("DevToolsActivePort");
         chromium.ws_url = common::wait_until_blocking(
             "chromium's DevToolsActivePort",
             Duration::from_secs(30),
@@ -540,6 +540,8 @@ async fn dashboard_in_headless_chromium() {
     let forced = "document.querySelector('section.instance[data-instance=\"2\"] [data-f=forced_restarts]').textContent";
     assert_eq!(page.eval(forced).await, json!("0"));
     page.eval("window.__sameDocument = true").await;
+    let pid_of_2 = "document.querySelector('section.instance[data-instance=\"2\"] [data-f=os_pid]').textContent";
+    let old_pid = page.eval(pid_of_2).await;
     page.click("button[data-action=restart][data-instance=\"2\"]")
         .await;
     page.wait_js(
@@ -564,9 +566,12 @@ async fn dashboard_in_headless_chromium() {
     )
     .await;
     page.wait_js(
-        "instance 2 running again",
+        "instance 2 running again under a new OS pid",
         Duration::from_secs(60),
-        "document.querySelector('section.instance[data-instance=\"2\"] [data-f=state]').dataset.state === 'running'",
+        &format!(
+            "document.querySelector('section.instance[data-instance=\"2\"] [data-f=state]').dataset.state === 'running' \
+             && {pid_of_2} !== {old_pid}"
+        ),
         card_states,
     )
     .await;
@@ -602,6 +607,15 @@ async fn dashboard_in_headless_chromium() {
     )
     .await;
     assert_eq!(
+        page.eval(
+            "Array.from(document.querySelectorAll('#log .line')).filter(l => /heartbeat/.test(l.textContent)) \
+             .every(l => l.classList.contains('lv-info'))"
+        )
+        .await,
+        json!(true),
+        "every heartbeat line (from the page and from the stream) is coloured as info"
+    );
+    assert_eq!(
         page.eval("document.querySelector('#log-notice').hidden")
             .await,
         json!(true),
@@ -632,6 +646,15 @@ async fn dashboard_in_headless_chromium() {
         "a `remote` process runs for {}; processes there: {:#?}",
         service.display(),
         cmdlines_mentioning(&service)
+    );
+    assert_eq!(
+        term.eval(
+            "document.documentElement.scrollWidth <= innerWidth \
+             && document.documentElement.scrollHeight <= innerHeight"
+        )
+        .await,
+        json!(true),
+        "the terminal fits the window (no scrollbars)"
     );
     term.click(".xterm").await;
     term.call("Input.insertText", json!({"text": "1+1"})).await;
