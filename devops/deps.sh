@@ -6,6 +6,8 @@ set -euo pipefail
 need=()
 command -v mix >/dev/null 2>&1 || need+=(elixir)
 command -v epmd >/dev/null 2>&1 || need+=(erlang-base)
+# tests/browser.rs drives the dashboard in headless Chromium (over CDP).
+[ -x /usr/bin/chromium ] || need+=(chromium)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

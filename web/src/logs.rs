@@ -158,13 +158,15 @@ pub fn parse_line(raw: &str) -> Line {
 /// A line as HTML (escaped by maud).
 pub fn render_line(raw: &str) -> Markup {
     let line = parse_line(raw);
-    let level = if line.level.is_empty() {
-        String::new()
+    // One `class` attribute: maud would emit `span.line class=(..)` as two,
+    // and browsers drop the second (the level colour).
+    let class = if line.level.is_empty() {
+        "line".to_string()
     } else {
-        format!("lv-{}", line.level)
+        format!("line lv-{}", line.level)
     };
     html! {
-        span.line class=(level) {
+        span class=(class) {
             @for s in &line.segs {
                 @if s.class.is_empty() { (s.text) } @else { span class=(s.class) { (s.text) } }
             }
@@ -496,7 +498,8 @@ mod tests {
         let html = render_line("[info] <script>alert(1)</script>").into_string();
         assert!(html.contains("&lt;script&gt;"), "{html}");
         assert!(!html.contains("<script>"));
-        assert!(html.contains("lv-info"));
+        assert!(html.contains(r#"class="line lv-info""#), "{html}");
+        assert_eq!(html.matches("class=").count(), 1, "{html}");
     }
 
     #[tokio::test]
