@@ -50,7 +50,7 @@ fn main() {
     let site = Site::new(3)
         .env("DEPLOYEX_BACKOFF_RESET_MS", "1")
         .env("DEPLOYEX_MIN_READY_MS", "0")
-        .env("DEPLOYEX_LOG", "warn");
+        .env("DEPLOYEX_LOG", "info");
     site.publish("0.1.0", &[]);
     let dx = site.start();
     let running = |s: &serde_json::Value| {
@@ -91,10 +91,13 @@ fn main() {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 break t0.elapsed();
             }
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "port never accepted"
-            );
+            if t0.elapsed() > Duration::from_secs(30) {
+                panic!(
+                    "port {port} never accepted; status {:#}\nlog:\n{}",
+                    dx.status(),
+                    dx.log_tail(40)
+                );
+            }
             std::thread::sleep(Duration::from_micros(500));
         };
         respawn_ms.push(respawned.as_secs_f64() * 1000.0);

@@ -48,6 +48,8 @@ pub enum DeployMsg {
     },
     InstanceCrashed {
         instance: u32,
+        /// Crashes in a row without a stable period (see the backoff).
+        consecutive: u32,
     },
     Deployed {
         instance: u32,
@@ -101,7 +103,10 @@ impl Describe for DeployMsg {
             DeployMsg::InstanceReady { instance, version } => {
                 format!("instance {instance} {}", version.as_deref().unwrap_or("?"))
             }
-            DeployMsg::InstanceCrashed { instance } => format!("instance {instance}"),
+            DeployMsg::InstanceCrashed {
+                instance,
+                consecutive,
+            } => format!("instance {instance} consecutive={consecutive}"),
             DeployMsg::Deployed {
                 instance,
                 version,
@@ -218,13 +223,16 @@ impl Actor for DeployManager {
                     state.evaluate().await;
                 }
             }
-            DeployMsg::InstanceCrashed { instance } => {
+            DeployMsg::InstanceCrashed {
+                instance,
+                consecutive,
+            } => {
                 if let Some(p) = state.in_progress.as_mut()
                     && p.instance == instance
                 {
-                    p.crashes += 1;
+                    p.crashes = consecutive;
                 }
-                state.on_crash(instance).await;
+                state.on_crash(instance, consecutive).await;
                 state.check_rollback().await;
             }
             DeployMsg::Deployed {
@@ -445,7 +453,7 @@ impl DmState {
     /// A deployed instance that crash-loops inside its rollback window gets
     /// its version ghosted, even when the rollout has moved past it (a
     /// release that dies a few seconds after it looked ready).
-    async fn on_crash(&mut self, instance: u32) {
+    async fn on_crash(&mut self, instance: u32, consecutive: u32) {
         let window = self.cfg.rollback_timeout;
         let limit = self.cfg.rollback_crashes;
         let Some(r) = self.recent.get_mut(&instance) else {
@@ -455,7 +463,7 @@ impl DmState {
             self.recent.remove(&instance);
             return;
         }
-        r.crashes += 1;
+        r.crashes = consecutive;
         if r.crashes <= limit {
             return;
         }
@@ -472,6 +480,11 @@ impl DmState {
             && p.kind != DeploymentKind::Rollback
         {
             self.in_progress = None;
+        }
+        if self.in_progress.is_none() {
+            // The failing instance itself: rolled back, or stopped when it
+            // has no previous version.
+            self.rollback(instance, &version).await;
         }
         self.evaluate().await;
     }
@@ -511,8 +524,10 @@ impl DmState {
             {
                 continue;
             }
-            if status.state == InstanceState::Stopped && status.os_pid.is_none() {
-                // Stopped for lack of a version to roll back to.
+            if self.previous_good(instance, &version).is_none() {
+                // Nothing to roll back to: a running instance is left
+                // alone (never stop a healthy instance for lack of an older
+                // version); the failing one was stopped when it failed.
                 continue;
             }
             self.rollback(instance, &version).await;
@@ -634,13 +649,16 @@ impl DmState {
 
     /// Deploy the previous good version of `instance` (kind `rollback`), or
     /// stop the instance when there is none.
-    async fn rollback(&mut self, instance: u32, bad: &str) {
-        let previous = self
-            .history
+    fn previous_good(&self, instance: u32, bad: &str) -> Option<String> {
+        self.history
             .iter()
             .filter(|e| e.instance == instance)
             .map(|e| e.version.clone())
-            .find(|v| v != bad && !self.ghosted.contains(v));
+            .find(|v| v != bad && !self.ghosted.contains(v))
+    }
+
+    async fn rollback(&mut self, instance: u32, bad: &str) {
+        let previous = self.previous_good(instance, bad);
         let Some(monitor) = monitor(instance) else {
             return;
         };

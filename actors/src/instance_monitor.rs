@@ -499,12 +499,16 @@ impl MonitorState {
         self.crash_restarts += 1;
         push_bounded(&mut self.crash_times, crate::time::utc_now_millis());
         self.crash_restart_pending = true;
+        self.schedule_crash_restart(myself);
+        // After the backoff bookkeeping: `consecutive_crashes` counts the
+        // crashes without a stable period in between (a crash loop), not a
+        // process killed once in a while (OOM killer, operator).
         if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME) {
             let _ = dm.send_message(DeployMsg::InstanceCrashed {
                 instance: self.instance,
+                consecutive: self.consecutive_crashes,
             });
         }
-        self.schedule_crash_restart(myself);
     }
 
     fn schedule_crash_restart(&mut self, myself: &ActorRef<InstanceMsg>) {
