@@ -68,7 +68,7 @@ fn main() {
     let mut respawn_ms = Vec::new();
     let mut port_ms = Vec::new();
     for k in 0..kills {
-        let instance = (k % 3) as usize;
+        let instance = k % 3;
         let s = dx.wait_status("all running", Duration::from_secs(60), running);
         let pid = s["instances"][instance]["os_pid"].as_i64().unwrap() as i32;
         let port = site.app_port + instance as u16;

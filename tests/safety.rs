@@ -324,7 +324,14 @@ fn sigkill_at_every_step_of_a_rolling_deploy_converges() {
             Duration::from_secs(120),
             |s| running_on(s, version),
         );
-        let b = beams(&site);
+        // Exactly one BEAM per instance (a process being stopped may take a
+        // moment to go: poll, then report what runs).
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut b = beams(&site);
+        while b.len() != 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            b = beams(&site);
+        }
         if b.len() != 2 {
             eprintln!("{}", dx.log_tail(80));
             for p in &b {
