@@ -234,7 +234,7 @@ fn a_version_crashing_at_boot_is_restarted_with_growing_intervals() {
     let expected = [0.0, 0.3, 0.6, 1.2, 2.4];
     for (i, d) in delays.iter().take(5).enumerate() {
         assert!(
-            *d >= expected[i] - 0.01 && *d < expected[i] + 0.25,
+            *d >= expected[i] - 0.01 && *d < expected[i] + 0.45,
             "restart {i} waited {d:.3}s, expected ~{}s: {delays:?}",
             expected[i]
         );
