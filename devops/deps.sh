@@ -8,6 +8,14 @@ command -v mix >/dev/null 2>&1 || need+=(elixir)
 command -v epmd >/dev/null 2>&1 || need+=(erlang-base)
 # tests/browser.rs drives the dashboard in headless Chromium (over CDP).
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# TLS certificates for the mTLS tests (devops/tls/gen-certs.sh).
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The installer and its tests: jq parses the config, shellcheck lints,
+# systemd-analyze verifies the unit, logrotate runs the rule.
+command -v jq >/dev/null 2>&1 || need+=(jq)
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v logrotate >/dev/null 2>&1 || need+=(logrotate)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
