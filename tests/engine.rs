@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::deployex::{APP, Site, app_version, kill_pids, pid_alive, pid_exists};
+use common::deployex::{APP, Site, app_version, kill_pids, pid_alive, pid_exists, pids};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -25,15 +25,6 @@ fn all_running(status: &Value, version: &str) -> bool {
         .unwrap()
         .iter()
         .all(|i| i["state"] == "running" && i["version"] == version && i["otp_connected"] == true)
-}
-
-fn pids(status: &Value) -> Vec<i32> {
-    status["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["os_pid"].as_i64().unwrap_or(0) as i32)
-        .collect()
 }
 
 fn start_erl_version(dir: &std::path::Path) -> String {

@@ -10,25 +10,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::deployex::{APP, Site, app_version, pid_exists};
+use common::deployex::{APP, Site, app_version, pid_exists, pids, running_on};
 use serde_json::Value;
-
-fn running_on(s: &Value, version: &str) -> bool {
-    s["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|i| i["state"] == "running" && i["version"] == version && i["otp_connected"] == true)
-}
-
-fn pids(s: &Value) -> Vec<i32> {
-    s["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["os_pid"].as_i64().unwrap_or(0) as i32)
-        .collect()
-}
 
 fn counter(port: u16) -> u64 {
     let (_, body) = common::http_get(port, "/version").unwrap();

@@ -7,26 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::deployex::{Site, kill_pids, pid_alive};
+use common::deployex::{Site, kill_pids, pid_alive, pids, running_on};
 use nix::sys::signal::Signal;
 use serde_json::Value;
-
-fn running_on(s: &Value, version: &str) -> bool {
-    s["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|i| i["state"] == "running" && i["version"] == version && i["otp_connected"] == true)
-}
-
-fn pids(s: &Value) -> Vec<i32> {
-    s["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["os_pid"].as_i64().unwrap_or(0) as i32)
-        .collect()
-}
 
 fn history(dx: &common::deployex::Deployex) -> Vec<Value> {
     dx.get("/api/v1/versions").as_array().unwrap().clone()

@@ -216,6 +216,8 @@ pub struct MonitorState {
     deploying: Option<DeployJob>,
     last_error: Option<String>,
     otp_connected: bool,
+    /// Health ticks seen (drives periodic work such as log rotation).
+    ticks: u64,
     recorder: Recorder,
 }
 
@@ -257,6 +259,7 @@ impl Actor for InstanceMonitor {
             deploying: None,
             last_error: None,
             otp_connected: false,
+            ticks: 0,
             recorder: Recorder::for_actor(&name(instance)),
         };
         myself.send_interval(Duration::from_millis(100), || InstanceMsg::HealthTick);
@@ -537,9 +540,19 @@ impl MonitorState {
     }
 
     fn health_tick(&mut self, myself: &ActorRef<InstanceMsg>) {
-        for stream in [LogStream::Stdout, LogStream::Stderr] {
-            let path = self.cfg.log_file(self.instance, stream);
-            let _ = process::rotate_if_needed(&path, self.cfg.log_max_bytes, self.cfg.log_keep);
+        // Log rotation copies files: off the handler, every 5 s (50 ticks).
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks.is_multiple_of(50) {
+            let paths: Vec<PathBuf> = [LogStream::Stdout, LogStream::Stderr]
+                .into_iter()
+                .map(|stream| self.cfg.log_file(self.instance, stream))
+                .collect();
+            let (max, keep) = (self.cfg.log_max_bytes, self.cfg.log_keep);
+            tokio::task::spawn_blocking(move || {
+                for path in paths {
+                    let _ = process::rotate_if_needed(&path, max, keep);
+                }
+            });
         }
         let Some(handle) = self.process.clone() else {
             return;

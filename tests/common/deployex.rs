@@ -446,3 +446,22 @@ pub fn app_version(port: u16) -> Option<(String, String)> {
             .unwrap_or_else(|| v["os_pid"].to_string()),
     ))
 }
+
+/// Every instance running `version` with its node connected.
+pub fn running_on(status: &Value, version: &str) -> bool {
+    status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["state"] == "running" && i["version"] == version && i["otp_connected"] == true)
+}
+
+/// The OS pid of each instance (0 when none).
+pub fn pids(status: &Value) -> Vec<i32> {
+    status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["os_pid"].as_i64().unwrap_or(0) as i32)
+        .collect()
+}
