@@ -78,6 +78,13 @@ pub enum DeployMsg {
         version: String,
         reply: RpcReplyPort<Result<(), String>>,
     },
+    /// An operator's restart of one instance. Goes through the deploy lock:
+    /// refused while a deployment runs, and no deployment step starts until
+    /// the restarted instance is ready again.
+    Restart {
+        instance: u32,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
     /// Fault injection for the supervision tests: the handler panics.
     InjectPanic,
 }
@@ -95,6 +102,7 @@ impl Describe for DeployMsg {
             DeployMsg::Versions { .. } => "Versions",
             DeployMsg::SetMode { .. } => "SetMode",
             DeployMsg::Unghost { .. } => "Unghost",
+            DeployMsg::Restart { .. } => "Restart",
             DeployMsg::InjectPanic => "InjectPanic",
         }
     }
@@ -122,6 +130,7 @@ impl Describe for DeployMsg {
             DeployMsg::SetMode { mode, .. } => format!("{mode:?}"),
             DeployMsg::Unghost { version, .. } => version.clone(),
             DeployMsg::Versions { instance, .. } => format!("{instance:?}"),
+            DeployMsg::Restart { instance, .. } => format!("instance {instance}"),
             _ => String::new(),
         }
     }
@@ -152,6 +161,10 @@ pub struct DmState {
     mode: Mode,
     desired: Option<String>,
     in_progress: Option<InProgress>,
+    /// An operator's restart under way: (instance, since). No deployment
+    /// step starts until that instance is ready again (or the rollback
+    /// timeout passes), so a restart and a deployment never interleave.
+    restarting: Option<(u32, Instant)>,
     /// Instances deployed recently: crashes inside the rollback window
     /// count against their version, even after the rollout moved on.
     recent: HashMap<u32, Recent>,
@@ -190,6 +203,7 @@ impl Actor for DeployManager {
             mode: loaded.mode,
             desired: None,
             in_progress: None,
+            restarting: None,
             recent: HashMap::new(),
             failures: HashMap::new(),
             last_error,
@@ -211,6 +225,11 @@ impl Actor for DeployManager {
             }
             DeployMsg::Evaluate => state.evaluate().await,
             DeployMsg::InstanceReady { instance, version } => {
+                if state.restarting.is_some_and(|(i, _)| i == instance) {
+                    state.restarting = None;
+                    tracing::info!(instance, "restarted instance ready");
+                    state.evaluate().await;
+                }
                 let done = state.in_progress.as_ref().is_some_and(|p| {
                     p.instance == instance && version.as_deref() == Some(p.version.as_str())
                 });
@@ -227,6 +246,10 @@ impl Actor for DeployManager {
                 instance,
                 consecutive,
             } => {
+                // A crash ends an operator's restart: the crash rules take over.
+                if state.restarting.is_some_and(|(i, _)| i == instance) {
+                    state.restarting = None;
+                }
                 if let Some(p) = state.in_progress.as_mut()
                     && p.instance == instance
                 {
@@ -329,6 +352,10 @@ impl Actor for DeployManager {
                     tracing::info!(%version, "version un-ghosted");
                     let _ = reply.send(result);
                 }
+            }
+            DeployMsg::Restart { instance, reply } => {
+                let result = state.restart(instance).await;
+                let _ = reply.send(result);
             }
             DeployMsg::InjectPanic => panic!("injected panic in {NAME}"),
         }
@@ -536,10 +563,51 @@ impl DmState {
         false
     }
 
+    /// An operator's restart, under the deploy lock.
+    async fn restart(&mut self, instance: u32) -> Result<(), String> {
+        if let Some(p) = &self.in_progress {
+            return Err(format!(
+                "a deployment is in progress ({:?} of {} on instance {}, started {} s ago): try again when it ends",
+                p.kind,
+                p.version,
+                p.instance,
+                p.started.elapsed().as_secs()
+            ));
+        }
+        if let Some((other, since)) = self.restarting
+            && other != instance
+            && since.elapsed() < self.cfg.rollback_timeout
+        {
+            return Err(format!(
+                "instance {other} is restarting: try again when it is ready"
+            ));
+        }
+        let monitor = monitor(instance)
+            .ok_or_else(|| format!("instance {instance} is not supervised right now"))?;
+        match ractor::call_t!(monitor, |reply| InstanceMsg::Restart { reply }, 2000) {
+            Ok(Ok(())) => {
+                self.restarting = Some((instance, Instant::now()));
+                Ok(())
+            }
+            Ok(Err(busy)) => Err(busy),
+            Err(e) => Err(format!("instance {instance} did not answer: {e}")),
+        }
+    }
+
     /// Start the next deployment step, if any.
     async fn evaluate(&mut self) {
         if self.in_progress.is_some() {
             return;
+        }
+        if let Some((instance, since)) = self.restarting {
+            if since.elapsed() < self.cfg.rollback_timeout {
+                return;
+            }
+            tracing::warn!(
+                instance,
+                "restarted instance not ready in time; deployments resume"
+            );
+            self.restarting = None;
         }
         if self.rollback_ghosted().await {
             return;

@@ -194,9 +194,8 @@ impl Engine for EngineHandle {
             if instance == 0 || instance > self.cfg.replicas {
                 return Err(ActionError::NoSuchInstance(instance));
             }
-            let m = actor::<InstanceMsg>(&instance_monitor::name(instance))
-                .ok_or(ActionError::Timeout)?;
-            match ractor::call_t!(m, |reply| InstanceMsg::Restart { reply }, QUERY_MS) {
+            let m = actor::<DeployMsg>(deploy_manager::NAME).ok_or(ActionError::Timeout)?;
+            match ractor::call_t!(m, |reply| DeployMsg::Restart { instance, reply }, 5000) {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(busy)) => Err(ActionError::Busy(busy)),
                 Err(_) => Err(ActionError::Timeout),

@@ -376,6 +376,7 @@ impl MonitorState {
                         pid = pidfile.pid,
                         "adopted running instance"
                     );
+                    stop_strays(&self.service, Some(handle.pid()));
                     self.attach(myself, handle);
                     // It was already running: readiness only needs the probes.
                     self.started_at = Some(Instant::now() - self.cfg.min_ready);
@@ -387,6 +388,9 @@ impl MonitorState {
                 }
             }
         }
+        // Nothing of this instance may run unless adopted above: a deployex
+        // killed between spawn and pid file leaves a process nobody knows.
+        stop_strays(&self.service, None);
         if self.version.is_some() {
             self.start(myself);
         }
@@ -426,10 +430,6 @@ impl MonitorState {
             self.version = None;
             self.set_phase(InstanceState::Stopped, "no release installed");
             return;
-        }
-        if self.generation == 0 {
-            // First start by this monitor: nothing may run from current/.
-            stop_strays(&current);
         }
         let spec = InstanceSpec {
             program: program.clone(),
@@ -482,6 +482,10 @@ impl MonitorState {
             ("PORT".to_string(), self.port.to_string()),
             ("ERL_EPMD_PORT".to_string(), self.cfg.epmd_port.to_string()),
             ("ERL_CRASH_DUMP_SECONDS".to_string(), "0".to_string()),
+            (
+                process::INSTANCE_MARKER.to_string(),
+                self.service.to_string_lossy().into_owned(),
+            ),
         ];
         process::instance_env(self.cfg.base_env.iter().cloned(), &overrides)
     }
@@ -1124,14 +1128,46 @@ pub fn repair_service_dir(service: &Path) {
     sync_dir(service);
 }
 
-/// Stop every process running from this service folder that is not
-/// `keep`: left by a crash between spawn and pid file, never two copies.
-fn stop_strays(current: &Path) {
-    for pid in process::pids_running_under(current) {
-        tracing::warn!(release = %current.display(), pid, "stopping a stray process of this instance");
-        process::kill_group_now(pid);
+/// Stop every copy of this instance (process trees found by their
+/// environment marker or command line, see [`process::instance_roots`]) but
+/// the adopted one `keep`, and wait for them to be gone: left by a deployex
+/// killed between spawn and pid file, or started by hand. Never two copies
+/// of an instance.
+fn stop_strays(service: &Path, keep: Option<i32>) {
+    let strays: Vec<i32> = process::instance_roots(service)
+        .into_iter()
+        .filter(|&pid| Some(pid) != keep)
+        .collect();
+    if strays.is_empty() {
+        return;
+    }
+    for pid in &strays {
+        tracing::warn!(service = %service.display(), pid, "stopping a stray process of this instance");
+    }
+    let deadline = Instant::now() + STRAY_KILL_TIMEOUT;
+    loop {
+        let left: Vec<i32> = strays
+            .iter()
+            .copied()
+            .filter(|&pid| process::is_running(pid))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::error!(service = %service.display(), pids = ?left, "stray processes survive SIGKILL");
+            return;
+        }
+        for pid in left {
+            process::kill_group_now(pid);
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// How long [`stop_strays`] waits for SIGKILLed strays to go (the kernel
+/// frees a BEAM's memory before its pid: a big heap takes a moment).
+const STRAY_KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

@@ -42,7 +42,10 @@ pub use env::{STRIPPED_EXACT, STRIPPED_PREFIXES, instance_env};
 pub use handle::{ExitInfo, ProcessHandle};
 pub use procfs::{ProcStats, proc_stats, ticks_per_second};
 pub use rotate::rotate_if_needed;
-pub use scan::{kill_group_now, pids_running_under};
+pub use scan::{
+    INSTANCE_MARKER, instance_pids, instance_roots, is_running, kill_group_now, pgid_of,
+    pids_running_under,
+};
 pub use spawn::{InstanceSpec, spawn_instance};
 pub use stop::{StopOutcome, stop_group};
 

@@ -5,6 +5,79 @@
 
 use std::path::Path;
 
+/// Set in every instance's environment (and so inherited by everything it
+/// starts): the instance's service folder. It finds an instance's processes
+/// at every stage of their start: the `bin/{app}` shell script, `erlexec`,
+/// `beam.smp`, even before the BEAM's command line names the release.
+pub const INSTANCE_MARKER: &str = "DEPLOYEX_INSTANCE_DIR";
+
+/// Pids of the processes that belong to the instance whose service folder is
+/// `service`, but `epmd`: the processes whose environment carries
+/// [`INSTANCE_MARKER`]`=service`, and (for instances started before the
+/// marker existed) the BEAMs whose command line names a path under
+/// `service` (`-root {release}`, `-boot {release}/releases/...`). The `epmd`
+/// daemon that the first node on the machine started inherits that node's
+/// environment and runs from its release folder, but serves every node: it
+/// is never a stray.
+pub fn instance_pids(service: &Path) -> Vec<i32> {
+    let Some(dir_str) = service.to_str().map(|s| s.trim_end_matches('/')) else {
+        return Vec::new();
+    };
+    let marker = format!("{INSTANCE_MARKER}={dir_str}");
+    let needle = format!("{dir_str}/");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id() as i32;
+    let mut pids = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let comm = comm.trim_end();
+        if comm == "epmd" {
+            continue;
+        }
+        let marked = std::fs::read(format!("/proc/{pid}/environ"))
+            .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == marker.as_bytes()));
+        let legacy = || {
+            comm.starts_with("beam")
+                && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                    cmdline
+                        .split(|&b| b == 0)
+                        .any(|arg| std::str::from_utf8(arg).is_ok_and(|a| a.contains(&needle)))
+                })
+        };
+        if marked || legacy() {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The roots of the instance's process trees: the processes of
+/// [`instance_pids`] whose parent is not one of them. A running instance has
+/// exactly one (the BEAM, which `exec`ed from the start script); its helpers
+/// hang below it, `erl_child_setup` even in a session of its own, so the
+/// tree, not the process group, is what makes one copy.
+pub fn instance_roots(service: &Path) -> Vec<i32> {
+    let pids = instance_pids(service);
+    pids.iter()
+        .copied()
+        .filter(|&pid| {
+            super::procfs::read_stat(pid).is_some_and(|s| !s.is_exited() && !pids.contains(&s.ppid))
+        })
+        .collect()
+}
+
 /// Pids of the BEAM processes whose command line names a path under `root`
 /// (a BEAM started by `bin/{app} start` carries `-root {release}` and
 /// `-boot {release}/releases/...` in its arguments). Only `beam*`
@@ -52,6 +125,16 @@ pub fn pids_running_under(root: &Path) -> Vec<i32> {
         }
     }
     pids
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn is_running(pid: i32) -> bool {
+    super::procfs::read_stat(pid).is_some_and(|s| !s.is_exited())
+}
+
+/// The process group of `pid`, `None` when it is gone.
+pub fn pgid_of(pid: i32) -> Option<i32> {
+    super::procfs::read_stat(pid).map(|s| s.pgid)
 }
 
 /// SIGKILL the process group led by `pid` (or the process alone if it leads
@@ -122,5 +205,42 @@ mod tests {
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(9));
         assert!(!pids_running_under(dir.path()).contains(&pid));
+    }
+
+    #[test]
+    fn finds_an_instance_by_its_environment_marker_at_any_stage_but_never_epmd() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = dir.path().join("svc/app/1");
+        let spawn = |program: &std::path::Path, marker: Option<&std::path::Path>| {
+            let mut cmd = std::process::Command::new(program);
+            cmd.arg("30").process_group(0);
+            if let Some(m) = marker {
+                cmd.env(INSTANCE_MARKER, m);
+            }
+            cmd.spawn().unwrap()
+        };
+        // Early in a start (the script, erlexec): no release path in sight.
+        let sleep = std::path::Path::new("/bin/sleep");
+        let mut script = spawn(sleep, Some(&service));
+        // epmd started by the instance's first BEAM inherits the marker.
+        let epmd = dir.path().join("epmd");
+        std::fs::copy(sleep, &epmd).unwrap();
+        let mut epmd = spawn(&epmd, Some(&service));
+        // Another instance's marker (a prefix of ours: 1 vs 10), and none.
+        let mut other = spawn(sleep, Some(&dir.path().join("svc/app/10")));
+        let mut unmarked = spawn(sleep, None);
+        let script_pid = script.id() as i32;
+        assert!(common_wait(|| instance_pids(&service).contains(&script_pid)));
+        let found = instance_pids(&service);
+        assert_eq!(found, vec![script_pid], "only the marked non-epmd process");
+        assert_eq!(pgid_of(script_pid), Some(script_pid));
+        assert!(is_running(script_pid));
+        kill_group_now(script_pid);
+        script.wait().unwrap();
+        assert!(!is_running(script_pid));
+        for c in [&mut epmd, &mut other, &mut unmarked] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
