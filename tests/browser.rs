@@ -486,11 +486,15 @@ fn heartbeat_after(log: &Path, from: u64) -> Option<String> {
 async fn dashboard_in_headless_chromium() {
     let site = Arc::new(Site::new(3));
     site.publish("0.1.0", &[]);
+    // Apps survive the restart of deployex in step 4b; the second deployex
+    // has the default (stop them on exit) for the clean-up.
     let dx = {
         let site = site.clone();
-        tokio::task::spawn_blocking(move || site.start())
-            .await
-            .unwrap()
+        tokio::task::spawn_blocking(move || {
+            site.start_with(&[("DEPLOYEX_STOP_APPS_ON_EXIT", "false")])
+        })
+        .await
+        .unwrap()
     };
     let base = format!("http://127.0.0.1:{}", dx.api_port);
     let browser = tokio::task::spawn_blocking(Chromium::launch).await.unwrap();
@@ -622,6 +626,43 @@ async fn dashboard_in_headless_chromium() {
         "the log stream is still connected"
     );
     shots.push(page.screenshot("4-logs-stdout").await);
+
+    // 4b. deployex restarts (the apps keep running): the open log page
+    //     reconnects by itself and follows the file again.
+    let dx = {
+        let site = site.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut dx = dx;
+            assert_eq!(
+                dx.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(15)),
+                Some(0)
+            );
+            site.start()
+        })
+        .await
+        .unwrap()
+    };
+    let restarted_at = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let fresh = common::wait_until(
+        "a heartbeat in instance 1's stdout after deployex restarted",
+        Duration::from_secs(15),
+        || {
+            let log = log.clone();
+            async move { heartbeat_after(&log, restarted_at) }
+        },
+    )
+    .await;
+    let fresh_js = serde_json::to_string(&fresh).unwrap();
+    page.wait_js(
+        &format!("after the reconnect, the fresh line {fresh:?} on the log page"),
+        Duration::from_secs(30),
+        &format!(
+            "document.querySelector('#log-notice').hidden && \
+             Array.from(document.querySelectorAll('#log .line')).some(l => l.textContent.trim() === {fresh_js})"
+        ),
+        "document.querySelector('#log-notice').textContent + ' | ' + document.querySelector('#log').textContent.slice(-300)",
+    )
+    .await;
 
     // 5. The terminal: `1+1` gives `2` in the remote shell, and closing
     //    the tab kills that shell.

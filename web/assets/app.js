@@ -195,35 +195,54 @@
     const scroll = () => { if (!follow || follow.checked) window.scrollTo(0, document.body.scrollHeight); };
     scroll();
     const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + pre.dataset.ws;
-    const ws = new WebSocket(url);
-    ws.onmessage = (e) => {
-      let m;
-      try { m = JSON.parse(e.data); } catch (_) { return; }
-      if (m.notice !== undefined) {
-        notice.textContent = m.notice;
-        notice.hidden = false;
-      }
-      if (m.lines) {
-        const frag = document.createDocumentFragment();
-        for (const l of m.lines) {
-          const span = el("span", "line" + (l.level ? " lv-" + l.level : ""));
-          for (const s of l.segs) {
-            if (s.c) span.append(el("span", s.c, s.t));
-            else span.append(document.createTextNode(s.t));
-          }
-          span.append(document.createTextNode("\n"));
-          frag.append(span);
+    // The stream reconnects by itself (deployex restarted, network blip):
+    // backoff 0.5 s doubling to 10 s; on reconnect the server sends the last
+    // lines again, which replace what the page shows (no duplicates).
+    let ws = null, attempt = 0, resync = false, leaving = false, reconnecting = false;
+    const connect = () => {
+      ws = new WebSocket(url);
+      ws.onopen = () => {
+        attempt = 0;
+        if (reconnecting) { notice.hidden = true; reconnecting = false; }
+      };
+      ws.onmessage = (e) => {
+        let m;
+        try { m = JSON.parse(e.data); } catch (_) { return; }
+        if (m.notice !== undefined) {
+          notice.textContent = m.notice;
+          notice.hidden = false;
         }
-        pre.append(frag);
-        while (pre.childElementCount > MAX_LOG_LINES) pre.firstElementChild.remove();
-        scroll();
-      }
+        if (m.lines) {
+          if (resync) { pre.replaceChildren(); resync = false; }
+          const frag = document.createDocumentFragment();
+          for (const l of m.lines) {
+            const span = el("span", "line" + (l.level ? " lv-" + l.level : ""));
+            for (const s of l.segs) {
+              if (s.c) span.append(el("span", s.c, s.t));
+              else span.append(document.createTextNode(s.t));
+            }
+            span.append(document.createTextNode("\n"));
+            frag.append(span);
+          }
+          pre.append(frag);
+          while (pre.childElementCount > MAX_LOG_LINES) pre.firstElementChild.remove();
+          scroll();
+        }
+      };
+      ws.onclose = () => {
+        if (leaving) return;
+        attempt += 1;
+        const delay = Math.min(10000, 500 * 2 ** Math.min(attempt - 1, 5));
+        notice.textContent = "Disconnected from the log stream: reconnecting in " + (delay / 1000) +
+          " s (attempt " + attempt + ")" + (attempt > 5 ? "; reload the page if this persists (session expired?)" : "") + "…";
+        notice.hidden = false;
+        reconnecting = true;
+        resync = true;
+        setTimeout(connect, delay);
+      };
     };
-    ws.onclose = () => {
-      notice.textContent = "Disconnected from the log stream: reload the page to resume.";
-      notice.hidden = false;
-    };
-    window.addEventListener("pagehide", () => ws.close());
+    connect();
+    window.addEventListener("pagehide", () => { leaving = true; if (ws) ws.close(); });
   }
 
   // ------------------------------------------------------------- terminal
