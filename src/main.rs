@@ -162,6 +162,7 @@ async fn run(cfg: config::Config) -> anyhow::Result<ExitCode> {
             terminal_idle: cfg.terminal_idle,
             metrics_token: cfg.metrics_token.clone(),
             app_name: cfg.engine.app.clone(),
+            revoked_tokens_file: Some(cfg.engine.storage_dir().join("revoked_tokens.json")),
         };
         let engine: std::sync::Arc<dyn deployex_actors::Engine> =
             std::sync::Arc::new(handle.clone());

@@ -759,6 +759,16 @@ async fn dashboard_in_headless_chromium() {
         json!("root_supervisor"),
         "the root of the tree"
     );
+    // Long message histories are folded: at most 3 recent messages (plus
+    // one in flight) in view per actor, the rest behind "older messages".
+    page.wait_js(
+        "the instance monitors' older messages folded",
+        Duration::from_secs(15),
+        "Array.from(document.querySelectorAll('#actors li.actor')).every(a => a.querySelectorAll(':scope > ul.msgs > li.msg:not(.inflight)').length <= 3) \
+         && document.querySelectorAll('#actors details.more-msgs').length > 0",
+        "document.querySelector('#actors').innerText.slice(0, 400)",
+    )
+    .await;
     shots.push(page.screenshot("6-actors").await);
 
     let problems = cdp.problems.lock().unwrap().clone();

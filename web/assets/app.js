@@ -155,6 +155,8 @@
   }
 
   // --------------------------------------------------------------- actors
+  const SHOWN_MESSAGES = 3;
+  const openActors = new Set();
   function actorNode(a) {
     const li = el("li", "actor");
     const head = el("div", "actor-head" + (a.in_flight ? " stuck" : ""));
@@ -170,9 +172,24 @@
         el("span", "us", m.handling_us === null || m.handling_us === undefined ? "in flight" : m.handling_us + " µs"));
       return r;
     };
+    // In flight + the 3 latest messages stay in view; the rest of the ring
+    // (up to 256) folds into a <details> whose open state survives updates.
     if (a.in_flight) msgs.append(row(a.in_flight, true));
-    for (const m of a.messages || []) msgs.append(row(m, false));
+    const all = a.messages || [];
+    for (const m of all.slice(0, SHOWN_MESSAGES)) msgs.append(row(m, false));
     li.append(msgs);
+    if (all.length > SHOWN_MESSAGES) {
+      const more = el("details", "more-msgs");
+      more.open = openActors.has(a.name);
+      more.addEventListener("toggle", () => {
+        if (more.open) openActors.add(a.name); else openActors.delete(a.name);
+      });
+      more.append(el("summary", null, (all.length - SHOWN_MESSAGES) + " older messages"));
+      const rest = el("ul", "msgs");
+      for (const m of all.slice(SHOWN_MESSAGES)) rest.append(row(m, false));
+      more.append(rest);
+      li.append(more);
+    }
     if (a.children && a.children.length) {
       const ul = el("ul", "tree");
       for (const c of a.children) ul.append(actorNode(c));

@@ -60,11 +60,14 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// Signs and verifies tokens; remembers revoked ids until they expire.
+/// Signs and verifies tokens; remembers revoked ids until they expire, on
+/// disk too when given a file (a logged-out token must stay dead across a
+/// restart of deployex, since tokens themselves survive it).
 pub struct TokenSigner {
     key: Vec<u8>,
     ttl: Duration,
     revoked: Mutex<HashMap<String, u64>>,
+    revoked_file: Option<std::path::PathBuf>,
 }
 
 impl TokenSigner {
@@ -73,7 +76,35 @@ impl TokenSigner {
             key: secret_key_base.as_bytes().to_vec(),
             ttl,
             revoked: Mutex::new(HashMap::new()),
+            revoked_file: None,
         }
+    }
+
+    /// Keep the revoked ids in `path` (JSON `{id: exp}`, written atomically
+    /// at each logout). An unreadable or corrupt file is reported and kept
+    /// aside as `{path}.corrupt`; the signer starts with what it can read.
+    pub fn with_revocation_file(mut self, path: std::path::PathBuf) -> Self {
+        match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<HashMap<String, u64>>(&bytes) {
+                Ok(map) => {
+                    let now = now_unix();
+                    let map: HashMap<String, u64> =
+                        map.into_iter().filter(|(_, exp)| *exp > now).collect();
+                    self.revoked = Mutex::new(map);
+                }
+                Err(e) => {
+                    let aside = path.with_extension("json.corrupt");
+                    tracing::error!(path = %path.display(), error = %e, aside = %aside.display(), "revoked tokens file is corrupt: kept aside, starting without it");
+                    let _ = std::fs::rename(&path, &aside);
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot read the revoked tokens file");
+            }
+        }
+        self.revoked_file = Some(path);
+        self
     }
 
     fn mac(&self) -> HmacSha256 {
@@ -134,7 +165,33 @@ impl TokenSigner {
         let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
         revoked.retain(|_, exp| *exp > now);
         revoked.insert(claims.id.clone(), claims.exp);
+        if let Some(path) = &self.revoked_file
+            && let Err(e) = write_atomically(path, &revoked)
+        {
+            tracing::error!(path = %path.display(), error = %e, "cannot save the revoked tokens");
+        }
     }
+}
+
+/// temp + fsync + rename + directory fsync: a crash leaves the old or the
+/// new file, never half of one.
+fn write_atomically(path: &std::path::Path, map: &HashMap<String, u64>) -> std::io::Result<()> {
+    use std::io::Write;
+    let json = serde_json::to_vec(map).map_err(std::io::Error::other)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.partial");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&json)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = dir {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Checks `password` against the bcrypt hash on a blocking thread (bcrypt
@@ -273,6 +330,29 @@ mod tests {
         let claims = s.verify(&t).unwrap();
         s.revoke(&claims);
         assert!(matches!(s.verify(&t), Err(AuthError::Revoked)));
+    }
+
+    #[test]
+    fn revoked_tokens_stay_revoked_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state/revoked_tokens.json");
+        let s = TokenSigner::new("k", Duration::from_secs(60)).with_revocation_file(file.clone());
+        let (t, kept) = (s.issue(), s.issue());
+        s.revoke(&s.verify(&t).unwrap());
+        assert!(file.is_file());
+        // A new signer (deployex restarted) with the same key and file.
+        let s2 = TokenSigner::new("k", Duration::from_secs(60)).with_revocation_file(file.clone());
+        assert!(matches!(s2.verify(&t), Err(AuthError::Revoked)));
+        assert!(s2.verify(&kept).is_ok());
+        // A corrupt file: reported, kept aside, the signer starts empty.
+        std::fs::write(&file, b"{\"trunc").unwrap();
+        let s3 = TokenSigner::new("k", Duration::from_secs(60)).with_revocation_file(file.clone());
+        assert!(s3.verify(&t).is_ok());
+        assert!(
+            dir.path()
+                .join("state/revoked_tokens.json.corrupt")
+                .is_file()
+        );
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct WebConfig {
     /// Bearer token that may read `/metrics` without a session.
     pub metrics_token: Option<String>,
     pub app_name: String,
+    /// Where logged-out token ids are kept across restarts; `None`: memory.
+    pub revoked_tokens_file: Option<std::path::PathBuf>,
 }
 
 impl WebConfig {
@@ -78,6 +80,7 @@ impl WebConfig {
             terminal_idle: Duration::from_secs(5 * 60),
             metrics_token: None,
             app_name: app_name.into(),
+            revoked_tokens_file: None,
         }
     }
 }
@@ -107,7 +110,13 @@ pub struct AppState {
 impl AppState {
     pub fn new(engine: Arc<dyn Engine>, cfg: WebConfig) -> Arc<Self> {
         Arc::new(Self {
-            tokens: TokenSigner::new(&cfg.secret_key_base, cfg.session_ttl),
+            tokens: {
+                let t = TokenSigner::new(&cfg.secret_key_base, cfg.session_ttl);
+                match &cfg.revoked_tokens_file {
+                    Some(f) => t.with_revocation_file(f.clone()),
+                    None => t,
+                }
+            },
             engine,
             cfg,
             limiter: LoginLimiter::default(),
