@@ -581,3 +581,20 @@ impl crate::upgrade::Rpc for WatcherRpc {
         .map_err(|e| format!("the OtpNodeWatcher did not answer: {e}"))?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reductions_rate_is_per_second_and_never_negative() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(reductions_rate((1_000, t0), (6_000, t1)), Some(10_000));
+        // A counter that went backwards (should not happen) reads as idle.
+        assert_eq!(reductions_rate((6_000, t0), (1_000, t1)), Some(0));
+        // No time between the readings, or readings out of order: no rate.
+        assert_eq!(reductions_rate((1_000, t0), (2_000, t0)), None);
+        assert_eq!(reductions_rate((1_000, t1), (2_000, t0)), None);
+    }
+}
