@@ -98,6 +98,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ),
     ("ERL_EPMD_PORT", "EPMD port (4369)"),
     (
+        "DEPLOYEX_BEAM_SAMPLE_MS",
+        "BEAM telemetry sampling period per instance; 0 = off (5000)",
+    ),
+    (
         "DEPLOYEX_HEALTH_PATH",
         "HTTP path that must answer 2xx for readiness (unset)",
     ),
@@ -577,6 +581,16 @@ fn load_inner(
     engine.epmd_port = epmd_port;
     engine.hostname = short_hostname();
     engine.tls_cert_path = tls_cert_path;
+    engine.beam_sample_interval = src.millis("DEPLOYEX_BEAM_SAMPLE_MS", 5000, 0, 3_600_000)?;
+    let sample_ms = engine.beam_sample_interval.as_millis();
+    if (1..100).contains(&sample_ms) {
+        // Sampling faster than this costs the nodes more than it tells.
+        return Err(src.invalid(
+            "DEPLOYEX_BEAM_SAMPLE_MS",
+            &sample_ms.to_string(),
+            "expected 0 (off) or a whole number from 100 to 3600000",
+        ));
+    }
     engine.log_max_bytes =
         src.number("DEPLOYEX_LOG_MAX_BYTES", 100 * 1024 * 1024, 4096, u64::MAX)?;
     engine.log_keep = src.number("DEPLOYEX_LOG_KEEP", 5, 0, 1000)?;
@@ -671,6 +685,14 @@ impl Config {
             ),
             ("stop apps on exit", e.stop_apps_on_exit.to_string()),
             (
+                "beam sampling",
+                if e.beam_sample_interval.is_zero() {
+                    "off".into()
+                } else {
+                    format!("every {:?}", e.beam_sample_interval)
+                },
+            ),
+            (
                 "dashboard",
                 if self.web_enabled {
                     format!("http://{} (host {})", self.bind, self.host)
@@ -721,6 +743,27 @@ mod tests {
             }
         );
         assert!(bcrypt::verify("deployex", &c.admin_hashed_password).unwrap());
+        assert_eq!(c.engine.beam_sample_interval, Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn beam_sampling_period_is_off_or_at_least_100_ms() {
+        let c = load(env(&[("DEPLOYEX_BEAM_SAMPLE_MS", "0")]), None).unwrap();
+        assert!(c.engine.beam_sample_interval.is_zero());
+        assert!(
+            c.describe().contains("beam sampling: off"),
+            "{}",
+            c.describe()
+        );
+        let c = load(env(&[("DEPLOYEX_BEAM_SAMPLE_MS", "300")]), None).unwrap();
+        assert_eq!(c.engine.beam_sample_interval, Duration::from_millis(300));
+        let e = load(env(&[("DEPLOYEX_BEAM_SAMPLE_MS", "50")]), None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid configuration: DEPLOYEX_BEAM_SAMPLE_MS=\"50\": expected 0 (off) or a whole number from 100 to 3600000"
+        );
+        let e = load(env(&[("DEPLOYEX_BEAM_SAMPLE_MS", "-1")]), None).unwrap_err();
+        assert!(e.to_string().contains("DEPLOYEX_BEAM_SAMPLE_MS"), "{e}");
     }
 
     #[test]

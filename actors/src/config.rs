@@ -54,6 +54,8 @@ pub struct EngineConfig {
     /// Short host name: the host part of every node name.
     pub hostname: String,
     pub tls_cert_path: Option<PathBuf>,
+    /// How often each connected node's BEAM telemetry is sampled; zero: off.
+    pub beam_sample_interval: Duration,
     pub log_max_bytes: u64,
     pub log_keep: usize,
     /// Where deployex's own log files are (`deployex-{stdout,stderr}.log`), when it logs to files.
@@ -93,6 +95,7 @@ impl EngineConfig {
             epmd_port: 4369,
             hostname: "localhost".to_string(),
             tls_cert_path: None,
+            beam_sample_interval: Duration::from_millis(5000),
             log_max_bytes: 100 * 1024 * 1024,
             log_keep: 5,
             own_log_dir: None,

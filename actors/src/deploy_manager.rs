@@ -21,7 +21,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::config::EngineConfig;
 use crate::instance_monitor::{self, DeployJob, InstanceMsg};
-use crate::model::{DeployProgress, DeploymentKind, HistoryEntry, InstanceState, Mode};
+use crate::model::{
+    DeployDuration, DeployDurations, DeployProgress, DeploymentKind, HistoryEntry, InstanceState,
+    Mode,
+};
 use crate::recorder::{Describe, Recorder};
 use crate::release_fetcher::{self, FetcherMsg};
 use crate::storage::Storage;
@@ -36,6 +39,7 @@ pub struct DmStatus {
     pub ghosted: Vec<String>,
     pub last_error: Option<String>,
     pub deploying: Option<DeployProgress>,
+    pub deploy_durations: DeployDurations,
 }
 
 pub enum DeployMsg {
@@ -171,6 +175,8 @@ pub struct DmState {
     /// Failed preparations: (instance, version) → (attempts, not before).
     failures: HashMap<(u32, String), (u32, Instant)>,
     last_error: Option<String>,
+    /// Completed deployments since start (for `/metrics`).
+    durations: DeployDurations,
     recorder: Recorder,
 }
 
@@ -207,6 +213,7 @@ impl Actor for DeployManager {
             recent: HashMap::new(),
             failures: HashMap::new(),
             last_error,
+            durations: DeployDurations::default(),
             recorder: Recorder::for_actor(NAME),
         })
     }
@@ -236,7 +243,17 @@ impl Actor for DeployManager {
                 if done {
                     crate::testhook::point("instance_ready");
                     if let Some(p) = state.in_progress.take() {
-                        tracing::info!(instance, version = %p.version, deploy_ref = %p.deploy_ref, took_ms = p.started.elapsed().as_millis() as u64, "instance ready; moving on");
+                        let took_ms = p.started.elapsed().as_millis() as u64;
+                        tracing::info!(instance, version = %p.version, deploy_ref = %p.deploy_ref, took_ms, "instance ready; moving on");
+                        state.durations.count += 1;
+                        state.durations.total_ms += took_ms;
+                        state.durations.last = Some(DeployDuration {
+                            instance,
+                            version: p.version.clone(),
+                            deployment: p.kind,
+                            duration_ms: took_ms,
+                            finished_at: crate::time::utc_now_millis(),
+                        });
                         state.failures.remove(&(instance, p.version));
                     }
                     state.evaluate().await;
@@ -324,6 +341,7 @@ impl Actor for DeployManager {
                             DeploymentKind::FullDeployment => "full_deployment".to_string(),
                         },
                     }),
+                    deploy_durations: state.durations.clone(),
                 });
             }
             DeployMsg::Versions { instance, reply } => {

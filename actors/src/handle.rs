@@ -96,6 +96,7 @@ impl EngineHandle {
             stale: true,
             restart_times: Vec::new(),
             crash_times: Vec::new(),
+            beam: None,
         })
     }
 
@@ -141,6 +142,11 @@ impl Engine for EngineHandle {
                     let node = nodes.get(&inst.node);
                     inst.otp_connected = inst.os_pid.is_some() && node.is_some_and(|n| n.connected);
                     inst.tls = inst.otp_connected && node.is_some_and(|n| n.tls);
+                    // Only the current process's node: never a sample
+                    // left from before a crash.
+                    inst.beam = node
+                        .and_then(|n| n.beam.clone())
+                        .filter(|_| inst.otp_connected);
                     if inst.os_pid.is_some() && !inst.otp_connected && inst.last_error.is_none() {
                         inst.last_error = node.and_then(|n| n.last_error.clone());
                     }
@@ -175,6 +181,7 @@ impl Engine for EngineHandle {
                     os_pid: std::process::id(),
                 },
                 stale,
+                deploy_durations: dm.deploy_durations,
             }
         })
     }

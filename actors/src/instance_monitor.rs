@@ -948,6 +948,7 @@ impl MonitorState {
             stale: false,
             restart_times: self.restart_times.iter().cloned().collect(),
             crash_times: self.crash_times.iter().cloned().collect(),
+            beam: None,
         }
     }
 }

@@ -88,6 +88,27 @@ pub struct InstanceStatus {
     /// UTC times of the most recent crashes (at most 20), oldest first.
     #[serde(default)]
     pub crash_times: Vec<String>,
+    /// The latest telemetry sample of the instance's BEAM, taken over
+    /// distribution; `None` while the node is not connected, before its
+    /// first sample, or when sampling is off.
+    #[serde(default)]
+    pub beam: Option<BeamStats>,
+}
+
+/// One telemetry sample of a BEAM node (read over distribution).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BeamStats {
+    /// `erlang:memory(total)`.
+    pub memory_bytes: u64,
+    /// `erlang:system_info(process_count)`.
+    pub processes: u64,
+    /// `erlang:statistics(run_queue)`: processes ready to run, all schedulers.
+    pub run_queue: u64,
+    /// Reductions per second between this sample and the previous one on
+    /// the same connection; `None` on a connection's first sample.
+    pub reductions_per_s: Option<u64>,
+    /// When the sample was taken, UTC RFC 3339 with milliseconds.
+    pub sampled_at: String,
 }
 
 /// Snapshot of the whole engine, the body of `GET /api/v1/status`.
@@ -105,6 +126,34 @@ pub struct Status {
     pub deployex: DeployexStatus,
     /// True when some actor did not answer in time.
     pub stale: bool,
+    /// How long completed deployments took, since deployex started.
+    #[serde(default)]
+    pub deploy_durations: DeployDurations,
+}
+
+/// Deployments that completed (reached a ready instance) since deployex
+/// started: from the moment the DeployManager sent the job to the moment the
+/// instance was ready on the new version. In memory only: a restart of
+/// deployex starts from zero, like any Prometheus counter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployDurations {
+    /// Completed deployments.
+    pub count: u64,
+    /// Their total duration.
+    pub total_ms: u64,
+    /// The most recent one.
+    pub last: Option<DeployDuration>,
+}
+
+/// One completed deployment and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployDuration {
+    pub instance: u32,
+    pub version: String,
+    pub deployment: DeploymentKind,
+    pub duration_ms: u64,
+    /// When the instance became ready, UTC RFC 3339.
+    pub finished_at: String,
 }
 
 /// The deployment in progress.

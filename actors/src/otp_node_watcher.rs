@@ -9,19 +9,31 @@
 //!
 //! RPCs never run inside the handler: the handler looks up the connection
 //! and spawns a task that awaits the reply and answers the caller.
+//!
+//! Telemetry: every `beam_sample_interval` (unless zero) each connected node
+//! is sampled ([`sample_beam`]: memory, process count, run queue,
+//! reductions) in a spawned task that posts `Sampled` back. Invariants: at
+//! most one sample in flight per node (a slow node is skipped, never piled
+//! on); a sample belongs to one connection (`conn_id`): a lost connection
+//! clears it, and a late answer for an older connection is dropped; the
+//! reductions rate only compares two samples of the same connection.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 
 use crate::config::EngineConfig;
-use crate::dist::{DistConfig, NodeConnection, Term};
+use crate::dist::{DistConfig, DistError, NodeConnection, Term};
+use crate::model::BeamStats;
 use crate::recorder::{Describe, Recorder};
 
 pub const NAME: &str = "otp_node_watcher";
+
+/// Bound on one telemetry sample (its RPCs run concurrently).
+pub const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connection state of one node, for status and readiness.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,6 +41,92 @@ pub struct NodeInfo {
     pub connected: bool,
     pub tls: bool,
     pub last_error: Option<String>,
+    /// The latest telemetry sample of the current connection.
+    pub beam: Option<BeamStats>,
+}
+
+/// Why a telemetry sample failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    #[error("telemetry RPC {what} on node {node} failed")]
+    Rpc {
+        node: String,
+        what: &'static str,
+        #[source]
+        source: DistError,
+    },
+    #[error("telemetry RPC {what} on node {node} answered {reply}")]
+    Unexpected {
+        node: String,
+        what: &'static str,
+        reply: String,
+    },
+}
+
+/// One raw reading of a node; [`BeamStats`] adds the rate and the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BeamSample {
+    pub memory_bytes: u64,
+    pub processes: u64,
+    pub run_queue: u64,
+    /// `erlang:statistics(reductions)`'s total since the node started.
+    pub reductions_total: u64,
+}
+
+/// Read a node's telemetry over `conn`: four RPCs in flight at once, the
+/// whole bounded by `timeout`.
+pub async fn sample_beam(
+    conn: &NodeConnection,
+    timeout: Duration,
+) -> Result<BeamSample, SampleError> {
+    use crate::dist::atom;
+    let node = conn.node();
+    let call = |what: &'static str, function: &'static str, arg: &'static str| async move {
+        conn.rpc("erlang", function, vec![atom(arg)], timeout)
+            .await
+            .map_err(|source| SampleError::Rpc {
+                node: node.to_string(),
+                what,
+                source,
+            })
+    };
+    let (memory, processes, run_queue, reductions) = futures::try_join!(
+        call("erlang:memory(total)", "memory", "total"),
+        call(
+            "erlang:system_info(process_count)",
+            "system_info",
+            "process_count"
+        ),
+        call("erlang:statistics(run_queue)", "statistics", "run_queue"),
+        call("erlang:statistics(reductions)", "statistics", "reductions"),
+    )?;
+    let count = |what: &'static str, term: &Term| {
+        crate::dist::as_int(term)
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(|| SampleError::Unexpected {
+                node: node.to_string(),
+                what,
+                reply: crate::dist::pretty(term),
+            })
+    };
+    // `{Total, SinceLastCall}`: only the total is ours (the second element
+    // is shared with every other caller on the node).
+    let reductions_total = match crate::dist::as_tuple(&reductions) {
+        Some([total, _]) => count("erlang:statistics(reductions)", total)?,
+        _ => count("erlang:statistics(reductions)", &reductions)?,
+    };
+    Ok(BeamSample {
+        memory_bytes: count("erlang:memory(total)", &memory)?,
+        processes: count("erlang:system_info(process_count)", &processes)?,
+        run_queue: count("erlang:statistics(run_queue)", &run_queue)?,
+        reductions_total,
+    })
+}
+
+/// Reductions per second between two readings of the same node.
+pub fn reductions_rate(prev: (u64, Instant), now: (u64, Instant)) -> Option<u64> {
+    let secs = now.1.checked_duration_since(prev.1)?.as_secs_f64();
+    (secs > 0.0).then(|| (now.0.saturating_sub(prev.0) as f64 / secs).round() as u64)
 }
 
 pub enum WatcherMsg {
@@ -57,6 +155,15 @@ pub enum WatcherMsg {
         timeout: Duration,
         reply: RpcReplyPort<Result<Term, String>>,
     },
+    /// Time to sample every connected node's telemetry.
+    SampleTick,
+    /// A telemetry sample of `node` over connection `conn_id` finished.
+    Sampled {
+        node: String,
+        conn_id: u64,
+        at: Instant,
+        result: Result<BeamSample, String>,
+    },
     /// Fault injection for the supervision tests.
     InjectPanic,
 }
@@ -70,6 +177,8 @@ impl Describe for WatcherMsg {
             WatcherMsg::Disconnected { .. } => "Disconnected",
             WatcherMsg::Snapshot { .. } => "Snapshot",
             WatcherMsg::Rpc { .. } => "Rpc",
+            WatcherMsg::SampleTick => "SampleTick",
+            WatcherMsg::Sampled { .. } => "Sampled",
             WatcherMsg::InjectPanic => "InjectPanic",
         }
     }
@@ -91,6 +200,18 @@ impl Describe for WatcherMsg {
                 args,
                 ..
             } => format!("{node} {module}:{function}/{}", args.len()),
+            WatcherMsg::Sampled {
+                node,
+                conn_id,
+                result,
+                ..
+            } => match result {
+                Ok(s) => format!(
+                    "{node} conn={conn_id} memory={} processes={}",
+                    s.memory_bytes, s.processes
+                ),
+                Err(e) => format!("{node} conn={conn_id}: {e}"),
+            },
             _ => String::new(),
         }
     }
@@ -101,14 +222,32 @@ pub struct OtpNodeWatcher;
 struct Entry {
     generation: u64,
     conn: Option<NodeConnection>,
+    /// Identifies `conn` (unique within this watcher): samples carry it.
+    conn_id: u64,
     task: JoinHandle<()>,
     last_error: Option<String>,
+    /// A sample of `conn_id` is in flight.
+    sampling: bool,
+    beam: Option<BeamStats>,
+    /// The previous reading's reductions total and time, same connection.
+    reductions: Option<(u64, Instant)>,
+}
+
+impl Entry {
+    /// The connection is gone: its telemetry goes with it.
+    fn drop_conn(&mut self) -> Option<NodeConnection> {
+        self.sampling = false;
+        self.beam = None;
+        self.reductions = None;
+        self.conn.take()
+    }
 }
 
 pub struct WatcherState {
     dist: Arc<DistConfig>,
     nodes: HashMap<String, Entry>,
     next_generation: u64,
+    next_conn_id: u64,
     recorder: Recorder,
 }
 
@@ -119,7 +258,7 @@ impl Actor for OtpNodeWatcher {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         cfg: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let tls = match &cfg.tls_cert_path {
@@ -142,10 +281,14 @@ impl Actor for OtpNodeWatcher {
             connect_timeout: Duration::from_secs(3),
             tls,
         };
+        if !cfg.beam_sample_interval.is_zero() {
+            myself.send_interval(cfg.beam_sample_interval, || WatcherMsg::SampleTick);
+        }
         Ok(WatcherState {
             dist: Arc::new(dist),
             nodes: HashMap::new(),
             next_generation: 1,
+            next_conn_id: 1,
             recorder: Recorder::for_actor(NAME),
         })
     }
@@ -187,8 +330,12 @@ impl Actor for OtpNodeWatcher {
                         Entry {
                             generation,
                             conn: None,
+                            conn_id: 0,
                             task,
                             last_error: None,
+                            sampling: false,
+                            beam: None,
+                            reductions: None,
                         },
                     );
                 }
@@ -208,7 +355,12 @@ impl Actor for OtpNodeWatcher {
             } => match state.nodes.get_mut(&node) {
                 Some(entry) if entry.generation == generation => {
                     tracing::info!(%node, "distribution connected");
+                    if let Some(old) = entry.drop_conn() {
+                        old.close();
+                    }
                     entry.conn = Some(conn);
+                    entry.conn_id = state.next_conn_id;
+                    state.next_conn_id += 1;
                     entry.last_error = None;
                 }
                 _ => conn.close(),
@@ -221,7 +373,7 @@ impl Actor for OtpNodeWatcher {
                 if let Some(entry) = state.nodes.get_mut(&node)
                     && entry.generation == generation
                 {
-                    if entry.conn.take().is_some() {
+                    if entry.drop_conn().is_some() {
                         tracing::warn!(%node, %error, "distribution connection lost");
                     } else if entry.last_error.as_deref() != Some(error.as_str()) {
                         tracing::debug!(%node, %error, "distribution not connected");
@@ -241,6 +393,7 @@ impl Actor for OtpNodeWatcher {
                                 connected,
                                 tls: connected && entry.conn.as_ref().is_some_and(|c| c.is_tls()),
                                 last_error: entry.last_error.clone(),
+                                beam: entry.beam.clone().filter(|_| connected),
                             },
                         )
                     })
@@ -272,6 +425,64 @@ impl Actor for OtpNodeWatcher {
                                 .map_err(|e| e.to_string());
                             let _ = reply.send(result);
                         });
+                    }
+                }
+            }
+            WatcherMsg::SampleTick => {
+                for (node, entry) in state.nodes.iter_mut() {
+                    let Some(conn) = entry.conn.clone().filter(|c| c.is_alive()) else {
+                        continue;
+                    };
+                    if entry.sampling {
+                        tracing::debug!(%node, "previous telemetry sample still in flight; skipping");
+                        continue;
+                    }
+                    entry.sampling = true;
+                    let (watcher, node, conn_id) = (myself.clone(), node.clone(), entry.conn_id);
+                    tokio::spawn(async move {
+                        let result = sample_beam(&conn, SAMPLE_TIMEOUT)
+                            .await
+                            .map_err(|e| crate::release_fetcher::error_chain(&e));
+                        let _ = watcher.cast(WatcherMsg::Sampled {
+                            node,
+                            conn_id,
+                            at: Instant::now(),
+                            result,
+                        });
+                    });
+                }
+            }
+            WatcherMsg::Sampled {
+                node,
+                conn_id,
+                at,
+                result,
+            } => {
+                if let Some(entry) = state.nodes.get_mut(&node)
+                    && entry.conn.is_some()
+                    && entry.conn_id == conn_id
+                {
+                    entry.sampling = false;
+                    match result {
+                        Ok(sample) => {
+                            let now = (sample.reductions_total, at);
+                            let rate = entry.reductions.and_then(|prev| reductions_rate(prev, now));
+                            entry.reductions = Some(now);
+                            entry.beam = Some(BeamStats {
+                                memory_bytes: sample.memory_bytes,
+                                processes: sample.processes,
+                                run_queue: sample.run_queue,
+                                reductions_per_s: rate,
+                                sampled_at: crate::time::utc_now_millis(),
+                            });
+                        }
+                        Err(error) => {
+                            // A node too busy to answer shows "no data"
+                            // rather than an old reading.
+                            tracing::debug!(%node, %error, "telemetry sample failed");
+                            entry.beam = None;
+                            entry.reductions = None;
+                        }
                     }
                 }
             }
@@ -368,5 +579,22 @@ impl crate::upgrade::Rpc for WatcherRpc {
             wait.as_millis() as u64
         )
         .map_err(|e| format!("the OtpNodeWatcher did not answer: {e}"))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reductions_rate_is_per_second_and_never_negative() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(reductions_rate((1_000, t0), (6_000, t1)), Some(10_000));
+        // A counter that went backwards (should not happen) reads as idle.
+        assert_eq!(reductions_rate((6_000, t0), (1_000, t1)), Some(0));
+        // No time between the readings, or readings out of order: no rate.
+        assert_eq!(reductions_rate((1_000, t0), (2_000, t0)), None);
+        assert_eq!(reductions_rate((1_000, t1), (2_000, t0)), None);
     }
 }

@@ -368,3 +368,119 @@ async fn rpc_round_trip_benchmark() {
     );
     assert!(samples[500] < Duration::from_millis(5));
 }
+
+#[tokio::test]
+async fn beam_sample_reads_real_counts_and_reductions_grow() {
+    use deployex_actors::otp_node_watcher::{SampleError, sample_beam};
+    let n = TestNode::start(&[]).await;
+    let conn = n.connect().await;
+    let first = sample_beam(&conn, RPC).await.unwrap();
+    assert!(first.memory_bytes > 1 << 20, "{first:?}");
+    assert!(first.processes > 10, "{first:?}");
+    assert!(first.reductions_total > 0, "{first:?}");
+
+    // 200 more processes on the node: the next sample counts them.
+    let spawns = (0..200).map(|_| {
+        conn.rpc(
+            "erlang",
+            "spawn",
+            vec![atom("timer"), atom("sleep"), list(vec![atom("infinity")])],
+            RPC,
+        )
+    });
+    for r in futures::future::join_all(spawns).await {
+        r.unwrap();
+    }
+    let second = sample_beam(&conn, RPC).await.unwrap();
+    // A few of the first count were rex's short-lived call handlers.
+    assert!(
+        second.processes >= first.processes + 190,
+        "{first:?} -> {second:?}"
+    );
+    assert!(second.reductions_total > first.reductions_total);
+
+    // A lost connection is an error naming the node and the call.
+    conn.close();
+    match sample_beam(&conn, RPC).await {
+        Err(e @ SampleError::Rpc { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains(&n.node) && text.contains("erlang:"), "{text}");
+        }
+        other => panic!("expected an RPC error, got {other:?}"),
+    }
+}
+
+/// The OtpNodeWatcher actor itself: it samples a watched node on its own,
+/// computes a reductions rate from two samples, and drops the sample the
+/// moment the node is gone.
+#[tokio::test]
+async fn watcher_samples_connected_nodes_and_forgets_lost_ones() {
+    use deployex_actors::config::EngineConfig;
+    use deployex_actors::model::BeamStats;
+    use deployex_actors::otp_node_watcher::{NodeInfo, OtpNodeWatcher, WatcherMsg};
+    use ractor::Actor;
+
+    let n = TestNode::start(&[]).await;
+    let base = tempfile::tempdir().unwrap();
+    let mut cfg = EngineConfig::with_defaults("dxd", base.path());
+    cfg.cookie = n.cookie.clone();
+    cfg.epmd_port = n.epmd_port;
+    cfg.hostname = short_host();
+    cfg.beam_sample_interval = Duration::from_millis(150);
+    let (watcher, join) = Actor::spawn(None, OtpNodeWatcher, std::sync::Arc::new(cfg))
+        .await
+        .unwrap();
+    watcher
+        .cast(WatcherMsg::Watch {
+            node: n.node.clone(),
+        })
+        .unwrap();
+    let snapshot = || async {
+        let all = ractor::call_t!(watcher, |reply| WatcherMsg::Snapshot { reply }, 1000).unwrap();
+        all.get(&n.node).cloned().unwrap_or_default()
+    };
+    let wait = |what: &'static str, cond: fn(&NodeInfo) -> bool| {
+        let snapshot = &snapshot;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let info = snapshot().await;
+                if cond(&info) {
+                    return info;
+                }
+                assert!(Instant::now() < deadline, "{what}: last {info:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    let info = wait("a first sample", |i| i.connected && i.beam.is_some()).await;
+    let beam: BeamStats = info.beam.unwrap();
+    assert!(
+        beam.memory_bytes > 1 << 20 && beam.processes > 10,
+        "{beam:?}"
+    );
+    let info = wait("a reductions rate from two samples", |i| {
+        i.beam
+            .as_ref()
+            .is_some_and(|b| b.reductions_per_s.is_some())
+    })
+    .await;
+    let later = info.beam.unwrap();
+    assert!(
+        later.sampled_at > beam.sampled_at,
+        "{beam:?} then {later:?}"
+    );
+
+    nix::sys::signal::kill(n.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let info = wait("the sample dropped with the node", |i| !i.connected).await;
+    assert_eq!(info.beam, None, "no sample outlives its connection");
+    // ...and none comes back while the node stays down.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(snapshot().await.beam, None);
+    }
+
+    watcher.stop(None);
+    join.await.unwrap();
+}

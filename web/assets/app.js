@@ -52,6 +52,18 @@
     if (m > 0) return m + "m " + sec + "s";
     return sec + "s";
   }
+  // Binary units, as erlang:memory counts (same as pages.rs fmt_bytes).
+  function fmtBytes(n) {
+    if (n === null || n === undefined) return "—";
+    if (n < 1024) return n + " B";
+    const units = ["KiB", "MiB", "GiB", "TiB"];
+    let v = n / 1024, u = 0;
+    while (v >= 1024 && u < units.length - 1) { v /= 1024; u++; }
+    return v.toFixed(1) + " " + units[u];
+  }
+  function fmtDurationMs(ms) {
+    return ms < 60000 ? (ms / 1000).toFixed(1) + " s" : fmtUptime(Math.floor(ms / 1000));
+  }
   const dash = (v) => (v === null || v === undefined || v === "" ? "—" : String(v));
   const human = (v) => dash(v).replace(/_/g, " ");
 
@@ -74,6 +86,11 @@
     const dx = $("#deployex");
     if (dx) {
       setField(dx, "version", s.deployex.version);
+      setField(dx, "distribution", s.deployex.tls ? "mutual TLS" : "plain TCP");
+      const dxTls = dx.querySelector('[data-f="tls"]');
+      if (dxTls) dxTls.hidden = !s.deployex.tls;
+      const last = s.deploy_durations && s.deploy_durations.last;
+      setField(dx, "last_deploy", last ? fmtDurationMs(last.duration_ms) + " (" + last.version + " on " + last.instance + ")" : "—");
       setField(dx, "uptime", fmtUptime(s.deployex.uptime_s));
       setField(dx, "mode", s.manual_version ? s.mode + " (" + s.manual_version + ")" : s.mode);
       setField(dx, "desired_version", dash(s.desired_version));
@@ -103,6 +120,13 @@
       if (badge) { badge.dataset.state = i.state; badge.textContent = human(i.state); }
       setField(card, "version", dash(i.version));
       setField(card, "otp_connected", i.otp_connected ? "connected" : "not connected");
+      const tls = card.querySelector('[data-f="tls"]');
+      if (tls) tls.hidden = !i.tls;
+      const b = i.beam;
+      setField(card, "beam_memory", b ? fmtBytes(b.memory_bytes) : "—");
+      setField(card, "beam_processes", b ? String(b.processes) : "—");
+      setField(card, "beam_run_queue", b ? String(b.run_queue) : "—");
+      setField(card, "beam_reductions", b ? dash(b.reductions_per_s) : "—");
       setField(card, "last_deployment", human(i.last_deployment));
       setField(card, "crash_restarts", String(i.crash_restarts));
       setField(card, "forced_restarts", String(i.forced_restarts));

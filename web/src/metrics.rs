@@ -1,6 +1,8 @@
 //! `/metrics` in the Prometheus text format: instance liveness and
-//! restarts, per-instance RSS/CPU from `/proc`, deploys by kind from the
-//! history, HTTP requests by route and status.
+//! restarts, per-instance RSS/CPU from `/proc`, per-instance BEAM telemetry
+//! (memory, processes, run queue, reductions, from the engine's samples over
+//! distribution), deploys by kind from the history, deploy durations, HTTP
+//! requests by route and status.
 //!
 //! Invariants: readable with a session or with `Bearer <metrics_token>`
 //! (compared in constant time); label values are escaped.
@@ -8,7 +10,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use deployex_actors::model::{DeploymentKind, InstanceState, Status};
+use deployex_actors::model::{BeamStats, DeploymentKind, InstanceState, Status};
 use warp::http::{StatusCode, header};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
@@ -39,6 +41,14 @@ fn proc_usage(pid: i32) -> Option<(u64, f64)> {
     let stime: u64 = f.get(12)?.parse().ok()?;
     // Page size and clock ticks are 4096 and 100 on every Linux deployex targets.
     Some((rss_pages * 4096, (utime + stime) as f64 / 100.0))
+}
+
+/// `full_deployment`, `hot_upgrade`, `rollback`: the JSON names.
+fn kind_label(kind: DeploymentKind) -> String {
+    serde_json::to_value(kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// The exposition text.
@@ -111,16 +121,74 @@ pub fn render(
                 "deployex_instance_cpu_seconds_total{{instance=\"{i}\"}} {cpu}"
             );
         }
+        // BEAM telemetry: only instances with a current sample get a line
+        // (a missing series is "unknown", a zero would be a lie).
+        let beam =
+            |name: &str, help: &str, o: &mut String, value: &dyn Fn(&BeamStats) -> Option<u64>| {
+                let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
+                for i in &s.instances {
+                    if let Some(v) = i.beam.as_ref().and_then(value) {
+                        let _ = writeln!(o, "{name}{{instance=\"{}\"}} {v}", i.instance);
+                    }
+                }
+            };
+        beam(
+            "deployex_beam_memory_bytes",
+            "erlang:memory(total) of the instance's BEAM.",
+            &mut o,
+            &|b| Some(b.memory_bytes),
+        );
+        beam(
+            "deployex_beam_processes",
+            "Erlang processes on the instance's BEAM.",
+            &mut o,
+            &|b| Some(b.processes),
+        );
+        beam(
+            "deployex_beam_run_queue",
+            "Processes ready to run on the instance's BEAM (all schedulers).",
+            &mut o,
+            &|b| Some(b.run_queue),
+        );
+        beam(
+            "deployex_beam_reductions_per_second",
+            "Reductions per second on the instance's BEAM between the last two samples.",
+            &mut o,
+            &|b| b.reductions_per_s,
+        );
+        let d = &s.deploy_durations;
+        let _ = writeln!(
+            o,
+            "# HELP deployex_deploy_duration_seconds Time from sending a deployment to its instance being ready, since deployex started.\n# TYPE deployex_deploy_duration_seconds summary"
+        );
+        let _ = writeln!(
+            o,
+            "deployex_deploy_duration_seconds_sum {}",
+            d.total_ms as f64 / 1000.0
+        );
+        let _ = writeln!(o, "deployex_deploy_duration_seconds_count {}", d.count);
+        if let Some(last) = &d.last {
+            let k = kind_label(last.deployment);
+            let _ = writeln!(
+                o,
+                "# HELP deployex_last_deploy_duration_seconds Duration of the most recent completed deployment.\n# TYPE deployex_last_deploy_duration_seconds gauge"
+            );
+            let _ = writeln!(
+                o,
+                "deployex_last_deploy_duration_seconds{{instance=\"{}\",version=\"{}\",kind=\"{}\"}} {}",
+                last.instance,
+                esc(&last.version),
+                esc(&k),
+                last.duration_ms as f64 / 1000.0
+            );
+        }
     }
     let _ = writeln!(
         o,
         "# HELP deployex_deploys_total Deployments in the history, by kind.\n# TYPE deployex_deploys_total counter"
     );
     for (kind, n) in deploys {
-        let k = serde_json::to_value(kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let k = kind_label(*kind);
         let _ = writeln!(o, "deployex_deploys_total{{kind=\"{}\"}} {n}", esc(&k));
     }
     let _ = writeln!(

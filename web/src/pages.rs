@@ -12,7 +12,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use deployex_actors::model::{
-    ActorInfo, DeploymentKind, HistoryEntry, InstanceState, InstanceStatus, MessageRecord, Status,
+    ActorInfo, BeamStats, DeploymentKind, HistoryEntry, InstanceState, InstanceStatus,
+    MessageRecord, Status,
 };
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
@@ -69,6 +70,30 @@ pub fn fmt_uptime(s: u64) -> String {
         format!("{m}m {sec}s")
     } else {
         format!("{sec}s")
+    }
+}
+
+/// `512 B`, `1.5 KiB`, `52.3 MiB`, `1.2 GiB`: binary units, as `erlang:memory` counts.
+pub fn fmt_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// `1.5 s`, `2m 5s`: how long a deployment took.
+pub fn fmt_duration_ms(ms: u64) -> String {
+    if ms < 60_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        fmt_uptime(ms / 1000)
     }
 }
 
@@ -233,17 +258,38 @@ fn opt(v: &Option<String>) -> String {
     v.clone().unwrap_or_else(|| "—".into())
 }
 
+/// The mTLS badge: shown when distribution runs over mutual TLS.
+fn tls_badge(tls: bool) -> Markup {
+    html! {
+        span.badge.tls data-f="tls" hidden[!tls] title="Erlang distribution over mutual TLS" { "mTLS" }
+    }
+}
+
+/// A BEAM telemetry value, `—` without a sample.
+fn beam_value(beam: Option<&BeamStats>, f: impl Fn(&BeamStats) -> Option<String>) -> String {
+    beam.and_then(f).unwrap_or_else(|| "—".into())
+}
+
 fn instance_card(i: &InstanceStatus) -> Markup {
     let state = state_name(i.state);
+    let beam = i.beam.as_ref();
     html! {
         section.card.instance data-instance=(i.instance) .stale[i.stale] {
             header {
                 h2 { "Instance " (i.instance) }
-                span.badge data-f="state" data-state=(state) { (state.replace('_', " ")) }
+                span.badges {
+                    (tls_badge(i.tls))
+                    " "
+                    span.badge data-f="state" data-state=(state) { (state.replace('_', " ")) }
+                }
             }
             dl {
                 (field("Version", "version", html!{ (opt(&i.version)) }))
                 (field("OTP", "otp_connected", html!{ (if i.otp_connected { "connected" } else { "not connected" }) }))
+                (field("BEAM memory", "beam_memory", html!{ (beam_value(beam, |b| Some(fmt_bytes(b.memory_bytes)))) }))
+                (field("BEAM processes", "beam_processes", html!{ (beam_value(beam, |b| Some(b.processes.to_string()))) }))
+                (field("Run queue", "beam_run_queue", html!{ (beam_value(beam, |b| Some(b.run_queue.to_string()))) }))
+                (field("Reductions/s", "beam_reductions", html!{ (beam_value(beam, |b| b.reductions_per_s.map(|r| r.to_string()))) }))
                 (field("Last deployment", "last_deployment", html!{ (i.last_deployment.map(kind_name).unwrap_or("—").replace('_', " ")) }))
                 div.field.warn[i.crash_restarts > 0] data-k="crash_restarts" { dt { "Crash restarts" } dd data-f="crash_restarts" { (i.crash_restarts) } }
                 div.field.warn[i.forced_restarts > 0] data-k="forced_restarts" { dt { "Forced restarts" } dd data-f="forced_restarts" { (i.forced_restarts) } }
@@ -269,6 +315,15 @@ fn dashboard(status: &Status, versions: &[String]) -> Markup {
         Some(v) => format!("{} ({v})", status.mode),
         None => status.mode.clone(),
     };
+    let last_deploy = match &status.deploy_durations.last {
+        Some(l) => format!(
+            "{} ({} on {})",
+            fmt_duration_ms(l.duration_ms),
+            l.version,
+            l.instance
+        ),
+        None => "—".into(),
+    };
     let deploying = status.deploying.as_ref().map(|p| {
         format!(
             "Deploying {} to instance {}: {}",
@@ -280,9 +335,14 @@ fn dashboard(status: &Status, versions: &[String]) -> Markup {
         div #stale .banner.warn hidden[!status.stale] { "Some parts of the engine did not answer in time: data may be stale." }
         div.cards {
             section.card.deployex #deployex {
-                header { h2 { "deployex" } span.badge data-state="running" { "running" } }
+                header {
+                    h2 { "deployex" }
+                    span.badges { (tls_badge(d.tls)) " " span.badge data-state="running" { "running" } }
+                }
                 dl {
                     (field("Version", "version", html!{ (d.version) }))
+                    (field("Distribution", "distribution", html!{ (if d.tls { "mutual TLS" } else { "plain TCP" }) }))
+                    (field("Last deploy took", "last_deploy", html!{ (last_deploy) }))
                     (field("Uptime", "uptime", html!{ (fmt_uptime(d.uptime_s)) }))
                     (field("Mode", "mode", html!{ (mode) }))
                     (field("Desired version", "desired_version", html!{ (opt(&status.desired_version)) }))

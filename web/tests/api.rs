@@ -239,6 +239,45 @@ async fn actions_map_engine_errors() {
 }
 
 #[tokio::test]
+async fn status_carries_beam_telemetry_tls_and_deploy_durations() {
+    let (_, state) = state_with(FakeEngine::default());
+    let f = routes_with_state(state.clone());
+    let r = warp::test::request()
+        .path("/api/v1/status")
+        .header("authorization", bearer(&state))
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 200);
+    let s = body_json(&r);
+    let beam = &s["instances"][0]["beam"];
+    assert_eq!(beam["memory_bytes"], 51 * 1024 * 1024, "{s:#}");
+    assert_eq!(beam["processes"], 301);
+    assert_eq!(beam["run_queue"], 0);
+    assert_eq!(beam["reductions_per_s"], 12_345);
+    assert_eq!(beam["sampled_at"], "2026-11-27T10:00:00.000Z");
+    assert!(s["instances"][1]["beam"]["reductions_per_s"].is_null());
+    assert!(s["instances"][2]["beam"].is_null(), "no sample: null");
+    assert_eq!(s["instances"][0]["tls"], true);
+    assert_eq!(s["instances"][1]["tls"], false);
+    assert_eq!(s["deployex"]["tls"], true);
+    assert_eq!(s["deploy_durations"]["count"], 4);
+    assert_eq!(s["deploy_durations"]["total_ms"], 10_500);
+    assert_eq!(s["deploy_durations"]["last"]["duration_ms"], 1_500);
+    assert_eq!(s["deploy_durations"]["last"]["deployment"], "hot_upgrade");
+
+    // A status written before telemetry existed still reads (clients and
+    // tests that keep old JSON): the new fields default to "nothing".
+    let mut old = s.clone();
+    old.as_object_mut().unwrap().remove("deploy_durations");
+    for i in old["instances"].as_array_mut().unwrap() {
+        i.as_object_mut().unwrap().remove("beam");
+    }
+    let parsed: deployex_actors::model::Status = serde_json::from_value(old).unwrap();
+    assert!(parsed.instances.iter().all(|i| i.beam.is_none()));
+    assert_eq!(parsed.deploy_durations.count, 0);
+}
+
+#[tokio::test]
 async fn status_times_out_with_503() {
     let (_, state) = state_with(FakeEngine {
         slow_status: true,

@@ -29,6 +29,33 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The HTML of one card: from its `<section` to its `</section>`.
+fn card<'a>(html: &'a str, marker: &str) -> &'a str {
+    let start = html
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker} in {html}"));
+    let start = html[..start].rfind("<section").unwrap();
+    let end = start + html[start..].find("</section>").unwrap();
+    &html[start..end]
+}
+
+/// The opening tag that holds `needle`.
+fn tag_with<'a>(html: &'a str, needle: &str) -> &'a str {
+    let at = html
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle} in {html}"));
+    let start = html[..at].rfind('<').unwrap();
+    let end = at + html[at..].find('>').unwrap();
+    &html[start..=end]
+}
+
+/// The text of the `<dd>` of field `key`.
+fn field_text<'a>(html: &'a str, key: &str) -> &'a str {
+    let tag = format!("data-f=\"{key}\">");
+    let at = html.find(&tag).unwrap_or_else(|| panic!("{key} in {html}")) + tag.len();
+    &html[at..at + html[at..].find('<').unwrap()]
+}
+
 #[tokio::test]
 async fn pages_redirect_to_login_without_session() {
     let (_, state) = state_with(FakeEngine::default());
@@ -200,6 +227,27 @@ async fn dashboard_renders_cards_and_versions() {
     // Crash restarts highlighted for instance 3 only.
     assert_eq!(html.matches("field warn").count(), 1);
     assert!(html.contains("0.9.0"), "ghosted version listed");
+
+    // BEAM telemetry in human units; "—" where there is no sample.
+    let one = card(&html, "data-instance=\"1\"");
+    assert_eq!(field_text(one, "beam_memory"), "51.0 MiB");
+    assert_eq!(field_text(one, "beam_processes"), "301");
+    assert_eq!(field_text(one, "beam_run_queue"), "0");
+    assert_eq!(field_text(one, "beam_reductions"), "12345");
+    let two = card(&html, "data-instance=\"2\"");
+    assert_eq!(field_text(two, "beam_memory"), "52.0 MiB");
+    assert_eq!(field_text(two, "beam_reductions"), "—");
+    let three = card(&html, "data-instance=\"3\"");
+    assert_eq!(field_text(three, "beam_memory"), "—");
+    assert_eq!(field_text(three, "beam_processes"), "—");
+    // The mTLS badge shows on the instance that uses it, and on deployex.
+    assert!(one.contains(">mTLS</span>"), "{one}");
+    assert!(!tag_with(one, "data-f=\"tls\"").contains("hidden"), "{one}");
+    assert!(tag_with(two, "data-f=\"tls\"").contains("hidden"), "{two}");
+    let dx = card(&html, "id=\"deployex\"");
+    assert!(!tag_with(dx, "data-f=\"tls\"").contains("hidden"), "{dx}");
+    assert_eq!(field_text(dx, "distribution"), "mutual TLS");
+    assert_eq!(field_text(dx, "last_deploy"), "1.5 s (1.0.0 on 3)");
 
     let r = warp::test::request()
         .path("/versions?instance=2")
@@ -519,6 +567,24 @@ async fn metrics_need_session_or_metrics_token() {
     );
     assert!(body.contains("deployex_instance_crash_restarts_total{instance=\"3\"} 2"));
     assert!(body.contains("deployex_deploys_total{kind=\"hot_upgrade\"} 6"));
+    // BEAM telemetry per instance; no line for an instance without a sample.
+    for line in [
+        "deployex_beam_memory_bytes{instance=\"1\"} 53477376",
+        "deployex_beam_memory_bytes{instance=\"2\"} 54525952",
+        "deployex_beam_processes{instance=\"1\"} 301",
+        "deployex_beam_processes{instance=\"2\"} 302",
+        "deployex_beam_run_queue{instance=\"2\"} 1",
+        "deployex_beam_reductions_per_second{instance=\"1\"} 12345",
+        "# TYPE deployex_beam_memory_bytes gauge",
+        "# TYPE deployex_deploy_duration_seconds summary",
+        "deployex_deploy_duration_seconds_sum 10.5",
+        "deployex_deploy_duration_seconds_count 4",
+        "deployex_last_deploy_duration_seconds{instance=\"3\",version=\"1.0.0\",kind=\"hot_upgrade\"} 1.5",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} in\n{body}");
+    }
+    assert!(!body.contains("deployex_beam_memory_bytes{instance=\"3\"}"));
+    assert!(!body.contains("deployex_beam_reductions_per_second{instance=\"2\"}"));
     assert!(body.contains("deployex_http_requests_total{route=\"/healthz\",status=\"200\"} 1"));
     assert!(body.contains("deployex_http_requests_total{route=\"/metrics\",status=\"401\"} 1"));
     let r = warp::test::request()
@@ -803,4 +869,17 @@ async fn shutdown_ends_terminals_and_log_followers() {
             Err(_) => break,
         }
     }
+}
+
+#[test]
+fn byte_and_duration_formats() {
+    use deployex_web::pages::{fmt_bytes, fmt_duration_ms};
+    assert_eq!(fmt_bytes(0), "0 B");
+    assert_eq!(fmt_bytes(1023), "1023 B");
+    assert_eq!(fmt_bytes(1536), "1.5 KiB");
+    assert_eq!(fmt_bytes(33 * 1024 * 1024 + 300 * 1024), "33.3 MiB");
+    assert_eq!(fmt_bytes(3 << 30), "3.0 GiB");
+    assert_eq!(fmt_bytes(u64::MAX), "16777216.0 TiB");
+    assert_eq!(fmt_duration_ms(1500), "1.5 s");
+    assert_eq!(fmt_duration_ms(125_000), "2m 5s");
 }

@@ -47,7 +47,8 @@ pub fn sample_status() -> Status {
                 port: 4000 + i as u16,
                 node: format!("myapp-{i}@localhost"),
                 otp_connected: true,
-                tls: false,
+                // Instance 1 over mutual TLS, the others plain TCP.
+                tls: i == 1,
                 last_deployment: Some(DeploymentKind::FullDeployment),
                 deploy_ref: Some("r1".into()),
                 crash_restarts: u64::from(i == 3) * 2,
@@ -57,15 +58,34 @@ pub fn sample_status() -> Status {
                 stale: false,
                 restart_times: Vec::new(),
                 crash_times: Vec::new(),
+                // Instance 3 has no telemetry sample (yet).
+                beam: (i < 3).then(|| BeamStats {
+                    memory_bytes: 50 * 1024 * 1024 + u64::from(i) * 1024 * 1024,
+                    processes: 300 + u64::from(i),
+                    run_queue: u64::from(i) - 1,
+                    reductions_per_s: (i == 1).then_some(12_345),
+                    sampled_at: "2026-11-27T10:00:00.000Z".into(),
+                }),
             })
             .collect(),
         deployex: DeployexStatus {
             version: "0.1.0".into(),
-            tls: false,
+            tls: true,
             uptime_s: 100,
             os_pid: 1,
         },
         stale: false,
+        deploy_durations: DeployDurations {
+            count: 4,
+            total_ms: 10_500,
+            last: Some(DeployDuration {
+                instance: 3,
+                version: "1.0.0".into(),
+                deployment: DeploymentKind::HotUpgrade,
+                duration_ms: 1_500,
+                finished_at: "2026-11-27T10:00:00.000Z".into(),
+            }),
+        },
     }
 }
 
