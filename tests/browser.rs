@@ -491,7 +491,10 @@ async fn dashboard_in_headless_chromium() {
     let dx = {
         let site = site.clone();
         tokio::task::spawn_blocking(move || {
-            site.start_with(&[("DEPLOYEX_STOP_APPS_ON_EXIT", "false")])
+            site.start_with(&[
+                ("DEPLOYEX_STOP_APPS_ON_EXIT", "false"),
+                ("DEPLOYEX_BEAM_SAMPLE_MS", "500"),
+            ])
         })
         .await
         .unwrap()
@@ -531,6 +534,16 @@ async fn dashboard_in_headless_chromium() {
         "(() => { const c = Array.from(document.querySelectorAll('section.instance')); \
          return c.length === 3 && c.every(e => e.querySelector('[data-f=state]').dataset.state === 'running'); })()",
         card_states,
+    )
+    .await;
+    // BEAM telemetry reaches the cards live (sampled over distribution).
+    page.wait_js(
+        "BEAM memory and processes on every card",
+        Duration::from_secs(30),
+        "Array.from(document.querySelectorAll('section.instance')).every(c => \
+           /[0-9.]+ MiB/.test(c.querySelector('[data-f=beam_memory]').textContent) && \
+           parseInt(c.querySelector('[data-f=beam_processes]').textContent, 10) > 10)",
+        "Array.from(document.querySelectorAll('section.instance [data-f^=beam]')).map(e => e.textContent).join(',')",
     )
     .await;
     assert_eq!(
