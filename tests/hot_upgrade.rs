@@ -172,6 +172,50 @@ fn a_failing_hot_upgrade_falls_back_to_a_full_deployment() {
     let log = dx.log_text();
     assert!(log.contains("hot upgrade failed"), "the failure is logged");
     assert_eq!(app_version(site.app_port).unwrap().0, "0.1.2");
+
+    // A second attempt of the same version works: back to 0.1.1 (manual
+    // pin), then a good 0.1.2 tarball is published under the same version
+    // (new hash) and automatic mode returns: a hot upgrade this time, not
+    // a stale cached copy of the bad tarball nor an `existing_release`.
+    let (code, body) = dx.post("/api/v1/mode", r#"{"mode":"manual","version":"0.1.1"}"#);
+    assert_eq!(code, 200, "{body}");
+    let s = dx.wait_status("pinned back to 0.1.1", Duration::from_secs(120), |s| {
+        running_on(s, "0.1.1")
+    });
+    let on_011 = pids(&s)[0];
+    let counter_before = counter(site.app_port);
+    let ready = |dx: &common::deployex::Deployex| {
+        dx.log_text()
+            .matches("release verified and ready version=0.1.2")
+            .count()
+    };
+    let seen = ready(&dx);
+    site.publish("0.1.2", &[]);
+    // Version is a release's identity (as upstream): let the fetcher see
+    // the new tarball before automatic mode picks the store's release.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ready(&dx) == seen {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "republished 0.1.2 fetched"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, body) = dx.post("/api/v1/mode", r#"{"mode":"automatic"}"#);
+    assert_eq!(code, 200, "{body}");
+    let s = dx.wait_status("0.1.2 again", Duration::from_secs(120), |s| {
+        running_on(s, "0.1.2")
+    });
+    assert_eq!(
+        pids(&s)[0],
+        on_011,
+        "the second attempt is a hot upgrade: {}",
+        dx.log_tail(60)
+    );
+    let h = dx.get("/api/v1/versions");
+    assert_eq!(h[0]["deployment"], "hot_upgrade", "{h:#}");
+    assert_eq!(h[0]["hash"], "h0.1.2", "{h:#}");
+    assert!(counter(site.app_port) >= counter_before, "state kept");
 }
 
 fn gen_certs(dir: &Path) {

@@ -219,7 +219,16 @@ async fn ensure_cached(
     tokio::fs::create_dir_all(&cache)
         .await
         .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
-    if final_path.is_file() {
+    // The `hash` of current.json the cached copy was fetched for: the same
+    // version published again with another hash (a rebuilt tarball) must
+    // not be served from the cache. Empty hash (a pin or a rollback of a
+    // version deployed before): whatever the cache holds.
+    let hash_path = cached_hash_path(&final_path);
+    let hash_matches = release.hash.is_empty()
+        || tokio::fs::read_to_string(&hash_path)
+            .await
+            .is_ok_and(|h| h == release.hash);
+    if final_path.is_file() && hash_matches {
         // Cached and verified before; re-check the checksum when one is
         // given (the store may have been fixed), else trust the cache.
         let Some(expected) = release.sha256.clone() else {
@@ -253,9 +262,22 @@ async fn ensure_cached(
         let _ = tokio::fs::remove_file(&part).await;
         return Err(format!("tarball {version}: {error}"));
     }
+    // The hash first, then the tarball: a crash in between leaves a hash
+    // that does not describe the file only when both are replaced, and the
+    // worst case is one download too many.
+    let _ = tokio::fs::remove_file(&hash_path).await;
     tokio::fs::rename(&part, &final_path)
         .await
         .map_err(|e| format!("cannot publish {}: {e}", final_path.display()))?;
+    if !release.hash.is_empty() {
+        let tmp = cache.join(format!(".{}-{}.hash.part", cfg.app, version));
+        if tokio::fs::write(&tmp, release.hash.as_bytes())
+            .await
+            .is_ok()
+        {
+            let _ = tokio::fs::rename(&tmp, &hash_path).await;
+        }
+    }
     prune_cache(&cache, 10).await;
     Ok(final_path)
 }
@@ -284,7 +306,14 @@ fn verify_tarball(
     result
 }
 
-/// Keep the `keep` newest tarballs of the cache.
+/// `{app}-{version}.tar.gz` → `{app}-{version}.tar.gz.hash`.
+fn cached_hash_path(tarball: &Path) -> PathBuf {
+    let mut p = tarball.as_os_str().to_owned();
+    p.push(".hash");
+    PathBuf::from(p)
+}
+
+/// Keep the `keep` newest tarballs of the cache (and their hash files).
 async fn prune_cache(cache: &Path, keep: usize) {
     let Ok(mut dir) = tokio::fs::read_dir(cache).await else {
         return;
@@ -302,6 +331,7 @@ async fn prune_cache(cache: &Path, keep: usize) {
     }
     files.sort_by_key(|f| std::cmp::Reverse(f.0));
     for (_, path) in files.into_iter().skip(keep) {
+        let _ = tokio::fs::remove_file(cached_hash_path(&path)).await;
         let _ = tokio::fs::remove_file(path).await;
     }
 }
