@@ -312,6 +312,22 @@ fn malformed_releases_are_rejected_and_nothing_running_is_touched() {
             "0.5.6",
         ),
         (
+            "no releases/start_erl.data",
+            Box::new(|| {
+                site.publish_raw_tarball("0.5.7", &common::tarball_without_start_erl_data(APP));
+                site.write_current(r#"{"version":"0.5.7"}"#);
+            }),
+            "start_erl.data",
+        ),
+        (
+            "tarball of another version",
+            Box::new(|| {
+                site.publish_raw_tarball("0.5.8", &good);
+                site.write_current(r#"{"version":"0.5.8"}"#);
+            }),
+            "is version 0.1.1",
+        ),
+        (
             "sha256 mismatch",
             Box::new(|| {
                 site.publish_tarball("0.1.1");

@@ -254,10 +254,12 @@ async fn ensure_cached(
     let expected = release.sha256.clone();
     let part2 = part.clone();
     let scratch = cache.join(format!(".verify-{}", version));
-    let verified =
-        tokio::task::spawn_blocking(move || verify_tarball(&part2, &scratch, &app, expected))
-            .await
-            .map_err(|e| format!("verification task failed: {e}"))?;
+    let want = version.clone();
+    let verified = tokio::task::spawn_blocking(move || {
+        verify_tarball(&part2, &scratch, &app, &want, expected)
+    })
+    .await
+    .map_err(|e| format!("verification task failed: {e}"))?;
     if let Err(error) = verified {
         let _ = tokio::fs::remove_file(&part).await;
         return Err(format!("tarball {version}: {error}"));
@@ -283,11 +285,15 @@ async fn ensure_cached(
 }
 
 /// Blocking: sha256 (when given) and a full validating unpack into a scratch
-/// folder that is removed afterwards.
+/// folder that is removed afterwards. The release inside must be the
+/// version it is published as (`releases/start_erl.data`): a tarball of
+/// another version, or one that is not a mix release, would deploy
+/// something the history and the rollout logic do not know.
 fn verify_tarball(
     tarball: &Path,
     scratch: &Path,
     app: &str,
+    version: &str,
     expected_sha256: Option<String>,
 ) -> Result<(), String> {
     if let Some(expected) = expected_sha256 {
@@ -300,8 +306,17 @@ fn verify_tarball(
     }
     let _ = std::fs::remove_dir_all(scratch);
     let result = crate::store::unpack_release(tarball, scratch, app, &UnpackLimits::default())
-        .map(|_| ())
-        .map_err(|e| error_chain(&e));
+        .map_err(|e| error_chain(&e))
+        .and_then(|_| match crate::store::release_version(scratch) {
+            None => Err(
+                "no valid releases/start_erl.data (\"{erts} {version}\"): not a mix release"
+                    .to_string(),
+            ),
+            Some(found) if found != version => Err(format!(
+                "the release inside is version {found}, not {version}"
+            )),
+            Some(_) => Ok(()),
+        });
     let _ = std::fs::remove_dir_all(scratch);
     result
 }

@@ -93,3 +93,11 @@ pub fn tarball_without_bin() -> Vec<u8> {
     tar.extend(std::iter::repeat_n(0u8, 1024));
     gz(&tar)
 }
+
+/// `bin/{app}` but no `releases/start_erl.data`: not a mix release.
+pub fn tarball_without_start_erl_data(app: &str) -> Vec<u8> {
+    with_bin(
+        app,
+        raw_entry("releases/README", b'0', "", b"not a release\n", 0o644),
+    )
+}

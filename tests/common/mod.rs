@@ -18,6 +18,7 @@ pub mod process;
 
 pub use evil::{
     evil_tarball_absolute, evil_tarball_dotdot, evil_tarball_symlink, tarball_without_bin,
+    tarball_without_start_erl_data,
 };
 pub use fixtures::{
     fixture_relup_tarball, fixture_tarball, fixtures_dir, hot_upgrade_expr, release_command,
