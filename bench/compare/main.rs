@@ -98,41 +98,68 @@ fn main() {
     // Build (or find cached) fixtures before any clock starts.
     common::fixtures_dir(common::deployex::APP);
 
-    let side = if parts.iter().any(|p| p == "side") {
-        side::run(&which, &plan)
-    } else {
-        Vec::new()
+    // Each part runs on its own: a failing part (its processes cleaned up
+    // by their guards while unwinding) is reported, the others still run.
+    let mut failed = Vec::new();
+    let mut part = |name: &str, f: &mut dyn FnMut() -> String| -> bool {
+        if !parts.iter().any(|p| p == name) {
+            return false;
+        }
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f())) {
+            Ok(section) => {
+                eprintln!("\n{section}\n");
+                true
+            }
+            Err(_) => {
+                failed.push(name.to_owned());
+                false
+            }
+        }
     };
-    let deploy = parts
-        .iter()
-        .any(|p| p == "deploy")
-        .then(|| deploy::run(boots));
-    let scale = parts
-        .iter()
-        .any(|p| p == "scale")
-        .then(|| scale::run(scale_n, scale_idle, status_requests));
+    let mut side = Vec::new();
+    let mut deploy = None;
+    let mut scale = None;
+    let mut sections = Vec::new();
+    if part("side", &mut || {
+        side = side::run(&which, &plan);
+        side_report(&side, &plan)
+    }) {
+        sections.push(side_report(&side, &plan));
+    }
+    if part("deploy", &mut || {
+        let d = deploy::run(boots);
+        let text = deploy_report(&d, boots);
+        deploy = Some(d);
+        text
+    }) && let Some(d) = &deploy
+    {
+        sections.push(deploy_report(d, boots));
+    }
+    if part("scale", &mut || {
+        let s = scale::run(scale_n, scale_idle, status_requests);
+        let text = scale_report(&s);
+        scale = Some(s);
+        text
+    }) && let Some(s) = &scale
+    {
+        sections.push(scale_report(s));
+    }
     let load_after = procfs::loadavg();
 
-    let mut out = Vec::new();
-    out.push(format!(
+    let mut out = vec![format!(
         "Run of {date} on {machine}; load average {load_before} before, {load_after} after; \
          deployex binary `{}`; {:.0} s in all.",
         bin.display(),
         started.elapsed().as_secs_f64()
-    ));
-    if !side.is_empty() {
-        out.push(side_report(&side, &plan));
-    }
-    if let Some(d) = &deploy {
-        out.push(deploy_report(d, boots));
-    }
-    if let Some(s) = &scale {
-        out.push(scale_report(s));
+    )];
+    out.extend(sections);
+    if !failed.is_empty() {
+        out.push(format!("Failed parts (see the panic messages above): {}.", failed.join(", ")));
     }
     let latest = out.join("\n\n");
     println!("{latest}");
 
-    if doc != "-" {
+    if doc != "-" && failed.is_empty() {
         let row = history_row(
             &date,
             &load_before,
@@ -147,6 +174,9 @@ fn main() {
             Ok(()) => eprintln!("[bench] wrote {}", path.display()),
             Err(e) => eprintln!("[bench] could not write {}: {e}", path.display()),
         }
+    }
+    if !failed.is_empty() {
+        std::process::exit(1);
     }
 }
 

@@ -70,28 +70,36 @@ pub struct ScaleResult {
     pub left_at_exit: Option<usize>,
 }
 
-/// The release-shaped tarball: `bin/dxtest` execs `exe light-child`.
-fn light_tarball(exe: &Path) -> Vec<u8> {
+/// The release-shaped tarball: `bin/dxtest` execs `exe light-child`, and
+/// `releases/start_erl.data` names the version (deployex reads an instance's
+/// version there, as in every `mix release`).
+fn light_tarball(exe: &Path, version: &str) -> Vec<u8> {
     let script = format!(
         "#!/bin/sh\n# Light stand-in for a release (bench/compare/scale.rs): ignores its\n# arguments and listens on $PORT.\nexec '{}' {LIGHT_CHILD_ARG}\n",
         exe.display()
     );
+    let start_erl = format!("13.1.5 {version}\n");
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
-    let mut dir = tar::Header::new_gnu();
-    dir.set_entry_type(tar::EntryType::Directory);
-    dir.set_path("bin/").expect("path");
-    dir.set_mode(0o755);
-    dir.set_size(0);
-    dir.set_cksum();
-    tar.append(&dir, std::io::empty()).expect("tar dir");
-    let mut file = tar::Header::new_gnu();
-    file.set_entry_type(tar::EntryType::Regular);
-    file.set_path(format!("bin/{APP}")).expect("path");
-    file.set_mode(0o755);
-    file.set_size(script.len() as u64);
-    file.set_cksum();
-    tar.append(&file, script.as_bytes()).expect("tar file");
+    let entries: [(&str, Option<&[u8]>, u32); 4] = [
+        ("bin/", None, 0o755),
+        ("releases/", None, 0o755),
+        (&format!("bin/{APP}"), Some(script.as_bytes()), 0o755),
+        ("releases/start_erl.data", Some(start_erl.as_bytes()), 0o644),
+    ];
+    for (path, body, mode) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(if body.is_some() {
+            tar::EntryType::Regular
+        } else {
+            tar::EntryType::Directory
+        });
+        h.set_path(path).expect("tar path");
+        h.set_mode(mode);
+        h.set_size(body.map_or(0, |b| b.len() as u64));
+        h.set_cksum();
+        tar.append(&h, body.unwrap_or_default()).expect("tar entry");
+    }
     let mut gz = tar.into_inner().expect("tar finish");
     gz.flush().expect("flush");
     gz.finish().expect("gzip finish")
@@ -109,7 +117,7 @@ pub fn run(replicas: usize, idle: Duration, status_requests: usize) -> ScaleResu
         .env("DEPLOYEX_BACKOFF_RESET_MS", "1")
         .env("DEPLOYEX_DEPLOY_SCHEDULE_INTERVAL_MS", "5000")
         .env("DEPLOYEX_LOG", "info");
-    site.publish_raw_tarball("0.1.0", &light_tarball(&exe));
+    site.publish_raw_tarball("0.1.0", &light_tarball(&exe, "0.1.0"));
     site.write_current(r#"{"version":"0.1.0","pre_commands":[],"hash":"light"}"#);
     let t0 = Instant::now();
     let mut dx = site.start();

@@ -41,6 +41,7 @@ pub struct PeerResult {
 
 /// How the run is sized.
 pub struct Plan {
+    pub kills: usize,
     pub idle: Duration,
     pub poll: Duration,
 }
