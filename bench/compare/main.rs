@@ -105,7 +105,7 @@ fn main() {
         if !parts.iter().any(|p| p == name) {
             return false;
         }
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f())) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
             Ok(section) => {
                 eprintln!("\n{section}\n");
                 true
@@ -154,7 +154,10 @@ fn main() {
     )];
     out.extend(sections);
     if !failed.is_empty() {
-        out.push(format!("Failed parts (see the panic messages above): {}.", failed.join(", ")));
+        out.push(format!(
+            "Failed parts (see the panic messages above): {}.",
+            failed.join(", ")
+        ));
     }
     let latest = out.join("\n\n");
     println!("{latest}");

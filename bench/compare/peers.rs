@@ -55,6 +55,18 @@ pub trait Peer {
     fn version(&self) -> String;
     /// How it is configured, one line for the report.
     fn config_note(&self) -> String;
+    /// Its own view and log tail, for a failure message.
+    fn diagnose(&self) -> String;
+}
+
+/// The last `n` lines of a text file.
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("http request"))
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The app of copy `i` (1-based) listening on `port`, or `None`.
@@ -86,10 +98,11 @@ pub fn wait_ready(peer: &dyn Peer, deadline: Duration) {
         }
         assert!(
             start.elapsed() < deadline,
-            "{}: apps not up within {deadline:?} (pids by port {:?}, daemon alive {})",
+            "{}: apps not up within {deadline:?} (pids by port {:?}, daemon alive {})\n{}",
             peer.name(),
             pids,
-            procfs::alive(peer.daemon_pid())
+            procfs::alive(peer.daemon_pid()),
+            peer.diagnose()
         );
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -239,6 +252,16 @@ impl Peer for DeployexPeer {
             "`DEPLOYEX_BACKOFF_RESET_MS=1` (each kill is a first crash: immediate restart), `DEPLOYEX_MIN_READY_MS=0`, default 5 s store poll, dashboard on; store {}",
             self.site.store().display()
         )
+    }
+    fn diagnose(&self) -> String {
+        let (_, status) = crate::common::deployex::http(
+            self.dx.api_port,
+            "GET",
+            "/api/v1/status",
+            self.dx.token.as_deref(),
+            None,
+        );
+        format!("status: {status}\nlog:\n{}", self.dx.log_tail(40))
     }
 }
 
@@ -399,6 +422,9 @@ impl Peer for SupervisordPeer {
     fn config_note(&self) -> String {
         "`autorestart=true`, defaults otherwise (`startsecs=1`, no restart delay), output to log files through supervisord's pipes, `stopwaitsecs=10`".into()
     }
+    fn diagnose(&self) -> String {
+        tail(&self.work.dir.path().join("supervisord.log"), 30)
+    }
 }
 
 impl Drop for SupervisordPeer {
@@ -536,6 +562,9 @@ impl Peer for Pm2Peer {
     }
     fn config_note(&self) -> String {
         "fork mode, `interpreter: none` (PM2 execs `bin/dxtest start` itself), defaults otherwise (`min_uptime` 1 s, no restart delay, SIGINT then SIGKILL on stop), `kill_timeout: 10000`".into()
+    }
+    fn diagnose(&self) -> String {
+        tail(&self.work.dir.path().join("pm2home").join("pm2.log"), 30)
     }
 }
 

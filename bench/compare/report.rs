@@ -56,7 +56,7 @@ pub fn num(v: Option<f64>, decimals: usize) -> String {
 pub fn ratio(dx: Option<f64>, peer: Option<f64>) -> String {
     match (dx, peer) {
         (Some(d), Some(p)) if p == 0.0 && d == 0.0 => "—".into(),
-        (Some(_), Some(p)) if p == 0.0 => "∞".into(),
+        (Some(_), Some(0.0)) => "∞".into(),
         (Some(d), Some(p)) => {
             let r = d / p;
             if r >= 10.0 {

@@ -123,8 +123,9 @@ fn crash_loop(peer: &dyn Peer, plan: &Plan, r: &mut PeerResult) {
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(30),
-                "{}: no new process 30 s after kill -9 {victim}",
-                peer.name()
+                "{}: no new process 30 s after kill -9 {victim}\n{}",
+                peer.name(),
+                peer.diagnose()
             );
             std::thread::sleep(plan.poll);
         }
@@ -135,8 +136,9 @@ fn crash_loop(peer: &dyn Peer, plan: &Plan, r: &mut PeerResult) {
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(60),
-                "{}: port {port} not accepting 60 s after kill -9 {victim}",
-                peer.name()
+                "{}: port {port} not accepting 60 s after kill -9 {victim}\n{}",
+                peer.name(),
+                peer.diagnose()
             );
             std::thread::sleep(plan.poll);
         }
@@ -155,9 +157,10 @@ fn wait_for_victim(peer: &dyn Peer, port: u16) -> i32 {
             return pid;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{}: the app on port {port} was not up and ≥ {MIN_AGE_S} s old within 60 s",
-            peer.name()
+            start.elapsed() < Duration::from_secs(120),
+            "{}: the app on port {port} was not up and ≥ {MIN_AGE_S} s old within 120 s\n{}",
+            peer.name(),
+            peer.diagnose()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
