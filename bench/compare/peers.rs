@@ -248,10 +248,7 @@ impl Peer for DeployexPeer {
         )
     }
     fn config_note(&self) -> String {
-        format!(
-            "`DEPLOYEX_BACKOFF_RESET_MS=1` (each kill is a first crash: immediate restart), `DEPLOYEX_MIN_READY_MS=0`, default 5 s store poll, dashboard on; store {}",
-            self.site.store().display()
-        )
+        "`DEPLOYEX_BACKOFF_RESET_MS=1` (each kill is a first crash: immediate restart), `DEPLOYEX_MIN_READY_MS=0`, default 5 s store poll, dashboard on".into()
     }
     fn diagnose(&self) -> String {
         let (_, status) = crate::common::deployex::http(
