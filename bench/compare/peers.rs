@@ -173,7 +173,8 @@ pub struct DeployexPeer {
     // then its site (temp dir, EPMD).
     dx: Deployex,
     leftovers: Leftovers,
-    site: Site,
+    /// Held for its temp dir and EPMD, released after the process.
+    _site: Site,
     ports: Vec<u16>,
 }
 
@@ -193,7 +194,7 @@ impl DeployexPeer {
         let ports = (0..COPIES as u16).map(|i| site.app_port + i).collect();
         DeployexPeer {
             dx,
-            site,
+            _site: site,
             ports,
             leftovers: Leftovers::default(),
         }
