@@ -11,6 +11,7 @@ help:
 	@echo "make test    the whole test suite (unit + end-to-end with real releases)"
 	@echo "make demo    build a demo release, publish 0.1.0 locally, run deployex on :5001"
 	@echo "make bench   crash->respawn latency and RSS benchmark (prints a table)"
+	@echo "make bench-compare  deployex vs supervisord and PM2, deploy timing, 200 replicas (~6 min; installs supervisor and pm2 if missing; updates docs/BENCHMARKS.md)"
 	@echo "make dist    release tarball target/dist/deployex-{version}-x86_64-unknown-linux-gnu.tar.gz"
 
 deps:
@@ -36,6 +37,23 @@ demo: deps
 bench: deps
 	$(CARGO) build --release --bin deployex
 	DEPLOYEX_BIN=$(CURDIR)/target/release/deployex $(CARGO) bench --bench respawn
+
+# Side by side with supervisord (Debian) and PM2 (npm) on the same workload,
+# deployment timing and scale (bench/compare/main.rs; knobs documented there
+# and in docs/BENCHMARKS.md). Not run by `make test`.
+.PHONY: bench-compare bench-compare-smoke
+bench-compare: deps
+	bash bench/compare-deps.sh
+	$(CARGO) build --release --bin deployex
+	DEPLOYEX_BIN=$(CURDIR)/target/release/deployex $(CARGO) bench --bench compare
+
+# The same harness, tiny sizes (about 2 minutes), docs untouched.
+bench-compare-smoke: deps
+	bash bench/compare-deps.sh
+	$(CARGO) build --release --bin deployex
+	BENCH_KILLS=3 BENCH_IDLE_SECS=3 BENCH_BOOTS=1 BENCH_SCALE=10 BENCH_SCALE_IDLE_SECS=2 \
+	BENCH_STATUS_REQUESTS=5 BENCH_DOC=- \
+	DEPLOYEX_BIN=$(CURDIR)/target/release/deployex $(CARGO) bench --bench compare
 
 # Certificates for mutual TLS on Erlang distribution (devops/tls/README.md):
 # CA, deployex.crt/.key, node.crt/.key and inet_tls.conf in $(TLS_CERTS_DIR).
