@@ -337,6 +337,19 @@ fn beams(site: &Site) -> Vec<i32> {
 #[test]
 fn sigkill_at_every_step_of_a_rolling_deploy_converges() {
     let site = Site::new(2).env("DEPLOYEX_STOP_APPS_ON_EXIT", "false");
+    // Apps outlive deployex here: kill them even when an assertion fails.
+    struct KillBeams<'a>(&'a Site);
+    impl Drop for KillBeams<'_> {
+        fn drop(&mut self) {
+            for i in 1..=2 {
+                kill_pids(&deployex_actors::process::instance_roots(
+                    &self.0.service(i),
+                ));
+            }
+            kill_pids(&beams(self.0));
+        }
+    }
+    let _cleanup = KillBeams(&site);
     site.publish("0.1.0", &[]);
     let mut dx = site.start();
     dx.wait_status("2 x 0.1.0", Duration::from_secs(60), |s| {
@@ -438,5 +451,4 @@ fn sigkill_at_every_step_of_a_rolling_deploy_converges() {
             Some(0)
         );
     }
-    kill_pids(&beams(&site));
 }
