@@ -7,7 +7,7 @@
 #                            pinned) in a Python venv at DIR, to link the
 #                            release binary against glibc 2.31
 #   deps.sh --bullseye       make dist-check-bullseye: debootstrap
-#   deps.sh --bench-load     make bench-load: wrk, curl, jq (and the test deps)
+#   deps.sh --bench-load     make bench-load: wrk, curl (after the test deps)
 set -euo pipefail
 
 # The dist toolchain, pinned: a new zig can change the C/link behaviour.
@@ -65,6 +65,7 @@ case "${1:-}" in
     command -v wrk >/dev/null 2>&1 || need+=(wrk)
     command -v curl >/dev/null 2>&1 || need+=(curl)
     [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
+    exit 0
     ;;
   "") ;;
   *)
@@ -114,8 +115,16 @@ if ! command -v moto_server >/dev/null 2>&1; then
   fi
   pip=$(command -v pip3 || command -v pip)
   echo "deps: installing moto[server] with $pip"
-  "$pip" install -q 'moto[server]' 2>/dev/null \
-    || "$pip" install -q --break-system-packages 'moto[server]'
+  # Verified on a fresh Debian 12 (debootstrap): the first attempt fails
+  # (externally managed), the second installs /usr/local/bin/moto_server.
+  if ! first=$("$pip" install -q 'moto[server]' 2>&1); then
+    if ! "$pip" install -q --break-system-packages 'moto[server]'; then
+      echo "deps: pip install 'moto[server]' failed; first attempt said:" >&2
+      echo "$first" >&2
+      exit 1
+    fi
+  fi
+  hash -r
   if ! command -v moto_server >/dev/null 2>&1; then
     echo "deps: moto_server is not on PATH after pip install" >&2
     exit 1
