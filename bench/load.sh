@@ -8,11 +8,13 @@
 # cookie (the HTML form, like a browser), then:
 #
 #   phase 1  wrk -t2 -c64 -d15s --latency on /api/v1/status and on /, one
-#            route after the other: requests/s, p50, p99, failures.
+#            route after the other: requests/s, p50, p99, failures; and on
+#            /healthz (no session, no engine query: the HTTP stack's ceiling).
 #   phase 2  rolling deploys of the 3 replicas (0.1.0 <-> 0.1.1, full
 #            deployments), alternately without and with load: two wrk
 #            processes (-t1 -c32 each, so 64 connections and 2 threads in
-#            all) on /api/v1/status and / for the whole deploy. Every
+#            all) on /api/v1/status and / from 2 s before the deploy to its
+#            end (then SIGINT: wrk stops and prints its summary). Every
 #            response must be a 200 (counted by a wrk Lua hook: wrk's own
 #            "Non-2xx or 3xx" count would let a 302 to /login pass) and no
 #            socket error may occur; deploy time with load vs without.
@@ -20,7 +22,9 @@
 # Prints the tables (markdown) and exits 1 when a request failed in phase 2.
 # Knobs: LOAD_DURATION_S (15), LOAD_CONNECTIONS (64), LOAD_THREADS (2),
 # LOAD_MIN_READY_MS (DEPLOYEX_MIN_READY_MS of the deploys, 2000),
-# LOAD_DEPLOY_ROUNDS (2 deploys per mode), LOAD_KEEP=1 keeps the temp dir.
+# LOAD_DEPLOY_ROUNDS (2 deploys per mode; 0 skips phase 2), LOAD_DEPLOYEX_LOG (DEPLOYEX_LOG,
+# default info as in production: one access-log line per request),
+# LOAD_KEEP=1 keeps the temp dir.
 # Everything it starts is stopped by pid at exit (deployex, the instances it
 # may leave behind, the EPMD on our port).
 set -euo pipefail
@@ -136,7 +140,7 @@ env -i PATH="$PATH" HOME="$WORK" \
   DEPLOYEX_SECRET_KEY_BASE="$(od -An -vtx1 -N 32 /dev/urandom | tr -d ' \n')" \
   DEPLOYEX_DEPLOY_SCHEDULE_INTERVAL_MS=200 \
   DEPLOYEX_MIN_READY_MS="$MIN_READY_MS" \
-  DEPLOYEX_LOG=warn \
+  DEPLOYEX_LOG="${LOAD_DEPLOYEX_LOG:-info}" \
   "$BIN" >"$WORK/deployex.log" 2>&1 &
 DX_PID=$!
 
@@ -222,7 +226,7 @@ rss_mib() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$DX_PID/status"; 
 # ---- phase 1: throughput and latency, one route at a time ----------------
 log "phase 1: wrk -t$THREADS -c$CONNECTIONS -d${DURATION_S}s on /api/v1/status and /"
 P1=()
-for route in /api/v1/status /; do
+for route in /healthz /api/v1/status /; do
   header=$AUTH_H
   [ "$route" = / ] && header=$COOKIE_H
   out=$WORK/wrk-p1-${route//\//_}.txt
@@ -243,9 +247,12 @@ deploy() { # version -> prints seconds from publish to converged
 
 # Warm-up: 0.1.1 gets fetched, verified and cached once, so that every
 # measured deploy below starts from a cached tarball.
-log "phase 2: warm-up deploy to 0.1.1"
-deploy 0.1.1 >/dev/null
-version=0.1.1
+version=0.1.0
+if [ "$DEPLOY_ROUNDS" -gt 0 ]; then
+  log "phase 2: warm-up deploy to 0.1.1"
+  deploy 0.1.1 >/dev/null
+  version=0.1.1
+fi
 next() { [ "$version" = 0.1.0 ] && echo 0.1.1 || echo 0.1.0; }
 
 P2=()
@@ -262,18 +269,21 @@ for mode in "${modes[@]}"; do
     secs=$(deploy "$target")
     P2+=("none $version $target $secs - - - - -")
   else
-    # Long enough to cover the deploy: 3 x (stop + boot + min ready) + slack.
-    dur=$((REPLICAS * (5 + MIN_READY_MS / 1000) + 20))
-    log "phase 2: deploy $version -> $target under load (wrk ${dur}s)"
+    # wrk runs until the deploy is over, then gets SIGINT (it stops and
+    # prints its summary); the duration is only a bound.
+    dur=600
+    log "phase 2: deploy $version -> $target under load"
     a=$WORK/wrk-p2-api-$target-$SECONDS.txt
     b=$WORK/wrk-p2-page-$target-$SECONDS.txt
     WRK_PIDS=()
-    run_wrk "$a" 1 $((CONNECTIONS / 2)) "$dur" "$AUTH_H" /api/v1/status &
+    # wrk itself in the background (not a function: $! must be wrk's pid).
+    wrk -t1 -c$((CONNECTIONS / 2)) -d"$dur"s --latency -s "$LUA" -H "$AUTH_H" "$BASE/api/v1/status" >"$a" 2>&1 &
     WRK_PIDS+=($!)
-    run_wrk "$b" 1 $((CONNECTIONS / 2)) "$dur" "$COOKIE_H" / &
+    wrk -t1 -c$((CONNECTIONS / 2)) -d"$dur"s --latency -s "$LUA" -H "$COOKIE_H" "$BASE/" >"$b" 2>&1 &
     WRK_PIDS+=($!)
     sleep 2 # let the load reach steady state before publishing (not a sync)
     secs=$(deploy "$target")
+    kill -INT "${WRK_PIDS[@]}"
     wait "${WRK_PIDS[@]}" || die "wrk failed: $(cat "$a" "$b")"
     WRK_PIDS=()
     read -r rps_a _ p99_a _ bad_a sock_a <<<"$(parse_wrk "$a")"
@@ -296,6 +306,7 @@ for row in "${P1[@]}"; do
   read -r route rps p50 p99 n bad sock la <<<"$row"
   echo "| $route | $rps | $p50 | $p99 | $n | $bad | $sock | $la |"
 done
+[ "$DEPLOY_ROUNDS" -gt 0 ] || exit 0
 echo
 echo "Phase 2: rolling deploy of $REPLICAS replicas (full deployments, DEPLOYEX_MIN_READY_MS=$MIN_READY_MS); under load: wrk -t1 -c$((CONNECTIONS / 2)) on each route at once"
 echo
