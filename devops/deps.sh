@@ -1,7 +1,78 @@
 #!/usr/bin/env bash
-# Installs what building the fixture releases and running the tests needs,
-# on Debian/Ubuntu, when it is missing. Idempotent; needs root to install.
+# Installs what the Makefile targets need on Debian/Ubuntu, when it is
+# missing. Idempotent; needs root only when something must be installed.
+#
+#   deps.sh                  building the fixture releases and the tests (make test)
+#   deps.sh --dist DIR       make dist: objdump, and zig + cargo-zigbuild (PyPI,
+#                            pinned) in a Python venv at DIR, to link the
+#                            release binary against glibc 2.31
+#   deps.sh --bullseye       make dist-check-bullseye: debootstrap
+#   deps.sh --bench-load     make bench-load: wrk, curl (after the test deps)
 set -euo pipefail
+
+# The dist toolchain, pinned: a new zig can change the C/link behaviour.
+readonly ZIGLANG_VERSION=0.17.1
+readonly CARGO_ZIGBUILD_VERSION=0.24.1
+
+apt_install() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "deps: missing $*; run as root (apt-get install $*)" >&2
+    exit 1
+  fi
+  echo "deps: installing $*"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+dist_tools() { # venv dir
+  local venv=$1 need=()
+  command -v objdump >/dev/null 2>&1 || need+=(binutils)
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+  # Debian splits ensurepip (needed by `python3 -m venv`) into python3-venv.
+  if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    need+=(python3-venv)
+  fi
+  [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
+  if [ -x "$venv/bin/cargo-zigbuild" ] && "$venv/bin/python3" -m ziglang version 2>/dev/null | grep -qx "$ZIGLANG_VERSION" &&
+    "$venv/bin/cargo-zigbuild" --version 2>/dev/null | grep -q " $CARGO_ZIGBUILD_VERSION\b"; then
+    return 0
+  fi
+  echo "deps: installing ziglang $ZIGLANG_VERSION and cargo-zigbuild $CARGO_ZIGBUILD_VERSION into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python3" -m pip install -q --disable-pip-version-check \
+    "ziglang==$ZIGLANG_VERSION" "cargo-zigbuild==$CARGO_ZIGBUILD_VERSION"
+  "$venv/bin/python3" -m ziglang version >/dev/null
+  "$venv/bin/cargo-zigbuild" --version >/dev/null
+}
+
+case "${1:-}" in
+  --dist)
+    [ $# -eq 2 ] || {
+      echo "usage: deps.sh --dist VENV_DIR" >&2
+      exit 2
+    }
+    dist_tools "$2"
+    exit 0
+    ;;
+  --bullseye)
+    command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
+    exit 0
+    ;;
+  --bench-load)
+    need=()
+    command -v wrk >/dev/null 2>&1 || need+=(wrk)
+    command -v curl >/dev/null 2>&1 || need+=(curl)
+    [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
+    exit 0
+    ;;
+  "") ;;
+  *)
+    echo "usage: deps.sh [--dist VENV_DIR | --bullseye | --bench-load]" >&2
+    exit 2
+    ;;
+esac
 
 need=()
 command -v mix >/dev/null 2>&1 || need+=(elixir)
@@ -44,8 +115,16 @@ if ! command -v moto_server >/dev/null 2>&1; then
   fi
   pip=$(command -v pip3 || command -v pip)
   echo "deps: installing moto[server] with $pip"
-  "$pip" install -q 'moto[server]' 2>/dev/null \
-    || "$pip" install -q --break-system-packages 'moto[server]'
+  # Verified on a fresh Debian 12 (debootstrap): the first attempt fails
+  # (externally managed), the second installs /usr/local/bin/moto_server.
+  if ! first=$("$pip" install -q 'moto[server]' 2>&1); then
+    if ! "$pip" install -q --break-system-packages 'moto[server]'; then
+      echo "deps: pip install 'moto[server]' failed; first attempt said:" >&2
+      echo "$first" >&2
+      exit 1
+    fi
+  fi
+  hash -r
   if ! command -v moto_server >/dev/null 2>&1; then
     echo "deps: moto_server is not on PATH after pip install" >&2
     exit 1

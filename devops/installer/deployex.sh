@@ -311,23 +311,39 @@ put_file() { # src dest mode owner
 
 write_env_file() {
   local out="$WORK/deployex.env"
-  local skb cookie admin
-  skb="$(cfg_secret secret_key_base)"
-  skb="${skb:-$(installed_value DEPLOYEX_SECRET_KEY_BASE)}"
-  skb="${skb:-$(random_hex 48)}"
-  cookie="$(cfg_secret erlang_cookie)"
-  cookie="${cookie:-$(installed_value DEPLOYEX_ERLANG_COOKIE)}"
-  cookie="${cookie:-$(random_hex 32)}"
-  admin="$(cfg_secret admin_hashed_password)"
-  admin="${admin:-$(installed_value DEPLOYEX_ADMIN_HASHED_PASSWORD)}"
-  if [ -z "$admin" ]; then
-    local password pwfile
-    password="$(random_hex 12)"
-    admin="$(printf '%s' "$password" | "$WORK/x/bin/deployex" hash-password)" || die "cannot hash the generated admin password"
-    pwfile="$WORK/admin-password"
-    printf '%s\n' "$password" >"$pwfile"
-    put_file "$pwfile" /etc/deployex/admin-password 0600 root:root
-    log "generated the dashboard admin password: see /etc/deployex/admin-password (user admin)"
+  local skb="" cookie="" admin="" secrets_from
+  secrets_from="$(cfg_secret source)"
+  case "$secrets_from" in
+    "" | env) secrets_from="env" ;;
+    aws)
+      # deployex reads them from AWS Secrets Manager at start; a value in the
+      # env file would win over the secret, so none may be written.
+      [ "$CLOUD_ENV" != local ] || die "$CONFIG: secrets.source=aws needs a cloud_environment other than local"
+      local k
+      for k in secret_key_base erlang_cookie admin_hashed_password; do
+        [ -z "$(cfg_secret "$k")" ] || die "$CONFIG: secrets.$k must be empty with secrets.source=aws (it lives in deployex-$APP-$CLOUD_ENV-secrets)"
+      done
+      ;;
+    *) die "$CONFIG: secrets.source=\"$secrets_from\" must be env or aws" ;;
+  esac
+  if [ "$secrets_from" = env ]; then
+    skb="$(cfg_secret secret_key_base)"
+    skb="${skb:-$(installed_value DEPLOYEX_SECRET_KEY_BASE)}"
+    skb="${skb:-$(random_hex 48)}"
+    cookie="$(cfg_secret erlang_cookie)"
+    cookie="${cookie:-$(installed_value DEPLOYEX_ERLANG_COOKIE)}"
+    cookie="${cookie:-$(random_hex 32)}"
+    admin="$(cfg_secret admin_hashed_password)"
+    admin="${admin:-$(installed_value DEPLOYEX_ADMIN_HASHED_PASSWORD)}"
+    if [ -z "$admin" ]; then
+      local password pwfile
+      password="$(random_hex 12)"
+      admin="$(printf '%s' "$password" | "$WORK/x/bin/deployex" hash-password)" || die "cannot hash the generated admin password"
+      pwfile="$WORK/admin-password"
+      printf '%s\n' "$password" >"$pwfile"
+      put_file "$pwfile" /etc/deployex/admin-password 0600 root:root
+      log "generated the dashboard admin password: see /etc/deployex/admin-password (user admin)"
+    fi
   fi
 
   # Base variables, in this order; a key also in CONFIG "env" is taken from there.
@@ -350,11 +366,13 @@ write_env_file() {
     v="$(cfg "${field%%:*}")"
     [ -z "$v" ] || base+=("$var=$v")
   done
-  base+=(
-    "DEPLOYEX_SECRET_KEY_BASE=$skb"
-    "DEPLOYEX_ERLANG_COOKIE=$cookie"
-    "DEPLOYEX_ADMIN_HASHED_PASSWORD=$admin"
-  )
+  if [ "$secrets_from" = env ]; then
+    base+=(
+      "DEPLOYEX_SECRET_KEY_BASE=$skb"
+      "DEPLOYEX_ERLANG_COOKIE=$cookie"
+      "DEPLOYEX_ADMIN_HASHED_PASSWORD=$admin"
+    )
+  fi
 
   {
     echo "# Written by devops/installer/deployex.sh from $(basename "$CONFIG"); rewritten on"
@@ -466,7 +484,9 @@ do_uninstall() {
   if [ -f "$(p "/etc/systemd/system/$SERVICE")" ]; then
     sys systemctl disable --now "$SERVICE" || true
     # The instances outlive deployex by design (KillMode=process): stop them too.
-    sys systemctl kill --kill-whom=all --signal=SIGTERM "$SERVICE" 2>/dev/null || true
+    # --kill-who: systemd < 252 (Ubuntu 20.04: 245, 22.04: 249) does not know
+    # its newer name --kill-whom; 252+ still accepts the old one.
+    sys systemctl kill --kill-who=all --signal=SIGTERM "$SERVICE" 2>/dev/null || true
   fi
   rm -f "$(p "/etc/systemd/system/$SERVICE")" "$(p /etc/logrotate.d/deployex)"
   rm -rf "$(p /opt/deployex)" "$(p /etc/deployex)"

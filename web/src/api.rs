@@ -129,8 +129,8 @@ async fn login(state: Arc<AppState>, ip: IpAddr, req: LoginRequest) -> Result<Re
 
 async fn status(state: Arc<AppState>) -> Result<Response, Rejection> {
     Ok(
-        match tokio::time::timeout(STATUS_TIMEOUT, state.engine.status()).await {
-            Ok(s) => json_status(StatusCode::OK, &s),
+        match tokio::time::timeout(STATUS_TIMEOUT, state.status()).await {
+            Ok(s) => json_status(StatusCode::OK, &*s),
             Err(_) => json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the engine did not answer in time",

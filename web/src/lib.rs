@@ -22,6 +22,7 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod flight;
 pub mod guard;
 pub mod live;
 pub mod logs;
@@ -36,10 +37,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deployex_actors::engine::Engine;
+use deployex_actors::model::{HistoryEntry, Status};
 use tokio::task::JoinHandle;
 use warp::Filter;
 
 use crate::auth::{LoginLimiter, TokenSigner};
+use crate::flight::SingleFlight;
 use crate::guard::HttpMetrics;
 
 /// Everything the web layer needs to know, built by the binary's config.
@@ -105,6 +108,9 @@ pub struct AppState {
     /// Flips to true when the server shuts down: long-lived streams (SSE,
     /// log followers, terminals) end on it instead of holding shutdown up.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Concurrent status / history reads share one engine query (flight.rs).
+    status_flight: SingleFlight<Arc<Status>>,
+    history_flight: SingleFlight<Arc<Vec<HistoryEntry>>>,
 }
 
 impl AppState {
@@ -122,7 +128,25 @@ impl AppState {
             limiter: LoginLimiter::default(),
             http_metrics: HttpMetrics::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
+            status_flight: SingleFlight::default(),
+            history_flight: SingleFlight::default(),
         })
+    }
+
+    /// The engine's status snapshot, shared with concurrent callers.
+    pub async fn status(&self) -> Arc<Status> {
+        let engine = self.engine.clone();
+        self.status_flight
+            .run(move || async move { Arc::new(engine.status().await) })
+            .await
+    }
+
+    /// The whole deployment history, shared with concurrent callers.
+    pub async fn history(&self) -> Arc<Vec<HistoryEntry>> {
+        let engine = self.engine.clone();
+        self.history_flight
+            .run(move || async move { Arc::new(engine.versions(None).await) })
+            .await
     }
 
     /// Resolves once the server is shutting down.

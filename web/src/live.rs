@@ -30,10 +30,10 @@ enum What {
 
 async fn snapshot(state: &AppState, what: What) -> Option<String> {
     match what {
-        What::Status => tokio::time::timeout(STATUS_TIMEOUT, state.engine.status())
+        What::Status => tokio::time::timeout(STATUS_TIMEOUT, state.status())
             .await
             .ok()
-            .and_then(|s| serde_json::to_string(&s).ok()),
+            .and_then(|s| serde_json::to_string(&*s).ok()),
         What::Actors => tokio::time::timeout(STATUS_TIMEOUT, state.engine.actors())
             .await
             .ok()

@@ -216,10 +216,10 @@ async fn metrics(state: Arc<AppState>, info: ReqInfo) -> Result<Response, Reject
     if !token_ok {
         guard::check(&state, &info, Guard::Api)?;
     }
-    let status = tokio::time::timeout(STATUS_TIMEOUT, state.engine.status())
+    let status = tokio::time::timeout(STATUS_TIMEOUT, state.status())
         .await
         .ok();
-    let history = state.engine.versions(None).await;
+    let history = state.history().await;
     let deploys: Vec<(DeploymentKind, u64)> = [
         DeploymentKind::FullDeployment,
         DeploymentKind::HotUpgrade,
@@ -233,7 +233,7 @@ async fn metrics(state: Arc<AppState>, info: ReqInfo) -> Result<Response, Reject
         )
     })
     .collect();
-    let body = render(&state, status.as_ref(), &deploys);
+    let body = render(&state, status.as_deref(), &deploys);
     Ok(warp::http::Response::builder()
         .status(StatusCode::OK)
         .header(

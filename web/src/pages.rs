@@ -374,7 +374,7 @@ fn dashboard(status: &Status, versions: &[String]) -> Markup {
 
 async fn dashboard_page(state: Arc<AppState>) -> Result<Response, Rejection> {
     let app = state.cfg.app_name.clone();
-    let status = tokio::time::timeout(STATUS_TIMEOUT, state.engine.status()).await;
+    let status = tokio::time::timeout(STATUS_TIMEOUT, state.status()).await;
     let Ok(status) = status else {
         return Ok(html_page(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -387,7 +387,7 @@ async fn dashboard_page(state: Arc<AppState>) -> Result<Response, Rejection> {
             ),
         ));
     };
-    let history = state.engine.versions(None).await;
+    let history = state.history().await;
     let versions = recent_versions(&history, 10);
     Ok(html_page(
         StatusCode::OK,

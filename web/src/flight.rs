@@ -1,0 +1,122 @@
+//! Single-flight engine queries: concurrent requests for the same snapshot
+//! (status, history) share one engine round trip instead of each sending
+//! their own messages through the actors' mailboxes.
+//!
+//! Why: a status snapshot is six actor calls; under load (the dashboard
+//! polled by many clients, or a load test) the actors, not HTTP, were the
+//! bottleneck. With this, the actors answer one query per round, whatever
+//! the number of waiting requests.
+//!
+//! Invariants: a request joins a query only while that query is still in
+//! flight, so no answer is older than the query that was running when the
+//! request arrived (no cache, no TTL: once a query finishes the next
+//! request starts a fresh one). Only waiters keep a query alive (the slot
+//! holds a weak reference): if every waiter gives up (timeout, client
+//! gone), the query is dropped with them and the next request starts anew.
+
+use std::future::Future;
+use std::sync::Mutex;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared, WeakShared};
+
+/// One shared in-flight query producing a `T`.
+pub struct SingleFlight<T: Clone> {
+    current: Mutex<Option<WeakShared<BoxFuture<'static, T>>>>,
+}
+
+impl<T: Clone> Default for SingleFlight<T> {
+    fn default() -> Self {
+        Self {
+            current: Mutex::new(None),
+        }
+    }
+}
+
+impl<T> SingleFlight<T>
+where
+    T: Clone + Send + Sync + 'static,
+{
+    /// The result of the query in flight, or of a new one made by `start`.
+    pub async fn run<F>(&self, start: impl FnOnce() -> F) -> T
+    where
+        F: Future<Output = T> + Send + 'static,
+    {
+        let flight: Shared<BoxFuture<'static, T>> = {
+            let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+            // `peek` is `None` until the query has finished.
+            match current.as_ref().and_then(WeakShared::upgrade) {
+                Some(f) if f.peek().is_none() => f,
+                _ => {
+                    let f = start().boxed().shared();
+                    *current = f.downgrade();
+                    f
+                }
+            }
+        };
+        flight.await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_query_and_later_ones_start_another() {
+        let flight = Arc::new(SingleFlight::<usize>::default());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        let query = |calls: Arc<AtomicUsize>, mut release: tokio::sync::watch::Receiver<bool>| {
+            move || async move {
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                let _ = release.wait_for(|r| *r).await;
+                n
+            }
+        };
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let flight = flight.clone();
+                let q = query(calls.clone(), release_rx.clone());
+                tokio::spawn(async move { flight.run(q).await })
+            })
+            .collect();
+        // Single-threaded test runtime: yielding lets every spawned task make
+        // its first poll (start or join the query) before we go on.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while calls.load(Ordering::SeqCst) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no query started");
+            tokio::task::yield_now().await;
+        }
+        tokio::task::yield_now().await;
+        release_tx.send_replace(true);
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), 1, "every caller joined the first query");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // The first query is over: the next caller gets a fresh one.
+        let again = flight.run(query(calls.clone(), release_rx.clone())).await;
+        assert_eq!(again, 2);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_query_is_dropped_not_joined_later() {
+        let flight = SingleFlight::<u32>::default();
+        let stuck = tokio::time::timeout(
+            Duration::from_millis(20),
+            flight.run(futures::future::pending::<u32>),
+        )
+        .await;
+        assert!(stuck.is_err());
+        // Its only waiter gave up, so the stuck query is gone: a new caller
+        // must get a fresh query, not hang on the old one.
+        let got = tokio::time::timeout(Duration::from_secs(1), flight.run(|| async { 7 })).await;
+        assert_eq!(got.ok(), Some(7));
+    }
+}
