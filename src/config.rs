@@ -463,10 +463,16 @@ fn load_inner(
                 missing.join(", ")
             ))
         })?;
-        // Only the secrets asked for: a secret cannot override settings.
+        // Only the secrets asked for (and the optional ones not set): a
+        // secret cannot override settings.
+        let optional_unset: Vec<&str> = crate::secrets::OPTIONAL
+            .iter()
+            .copied()
+            .filter(|var| src.opt(var).is_none())
+            .collect();
         src.fetched = fetched
             .into_iter()
-            .filter(|(k, _)| missing.contains(&k.as_str()))
+            .filter(|(k, _)| missing.contains(&k.as_str()) || optional_unset.contains(&k.as_str()))
             .collect();
     }
 
@@ -834,10 +840,16 @@ mod tests {
             None,
             |req| {
                 asked = Some(req.clone());
-                Ok(prod_secrets())
+                let mut s = prod_secrets();
+                s.insert("DEPLOYEX_METRICS_TOKEN".into(), "fetched-metrics".into());
+                s.insert("DEPLOYEX_PHX_PORT".into(), "1".into());
+                Ok(s)
             },
         )
         .unwrap();
+        // The optional secret is taken; a setting in the secret is not.
+        assert_eq!(c.metrics_token.as_deref(), Some("fetched-metrics"));
+        assert_ne!(c.bind.port(), 1);
         let req = asked.unwrap();
         assert_eq!(
             req,
