@@ -232,14 +232,17 @@ fn bench_floor(kills: usize) -> Samples {
         while pid_of(instance).is_none()
             || std::net::TcpStream::connect(("127.0.0.1", app_port + instance as u16)).is_err()
         {
-            assert!(Instant::now() < deadline, "floor: instance {instance} not up");
+            assert!(
+                Instant::now() < deadline,
+                "floor: instance {instance} not up"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
     // Waits for a pid other than the one last returned (and so killed) for
     // `instance`, with its port accepting.
     let mut last: HashMap<usize, i32> = HashMap::new();
-    let mut current_pid = |instance: usize| -> i32 {
+    let current_pid = |instance: usize| -> i32 {
         let port = app_port + instance as u16;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -250,7 +253,10 @@ fn bench_floor(kills: usize) -> Samples {
                 last.insert(instance, pid);
                 return pid;
             }
-            assert!(Instant::now() < deadline, "floor: instance {instance} not up");
+            assert!(
+                Instant::now() < deadline,
+                "floor: instance {instance} not up"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     };
@@ -272,6 +278,9 @@ fn floor_supervisor() {
     let port: u16 = std::env::var("FLOOR_PORT").unwrap().parse().unwrap();
     let epmd = std::env::var("ERL_EPMD_PORT").unwrap();
     let path = std::env::var("PATH").unwrap_or_default();
+    // The children are reaped by the waitid/waitpid loop below, not
+    // through their `Child`.
+    #[allow(clippy::zombie_processes)]
     let spawn = |i: usize| -> i32 {
         let root = dir.join(i.to_string());
         let log = |stream: &str| {
