@@ -66,10 +66,7 @@ fn main() -> ExitCode {
                 }
             };
             init_tracing();
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match engine_runtime() {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("deployex: cannot start the async runtime: {e}");
@@ -85,6 +82,20 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// deployex's runtime: one thread runs every actor, the web server and the
+/// process watchers; blocking work (unpacking, hashing, bcrypt, state
+/// files, log rotation) goes to tokio's blocking pool as before. Why one
+/// thread: a crash is then noticed and answered on the thread that polls
+/// the pidfd (no hand-off to another worker, which costs a scheduler wake-up
+/// on a loaded machine: the crash -> respawn latency), and fewer threads mean
+/// fewer stacks and malloc arenas (RSS). Handlers never block (ARCHITECTURE.md),
+/// which is what makes a single thread enough.
+fn engine_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 /// The configuration from the environment and `file`; outside `local`,

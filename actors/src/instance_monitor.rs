@@ -416,7 +416,9 @@ impl MonitorState {
         }
         let me = myself.clone();
         tokio::spawn(async move {
-            let info = handle.wait_exit().await;
+            // pidfd readiness -> this task -> one cast: the whole way from
+            // the kernel to the respawn (no timer involved).
+            let info = handle.wait_exit_then_kill_group().await;
             let _ = me.cast(InstanceMsg::Exited { generation, info });
         });
     }
@@ -490,23 +492,29 @@ impl MonitorState {
         process::instance_env(self.cfg.base_env.iter().cloned(), &overrides)
     }
 
+    /// The crash -> respawn path: the respawn (`schedule_crash_restart` ->
+    /// `start`) comes first, the bookkeeping after it. The exit watcher
+    /// already killed what was left of the old process group.
     fn on_exit(&mut self, myself: &ActorRef<InstanceMsg>, info: ExitInfo) {
-        if let Some(old) = self.process.take() {
-            // The BEAM's helpers (erl_child_setup, inet_gethost) share its
-            // group and may linger a moment: never two copies.
-            process::kill_group_now(old.pgid());
-        }
+        self.process = None;
         self.otp_connected = false;
-        let _ = std::fs::remove_file(self.pidfile());
         if self.stopping.is_some() {
             // An intended stop; StopDone drives what happens next.
+            let _ = std::fs::remove_file(self.pidfile());
             return;
         }
-        tracing::warn!(instance = self.instance, exit = ?info, version = self.version.as_deref().unwrap_or("?"), "instance exited unexpectedly");
+        let crashed_at = crate::time::utc_now_millis();
+        let crashed_version = self.version.clone();
         self.crash_restarts += 1;
-        push_bounded(&mut self.crash_times, crate::time::utc_now_millis());
         self.crash_restart_pending = true;
         self.schedule_crash_restart(myself);
+        if self.process.is_none() {
+            // Backing off (or the start failed): the pid file names a dead
+            // process. After a respawn, `start` has already replaced it.
+            let _ = std::fs::remove_file(self.pidfile());
+        }
+        push_bounded(&mut self.crash_times, crashed_at);
+        tracing::warn!(instance = self.instance, exit = ?info, version = crashed_version.as_deref().unwrap_or("?"), "instance exited unexpectedly");
         // After the backoff bookkeeping: `consecutive_crashes` counts the
         // crashes without a stable period in between (a crash loop), not a
         // process killed once in a while (OOM killer, operator).

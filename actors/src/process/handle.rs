@@ -150,6 +150,23 @@ impl ProcessHandle {
         info
     }
 
+    /// Like [`Self::wait_exit`], but once the leader has exited and before it
+    /// is reaped, SIGKILLs what is left of its group (a BEAM's
+    /// `erl_child_setup`, port programs): the zombie still pins the pgid, so
+    /// the signal cannot reach a group that reused the number. For the
+    /// watcher of an instance: its group must not outlive its leader.
+    pub async fn wait_exit_then_kill_group(&self) -> ExitInfo {
+        let mut exit = self.inner.exit.lock().await;
+        if let Some(info) = *exit {
+            return info;
+        }
+        self.exited().await;
+        self.signal_group(Signal::SIGKILL);
+        let info = self.reap().await;
+        *exit = Some(info);
+        info
+    }
+
     /// Resolves when the process has exited, without reaping it: while the
     /// zombie exists its pid (and so its pgid) cannot be reused, which keeps
     /// signalling the group safe.
