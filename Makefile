@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help deps build lint fmt test demo bench clean-demo
+.PHONY: help deps build lint fmt test demo bench clean-demo fuzz soak
 
 help:
 	@echo "make deps    install what the tests need (Debian: elixir; run as root)"
@@ -11,6 +11,8 @@ help:
 	@echo "make test    the whole test suite (unit + end-to-end with real releases)"
 	@echo "make demo    build a demo release, publish 0.1.0 locally, run deployex on :5001"
 	@echo "make bench   crash->respawn latency and RSS benchmark (prints a table)"
+	@echo "make fuzz    each cargo-fuzz target for FUZZ_SECONDS (60) from the committed corpus"
+	@echo "make soak    SOAK_MINUTES (15) of kills, publishes and polling; checks RSS, fds, orphans"
 	@echo "make dist    release tarball target/dist/deployex-{version}-x86_64-unknown-linux-gnu.tar.gz"
 
 deps:
@@ -36,6 +38,39 @@ demo: deps
 bench: deps
 	$(CARGO) build --release --bin deployex
 	DEPLOYEX_BIN=$(CURDIR)/target/release/deployex $(CARGO) bench --bench respawn
+
+# Fuzzing (fuzz/README.md): cargo-fuzz on the stable toolchain through
+# RUSTC_BOOTSTRAP (libFuzzer needs -Z flags), no sanitizer (the code under
+# test is safe Rust). The committed seeds in fuzz/corpus/<target> are read
+# only; libFuzzer's finds go to fuzz/target/corpus/<target>, crashes to
+# fuzz/artifacts/<target>/ (replay: cd fuzz && cargo fuzz run <target> <file>).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= current_json unpack term_decode config
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	@set -euo pipefail; cd fuzz; \
+	export RUSTC_BOOTSTRAP=1; \
+	$(CARGO) fuzz build --sanitizer none; \
+	for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  mkdir -p target/corpus/$$t; \
+	  log=target/fuzz-$$t.log; \
+	  if $(CARGO) fuzz run --sanitizer none $$t target/corpus/$$t corpus/$$t -- \
+	      -max_total_time=$(FUZZ_SECONDS) -timeout=10 -max_len=65536 -rss_limit_mb=2048 \
+	      -print_final_stats=1 >"$$log" 2>&1; then \
+	    grep -E '^(Done [0-9]+ runs|stat::number_of_executed_units|stat::peak_rss_mb)' "$$log" || true; \
+	  else \
+	    tail -n 60 "$$log"; echo "fuzz: $$t FAILED (full log fuzz/$$log, input in fuzz/artifacts/$$t)"; exit 1; \
+	  fi; \
+	done; \
+	echo "fuzz: every target ran $(FUZZ_SECONDS) s without a crash"
+
+# Soak (bench/soak.rs): release build, 3 replicas, random kills and
+# publishes for SOAK_MINUTES; SOAK_SEED replays a run's events.
+SOAK_MINUTES ?= 15
+soak: deps
+	$(CARGO) build --release --bin deployex
+	SOAK_MINUTES=$(SOAK_MINUTES) DEPLOYEX_BIN=$(CURDIR)/target/release/deployex $(CARGO) bench --bench soak
 
 # Certificates for mutual TLS on Erlang distribution (devops/tls/README.md):
 # CA, deployex.crt/.key, node.crt/.key and inet_tls.conf in $(TLS_CERTS_DIR).
