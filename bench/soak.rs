@@ -69,7 +69,9 @@ fn publish(site: &Site, version: &str) {
     if !tarball.exists() {
         site.publish_tarball(version);
     }
-    site.write_current(&serde_json::json!({"version": version, "hash": format!("h{version}")}).to_string());
+    site.write_current(
+        &serde_json::json!({"version": version, "hash": format!("h{version}")}).to_string(),
+    );
 }
 
 fn ghosted(s: &Value) -> Vec<String> {
@@ -252,10 +254,7 @@ fn main() {
         .map(|a| a.iter().filter(|r| r["deployment"] == "rollback").count())
         .unwrap_or(0);
 
-    let code = dx.stop_with(
-        nix::sys::signal::Signal::SIGTERM,
-        Duration::from_secs(60),
-    );
+    let code = dx.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(60));
     let stop_deadline = Instant::now() + Duration::from_secs(30);
     let mut left = beams(&site);
     while !left.is_empty() && Instant::now() < stop_deadline {
@@ -298,7 +297,10 @@ fn main() {
     );
 
     assert_eq!(code, Some(0), "deployex exit status");
-    assert!(left.is_empty(), "orphan BEAMs after deployex stopped: {left:?}");
+    assert!(
+        left.is_empty(),
+        "orphan BEAMs after deployex stopped: {left:?}"
+    );
     assert!(
         end_rss - base_rss <= MAX_RSS_GROWTH_KIB,
         "RSS grew {} KiB",

@@ -12,7 +12,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
-use deployex_actors::dist::term::{as_atom, as_int, as_list, as_tuple, pretty, term_to_string};
+use deployex_actors::dist::term::{
+    as_atom, as_int, as_list, as_tuple, check_external_terms, pretty, term_to_string,
+};
 use deployex_actors::store::unpack::{UnpackError, UnpackLimits, unpack_release};
 use deployex_actors::store::{parse_current_json, validate_version};
 use erl_dist::message::Message;
@@ -24,14 +26,13 @@ pub fn current_json(data: &[u8]) {
     match parse_current_json(data) {
         Ok(c) => {
             assert!(validate_version(&c.version).is_ok(), "{c:?}");
-            assert!(
-                c.pre_commands.iter().all(|p| !p.trim().is_empty()),
-                "{c:?}"
-            );
+            assert!(c.pre_commands.iter().all(|p| !p.trim().is_empty()), "{c:?}");
             if let Some(sha) = &c.sha256 {
                 assert!(
                     sha.len() == 64
-                        && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                        && sha
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
                     "{sha:?}"
                 );
             }
@@ -170,16 +171,22 @@ fn check_unpacked(dest: &Path) {
     }
 }
 
-/// An Erlang external term and a distribution message (the body of a
-/// frame after the pass-through tag), as a connected node may send them:
-/// decoding and everything deployex does with a term must not panic.
-pub fn term_decode(data: &[u8]) {
+/// Bytes a connected node may send, as the body of a frame after the
+/// pass-through tag (one or more external terms). deployex decodes only
+/// what [`check_external_terms`] accepts (`dist/frame.rs`); what it accepts
+/// must decode, print and drop without panicking, whatever the bytes.
+/// Returns whether the bytes passed the check.
+pub fn term_decode(data: &[u8]) -> bool {
+    if check_external_terms(data).is_err() {
+        return false;
+    }
     if let Ok(term) = Term::decode(data) {
         use_term(&term);
     }
     if let Ok(message) = Message::read_from(&mut &data[..]) {
         let _ = format!("{message:?}");
     }
+    true
 }
 
 fn use_term(term: &Term) {
