@@ -3,9 +3,9 @@
 //! 3 replicas of the real fixture releases.
 //!
 //! Until the deadline, every 3–9 s (random) one event: `kill -9` of a
-//! running instance's BEAM (only between deployments: a kill inside a
-//! deployment's readiness window counts against the new version and can
-//! ghost a good one), or a publish of a good version (0.1.0/0.1.1/0.1.2:
+//! running instance's BEAM (never the instance being deployed nor one
+//! already on the new version: a crash inside the readiness window counts
+//! against the new version and could ghost a good one), or a publish of a good version (0.1.0/0.1.1/0.1.2:
 //! full deploys and hot upgrades) or of a crashing one (0.2.0 dies at boot,
 //! 0.3.0 after 3 s: both rolled back and ghosted). Meanwhile the API status
 //! and the dashboard page are fetched every ~200 ms with a session token;
@@ -174,18 +174,26 @@ fn main() {
         if Instant::now() >= next_event {
             next_event = Instant::now() + Duration::from_millis(rng.random_range(3000..9000));
             let roll: u32 = rng.random_range(0..10);
-            if roll < 5 {
-                // kill -9 a running instance, between deployments only.
+            if roll < 6 {
+                // kill -9 a running instance outside the deployment: not
+                // the one being deployed, not one already on the new version.
+                let busy = &s["deploying"];
                 let running: Vec<i32> = s["instances"]
                     .as_array()
                     .unwrap()
                     .iter()
-                    .filter(|i| i["state"] == "running")
-                    .filter_map(|i| i["os_pid"].as_i64())
+                    .enumerate()
+                    .filter(|(n, i)| {
+                        i["state"] == "running"
+                            && (busy.is_null()
+                                || (busy["instance"] != *n as u64 + 1
+                                    && busy["version"] != i["version"]))
+                    })
+                    .filter_map(|(_, i)| i["os_pid"].as_i64())
                     .map(|p| p as i32)
                     .filter(|&p| p > 0)
                     .collect();
-                if s["deploying"].is_null() && !running.is_empty() {
+                if !running.is_empty() {
                     let pid = running[rng.random_range(0..running.len())];
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(pid),
