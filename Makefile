@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help deps build lint fmt test demo bench clean-demo
+.PHONY: help deps build lint fmt test demo bench clean-demo fuzz soak
 
 help:
 	@echo "make deps    install what the tests need (Debian: elixir; run as root)"
@@ -10,11 +10,14 @@ help:
 	@echo "make lint    cargo fmt --check + clippy -D warnings"
 	@echo "make test    the whole test suite (unit + end-to-end with real releases)"
 	@echo "make demo    build a demo release, publish 0.1.0 locally, run deployex on :5001"
-	@echo "make bench   crash->respawn latency and RSS benchmark (prints a table)"
+	@echo "make bench   = bench-compare (below)"
+	@echo "make bench-respawn  crash->respawn latency and RSS of deployex next to a trivial respawn loop"
 	@echo "make bench-compare  deployex vs supervisord and PM2, deploy timing, 200 replicas (~6 min; installs supervisor and pm2 if missing; updates docs/BENCHMARKS.md)"
 	@echo "make bench-load  HTTP load (wrk) on the API and dashboard, alone and during a rolling deploy"
 	@echo "make dist    release tarball target/dist/deployex-{version}-x86_64-unknown-linux-gnu.tar.gz (glibc >= 2.31)"
 	@echo "make dist-check-bullseye  make dist, then run the binary in a Debian 11 chroot (glibc 2.31; root)"
+	@echo "make fuzz    each cargo-fuzz target for FUZZ_SECONDS (60) from the committed corpus"
+	@echo "make soak    SOAK_MINUTES (15) of kills, publishes and polling; checks RSS, fds, orphans"
 
 deps:
 	@bash devops/deps.sh
@@ -36,7 +39,14 @@ test: deps
 demo: deps
 	@bash devops/demo.sh
 
-bench: deps
+# The evidence benchmark (issue 7): deployex side by side with supervisord
+# and PM2, deploy timing, 200 replicas; one table, docs/BENCHMARKS.md updated.
+bench: bench-compare
+
+# crash -> respawn and RSS of deployex next to a trivial wait-and-respawn
+# loop (the floor), same machine, same run.
+.PHONY: bench-respawn
+bench-respawn: deps
 	$(CARGO) build --release --bin deployex
 	DEPLOYEX_BIN=$(CURDIR)/target/release/deployex $(CARGO) bench --bench respawn
 
@@ -56,6 +66,38 @@ bench-compare-smoke: deps
 	BENCH_KILLS=3 BENCH_IDLE_SECS=3 BENCH_BOOTS=1 BENCH_SCALE=10 BENCH_SCALE_IDLE_SECS=2 \
 	BENCH_STATUS_REQUESTS=5 BENCH_DOC=- \
 	DEPLOYEX_BIN=$(CURDIR)/target/release/deployex $(CARGO) bench --bench compare
+# Fuzzing (fuzz/README.md): cargo-fuzz on the stable toolchain through
+# RUSTC_BOOTSTRAP (libFuzzer needs -Z flags), no sanitizer (the code under
+# test is safe Rust). The committed seeds in fuzz/corpus/<target> are read
+# only; libFuzzer's finds go to fuzz/target/corpus/<target>, crashes to
+# fuzz/artifacts/<target>/ (replay: cd fuzz && cargo fuzz run <target> <file>).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= current_json unpack term_decode config
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	@set -euo pipefail; cd fuzz; \
+	export RUSTC_BOOTSTRAP=1; \
+	$(CARGO) fuzz build --sanitizer none; \
+	for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  mkdir -p target/corpus/$$t; \
+	  log=target/fuzz-$$t.log; \
+	  if $(CARGO) fuzz run --sanitizer none $$t target/corpus/$$t corpus/$$t -- \
+	      -max_total_time=$(FUZZ_SECONDS) -timeout=10 -max_len=65536 -rss_limit_mb=2048 \
+	      -print_final_stats=1 >"$$log" 2>&1; then \
+	    grep -E '^(Done [0-9]+ runs|stat::number_of_executed_units|stat::peak_rss_mb)' "$$log" || true; \
+	  else \
+	    tail -n 60 "$$log"; echo "fuzz: $$t FAILED (full log fuzz/$$log, input in fuzz/artifacts/$$t)"; exit 1; \
+	  fi; \
+	done; \
+	echo "fuzz: every target ran $(FUZZ_SECONDS) s without a crash"
+
+# Soak (bench/soak.rs): release build, 3 replicas, random kills and
+# publishes for SOAK_MINUTES; SOAK_SEED replays a run's events.
+SOAK_MINUTES ?= 15
+soak: deps
+	$(CARGO) build --release --bin deployex
+	SOAK_MINUTES=$(SOAK_MINUTES) DEPLOYEX_BIN=$(CURDIR)/target/release/deployex $(CARGO) bench --bench soak
 
 # Certificates for mutual TLS on Erlang distribution (devops/tls/README.md):
 # CA, deployex.crt/.key, node.crt/.key and inet_tls.conf in $(TLS_CERTS_DIR).

@@ -55,9 +55,14 @@ pub(crate) fn decode(buf: &mut Vec<u8>) -> Option<Frame> {
     }
     let body = buf.get(4..4 + len)?;
     let frame = match body.split_first() {
-        Some((&PASS_THROUGH, mut rest)) => match Message::read_from(&mut rest) {
-            Ok(message) => Frame::Message(message),
-            Err(e) => Frame::Skipped(format!("undecodable message: {e}")),
+        // The decoder trusts length headers and nests without bound:
+        // only bytes that pass the check reach it (see `term.rs`).
+        Some((&PASS_THROUGH, mut rest)) => match super::term::check_external_terms(rest) {
+            Err(e) => Frame::Skipped(format!("unsafe message: {e}")),
+            Ok(()) => match Message::read_from(&mut rest) {
+                Ok(message) => Frame::Message(message),
+                Err(e) => Frame::Skipped(format!("undecodable message: {e}")),
+            },
         },
         Some((tag, _)) => Frame::Skipped(format!("unsupported frame tag {tag}")),
         None => Frame::Skipped("empty frame".to_owned()),
@@ -110,6 +115,26 @@ mod tests {
         let len = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
         assert_eq!(len, buf.len() - 4);
         assert_eq!(buf[4], PASS_THROUGH);
+    }
+
+    #[test]
+    fn hostile_terms_are_skipped_not_decoded() {
+        // Found by `make fuzz` (term_decode): a list header claiming 2^32-1
+        // elements made the decoder pre-allocate ~200 GiB and abort; an
+        // atom cache reference hit `unimplemented!()`.
+        for body in [
+            &[131, 108, 255, 255, 255, 255, 106][..],
+            &[131, 104, 1, 82, 0][..],
+        ] {
+            let mut buf = (body.len() as u32 + 1).to_be_bytes().to_vec();
+            buf.push(PASS_THROUGH);
+            buf.extend_from_slice(body);
+            encode(sample(), &mut buf).unwrap();
+            assert!(
+                matches!(decode(&mut buf), Some(Frame::Skipped(ref why)) if why.starts_with("unsafe")),
+            );
+            assert!(matches!(decode(&mut buf), Some(Frame::Message(_))));
+        }
     }
 
     #[test]

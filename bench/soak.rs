@@ -1,0 +1,322 @@
+//! Soak run (not a unit test): `make soak`, `SOAK_MINUTES` (default 15),
+//! `SOAK_SEED` to replay a run's event sequence. Release build of deployex,
+//! 3 replicas of the real fixture releases.
+//!
+//! Until the deadline, every 3–9 s (random) one event: `kill -9` of a
+//! running instance's BEAM (never the instance being deployed nor one
+//! already on the new version: a crash inside the readiness window counts
+//! against the new version and could ghost a good one), or a publish of a good version (0.1.0/0.1.1/0.1.2:
+//! full deploys and hot upgrades) or of a crashing one (0.2.0 dies at boot,
+//! 0.3.0 after 3 s: both rolled back and ghosted). Meanwhile the API status
+//! and the dashboard page are fetched every ~200 ms with a session token;
+//! every answer must be 200.
+//!
+//! At the end: a good version is published and must run everywhere; exactly
+//! one BEAM per instance (the status's pids) and none after deployex stops;
+//! deployex's RSS grew by at most 1 MiB and its open fd count by at most a
+//! few since the warm-up sample. Prints a table (docs/BENCHMARKS.md "Soak").
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::deployex::{Deployex, Site, http, pids, running_on};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+const GOOD: [&str; 3] = ["0.1.0", "0.1.1", "0.1.2"];
+const CRASHING: [&str; 2] = ["0.2.0", "0.3.0"];
+/// Allowed RSS growth after warm-up.
+const MAX_RSS_GROWTH_KIB: i64 = 1024;
+/// Allowed change of the open fd count after warm-up (a connection being
+/// accepted or closed while sampling).
+const MAX_FD_DRIFT: i64 = 3;
+const POLL: Duration = Duration::from_millis(200);
+
+fn rss_kib(pid: i32) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn fd_count(pid: i32) -> i64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as i64)
+        .unwrap_or(0)
+}
+
+fn beams(site: &Site) -> BTreeSet<i32> {
+    deployex_actors::process::pids_running_under(&site.var())
+        .into_iter()
+        .collect()
+}
+
+/// current.json names `version`; its tarball is copied once only, so a
+/// tarball deployex may be reading is never rewritten under it.
+fn publish(site: &Site, version: &str) {
+    let tarball = site
+        .store()
+        .join("dist")
+        .join(common::deployex::APP)
+        .join(format!("{}-{version}.tar.gz", common::deployex::APP));
+    if !tarball.exists() {
+        site.publish_tarball(version);
+    }
+    site.write_current(
+        &serde_json::json!({"version": version, "hash": format!("h{version}")}).to_string(),
+    );
+}
+
+fn ghosted(s: &Value) -> Vec<String> {
+    s["ghosted_versions"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[derive(Default)]
+struct Counts {
+    kills: u32,
+    good_publishes: u32,
+    crash_publishes: u32,
+    polls: u32,
+}
+
+/// Fetches the status and the dashboard page; both must answer 200.
+fn poll(dx: &Deployex, counts: &mut Counts) -> Value {
+    let token = dx.token.as_deref();
+    let (code, body) = http(dx.api_port, "GET", "/", token, None);
+    assert_eq!(code, 200, "dashboard: {body}\n{}", dx.log_tail(40));
+    counts.polls += 1;
+    dx.status()
+}
+
+/// Samples RSS and fds a few times over a second and keeps the lowest: a
+/// request in flight or a transient buffer is not growth.
+fn settled_sample(pid: i32) -> (i64, i64) {
+    let (mut rss, mut fds) = (i64::MAX, i64::MAX);
+    for _ in 0..5 {
+        rss = rss.min(rss_kib(pid));
+        fds = fds.min(fd_count(pid));
+        std::thread::sleep(POLL);
+    }
+    (rss, fds)
+}
+
+fn main() {
+    let minutes: f64 = std::env::var("SOAK_MINUTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15.0);
+    let seed: u64 = std::env::var("SOAK_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        });
+    println!("soak: {minutes} min, SOAK_SEED={seed}");
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    // The rollback settings of tests/safety.rs: a crashing version dies
+    // inside min_ready, twice, and is ghosted.
+    let site = Site::new(3)
+        .env("DEPLOYEX_ROLLBACK_CRASHES", "2")
+        .env("DEPLOYEX_BACKOFF_BASE_MS", "200")
+        .env("DEPLOYEX_MIN_READY_MS", "9000")
+        .env("DEPLOYEX_LOG", "info");
+    publish(&site, "0.1.0");
+    let mut dx = site.start();
+    let dpid = dx.pid();
+    let started = Instant::now();
+    dx.wait_status("3 x 0.1.0", Duration::from_secs(180), |s| {
+        running_on(s, "0.1.0")
+    });
+    let mut desired = "0.1.0";
+    let mut counts = Counts::default();
+
+    let total = Duration::from_secs_f64(minutes * 60.0);
+    let deadline = started + total;
+    // Warm-up: the first deploy, a hot-upgradable pair and a crash cycle
+    // have touched every code path once before the baseline is taken.
+    let warmup_until = started + total.mul_f64(0.2).max(Duration::from_secs(30));
+    let mut baseline: Option<(i64, i64)> = None;
+    let mut rss_max = 0i64;
+    let mut next_event = Instant::now() + Duration::from_secs(3);
+
+    while Instant::now() < deadline {
+        assert!(
+            dx.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+            "deployex exited:\n{}",
+            dx.log_tail(60)
+        );
+        let s = poll(&dx, &mut counts);
+        if baseline.is_none() && Instant::now() >= warmup_until && s["deploying"].is_null() {
+            let b = settled_sample(dpid);
+            println!("soak: baseline after warm-up: RSS {} KiB, {} fds", b.0, b.1);
+            baseline = Some(b);
+        }
+        rss_max = rss_max.max(rss_kib(dpid));
+
+        if Instant::now() >= next_event {
+            next_event = Instant::now() + Duration::from_millis(rng.random_range(3000..9000));
+            let roll: u32 = rng.random_range(0..10);
+            if roll < 6 {
+                // kill -9 a running instance outside the deployment: not
+                // the one being deployed, not one already on the new version.
+                let busy = &s["deploying"];
+                let running: Vec<i32> = s["instances"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .enumerate()
+                    .filter(|(n, i)| {
+                        i["state"] == "running"
+                            && (busy.is_null()
+                                || (busy["instance"] != *n as u64 + 1
+                                    && busy["version"] != i["version"]))
+                    })
+                    .filter_map(|(_, i)| i["os_pid"].as_i64())
+                    .map(|p| p as i32)
+                    .filter(|&p| p > 0)
+                    .collect();
+                if !running.is_empty() {
+                    let pid = running[rng.random_range(0..running.len())];
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    counts.kills += 1;
+                }
+            } else if roll < 8 {
+                let ghosts = ghosted(&s);
+                let choices: Vec<&str> = GOOD
+                    .iter()
+                    .copied()
+                    .filter(|v| *v != desired && !ghosts.iter().any(|g| g == v))
+                    .collect();
+                if !choices.is_empty() {
+                    desired = choices[rng.random_range(0..choices.len())];
+                    publish(&site, desired);
+                    counts.good_publishes += 1;
+                }
+            } else {
+                let v = CRASHING[rng.random_range(0..CRASHING.len())];
+                publish(&site, v);
+                counts.crash_publishes += 1;
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+
+    // Converge on a good version.
+    let s = dx.status();
+    let ghosts = ghosted(&s);
+    let last = *GOOD
+        .iter()
+        .rev()
+        .find(|v| **v != desired && !ghosts.iter().any(|g| g == *v))
+        .or_else(|| GOOD.iter().find(|v| !ghosts.iter().any(|g| g == *v)))
+        .unwrap_or_else(|| panic!("every good version ghosted: {s:#}"));
+    publish(&site, last);
+    let converge_start = Instant::now();
+    let s = dx.wait_status(
+        &format!("3 x {last} after the soak"),
+        Duration::from_secs(300),
+        |s| running_on(s, last) && s["deploying"].is_null(),
+    );
+    let converged_in = converge_start.elapsed();
+
+    // Exactly the status's BEAMs run under the site (a killed one may take
+    // a moment to be reaped).
+    let expected: BTreeSet<i32> = pids(&s).into_iter().collect();
+    let beam_deadline = Instant::now() + Duration::from_secs(20);
+    let mut found = beams(&site);
+    while found != expected && Instant::now() < beam_deadline {
+        std::thread::sleep(POLL);
+        found = beams(&site);
+    }
+    assert_eq!(found, expected, "BEAMs under the site vs. the status");
+    assert_eq!(found.len(), 3);
+
+    let (base_rss, base_fds) = baseline.expect("no baseline sample: run longer");
+    // Quiet again: let the last connections close before the final sample.
+    let (end_rss, end_fds) = settled_sample(dpid);
+    let history = dx.get("/api/v1/versions");
+    let rows = history.as_array().map(Vec::len).unwrap_or(0);
+    let rollbacks = history
+        .as_array()
+        .map(|a| a.iter().filter(|r| r["deployment"] == "rollback").count())
+        .unwrap_or(0);
+
+    let code = dx.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(60));
+    let stop_deadline = Instant::now() + Duration::from_secs(30);
+    let mut left = beams(&site);
+    while !left.is_empty() && Instant::now() < stop_deadline {
+        std::thread::sleep(POLL);
+        left = beams(&site);
+    }
+
+    println!();
+    println!(
+        "deployex soak: {minutes} min, 3 replicas, seed {seed}, {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("| metric | value |");
+    println!("|---|---|");
+    println!("| kill -9 of an instance | {} |", counts.kills);
+    println!("| good versions published | {} |", counts.good_publishes);
+    println!(
+        "| crashing versions published | {} (ghosted: {}) |",
+        counts.crash_publishes,
+        ghosted(&s).join(", ")
+    );
+    println!("| history rows / rollbacks | {rows} / {rollbacks} |");
+    println!("| dashboard + status polls (all 200) | {} |", counts.polls);
+    println!(
+        "| final convergence on {last} | {:.1} s |",
+        converged_in.as_secs_f64()
+    );
+    println!(
+        "| deployex RSS after warm-up → end (max) | {base_rss} → {end_rss} KiB ({:+} KiB; max {rss_max}) |",
+        end_rss - base_rss
+    );
+    println!(
+        "| deployex open fds after warm-up → end | {base_fds} → {end_fds} ({:+}) |",
+        end_fds - base_fds
+    );
+    println!(
+        "| BEAMs at the end / after SIGTERM of deployex | {} / {} (exit {code:?}) |",
+        found.len(),
+        left.len()
+    );
+
+    assert_eq!(code, Some(0), "deployex exit status");
+    assert!(
+        left.is_empty(),
+        "orphan BEAMs after deployex stopped: {left:?}"
+    );
+    assert!(
+        end_rss - base_rss <= MAX_RSS_GROWTH_KIB,
+        "RSS grew {} KiB",
+        end_rss - base_rss
+    );
+    assert!(
+        (end_fds - base_fds).abs() <= MAX_FD_DRIFT,
+        "fd count {base_fds} -> {end_fds}"
+    );
+    println!("soak: PASS");
+}
