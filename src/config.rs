@@ -160,6 +160,10 @@ const SECRETS: &[&str] = &[
     "DEPLOYEX_METRICS_TOKEN",
 ];
 
+/// Secrets the AWS secret may carry besides the required ones; taken from
+/// it when not set (same list as `secrets::OPTIONAL`).
+pub(crate) const OPTIONAL_SECRETS: &[&str] = &["DEPLOYEX_METRICS_TOKEN"];
+
 /// bcrypt of `deployex` (cost 12): the local-environment admin password.
 pub const LOCAL_ADMIN_HASH: &str = "$2b$12$oTpgs.Vc4nxDsEB8MBkB.Obs9rCf4wB4WvKYErfgcY9BEFaYp48Rq";
 
@@ -465,7 +469,7 @@ fn load_inner(
         })?;
         // Only the secrets asked for (and the optional ones not set): a
         // secret cannot override settings.
-        let optional_unset: Vec<&str> = crate::secrets::OPTIONAL
+        let optional_unset: Vec<&str> = OPTIONAL_SECRETS
             .iter()
             .copied()
             .filter(|var| src.opt(var).is_none())

@@ -84,16 +84,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// deployex's runtime: one thread runs every actor, the web server and the
-/// process watchers; blocking work (unpacking, hashing, bcrypt, state
-/// files, log rotation) goes to tokio's blocking pool as before. Why one
-/// thread: a crash is then noticed and answered on the thread that polls
-/// the pidfd (no hand-off to another worker, which costs a scheduler wake-up
-/// on a loaded machine: the crash -> respawn latency), and fewer threads mean
-/// fewer stacks and malloc arenas (RSS). Handlers never block (ARCHITECTURE.md),
-/// which is what makes a single thread enough.
+/// deployex's runtime: two worker threads for the actors, the web server
+/// and the process watchers, whatever the machine's core count (bounded
+/// threads, stacks and malloc arenas: RSS); blocking work (unpacking,
+/// hashing, bcrypt, state files, log rotation) goes to tokio's blocking
+/// pool. Not one thread: a handler that must block briefly (the fork of an
+/// instance, the fsync of its pid file, the stray sweep at boot) would then
+/// stall the dashboard and every other actor with it.
 fn engine_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
 }

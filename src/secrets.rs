@@ -19,6 +19,12 @@ pub const REQUIRED: &[&str] = &[
 /// Keys taken from the secret when present.
 pub const OPTIONAL: &[&str] = &["DEPLOYEX_METRICS_TOKEN"];
 
+#[cfg(test)]
+#[test]
+fn the_optional_list_is_the_configs() {
+    assert_eq!(OPTIONAL, crate::config::OPTIONAL_SECRETS);
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
