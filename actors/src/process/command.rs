@@ -23,7 +23,7 @@ struct GroupGuard {
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        if self.armed {
+        if self.armed && !super::sys::is_own_group(self.pgid) {
             let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
         }
     }
@@ -76,7 +76,9 @@ pub async fn run_command(
     })?;
     let finished = tokio::time::timeout(timeout, handle.exited()).await.is_ok();
     // Leftovers on success, everything on timeout.
-    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    if !super::sys::is_own_group(pid) {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
     guard.armed = false;
     let status = child.wait().await.map_err(|source| ProcessError::Wait {
         program: program.to_path_buf(),

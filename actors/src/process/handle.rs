@@ -248,6 +248,15 @@ impl ProcessHandle {
     /// Sends `sig` to the whole group. "No such group" is success: there is
     /// nothing left to signal.
     pub(super) fn signal_group(&self, sig: Signal) {
+        // Only a group this process leads, never deployex's own (killpg of
+        // 0 or of our group would take deployex and its parent down); a
+        // process that leads no group is signalled alone.
+        if self.pgid != self.pid || super::sys::is_own_group(self.pgid) {
+            if self.pid > 1 && self.pid != std::process::id() as i32 && self.is_alive() {
+                let _ = nix::sys::signal::kill(Pid::from_raw(self.pid), sig);
+            }
+            return;
+        }
         if !self.group_is_ours() {
             return;
         }

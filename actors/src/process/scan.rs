@@ -142,9 +142,13 @@ pub fn pgid_of(pid: i32) -> Option<i32> {
 pub fn kill_group_now(pid: i32) {
     use nix::sys::signal::{Signal, kill, killpg};
     use nix::unistd::{Pid, getpgid};
+    // pid 0 / -1 mean "my group" / "everyone" to kill(2): never.
+    if pid <= 1 || pid == std::process::id() as i32 {
+        return;
+    }
     let p = Pid::from_raw(pid);
     match getpgid(Some(p)) {
-        Ok(pgid) if pgid == p => {
+        Ok(pgid) if pgid == p && !super::sys::is_own_group(pgid.as_raw()) => {
             let _ = killpg(pgid, Signal::SIGKILL);
         }
         _ => {
@@ -157,6 +161,24 @@ pub fn kill_group_now(pid: i32) {
 mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
+
+    /// Spawn, retrying ETXTBSY: a program copied by this (multi-threaded)
+    /// test binary may still be open for writing in a child that another
+    /// test thread forked meanwhile, until that child execs.
+    fn spawn_retrying(cmd: &mut std::process::Command) -> std::process::Child {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match cmd.spawn() {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other.unwrap(),
+            }
+        }
+    }
 
     /// /proc/pid/cmdline is set after exec: poll briefly.
     fn common_wait(f: impl Fn() -> bool) -> bool {
@@ -178,13 +200,13 @@ mod tests {
         // A copy of sh named beam.smp stands in for a BEAM.
         let beam = dir.path().join("beam.smp");
         std::fs::copy("/bin/sh", &beam).unwrap();
-        let mut child = std::process::Command::new(&beam)
-            .arg("-c")
-            .arg("sleep 30; : \"$0\"")
-            .arg(marker.join("x"))
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        let mut child = spawn_retrying(
+            std::process::Command::new(&beam)
+                .arg("-c")
+                .arg("sleep 30; : \"$0\"")
+                .arg(marker.join("x"))
+                .process_group(0),
+        );
         let pid = child.id() as i32;
         // Something else under the same folder that is not a BEAM (epmd).
         let mut other = std::process::Command::new("sh")
@@ -217,7 +239,7 @@ mod tests {
             if let Some(m) = marker {
                 cmd.env(INSTANCE_MARKER, m);
             }
-            cmd.spawn().unwrap()
+            spawn_retrying(&mut cmd)
         };
         // Early in a start (the script, erlexec): no release path in sight.
         let sleep = std::path::Path::new("/bin/sleep");

@@ -49,3 +49,9 @@ pub(super) fn clock_ticks() -> u64 {
 pub(super) fn page_size() -> u64 {
     sysconf(libc::_SC_PAGESIZE).unwrap_or(4096)
 }
+
+/// Whether `pgid` is 0/1/negative or deployex's own process group: the
+/// groups no signal of ours may ever target (`killpg(0)` is "my group").
+pub(crate) fn is_own_group(pgid: i32) -> bool {
+    pgid <= 1 || pgid == nix::unistd::getpgrp().as_raw()
+}
