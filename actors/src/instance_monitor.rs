@@ -73,7 +73,11 @@ pub enum InstanceMsg {
         generation: u64,
         info: ExitInfo,
     },
-    HealthTick,
+    /// The health check's clock: one chain of ticks per monitor, `seq`
+    /// names the live one (a tick of an older chain is dropped).
+    HealthTick {
+        seq: u64,
+    },
     Probed {
         generation: u64,
         otp: bool,
@@ -125,7 +129,7 @@ impl Describe for InstanceMsg {
         match self {
             InstanceMsg::Boot => "Boot",
             InstanceMsg::Exited { .. } => "Exited",
-            InstanceMsg::HealthTick => "HealthTick",
+            InstanceMsg::HealthTick { .. } => "HealthTick",
             InstanceMsg::Probed { .. } => "Probed",
             InstanceMsg::RestartAfterBackoff { .. } => "RestartAfterBackoff",
             InstanceMsg::Restart { .. } => "Restart",
@@ -182,6 +186,13 @@ fn short_result(r: &Result<(), String>) -> String {
 
 pub struct InstanceMonitor;
 
+/// Health tick while an instance starts: readiness is seen within this.
+const FAST_TICK: Duration = Duration::from_millis(100);
+/// Health tick once it runs (or is stopped): probes and rotation checks.
+const SLOW_TICK: Duration = Duration::from_secs(1);
+/// How often the log files are checked for rotation.
+const ROTATION_CHECK: Duration = Duration::from_secs(5);
+
 pub struct Args {
     pub cfg: Arc<EngineConfig>,
     pub instance: u32,
@@ -216,8 +227,10 @@ pub struct MonitorState {
     deploying: Option<DeployJob>,
     last_error: Option<String>,
     otp_connected: bool,
-    /// Health ticks seen (drives periodic work such as log rotation).
-    ticks: u64,
+    /// The live chain of health ticks (see [`InstanceMsg::HealthTick`]).
+    tick_seq: u64,
+    /// When the log files were last checked for rotation.
+    rotated_at: Instant,
     recorder: Recorder,
 }
 
@@ -234,7 +247,7 @@ impl Actor for InstanceMonitor {
         let cfg = args.cfg;
         let instance = args.instance;
         let service = cfg.service_dir(instance);
-        let state = MonitorState {
+        let mut state = MonitorState {
             node: cfg.node_name(instance),
             port: cfg.port(instance),
             version: crate::store::release_version(&service.join("current")),
@@ -259,10 +272,11 @@ impl Actor for InstanceMonitor {
             deploying: None,
             last_error: None,
             otp_connected: false,
-            ticks: 0,
+            tick_seq: 0,
+            rotated_at: Instant::now(),
             recorder: Recorder::for_actor(&name(instance)),
         };
-        myself.send_interval(Duration::from_millis(100), || InstanceMsg::HealthTick);
+        state.schedule_tick(&myself, FAST_TICK);
         let _ = myself.cast(InstanceMsg::Boot);
         Ok(state)
     }
@@ -281,7 +295,21 @@ impl Actor for InstanceMonitor {
                     state.on_exit(&myself, info);
                 }
             }
-            InstanceMsg::HealthTick => state.health_tick(&myself),
+            InstanceMsg::HealthTick { seq } => {
+                if seq == state.tick_seq {
+                    state.health_tick(&myself);
+                    // Fast while an instance starts (readiness decides the
+                    // rollout's pace), slow once it runs: exits are seen by
+                    // the pidfd, not by this clock, and an idle deployex
+                    // should sleep (200 replicas: 200 wake-ups/s, not 2000).
+                    let next = if state.phase == InstanceState::Starting {
+                        FAST_TICK
+                    } else {
+                        SLOW_TICK
+                    };
+                    state.schedule_tick(&myself, next);
+                }
+            }
             InstanceMsg::Probed {
                 generation,
                 otp,
@@ -409,6 +437,8 @@ impl MonitorState {
         self.otp_connected = false;
         self.stopping = None;
         self.set_phase(InstanceState::Starting, "process started");
+        // Back to the fast clock: readiness paces the rollout.
+        self.schedule_tick(myself, FAST_TICK);
         if let Some(w) = ractor::registry::where_is(otp_node_watcher::NAME) {
             let _ = w.send_message(WatcherMsg::Watch {
                 node: self.node.clone(),
@@ -551,10 +581,18 @@ impl MonitorState {
         }
     }
 
+    /// Start a new chain of health ticks, `delay` from now; the previous
+    /// chain dies at its next tick.
+    fn schedule_tick(&mut self, myself: &ActorRef<InstanceMsg>, delay: Duration) {
+        self.tick_seq = self.tick_seq.wrapping_add(1);
+        let seq = self.tick_seq;
+        myself.send_after(delay, move || InstanceMsg::HealthTick { seq });
+    }
+
     fn health_tick(&mut self, myself: &ActorRef<InstanceMsg>) {
-        // Log rotation copies files: off the handler, every 5 s (50 ticks).
-        self.ticks = self.ticks.wrapping_add(1);
-        if self.ticks.is_multiple_of(50) {
+        // Log rotation copies files: off the handler, every 5 s.
+        if self.rotated_at.elapsed() >= ROTATION_CHECK {
+            self.rotated_at = Instant::now();
             let paths: Vec<PathBuf> = [LogStream::Stdout, LogStream::Stderr]
                 .into_iter()
                 .map(|stream| self.cfg.log_file(self.instance, stream))
@@ -571,16 +609,6 @@ impl MonitorState {
         };
         if self.probing {
             return;
-        }
-        // While starting, probe every tick (100 ms); once running, every second.
-        let running = self.phase != InstanceState::Starting;
-        if running {
-            let due = self
-                .started_at
-                .is_some_and(|t| t.elapsed().as_millis() % 1000 < 100);
-            if !due {
-                return;
-            }
         }
         if let Some(w) = ractor::registry::where_is(otp_node_watcher::NAME) {
             let _ = w.send_message(WatcherMsg::Watch {

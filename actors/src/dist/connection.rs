@@ -535,6 +535,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Runner<S> {
                 Event::Read(Ok(_)) => {
                     self.last_read = Instant::now();
                     while let Some(frame) = frame::decode(&mut self.rx) {
+                        if let Frame::TooLarge(len) = frame {
+                            return format!(
+                                "the peer announced a {len}-byte frame (limit {} bytes)",
+                                frame::MAX_FRAME
+                            );
+                        }
                         self.on_frame(frame);
                     }
                 }
@@ -626,6 +632,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Runner<S> {
                 other => tracing::trace!(node = %self.node, ?other, "ignored message"),
             },
             Frame::Skipped(why) => tracing::debug!(node = %self.node, %why, "skipped a frame"),
+            // Handled by the read loop, which closes the connection.
+            Frame::TooLarge(_) => {}
         }
     }
 

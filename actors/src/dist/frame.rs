@@ -43,7 +43,15 @@ pub(crate) enum Frame {
     /// A complete frame we could not use (unknown tag or operation); the
     /// stream stays in sync because frames are length-delimited.
     Skipped(String),
+    /// A header announcing more than [`MAX_FRAME`] bytes: the connection
+    /// must be dropped (buffering it would let a peer exhaust our memory).
+    TooLarge(usize),
 }
+
+/// The largest frame deployex accepts from a node. Replies to our RPCs
+/// (release_handler results, telemetry numbers) are a few KiB; a hot
+/// upgrade's biggest answer is far below this.
+pub(crate) const MAX_FRAME: usize = 64 * 1024 * 1024;
 
 /// Takes the next complete frame off the front of `buf`, if there is one.
 pub(crate) fn decode(buf: &mut Vec<u8>) -> Option<Frame> {
@@ -52,6 +60,9 @@ pub(crate) fn decode(buf: &mut Vec<u8>) -> Option<Frame> {
     if len == 0 {
         buf.drain(..4);
         return Some(Frame::Tick);
+    }
+    if len > MAX_FRAME {
+        return Some(Frame::TooLarge(len));
     }
     let body = buf.get(4..4 + len)?;
     let frame = match body.split_first() {
@@ -144,5 +155,18 @@ mod tests {
         assert!(matches!(decode(&mut buf), Some(Frame::Skipped(_))));
         assert!(matches!(decode(&mut buf), Some(Frame::Message(_))));
         assert!(decode(&mut buf).is_none());
+    }
+
+    #[test]
+    fn a_header_over_the_cap_is_refused_before_any_body_arrives() {
+        let mut buf = u32::MAX.to_be_bytes().to_vec();
+        buf.extend_from_slice(&[112, 131]);
+        match decode(&mut buf) {
+            Some(Frame::TooLarge(n)) => assert_eq!(n, u32::MAX as usize),
+            other => panic!("{other:?}"),
+        }
+        let mut ok = ((MAX_FRAME) as u32).to_be_bytes().to_vec();
+        ok.push(112);
+        assert!(decode(&mut ok).is_none(), "at the cap: waits for the body");
     }
 }
