@@ -25,22 +25,8 @@ pub fn instance_pids(service: &Path) -> Vec<i32> {
     };
     let marker = format!("{INSTANCE_MARKER}={dir_str}");
     let needle = format!("{dir_str}/");
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let me = std::process::id() as i32;
     let mut pids = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
+    for pid in other_pids() {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let comm = comm.trim_end();
         if comm == "epmd" {
@@ -78,6 +64,17 @@ pub fn instance_roots(service: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Every pid in /proc but our own.
+fn other_pids() -> impl Iterator<Item = i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(move |&pid| pid != me)
+}
+
 /// Pids of the BEAM processes whose command line names a path under `root`
 /// (a BEAM started by `bin/{app} start` carries `-root {release}` and
 /// `-boot {release}/releases/...` in its arguments). Only `beam*`
@@ -91,22 +88,8 @@ pub fn pids_running_under(root: &Path) -> Vec<i32> {
     else {
         return Vec::new();
     };
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let me = std::process::id() as i32;
     let mut pids = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
+    for pid in other_pids() {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
