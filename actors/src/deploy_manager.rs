@@ -581,6 +581,22 @@ impl DmState {
         false
     }
 
+    /// The instance an operator's restart is waiting for, if any; the lock
+    /// lapses after the rollback timeout (an instance that never comes back
+    /// must not block deployments forever).
+    fn restart_lock(&mut self) -> Option<u32> {
+        let (instance, since) = self.restarting?;
+        if since.elapsed() < self.cfg.rollback_timeout {
+            return Some(instance);
+        }
+        tracing::warn!(
+            instance,
+            "restarted instance not ready in time; deployments resume"
+        );
+        self.restarting = None;
+        None
+    }
+
     /// An operator's restart, under the deploy lock.
     async fn restart(&mut self, instance: u32) -> Result<(), String> {
         if let Some(p) = &self.in_progress {
@@ -592,9 +608,8 @@ impl DmState {
                 p.started.elapsed().as_secs()
             ));
         }
-        if let Some((other, since)) = self.restarting
+        if let Some(other) = self.restart_lock()
             && other != instance
-            && since.elapsed() < self.cfg.rollback_timeout
         {
             return Err(format!(
                 "instance {other} is restarting: try again when it is ready"
@@ -617,15 +632,8 @@ impl DmState {
         if self.in_progress.is_some() {
             return;
         }
-        if let Some((instance, since)) = self.restarting {
-            if since.elapsed() < self.cfg.rollback_timeout {
-                return;
-            }
-            tracing::warn!(
-                instance,
-                "restarted instance not ready in time; deployments resume"
-            );
-            self.restarting = None;
+        if self.restart_lock().is_some() {
+            return;
         }
         if self.rollback_ghosted().await {
             return;

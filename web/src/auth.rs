@@ -173,25 +173,14 @@ impl TokenSigner {
     }
 }
 
-/// temp + fsync + rename + directory fsync: a crash leaves the old or the
-/// new file, never half of one.
+/// The revoked ids, written with the engine's atomic write (temp + fsync +
+/// rename + directory fsync).
 fn write_atomically(path: &std::path::Path, map: &HashMap<String, u64>) -> std::io::Result<()> {
-    use std::io::Write;
     let json = serde_json::to_vec(map).map_err(std::io::Error::other)?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    if let Some(dir) = dir {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("json.partial");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&json)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = dir {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    deployex_actors::storage::write_atomic(path, &json)
 }
 
 /// Checks `password` against the bcrypt hash on a blocking thread (bcrypt
