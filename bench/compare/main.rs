@@ -254,6 +254,24 @@ fn side_report(results: &[side::PeerResult], plan: &side::Plan) -> String {
         String::new(),
     );
     row(
+        "… of which the kernel: kill → process exited, median (ms)",
+        &|r| r.exit_ms.median(),
+        2,
+        "same for all (BEAM teardown)".into(),
+    );
+    row(
+        "… of which the supervisor: exited → new process, median (ms)",
+        &|r| r.own_ms.median(),
+        2,
+        String::new(),
+    );
+    row(
+        "exited → new process, p90 (ms)",
+        &|r| r.own_ms.p90(),
+        2,
+        String::new(),
+    );
+    row(
         "crash → port accepting, median (ms)",
         &|r| r.accept_ms.median(),
         0,

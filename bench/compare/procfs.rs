@@ -184,3 +184,37 @@ pub fn machine() -> String {
         .unwrap_or_else(|| "Linux".into());
     format!("{os}, kernel {kernel}, {model}, {cores} cores, {mem_gib:.0} GiB")
 }
+
+/// `pidfd_open(2)` on `pid`: `None` if it is already gone.
+#[allow(unsafe_code)]
+fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes two integers and touches no memory of ours.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
+    let fd = i32::try_from(ret).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the kernel just returned this fd; OwnedFd is its only owner.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Watches `pid` through a pidfd from a thread of its own; joined, it gives
+/// the instant the kernel reported the process exited (all threads gone,
+/// memory torn down): the earliest moment any supervisor can know. A crash →
+/// respawn time splits into this (the kernel's share, the same for every
+/// supervisor) and what follows (the supervisor's own latency). `None` when
+/// the process is already gone.
+pub fn exit_watch(pid: i32) -> Option<std::thread::JoinHandle<Option<std::time::Instant>>> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
+    let fd = pidfd_open(pid)?;
+    Some(std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, PollTimeout::from(100u8)).is_ok_and(|n| n > 0) {
+                return Some(Instant::now());
+            }
+        }
+        None
+    }))
+}

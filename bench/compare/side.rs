@@ -31,6 +31,10 @@ pub struct PeerResult {
     pub rss_after_kib: Option<u64>,
     pub threads: usize,
     pub respawn_ms: Samples,
+    /// kill → the kernel reports the process exited (same for every peer).
+    pub exit_ms: Samples,
+    /// exit reported → new process: the supervisor's own share.
+    pub own_ms: Samples,
     pub accept_ms: Samples,
     pub idle_cpu_pct: Option<f64>,
     pub idle_wakeups: Option<f64>,
@@ -114,11 +118,19 @@ fn crash_loop(peer: &dyn Peer, plan: &Plan, r: &mut PeerResult) {
         let port = peer.ports()[k % peer.ports().len()];
         let victim = wait_for_victim(peer, port);
         let before = procfs::children(daemon);
+        let exit = procfs::exit_watch(victim);
         let t0 = Instant::now();
         kill(Pid::from_raw(victim), Signal::SIGKILL).expect("kill -9 the app");
         loop {
             if procfs::children(daemon).iter().any(|c| !before.contains(c)) {
-                r.respawn_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+                let respawned = t0.elapsed();
+                r.respawn_ms.push(respawned.as_secs_f64() * 1000.0);
+                if let Some(exited) = exit.and_then(|w| w.join().ok().flatten()) {
+                    let exit = exited.saturating_duration_since(t0);
+                    r.exit_ms.push(exit.as_secs_f64() * 1000.0);
+                    r.own_ms
+                        .push(respawned.saturating_sub(exit).as_secs_f64() * 1000.0);
+                }
                 break;
             }
             assert!(

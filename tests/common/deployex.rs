@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub use super::net::free_port_range;
 use super::{Epmd, fixture_tarball, free_port};
 
 pub const APP: &str = "dxtest";
@@ -23,26 +24,6 @@ pub struct Site {
     pub app_port: u16,
     pub replicas: u32,
     pub extra_env: Vec<(String, String)>,
-}
-
-/// `n` consecutive free TCP ports on loopback.
-pub fn free_port_range(n: u16) -> u16 {
-    for _ in 0..200 {
-        let base = 20000 + (rand_u16() % 30000);
-        let all_free = (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no range of {n} free ports found");
-}
-
-fn rand_u16() -> u16 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    ((t ^ std::process::id().rotate_left(7)) % 65521) as u16
 }
 
 impl Site {

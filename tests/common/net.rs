@@ -10,10 +10,46 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// A port that was free a moment ago (bind port 0, read it, release it).
+/// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+    free_port_range(1)
+}
+
+/// The first of `n` consecutive ports that were free a moment ago.
+///
+/// Always below the kernel's ephemeral range: a test that polls a port with
+/// `connect()` while nothing listens there could otherwise be handed that
+/// very port as its source port, connect to itself (TCP simultaneous open),
+/// look "accepting" and leave the port in TIME-WAIT, so the server then
+/// fails with `eaddrinuse` for a minute (seen in the respawn benchmark).
+pub fn free_port_range(n: u16) -> u16 {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10000u16;
+    let span = ephemeral_start.saturating_sub(low).saturating_sub(n).max(1);
+    for _ in 0..500 {
+        let base = low + rand_u16() % span;
+        let all_free = (0..n).all(|i| TcpListener::bind((Ipv4Addr::LOCALHOST, base + i)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no range of {n} free ports below {ephemeral_start}");
+}
+
+fn rand_u16() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let salt = CALLS
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_mul(2_654_435_761);
+    ((t ^ std::process::id().rotate_left(7) ^ salt) % 65521) as u16
 }
 
 /// An isolated EPMD port for one test's Erlang nodes.

@@ -129,8 +129,22 @@ async fn login(state: Arc<AppState>, ip: IpAddr, req: LoginRequest) -> Result<Re
 
 async fn status(state: Arc<AppState>) -> Result<Response, Rejection> {
     Ok(
-        match tokio::time::timeout(STATUS_TIMEOUT, state.status()).await {
-            Ok(s) => json_status(StatusCode::OK, &*s),
+        match tokio::time::timeout(STATUS_TIMEOUT, state.status_json()).await {
+            Ok(Ok(json)) => {
+                let mut response = Response::new(json.into());
+                response.headers_mut().insert(
+                    warp::http::header::CONTENT_TYPE,
+                    warp::http::HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot encode the status");
+                json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot encode the status",
+                )
+            }
             Err(_) => json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the engine did not answer in time",

@@ -110,6 +110,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Concurrent status / history reads share one engine query (flight.rs).
     status_flight: SingleFlight<Arc<Status>>,
+    /// The same snapshot as JSON: concurrent API reads share one encoding.
+    status_json_flight: SingleFlight<Result<warp::hyper::body::Bytes, Arc<str>>>,
     history_flight: SingleFlight<Arc<Vec<HistoryEntry>>>,
 }
 
@@ -129,6 +131,7 @@ impl AppState {
             http_metrics: HttpMetrics::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
             status_flight: SingleFlight::default(),
+            status_json_flight: SingleFlight::default(),
             history_flight: SingleFlight::default(),
         })
     }
@@ -138,6 +141,20 @@ impl AppState {
         let engine = self.engine.clone();
         self.status_flight
             .run(move || async move { Arc::new(engine.status().await) })
+            .await
+    }
+
+    /// The status snapshot encoded as JSON, shared with concurrent callers
+    /// (joins the snapshot query in flight, like [`Self::status`]).
+    pub async fn status_json(self: &Arc<Self>) -> Result<warp::hyper::body::Bytes, Arc<str>> {
+        let me = self.clone();
+        self.status_json_flight
+            .run(move || async move {
+                let status = me.status().await;
+                serde_json::to_vec(&*status)
+                    .map(warp::hyper::body::Bytes::from)
+                    .map_err(|e| Arc::from(e.to_string()))
+            })
             .await
     }
 

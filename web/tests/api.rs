@@ -108,6 +108,7 @@ async fn login_wrong_then_right() {
         .reply(&f)
         .await;
     assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
     let v = body_json(&r);
     assert_eq!(v["app"], "myapp");
     assert_eq!(v["instances"].as_array().unwrap().len(), 3);

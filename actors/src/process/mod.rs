@@ -105,3 +105,39 @@ pub enum ProcessError {
         source: serde_json::Error,
     },
 }
+
+/// Unmaps the pages of deployex's own executable that are mapped but clean
+/// (code and read-only data, byte-for-byte the file's page-cache pages), so
+/// that only the code still in use is resident.
+///
+/// Why: most of what a fresh deployex has resident is its own binary, and
+/// much of that is code that ran once at start-up (argument parsing,
+/// configuration, the dynamic linker's relocation tables) or that the
+/// kernel mapped alongside it (each page fault in a file mapping also maps
+/// its already-cached neighbours, 64 KiB at a time). Those pages stay
+/// mapped, and counted in RSS, for the life of the process.
+///
+/// Safe by construction: only mappings of `/proc/self/exe` that are
+/// read-only and hold no anonymous (copied) page are touched, so every page
+/// dropped is identical to the file's; the next access maps it again from
+/// the page cache (a minor fault, no disk read while it stays cached).
+/// Writable data, the relocated RELRO segment, heap and stacks are never
+/// touched. Returns the bytes advised (0 when /proc is unavailable).
+pub fn trim_resident_code() -> usize {
+    let bytes = sys::drop_clean_image_pages();
+    // The heap's free pages too: after a burst (a deployment, a load test)
+    // glibc keeps them mapped until the top of an arena is free.
+    sys::malloc_trim();
+    bytes
+}
+
+/// Caps glibc's malloc arenas at `arenas` (by default one per thread, up
+/// to 8 per core, each keeping its own free memory resident). deployex's
+/// threads are few and known: the main thread and the runtime's workers
+/// each get an arena of their own (no lock contention between them; with a
+/// single shared arena the HTTP load benchmark showed malloc lock waits),
+/// and the occasional blocking-pool thread shares one. Call first thing in
+/// `main`, before any thread starts. No-op outside glibc.
+pub fn limit_malloc_arenas(arenas: i32) -> bool {
+    sys::set_malloc_arena_max(arenas)
+}

@@ -129,3 +129,65 @@ mod unit {
         assert!(proc_stats(-5).is_none());
     }
 }
+
+/// One read-only mapping of an executable that holds no private copy of any
+/// page (`Anonymous: 0 kB` in smaps): every resident page in it is the
+/// file's own page-cache page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct CleanImageMapping {
+    pub start: usize,
+    pub len: usize,
+}
+
+/// The mappings of `exe` in `smaps` (the text of `/proc/{pid}/smaps`) that
+/// are read-only (`r-`) and whose `Anonymous:` field was seen and is 0. A
+/// writable mapping, one with any anonymous (copied-on-write, e.g. the
+/// relocated RELRO) page, or one whose fields could not be read, is never
+/// listed.
+pub(super) fn clean_image_mappings(smaps: &str, exe: &str) -> Vec<CleanImageMapping> {
+    /// The mapping whose fields are being read.
+    struct Current {
+        start: usize,
+        len: usize,
+        candidate: bool,
+        anonymous_zero: Option<bool>,
+    }
+    fn finish(m: Option<Current>, out: &mut Vec<CleanImageMapping>) {
+        if let Some(m) = m
+            && m.candidate
+            && m.anonymous_zero == Some(true)
+        {
+            out.push(CleanImageMapping {
+                start: m.start,
+                len: m.len,
+            });
+        }
+    }
+    let mut out = Vec::new();
+    let mut current: Option<Current> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if let Some((a, b)) = first.split_once('-')
+            && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+        {
+            // A mapping header: start-end perms offset dev inode [path].
+            finish(current.take(), &mut out);
+            let perms = fields.next().unwrap_or("");
+            let rest: Vec<&str> = fields.skip(3).collect();
+            let read_only = perms.starts_with("r-");
+            current = Some(Current {
+                start: a,
+                len: b.saturating_sub(a),
+                candidate: read_only && b > a && rest == [exe],
+                anonymous_zero: None,
+            });
+        } else if first == "Anonymous:"
+            && let Some(m) = current.as_mut()
+        {
+            m.anonymous_zero = Some(fields.next() == Some("0"));
+        }
+    }
+    finish(current.take(), &mut out);
+    out
+}

@@ -55,3 +55,57 @@ pub(super) fn page_size() -> u64 {
 pub(crate) fn is_own_group(pgid: i32) -> bool {
     pgid <= 1 || pgid == nix::unistd::getpgrp().as_raw()
 }
+
+/// `MADV_DONTNEED` on every clean read-only mapping of our executable (see
+/// [`super::trim_resident_code`]). Returns the bytes advised.
+pub(super) fn drop_clean_image_pages() -> usize {
+    let (Ok(exe), Ok(smaps)) = (
+        std::fs::read_link("/proc/self/exe"),
+        std::fs::read_to_string("/proc/self/smaps"),
+    ) else {
+        return 0;
+    };
+    let Some(exe) = exe.to_str() else {
+        return 0;
+    };
+    let mut advised = 0;
+    for m in super::procfs::clean_image_mappings(&smaps, exe) {
+        // SAFETY: the range is a mapping of our own executable that is
+        // read-only and holds no anonymous page, so every page in it is the
+        // unmodified file page: MADV_DONTNEED only unmaps them, and the next
+        // access maps the same bytes again from the page cache. No Rust
+        // object's memory is involved.
+        let ret =
+            unsafe { libc::madvise(m.start as *mut libc::c_void, m.len, libc::MADV_DONTNEED) };
+        if ret == 0 {
+            advised += m.len;
+        }
+    }
+    advised
+}
+
+/// glibc malloc: at most `arenas` arenas (see [`super::limit_malloc_arenas`]).
+#[cfg(target_env = "gnu")]
+pub(super) fn set_malloc_arena_max(arenas: i32) -> bool {
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // thread of ours exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) == 1 }
+}
+
+#[cfg(not(target_env = "gnu"))]
+pub(super) fn set_malloc_arena_max(_arenas: i32) -> bool {
+    false
+}
+
+/// glibc malloc: give the free pages of every arena back to the kernel.
+#[cfg(target_env = "gnu")]
+pub(super) fn malloc_trim() {
+    // SAFETY: malloc_trim takes the allocator's own locks; no pointer of
+    // ours is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+pub(super) fn malloc_trim() {}

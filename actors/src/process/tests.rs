@@ -616,3 +616,73 @@ async fn real_release_spawn_adopt_stop_leaves_no_beam() {
     assert!(matches!(adopt(&pidfile), Adoption::Gone));
     assert!(wait_until(Duration::from_secs(10), || epmd.kill()).await);
 }
+
+#[test]
+fn only_clean_read_only_mappings_of_the_executable_are_trimmed() {
+    let exe = "/opt/deployex/bin/deployex";
+    let smaps = format!(
+        "\
+55d0a0000000-55d0a0100000 r--p 00000000 fe:00 42 {exe}
+Rss:                 100 kB
+Anonymous:             0 kB
+55d0a0100000-55d0a0900000 r-xp 00100000 fe:00 42 {exe}
+Rss:                5000 kB
+Anonymous:             0 kB
+55d0a0900000-55d0a0960000 r--p 00900000 fe:00 42 {exe}
+Rss:                 380 kB
+Anonymous:           380 kB
+55d0a0960000-55d0a0966000 rw-p 00960000 fe:00 42 {exe}
+Anonymous:            24 kB
+55d0a0966000-55d0a0967000 r--p 00966000 fe:00 42 {exe}
+Rss:                   4 kB
+7f0000000000-7f0000200000 r-xp 00000000 fe:00 7 /usr/lib/x86_64-linux-gnu/libc.so.6
+Anonymous:             0 kB
+7f0000300000-7f0000301000 r-xp 00000000 fe:00 9 {exe} (deleted)
+Anonymous:             0 kB
+7f0000400000-7f0000500000 rw-p 00000000 00:00 0 [heap]
+Anonymous:          1024 kB
+"
+    );
+    let found = procfs::clean_image_mappings(&smaps, exe);
+    assert_eq!(
+        found,
+        vec![
+            procfs::CleanImageMapping {
+                start: 0x55d0a0000000,
+                len: 0x100000
+            },
+            procfs::CleanImageMapping {
+                start: 0x55d0a0100000,
+                len: 0x800000
+            },
+        ],
+        "the relocated RELRO (anonymous pages), writable data, a mapping \
+         without an Anonymous field, other files, a replaced binary and the \
+         heap are never trimmed"
+    );
+}
+
+#[test]
+fn trimming_resident_code_keeps_the_process_working() {
+    fn rss_file_kib() -> u64 {
+        fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("RssFile:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    }
+    let before = rss_file_kib();
+    let advised = trim_resident_code();
+    assert!(advised > 0, "this test binary has clean code mappings");
+    let after = rss_file_kib();
+    assert!(
+        after < before,
+        "file-backed RSS must drop: {before} KiB -> {after} KiB"
+    );
+    // Code and read-only data come back on use, unchanged.
+    let text = format!("{:?}", std::hint::black_box(vec![1u8, 2, 3]));
+    assert_eq!(text, "[1, 2, 3]");
+    let me = procfs::read_stat(std::process::id() as i32).unwrap();
+    assert!(me.pgid > 0 && me.threads >= 1);
+}
