@@ -440,7 +440,7 @@ impl MonitorState {
         // Back to the fast clock: readiness paces the rollout.
         self.schedule_tick(myself, FAST_TICK);
         if let Some(w) = ractor::registry::where_is(otp_node_watcher::NAME) {
-            let _ = w.send_message(WatcherMsg::Watch {
+            let _ = w.send_message(WatcherMsg::Retry {
                 node: self.node.clone(),
             });
         }
@@ -590,19 +590,25 @@ impl MonitorState {
     }
 
     fn health_tick(&mut self, myself: &ActorRef<InstanceMsg>) {
-        // Log rotation copies files: off the handler, every 5 s.
+        // Log rotation, every 5 s: the size check is two `stat`s (here);
+        // the copy, when one is due, runs off the handler. A blocking-pool
+        // task per instance every 5 s kept ~40 pool threads alive at 200
+        // replicas for nothing.
         if self.rotated_at.elapsed() >= ROTATION_CHECK {
             self.rotated_at = Instant::now();
-            let paths: Vec<PathBuf> = [LogStream::Stdout, LogStream::Stderr]
+            let (max, keep) = (self.cfg.log_max_bytes, self.cfg.log_keep);
+            let due: Vec<PathBuf> = [LogStream::Stdout, LogStream::Stderr]
                 .into_iter()
                 .map(|stream| self.cfg.log_file(self.instance, stream))
+                .filter(|path| std::fs::metadata(path).is_ok_and(|m| m.len() > max))
                 .collect();
-            let (max, keep) = (self.cfg.log_max_bytes, self.cfg.log_keep);
-            tokio::task::spawn_blocking(move || {
-                for path in paths {
-                    let _ = process::rotate_if_needed(&path, max, keep);
-                }
-            });
+            if !due.is_empty() {
+                tokio::task::spawn_blocking(move || {
+                    for path in due {
+                        let _ = process::rotate_if_needed(&path, max, keep);
+                    }
+                });
+            }
         }
         let Some(handle) = self.process.clone() else {
             return;

@@ -132,6 +132,10 @@ pub fn reductions_rate(prev: (u64, Instant), now: (u64, Instant)) -> Option<u64>
 pub enum WatcherMsg {
     /// Keep a connection to this node (idempotent).
     Watch { node: String },
+    /// Like `Watch`, and a new OS process of this node was just started:
+    /// if not connected, try at once with the fast backoff again (the
+    /// connector backs off to 30 s after a minute without the node).
+    Retry { node: String },
     /// Drop the connection and stop reconnecting.
     Unwatch { node: String },
     Connected {
@@ -172,6 +176,7 @@ impl Describe for WatcherMsg {
     fn kind(&self) -> &'static str {
         match self {
             WatcherMsg::Watch { .. } => "Watch",
+            WatcherMsg::Retry { .. } => "Retry",
             WatcherMsg::Unwatch { .. } => "Unwatch",
             WatcherMsg::Connected { .. } => "Connected",
             WatcherMsg::Disconnected { .. } => "Disconnected",
@@ -184,7 +189,9 @@ impl Describe for WatcherMsg {
     }
     fn summary(&self) -> String {
         match self {
-            WatcherMsg::Watch { node } | WatcherMsg::Unwatch { node } => node.clone(),
+            WatcherMsg::Watch { node }
+            | WatcherMsg::Retry { node }
+            | WatcherMsg::Unwatch { node } => node.clone(),
             WatcherMsg::Connected {
                 node, generation, ..
             } => format!("{node} gen={generation}"),
@@ -225,6 +232,8 @@ struct Entry {
     /// Identifies `conn` (unique within this watcher): samples carry it.
     conn_id: u64,
     task: JoinHandle<()>,
+    /// Wakes the connector out of its backoff (`Retry`).
+    poke: Arc<tokio::sync::Notify>,
     last_error: Option<String>,
     /// A sample of `conn_id` is in flight.
     sampling: bool,
@@ -249,6 +258,39 @@ pub struct WatcherState {
     next_generation: u64,
     next_conn_id: u64,
     recorder: Recorder,
+}
+
+impl WatcherState {
+    /// Starts a connector for `node` unless one runs (idempotent).
+    fn watch(&mut self, myself: &ActorRef<WatcherMsg>, node: String) {
+        if self.nodes.contains_key(&node) {
+            return;
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let poke = Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn(connector(
+            myself.clone(),
+            node.clone(),
+            generation,
+            self.dist.clone(),
+            poke.clone(),
+        ));
+        self.nodes.insert(
+            node,
+            Entry {
+                generation,
+                conn: None,
+                conn_id: 0,
+                task,
+                poke,
+                last_error: None,
+                sampling: false,
+                beam: None,
+                reductions: None,
+            },
+        );
+    }
 }
 
 impl Actor for OtpNodeWatcher {
@@ -315,29 +357,14 @@ impl Actor for OtpNodeWatcher {
     ) -> Result<(), ActorProcessingErr> {
         let _rec = state.recorder.begin(&msg);
         match msg {
-            WatcherMsg::Watch { node } => {
-                if !state.nodes.contains_key(&node) {
-                    let generation = state.next_generation;
-                    state.next_generation += 1;
-                    let task = tokio::spawn(connector(
-                        myself.clone(),
-                        node.clone(),
-                        generation,
-                        state.dist.clone(),
-                    ));
-                    state.nodes.insert(
-                        node,
-                        Entry {
-                            generation,
-                            conn: None,
-                            conn_id: 0,
-                            task,
-                            last_error: None,
-                            sampling: false,
-                            beam: None,
-                            reductions: None,
-                        },
-                    );
+            WatcherMsg::Watch { node } => state.watch(&myself, node),
+            WatcherMsg::Retry { node } => {
+                if let Some(entry) = state.nodes.get(&node) {
+                    if entry.conn.is_none() {
+                        entry.poke.notify_one();
+                    }
+                } else {
+                    state.watch(&myself, node);
                 }
             }
             WatcherMsg::Unwatch { node } => {
@@ -492,21 +519,46 @@ impl Actor for OtpNodeWatcher {
     }
 }
 
+/// Backoff of a connector after a failure: from 50 ms, ×1.5 per attempt.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+/// Backoff cap while the node has been unreachable for less than
+/// [`PATIENCE`]: a starting node is seen within 2 s.
+const RETRY_CAP_FAST: Duration = Duration::from_secs(2);
+/// Backoff cap after that: a node that never comes (a release without
+/// distribution, `DEPLOYEX_OTP_READINESS=false`) costs one EPMD lookup per
+/// 30 s, not one per 2 s (200 such instances: 7 lookups/s, not 100). A new
+/// process of the node (`Retry`) brings back the fast pace at once.
+const RETRY_CAP_SLOW: Duration = Duration::from_secs(30);
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The backoff after `backoff`, the node unreachable since `since`.
+fn next_backoff(backoff: Duration, since: Instant) -> Duration {
+    let cap = if since.elapsed() < PATIENCE {
+        RETRY_CAP_FAST
+    } else {
+        RETRY_CAP_SLOW
+    };
+    (backoff * 3 / 2).min(cap)
+}
+
 /// Keeps one node connected: connect, wait for the connection to close,
-/// reconnect with backoff (50 ms growing to 2 s; reset after a success).
+/// reconnect with backoff (50 ms growing to 2 s, to 30 s after a minute
+/// without the node; reset after a success or a poke).
 async fn connector(
     watcher: ActorRef<WatcherMsg>,
     node: String,
     generation: u64,
     dist: Arc<DistConfig>,
+    poke: Arc<tokio::sync::Notify>,
 ) {
     // A node registers with EPMD ~0.5 s after its OS process starts: retry
-    // fast at first, so readiness is seen promptly, then back off to 2 s.
-    let mut backoff = Duration::from_millis(50);
+    // fast at first, so readiness is seen promptly, then back off.
+    let mut backoff = RETRY_FIRST;
+    let mut unreachable_since = Instant::now();
     loop {
         match NodeConnection::connect(&node, &dist).await {
             Ok(conn) => {
-                backoff = Duration::from_millis(50);
+                backoff = RETRY_FIRST;
                 if watcher
                     .cast(WatcherMsg::Connected {
                         node: node.clone(),
@@ -519,6 +571,7 @@ async fn connector(
                     return;
                 }
                 conn.closed().await;
+                unreachable_since = Instant::now();
                 if watcher
                     .cast(WatcherMsg::Disconnected {
                         node: node.clone(),
@@ -543,8 +596,15 @@ async fn connector(
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 3 / 2).min(Duration::from_secs(2));
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {
+                backoff = next_backoff(backoff, unreachable_since);
+            }
+            () = poke.notified() => {
+                backoff = RETRY_FIRST;
+                unreachable_since = Instant::now();
+            }
+        }
     }
 }
 
@@ -585,6 +645,25 @@ impl crate::upgrade::Rpc for WatcherRpc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnect_backoff_grows_fast_then_slows_down_after_a_minute() {
+        let now = Instant::now();
+        let mut b = RETRY_FIRST;
+        for _ in 0..30 {
+            b = next_backoff(b, now);
+        }
+        assert_eq!(b, RETRY_CAP_FAST, "capped at 2 s while the node is new");
+        let Some(long_ago) = now.checked_sub(PATIENCE + Duration::from_secs(1)) else {
+            return; // booted less than a minute ago: nothing to compare with
+        };
+        let mut b = RETRY_CAP_FAST;
+        for _ in 0..30 {
+            b = next_backoff(b, long_ago);
+        }
+        assert_eq!(b, RETRY_CAP_SLOW, "30 s once unreachable for a minute");
+        assert_eq!(next_backoff(RETRY_FIRST, now), Duration::from_millis(75));
+    }
 
     #[test]
     fn reductions_rate_is_per_second_and_never_negative() {
