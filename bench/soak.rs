@@ -3,9 +3,12 @@
 //! 3 replicas of the real fixture releases.
 //!
 //! Until the deadline, every 3–9 s (random) one event: `kill -9` of a
-//! running instance's BEAM (never the instance being deployed nor one
-//! already on the new version: a crash inside the readiness window counts
-//! against the new version and could ghost a good one), or a publish of a good version (0.1.0/0.1.1/0.1.2:
+//! running, *stable* instance's BEAM (never the instance being deployed nor
+//! one already on the new version, and only once it has been up for
+//! `STABLE_AFTER`: deployex counts crashes without a stable period in
+//! between as a crash loop, and kills every ~15 s of the same instance
+//! would rightly ghost a good version, which a 15-minute run did), or a
+//! publish of a good version (0.1.0/0.1.1/0.1.2:
 //! full deploys and hot upgrades) or of a crashing one (0.2.0 dies at boot,
 //! 0.3.0 after 3 s: both rolled back and ghosted). Meanwhile the API status
 //! and the dashboard page are fetched every ~200 ms with a session token;
@@ -114,6 +117,14 @@ fn settled_sample(pid: i32) -> (i64, i64) {
     (rss, fds)
 }
 
+/// Readiness of the soak's deployex (a crashing version dies inside it).
+const MIN_READY_MS: u64 = 9000;
+/// Ready this long, an instance's crash counter starts over.
+const BACKOFF_RESET_MS: u64 = 3000;
+/// Only instances up this long are killed: ready (min_ready) and then
+/// stable (backoff reset), plus 5 s for a slow boot or node connection.
+const STABLE_AFTER: Duration = Duration::from_millis(MIN_READY_MS + BACKOFF_RESET_MS + 5000);
+
 fn main() {
     let minutes: f64 = std::env::var("SOAK_MINUTES")
         .ok()
@@ -136,7 +147,8 @@ fn main() {
     let site = Site::new(3)
         .env("DEPLOYEX_ROLLBACK_CRASHES", "2")
         .env("DEPLOYEX_BACKOFF_BASE_MS", "200")
-        .env("DEPLOYEX_MIN_READY_MS", "9000")
+        .env("DEPLOYEX_MIN_READY_MS", &MIN_READY_MS.to_string())
+        .env("DEPLOYEX_BACKOFF_RESET_MS", &BACKOFF_RESET_MS.to_string())
         .env("DEPLOYEX_LOG", "info");
     publish(&site, "0.1.0");
     let mut dx = site.start();
@@ -185,6 +197,9 @@ fn main() {
                     .enumerate()
                     .filter(|(n, i)| {
                         i["state"] == "running"
+                            && i["uptime_s"]
+                                .as_u64()
+                                .is_some_and(|u| u >= STABLE_AFTER.as_secs())
                             && (busy.is_null()
                                 || (busy["instance"] != *n as u64 + 1
                                     && busy["version"] != i["version"]))
