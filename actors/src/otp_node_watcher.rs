@@ -519,10 +519,14 @@ impl Actor for OtpNodeWatcher {
     }
 }
 
-/// Backoff of a connector after a failure: from 50 ms, ×1.5 per attempt.
-const RETRY_FIRST: Duration = Duration::from_millis(50);
-/// Backoff cap while the node has been unreachable for less than
-/// [`PATIENCE`]: a starting node is seen within 2 s.
+/// A connector's pace while its node is new (just started, or a new OS
+/// process of it was announced by `Retry`): one attempt every 100 ms for
+/// [`BOOT_WINDOW`]. A BEAM registers with EPMD ~0.5–1 s after its process
+/// starts and readiness waits for the connection: a growing backoff here
+/// used to add up to half a second to every instance of a rolling deploy.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const BOOT_WINDOW: Duration = Duration::from_secs(5);
+/// After the boot window: ×1.5 per attempt up to 2 s, for a minute.
 const RETRY_CAP_FAST: Duration = Duration::from_secs(2);
 /// Backoff cap after that: a node that never comes (a release without
 /// distribution, `DEPLOYEX_OTP_READINESS=false`) costs one EPMD lookup per
@@ -533,17 +537,21 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The backoff after `backoff`, the node unreachable since `since`.
 fn next_backoff(backoff: Duration, since: Instant) -> Duration {
-    let cap = if since.elapsed() < PATIENCE {
+    let unreachable = since.elapsed();
+    if unreachable < BOOT_WINDOW {
+        return RETRY_FIRST;
+    }
+    let cap = if unreachable < PATIENCE {
         RETRY_CAP_FAST
     } else {
         RETRY_CAP_SLOW
     };
-    (backoff * 3 / 2).min(cap)
+    (backoff * 3 / 2).clamp(RETRY_FIRST, cap)
 }
 
 /// Keeps one node connected: connect, wait for the connection to close,
-/// reconnect with backoff (50 ms growing to 2 s, to 30 s after a minute
-/// without the node; reset after a success or a poke).
+/// reconnect: every 100 ms for 5 s, then ×1.5 up to 2 s, up to 30 s after a
+/// minute without the node; the pace starts over after a success or a poke.
 async fn connector(
     watcher: ActorRef<WatcherMsg>,
     node: String,
@@ -649,11 +657,14 @@ mod tests {
     #[test]
     fn reconnect_backoff_grows_fast_then_slows_down_after_a_minute() {
         let now = Instant::now();
+        let Some(booted) = now.checked_sub(BOOT_WINDOW + Duration::from_secs(1)) else {
+            return; // booted less than a few seconds ago
+        };
         let mut b = RETRY_FIRST;
         for _ in 0..30 {
-            b = next_backoff(b, now);
+            b = next_backoff(b, booted);
         }
-        assert_eq!(b, RETRY_CAP_FAST, "capped at 2 s while the node is new");
+        assert_eq!(b, RETRY_CAP_FAST, "capped at 2 s during the first minute");
         let Some(long_ago) = now.checked_sub(PATIENCE + Duration::from_secs(1)) else {
             return; // booted less than a minute ago: nothing to compare with
         };
@@ -662,7 +673,18 @@ mod tests {
             b = next_backoff(b, long_ago);
         }
         assert_eq!(b, RETRY_CAP_SLOW, "30 s once unreachable for a minute");
-        assert_eq!(next_backoff(RETRY_FIRST, now), Duration::from_millis(75));
+        assert_eq!(
+            next_backoff(Duration::from_secs(1), now),
+            RETRY_FIRST,
+            "every 100 ms while the node boots"
+        );
+        let Some(after_boot) = now.checked_sub(BOOT_WINDOW + Duration::from_secs(1)) else {
+            return;
+        };
+        assert_eq!(
+            next_backoff(RETRY_FIRST, after_boot),
+            Duration::from_millis(150)
+        );
     }
 
     #[test]

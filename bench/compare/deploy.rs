@@ -83,6 +83,10 @@ pub fn run(boots: usize) -> DeployResult {
     result.full = rollout(&site, &dx, "0.1.1");
     eprintln!("[deploy] hot upgrade 0.1.1 → 0.1.2");
     result.hot = rollout(&site, &dx, "0.1.2");
+    // BENCH_KEEP_LOG=FILE keeps deployex's log of the rollouts (timeline).
+    if let Some(keep) = std::env::var_os("BENCH_KEEP_LOG") {
+        let _ = std::fs::copy(site.dir.path().join("deployex.log"), keep);
+    }
     result
 }
 
