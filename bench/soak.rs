@@ -17,7 +17,8 @@
 //! At the end: a good version is published and must run everywhere; exactly
 //! one BEAM per instance (the status's pids) and none after deployex stops;
 //! deployex's RSS grew by at most 1 MiB and its open fd count by at most a
-//! few since the warm-up sample. Prints a table (docs/BENCHMARKS.md "Soak").
+//! few since the warm-up sample (each sample: the lowest over 65 s idle,
+//! see `SAMPLE_WINDOW`). Prints a table (docs/BENCHMARKS.md "Soak").
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/mod.rs"]
@@ -40,13 +41,17 @@ const MAX_RSS_GROWTH_KIB: i64 = 1024;
 const MAX_FD_DRIFT: i64 = 3;
 const POLL: Duration = Duration::from_millis(200);
 
-fn rss_kib(pid: i32) -> i64 {
+fn status_kib(pid: i32, field: &str) -> i64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
+}
+
+fn rss_kib(pid: i32) -> i64 {
+    status_kib(pid, "VmRSS:")
 }
 
 fn fd_count(pid: i32) -> i64 {
@@ -105,16 +110,38 @@ fn poll(dx: &Deployex, counts: &mut Counts) -> Value {
     dx.status()
 }
 
-/// Samples RSS and fds a few times over a second and keeps the lowest: a
-/// request in flight or a transient buffer is not growth.
-fn settled_sample(pid: i32) -> (i64, i64) {
-    let (mut rss, mut fds) = (i64::MAX, i64::MAX);
-    for _ in 0..5 {
-        rss = rss.min(rss_kib(pid));
-        fds = fds.min(fd_count(pid));
+/// deployex unmaps its clean code pages every 60 s (ARCHITECTURE.md,
+/// "Memory"), so its RSS saw-tooths by up to ~1 MiB of code between two
+/// trims. A sample is the lowest value over a window longer than that
+/// period, idle (no events, no polls): the same post-trim state at the
+/// start and at the end, so what remains is growth.
+const SAMPLE_WINDOW: Duration = Duration::from_secs(65);
+
+/// One settled sample.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    rss: i64,
+    anon: i64,
+    fds: i64,
+}
+
+/// The lowest RSS, anonymous RSS and fd count over [`SAMPLE_WINDOW`]: a
+/// request in flight, a transient buffer or code not yet trimmed is not
+/// growth.
+fn settled_sample(pid: i32) -> Sample {
+    let mut out = Sample {
+        rss: i64::MAX,
+        anon: i64::MAX,
+        fds: i64::MAX,
+    };
+    let until = Instant::now() + SAMPLE_WINDOW;
+    while Instant::now() < until {
+        out.rss = out.rss.min(rss_kib(pid));
+        out.anon = out.anon.min(status_kib(pid, "RssAnon:"));
+        out.fds = out.fds.min(fd_count(pid));
         std::thread::sleep(POLL);
     }
-    (rss, fds)
+    out
 }
 
 /// Readiness of the soak's deployex (a crashing version dies inside it).
@@ -178,8 +205,12 @@ fn main() {
         let s = poll(&dx, &mut counts);
         if baseline.is_none() && Instant::now() >= warmup_until && s["deploying"].is_null() {
             let b = settled_sample(dpid);
-            println!("soak: baseline after warm-up: RSS {} KiB, {} fds", b.0, b.1);
+            println!(
+                "soak: baseline after warm-up: RSS {} KiB (anonymous {} KiB), {} fds",
+                b.rss, b.anon, b.fds
+            );
             baseline = Some(b);
+            next_event = Instant::now() + Duration::from_secs(1);
         }
         rss_max = rss_max.max(rss_kib(dpid));
 
@@ -267,9 +298,10 @@ fn main() {
     assert_eq!(found, expected, "BEAMs under the site vs. the status");
     assert_eq!(found.len(), 3);
 
-    let (base_rss, base_fds) = baseline.expect("no baseline sample: run longer");
+    let base = baseline.expect("no baseline sample: run longer");
     // Quiet again: let the last connections close before the final sample.
-    let (end_rss, end_fds) = settled_sample(dpid);
+    let end = settled_sample(dpid);
+    let (base_rss, base_fds, end_rss, end_fds) = (base.rss, base.fds, end.rss, end.fds);
     let history = dx.get("/api/v1/versions");
     let rows = history.as_array().map(Vec::len).unwrap_or(0);
     let rollbacks = history
@@ -308,6 +340,12 @@ fn main() {
     println!(
         "| deployex RSS after warm-up → end (max) | {base_rss} → {end_rss} KiB ({:+} KiB; max {rss_max}) |",
         end_rss - base_rss
+    );
+    println!(
+        "| … of which anonymous (heap, stacks) | {} → {} KiB ({:+} KiB) |",
+        base.anon,
+        end.anon,
+        end.anon - base.anon
     );
     println!(
         "| deployex open fds after warm-up → end | {base_fds} → {end_fds} ({:+}) |",

@@ -1017,10 +1017,8 @@ async fn node_connected(node: &str) -> bool {
         return false;
     };
     let w: ActorRef<WatcherMsg> = w.into();
-    match ractor::call_t!(w, |reply| WatcherMsg::Snapshot { reply }, 500) {
-        Ok(map) => map.get(node).is_some_and(|n| n.connected),
-        Err(_) => false,
-    }
+    let node = node.to_string();
+    ractor::call_t!(w, |reply| WatcherMsg::IsConnected { node, reply }, 500).unwrap_or(false)
 }
 
 /// Unpack the tarball into `new/` and run the pre-commands from there.

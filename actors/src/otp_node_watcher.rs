@@ -151,6 +151,13 @@ pub enum WatcherMsg {
     Snapshot {
         reply: RpcReplyPort<HashMap<String, NodeInfo>>,
     },
+    /// Whether one node is connected now (an InstanceMonitor's probe: one
+    /// bool, not a copy of every node's entry; at 200 replicas the probes
+    /// copying the whole snapshot were most of deployex's idle CPU).
+    IsConnected {
+        node: String,
+        reply: RpcReplyPort<bool>,
+    },
     Rpc {
         node: String,
         module: String,
@@ -181,6 +188,7 @@ impl Describe for WatcherMsg {
             WatcherMsg::Connected { .. } => "Connected",
             WatcherMsg::Disconnected { .. } => "Disconnected",
             WatcherMsg::Snapshot { .. } => "Snapshot",
+            WatcherMsg::IsConnected { .. } => "IsConnected",
             WatcherMsg::Rpc { .. } => "Rpc",
             WatcherMsg::SampleTick => "SampleTick",
             WatcherMsg::Sampled { .. } => "Sampled",
@@ -191,7 +199,8 @@ impl Describe for WatcherMsg {
         match self {
             WatcherMsg::Watch { node }
             | WatcherMsg::Retry { node }
-            | WatcherMsg::Unwatch { node } => node.clone(),
+            | WatcherMsg::Unwatch { node }
+            | WatcherMsg::IsConnected { node, .. } => node.clone(),
             WatcherMsg::Connected {
                 node, generation, ..
             } => format!("{node} gen={generation}"),
@@ -407,6 +416,14 @@ impl Actor for OtpNodeWatcher {
                     }
                     entry.last_error = Some(error);
                 }
+            }
+            WatcherMsg::IsConnected { node, reply } => {
+                let connected = state
+                    .nodes
+                    .get(&node)
+                    .and_then(|e| e.conn.as_ref())
+                    .is_some_and(|c| c.is_alive());
+                let _ = reply.send(connected);
             }
             WatcherMsg::Snapshot { reply } => {
                 let snapshot = state
