@@ -192,7 +192,7 @@ fn main() {
     // Warm-up: the first deploy, a hot-upgradable pair and a crash cycle
     // have touched every code path once before the baseline is taken.
     let warmup_until = started + total.mul_f64(0.2).max(Duration::from_secs(30));
-    let mut baseline: Option<(i64, i64)> = None;
+    let mut baseline: Option<Sample> = None;
     let mut rss_max = 0i64;
     let mut next_event = Instant::now() + Duration::from_secs(3);
 
