@@ -16,9 +16,10 @@
 //!
 //! At the end: a good version is published and must run everywhere; exactly
 //! one BEAM per instance (the status's pids) and none after deployex stops;
-//! deployex's RSS grew by at most 1 MiB and its open fd count by at most a
-//! few since the warm-up sample (each sample: the lowest over 65 s idle,
-//! see `SAMPLE_WINDOW`). Prints a table (docs/BENCHMARKS.md "Soak").
+//! deployex's anonymous RSS (heap, stacks) grew by at most 1 MiB and its
+//! open fd count by at most a few since the warm-up sample (each sample: the
+//! lowest over 65 s idle, see `SAMPLE_WINDOW`); total RSS is printed, not
+//! asserted (its file-backed part is deployex's own code, see the assert). Prints a table (docs/BENCHMARKS.md "Soak").
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/mod.rs"]
@@ -362,10 +363,15 @@ fn main() {
         left.is_empty(),
         "orphan BEAMs after deployex stopped: {left:?}"
     );
+    // The leak check is on anonymous memory (heap, stacks, buffers): the
+    // rest of RSS is deployex's own code, bounded by the binary, mapped on
+    // use and unmapped by the 60 s trim, so its level at any instant says
+    // which code ran lately, not that memory leaks (a 15-min run: total
+    // +2700 KiB at the end, anonymous +268 KiB). Total RSS is printed.
     assert!(
-        end_rss - base_rss <= MAX_RSS_GROWTH_KIB,
-        "RSS grew {} KiB",
-        end_rss - base_rss
+        end.anon - base.anon <= MAX_RSS_GROWTH_KIB,
+        "anonymous RSS grew {} KiB",
+        end.anon - base.anon
     );
     assert!(
         (end_fds - base_fds).abs() <= MAX_FD_DRIFT,
