@@ -55,12 +55,7 @@ fn children(pid: i32) -> HashSet<i32> {
 }
 
 fn status_field(pid: i32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
+    procfs::status_number(pid, field).unwrap_or(0)
 }
 
 fn rss_kib(pid: i32) -> u64 {

@@ -24,6 +24,10 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+/// The compare bench's /proc helpers.
+#[path = "compare/procfs.rs"]
+#[allow(dead_code)]
+mod procfs;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -43,16 +47,11 @@ const MAX_FD_DRIFT: i64 = 3;
 const POLL: Duration = Duration::from_millis(200);
 
 fn status_kib(pid: i32, field: &str) -> i64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
+    procfs::status_number(pid, field).map_or(0, |v| v as i64)
 }
 
 fn rss_kib(pid: i32) -> i64 {
-    status_kib(pid, "VmRSS:")
+    status_number(pid, "VmRSS:")
 }
 
 fn fd_count(pid: i32) -> i64 {

@@ -27,13 +27,19 @@ pub fn children(pid: i32) -> HashSet<i32> {
     out
 }
 
-/// Resident set size in KiB.
-pub fn rss_kib(pid: i32) -> Option<u64> {
+/// The number after `field` (e.g. `"VmRSS:"`, `"Threads:"`) in
+/// `/proc/PID/status`.
+pub fn status_number(pid: i32, field: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
+/// Resident set size in KiB.
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    status_number(pid, "VmRSS:")
 }
 
 /// The fields of `/proc/PID/stat` after the command name, so that field
