@@ -51,7 +51,7 @@ fn status_kib(pid: i32, field: &str) -> i64 {
 }
 
 fn rss_kib(pid: i32) -> i64 {
-    status_number(pid, "VmRSS:")
+    status_kib(pid, "VmRSS:")
 }
 
 fn fd_count(pid: i32) -> i64 {
