@@ -40,6 +40,11 @@ readonly REPLICAS=3
 readonly DURATION_S=${LOAD_DURATION_S:-15}
 readonly CONNECTIONS=${LOAD_CONNECTIONS:-64}
 readonly THREADS=${LOAD_THREADS:-1}
+# Phase 1 runs wrk at the nice value of deployex's web threads (src/main.rs
+# WEB_NICE): on a machine where the generator shares the cores with the
+# server, a generator at nice 0 would out-prioritise the server it measures.
+# Phase 2 runs wrk at nice 0 (the load competes with the deploy as it would).
+readonly WRK_NICE=${LOAD_WRK_NICE:-10}
 readonly MIN_READY_MS=${LOAD_MIN_READY_MS:-2000}
 readonly DEPLOY_ROUNDS=${LOAD_DEPLOY_ROUNDS:-2}
 BIN=${DEPLOYEX_BIN:-$PWD/target/release/deployex}
@@ -222,7 +227,7 @@ parse_wrk() { # file
 }
 
 run_wrk() { # out threads conns duration header path
-  wrk -t"$2" -c"$3" -d"$4"s --latency -s "$LUA" -H "$5" "$BASE$6" >"$1" 2>&1
+  nice -n "$WRK_NICE" wrk -t"$2" -c"$3" -d"$4"s --latency -s "$LUA" -H "$5" "$BASE$6" >"$1" 2>&1
 }
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }

@@ -44,7 +44,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    deployex_actors::process::limit_malloc_arenas(1 + ENGINE_WORKERS as i32);
+    deployex_actors::process::limit_malloc_arenas((1 + ENGINE_WORKERS + WEB_WORKERS) as i32);
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::HashPassword { cost } => hash_password(cost),
@@ -74,19 +74,36 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(cfg)) {
+            let web_runtime = if cfg.web_enabled {
+                match web_runtime() {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        eprintln!("deployex: cannot start the web server's runtime: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                None
+            };
+            let web = web_runtime.as_ref().map(|r| r.handle().clone());
+            let code = match runtime.block_on(run(cfg, web)) {
                 Ok(code) => code,
                 Err(e) => {
                     tracing::error!("{e:#}");
                     ExitCode::FAILURE
                 }
+            };
+            if let Some(r) = web_runtime {
+                r.shutdown_timeout(std::time::Duration::from_secs(2));
             }
+            code
         }
     }
 }
 
-/// deployex's runtime: two worker threads for the actors, the web server
-/// and the process watchers, whatever the machine's core count (bounded
+/// The engine's runtime: two worker threads for the actors and the process
+/// watchers (the web server has its own, [`web_runtime`]), whatever the
+/// machine's core count (bounded
 /// threads, stacks and malloc arenas: RSS); blocking work (unpacking,
 /// hashing, bcrypt, state files, log rotation) goes to tokio's blocking
 /// pool. Not one thread: a handler that must block briefly (the fork of an
@@ -98,6 +115,35 @@ const ENGINE_WORKERS: usize = 2;
 fn engine_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(ENGINE_WORKERS)
+        .thread_name("deployex-engine")
+        .enable_all()
+        .build()
+}
+
+/// Worker threads of the web server's runtime.
+const WEB_WORKERS: usize = 2;
+/// The nice value of the web server's threads.
+const WEB_NICE: i32 = 10;
+
+/// The dashboard and API run on their own runtime whose threads (workers
+/// and blocking pool: bcrypt, the IEx terminal's PTY) are niced to
+/// [`WEB_NICE`]: when the CPU is short, supervision (a respawn, a
+/// deployment step) and the instances themselves (a BEAM booting) go
+/// first, and a flood of HTTP requests slows the dashboard instead of the
+/// deployment (`bench/load.sh` measured a rolling deploy +36 % slower under
+/// `wrk -c64` when both shared one runtime). With the CPU free, nice
+/// changes nothing: requests are served at full speed. Processes started
+/// from these threads inherit the nice value (the IEx terminal's remote
+/// shell); instances are always started by the engine's threads.
+fn web_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WEB_WORKERS)
+        .thread_name("deployex-web")
+        .on_thread_start(|| {
+            if let Err(e) = deployex_actors::process::set_current_thread_nice(WEB_NICE) {
+                tracing::warn!("cannot lower the web server thread's priority: {e}");
+            }
+        })
         .enable_all()
         .build()
 }
@@ -179,7 +225,9 @@ fn hash_password(cost: u32) -> ExitCode {
     }
 }
 
-async fn run(cfg: config::Config) -> anyhow::Result<ExitCode> {
+/// Runs deployex until a signal (or the actor tree gives up); `web` is the
+/// web server's runtime (`None` when the web server is disabled).
+async fn run(cfg: config::Config, web: Option<tokio::runtime::Handle>) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
 
     tracing::info!(app = %cfg.engine.app, replicas = cfg.engine.replicas, "starting deployex {}", env!("CARGO_PKG_VERSION"));
@@ -189,7 +237,7 @@ async fn run(cfg: config::Config) -> anyhow::Result<ExitCode> {
     let mut root_done = running.join;
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-    let web = if cfg.web_enabled {
+    let web = if let Some(web_runtime) = web {
         let web_cfg = deployex_web::WebConfig {
             bind: cfg.bind,
             host: cfg.host.clone(),
@@ -204,10 +252,11 @@ async fn run(cfg: config::Config) -> anyhow::Result<ExitCode> {
         };
         let engine: std::sync::Arc<dyn deployex_actors::Engine> =
             std::sync::Arc::new(handle.clone());
-        let (addr, join) = deployex_web::serve(engine, web_cfg, async {
-            let _ = shutdown_rx.await;
-        })
-        .await?;
+        let (addr, join) = web_runtime
+            .spawn(deployex_web::serve(engine, web_cfg, async {
+                let _ = shutdown_rx.await;
+            }))
+            .await??;
         tracing::info!("dashboard and API on http://{addr}");
         Some(join)
     } else {

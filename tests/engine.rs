@@ -36,6 +36,55 @@ fn start_erl_version(dir: &std::path::Path) -> String {
         .to_string()
 }
 
+/// The web server runs on its own threads at nice 10, the engine's at the
+/// process's own priority (main.rs `web_runtime`): under a CPU shortage a
+/// request flood slows the dashboard, not supervision.
+#[test]
+fn the_web_server_threads_are_niced_and_the_engines_are_not() {
+    let site = Site::new(1);
+    let dx = site.start();
+    let task_dir = format!("/proc/{}/task", dx.pid());
+    let threads: Vec<(String, i64)> = std::fs::read_dir(&task_dir)
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            let nice = nice_of(t.join("stat").to_str()?);
+            Some((comm.trim().to_owned(), nice))
+        })
+        .collect();
+    let of = |name: &str| -> Vec<i64> {
+        threads
+            .iter()
+            .filter(|(comm, _)| comm == name)
+            .map(|(_, nice)| *nice)
+            .collect()
+    };
+    // Workers and blocking-pool threads share their runtime's name.
+    let (web, engine) = (of("deployex-web"), of("deployex-engine"));
+    assert!(
+        web.len() >= 2 && web.iter().all(|n| *n == 10),
+        "{threads:?}"
+    );
+    assert!(
+        engine.len() >= 2 && engine.iter().all(|n| *n == 0),
+        "{threads:?}"
+    );
+    // And the niced threads do serve.
+    assert_eq!(
+        common::deployex::http(dx.api_port, "GET", "/healthz", None, None),
+        (200, "ok".to_string())
+    );
+}
+
+/// Field 19 of a `/proc/…/stat` file: the nice value.
+fn nice_of(stat_path: &str) -> i64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap();
+    // `pid (comm) state …`: comm may hold spaces, so split after its ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
 #[test]
 fn replicas_come_up_restart_after_kill_and_roll_to_the_next_version() {
     let site = Site::new(3);
@@ -60,6 +109,12 @@ fn replicas_come_up_restart_after_kill_and_roll_to_the_next_version() {
         // Its own process group.
         let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();
         assert_eq!(pgid.as_raw(), pid, "instance {i} leads its process group");
+        // Started by the engine, not the (niced) web server's threads.
+        assert_eq!(
+            nice_of(&format!("/proc/{pid}/stat")),
+            0,
+            "instance {i}'s nice"
+        );
         assert_eq!(
             inst["node"],
             format!("{APP}-{i}@{}", common::short_hostname())

@@ -188,10 +188,16 @@ pub struct InstanceMonitor;
 
 /// Health tick while an instance starts: readiness is seen within this.
 const FAST_TICK: Duration = Duration::from_millis(100);
-/// Health tick once it runs (or is stopped): probes and rotation checks.
-const SLOW_TICK: Duration = Duration::from_secs(1);
+/// Health tick once it runs (or is stopped): rotation checks and the
+/// watcher's `Watch` reminder; nothing else is left to do on a clock once
+/// an instance is ready (see [`MonitorState::health_tick`]).
+const SLOW_TICK: Duration = Duration::from_secs(10);
 /// How often the log files are checked for rotation.
-const ROTATION_CHECK: Duration = Duration::from_secs(5);
+const ROTATION_CHECK: Duration = Duration::from_secs(10);
+/// How often a running instance reminds the OtpNodeWatcher of its node
+/// (`Watch`, idempotent): only a restarted watcher needs it (a new OS
+/// process of the node sends `Retry` at once).
+const WATCH_REMINDER: Duration = Duration::from_secs(30);
 
 pub struct Args {
     pub cfg: Arc<EngineConfig>,
@@ -231,6 +237,8 @@ pub struct MonitorState {
     tick_seq: u64,
     /// When the log files were last checked for rotation.
     rotated_at: Instant,
+    /// When the watcher was last reminded of this node.
+    watched_at: Instant,
     recorder: Recorder,
 }
 
@@ -274,6 +282,7 @@ impl Actor for InstanceMonitor {
             otp_connected: false,
             tick_seq: 0,
             rotated_at: Instant::now(),
+            watched_at: Instant::now(),
             recorder: Recorder::for_actor(&name(instance)),
         };
         state.schedule_tick(&myself, FAST_TICK);
@@ -590,7 +599,7 @@ impl MonitorState {
     }
 
     fn health_tick(&mut self, myself: &ActorRef<InstanceMsg>) {
-        // Log rotation, every 5 s: the size check is two `stat`s (here);
+        // Log rotation, every 10 s: the size check is two `stat`s (here);
         // the copy, when one is due, runs off the handler. A blocking-pool
         // task per instance every 5 s kept ~40 pool threads alive at 200
         // replicas for nothing.
@@ -610,16 +619,27 @@ impl MonitorState {
                 });
             }
         }
-        let Some(handle) = self.process.clone() else {
-            return;
-        };
-        if self.probing {
+        if self.process.is_none() {
             return;
         }
-        if let Some(w) = ractor::registry::where_is(otp_node_watcher::NAME) {
-            let _ = w.send_message(WatcherMsg::Watch {
-                node: self.node.clone(),
-            });
+        // Idempotent: a restarted watcher learns the node again within
+        // WATCH_REMINDER (every tick while the instance starts).
+        if self.phase == InstanceState::Starting || self.watched_at.elapsed() >= WATCH_REMINDER {
+            self.watched_at = Instant::now();
+            if let Some(w) = ractor::registry::where_is(otp_node_watcher::NAME) {
+                let _ = w.send_message(WatcherMsg::Watch {
+                    node: self.node.clone(),
+                });
+            }
+        }
+        // Probes decide readiness, and only that: once an instance runs, a
+        // probe result changes nothing (an exit is seen by the pidfd, the
+        // crash counter starts over on the clock in
+        // `schedule_crash_restart`, and the status takes the node's
+        // connection from the watcher). Probing running instances every
+        // second cost 200 replicas ~1000 messages and tasks per second.
+        if self.phase != InstanceState::Starting || self.probing {
+            return;
         }
         self.probing = true;
         let generation = self.generation;
@@ -633,7 +653,6 @@ impl MonitorState {
                 None => true,
                 Some(path) => crate::health::http_ok(port, &path, Duration::from_secs(1)).await,
             };
-            let _ = handle.is_alive();
             let _ = me.cast(InstanceMsg::Probed {
                 generation,
                 otp,
@@ -662,13 +681,6 @@ impl MonitorState {
                         version: self.version.clone(),
                     });
                 }
-            }
-            InstanceState::Running
-                if self
-                    .ready_since
-                    .is_some_and(|t| t.elapsed() >= self.cfg.backoff_reset_after) =>
-            {
-                self.consecutive_crashes = 0;
             }
             _ => {}
         }

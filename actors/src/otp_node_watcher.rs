@@ -2,7 +2,7 @@
 //!
 //! Instances ask it to `Watch` their node when their OS process starts (and
 //! again on every health tick: the message is idempotent, so a restarted
-//! watcher learns every node again within a second). For each watched node a
+//! watcher learns every node again within 30 s). For each watched node a
 //! connector task keeps a connection open, reconnecting with backoff, and
 //! posts `Connected` / `Disconnected` back. A lost node is seen at once:
 //! the connection's `closed()` resolves when the socket closes.
@@ -18,7 +18,7 @@
 //! clears it, and a late answer for an older connection is dropped; the
 //! reductions rate only compares two samples of the same connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -263,6 +263,8 @@ impl Entry {
 
 pub struct WatcherState {
     dist: Arc<DistConfig>,
+    /// Which nodes EPMD knows, for the connectors waiting for theirs.
+    registry: Arc<EpmdRegistry>,
     nodes: HashMap<String, Entry>,
     next_generation: u64,
     next_conn_id: u64,
@@ -283,6 +285,7 @@ impl WatcherState {
             node.clone(),
             generation,
             self.dist.clone(),
+            self.registry.clone(),
             poke.clone(),
         ));
         self.nodes.insert(
@@ -335,8 +338,10 @@ impl Actor for OtpNodeWatcher {
         if !cfg.beam_sample_interval.is_zero() {
             myself.send_interval(cfg.beam_sample_interval, || WatcherMsg::SampleTick);
         }
+        let dist = Arc::new(dist);
         Ok(WatcherState {
-            dist: Arc::new(dist),
+            dist: dist.clone(),
+            registry: EpmdRegistry::start(dist.clone()),
             nodes: HashMap::new(),
             next_generation: 1,
             next_conn_id: 1,
@@ -368,6 +373,7 @@ impl Actor for OtpNodeWatcher {
         match msg {
             WatcherMsg::Watch { node } => state.watch(&myself, node),
             WatcherMsg::Retry { node } => {
+                state.registry.hurry();
                 if let Some(entry) = state.nodes.get(&node) {
                     if entry.conn.is_none() {
                         entry.poke.notify_one();
@@ -567,23 +573,30 @@ fn next_backoff(backoff: Duration, since: Instant) -> Duration {
 }
 
 /// Keeps one node connected: connect, wait for the connection to close,
-/// reconnect: every 100 ms for 5 s, then ×1.5 up to 2 s, up to 30 s after a
-/// minute without the node; the pace starts over after a success or a poke.
+/// reconnect. A node EPMD does not know (not started yet, crashed, a
+/// release without distribution) is waited for through the shared
+/// [`EpmdRegistry`], without a clock of its own; other failures (refused
+/// connection, handshake, EPMD down) retry every 100 ms for 5 s, then ×1.5
+/// up to 2 s, up to 30 s after a minute; the pace starts over after a
+/// success or a poke (a new OS process of the node).
 async fn connector(
     watcher: ActorRef<WatcherMsg>,
     node: String,
     generation: u64,
     dist: Arc<DistConfig>,
+    registry: Arc<EpmdRegistry>,
     poke: Arc<tokio::sync::Notify>,
 ) {
-    // A node registers with EPMD ~0.5 s after its OS process starts: retry
-    // fast at first, so readiness is seen promptly, then back off.
     let mut backoff = RETRY_FIRST;
     let mut unreachable_since = Instant::now();
+    let name = node.split('@').next().unwrap_or(&node).to_owned();
+    let mut last_error: Option<String> = None;
     loop {
+        let attempt_at = Instant::now();
         match NodeConnection::connect(&node, &dist).await {
             Ok(conn) => {
                 backoff = RETRY_FIRST;
+                last_error = None;
                 if watcher
                     .cast(WatcherMsg::Connected {
                         node: node.clone(),
@@ -609,15 +622,36 @@ async fn connector(
                 }
             }
             Err(err) => {
-                if watcher
-                    .cast(WatcherMsg::Disconnected {
-                        node: node.clone(),
-                        generation,
-                        error: err.to_string(),
-                    })
-                    .is_err()
-                {
-                    return;
+                // Nothing to retry on a clock: wait for EPMD to list the
+                // node, or to answer at all.
+                let wait_for = match &err {
+                    DistError::NodeNotRegistered { .. } => Some(Some(name.as_str())),
+                    DistError::Epmd { .. } => Some(None),
+                    _ => None,
+                };
+                let error = err.to_string();
+                // The watcher already knows an unchanged error.
+                if last_error.as_deref() != Some(error.as_str()) {
+                    if watcher
+                        .cast(WatcherMsg::Disconnected {
+                            node: node.clone(),
+                            generation,
+                            error: error.clone(),
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                    last_error = Some(error);
+                }
+                if let Some(name) = wait_for {
+                    tokio::select! {
+                        () = registry.wait_registered(name, attempt_at) => {}
+                        () = poke.notified() => {}
+                    }
+                    backoff = RETRY_FIRST;
+                    unreachable_since = Instant::now();
+                    continue;
                 }
             }
         }
@@ -630,6 +664,174 @@ async fn connector(
                 unreachable_since = Instant::now();
             }
         }
+    }
+}
+
+/// The poller's pace while a node was started lately ([`BOOT_WINDOW`]): a
+/// BEAM registers ~0.5–1 s after its start and readiness waits for it.
+const REGISTRY_POLL_FAST: Duration = Duration::from_millis(100);
+/// The poller's pace otherwise.
+const REGISTRY_POLL_SLOW: Duration = Duration::from_secs(1);
+
+/// Which nodes are registered in EPMD, for every connector waiting for its
+/// node: one poller, whatever the number of nodes.
+///
+/// Each connector used to ask EPMD for its own node (`PORT_PLEASE2`, a TCP
+/// connection each) on its own backoff clock: 200 instances without a node
+/// cost 100 EPMD connections and ~300 wake-ups per second in their first
+/// minute, and a node appearing after a few minutes was seen up to 30 s
+/// late. Now one task asks EPMD for all names (`NAMES`) every 100 ms while
+/// a node was started lately, every second otherwise, and only while some
+/// connector waits; it wakes exactly the waiters whose name the answer
+/// lists (and those that found EPMD down, once it answers again). A node
+/// is so seen within one poll, and nodes that never come (or an EPMD that
+/// is not running: a site without any BEAM) cost one EPMD query per second
+/// in all.
+pub struct EpmdRegistry {
+    waiters: std::sync::Mutex<Waiters>,
+    /// Wakes the poller: a first waiter, or [`EpmdRegistry::hurry`].
+    wake: tokio::sync::Notify,
+    /// The fast pace lasts until then.
+    fast_until: std::sync::Mutex<Instant>,
+    poller: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct Waiters {
+    next_id: u64,
+    /// id → (name, or `None` for "EPMD answers", waiting since, its
+    /// wake-up).
+    #[allow(clippy::type_complexity)]
+    by_id: HashMap<u64, (Option<String>, Instant, Arc<tokio::sync::Notify>)>,
+}
+
+impl EpmdRegistry {
+    /// A registry and its poller (aborted when the registry is dropped).
+    pub fn start(dist: Arc<DistConfig>) -> Arc<EpmdRegistry> {
+        let registry = Arc::new(EpmdRegistry {
+            waiters: std::sync::Mutex::new(Waiters::default()),
+            wake: tokio::sync::Notify::new(),
+            fast_until: std::sync::Mutex::new(Instant::now() + BOOT_WINDOW),
+            poller: std::sync::Mutex::new(None),
+        });
+        let task = tokio::spawn(poll_epmd(Arc::downgrade(&registry), dist));
+        if let Ok(mut poller) = registry.poller.lock() {
+            *poller = Some(task);
+        }
+        registry
+    }
+
+    /// A node was just started: poll at the fast pace for [`BOOT_WINDOW`].
+    pub fn hurry(&self) {
+        if let Ok(mut until) = self.fast_until.lock() {
+            *until = Instant::now() + BOOT_WINDOW;
+        }
+        self.wake.notify_one();
+    }
+
+    /// Returns once an EPMD answer asked for after `since` lists `name`
+    /// (`None`: once EPMD answers at all). The caller has just been told,
+    /// at `since`, that `name` is not registered (or that EPMD did not
+    /// answer): no older answer is trusted.
+    pub async fn wait_registered(&self, name: Option<&str>, since: Instant) {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let Some((id, first)) = self.add_waiter(name, since, wake.clone()) else {
+            return;
+        };
+        let _registered = Registered { registry: self, id };
+        if first {
+            self.wake.notify_one();
+        }
+        wake.notified().await;
+    }
+
+    /// Adds a waiter: its id and whether it is the only one.
+    fn add_waiter(
+        &self,
+        name: Option<&str>,
+        since: Instant,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> Option<(u64, bool)> {
+        let mut waiters = self.waiters.lock().ok()?;
+        let id = waiters.next_id;
+        waiters.next_id += 1;
+        waiters
+            .by_id
+            .insert(id, (name.map(str::to_owned), since, wake));
+        Some((id, waiters.by_id.len() == 1))
+    }
+
+    /// How many connectors wait now.
+    pub fn waiting(&self) -> usize {
+        self.waiters.lock().map_or(0, |w| w.by_id.len())
+    }
+
+    fn pace(&self) -> Duration {
+        match self.fast_until.lock() {
+            Ok(until) if Instant::now() < *until => REGISTRY_POLL_FAST,
+            _ => REGISTRY_POLL_SLOW,
+        }
+    }
+
+    /// Wakes the waiters this answer (asked for at `asked`) is for.
+    fn answered(&self, asked: Instant, names: &HashSet<String>) {
+        let Ok(waiters) = self.waiters.lock() else {
+            return;
+        };
+        for (name, since, wake) in waiters.by_id.values() {
+            if asked > *since && name.as_ref().is_none_or(|name| names.contains(name)) {
+                // A stored permit: a waiter not polled yet still wakes.
+                wake.notify_one();
+            }
+        }
+    }
+}
+
+impl Drop for EpmdRegistry {
+    fn drop(&mut self) {
+        if let Ok(mut poller) = self.poller.lock()
+            && let Some(task) = poller.take()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// One waiter's entry, removed however its wait ends (woken, poked,
+/// aborted).
+struct Registered<'a> {
+    registry: &'a EpmdRegistry,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut waiters) = self.registry.waiters.lock() {
+            waiters.by_id.remove(&self.id);
+        }
+    }
+}
+
+/// The poller of [`EpmdRegistry`] (holds it weakly: it ends with it).
+async fn poll_epmd(registry: std::sync::Weak<EpmdRegistry>, dist: Arc<DistConfig>) {
+    loop {
+        let Some(reg) = registry.upgrade() else {
+            return;
+        };
+        if reg.waiting() == 0 {
+            // Until a connector waits (a stored permit counts).
+            reg.wake.notified().await;
+            continue;
+        }
+        let asked = Instant::now();
+        let query = crate::dist::epmd::names(&dist.epmd_host, dist.epmd_port);
+        // EPMD down: nobody to wake (asked again at the next poll).
+        if let Ok(Ok(names)) = tokio::time::timeout(dist.connect_timeout, query).await {
+            let names: HashSet<String> = names.into_iter().map(|(name, _)| name).collect();
+            reg.answered(asked, &names);
+        }
+        let pace = reg.pace();
+        let _ = tokio::time::timeout(pace, reg.wake.notified()).await;
     }
 }
 

@@ -249,6 +249,72 @@ async fn unknown_node_and_missing_epmd_are_told_apart() {
     }
 }
 
+/// The watcher's EPMD registry (one `NAMES` poller for every connector
+/// waiting for its node): a registered node ends the wait, an unknown one
+/// keeps it until it registers, a connector that found EPMD down waits
+/// until it answers, and every waiter is forgotten afterwards.
+#[tokio::test]
+async fn the_epmd_registry_wakes_exactly_the_waiters_whose_node_registered() {
+    use deployex_actors::otp_node_watcher::EpmdRegistry;
+    use tokio_util::compat::TokioAsyncReadCompatExt;
+
+    let n = TestNode::start(&[]).await;
+    let cfg = std::sync::Arc::new(n.config());
+    let registry = EpmdRegistry::start(cfg.clone());
+    let name = n.node.split('@').next().unwrap().to_owned();
+    let late = format!("late{}", random_suffix());
+
+    let since = Instant::now();
+    let late_wait = {
+        let (registry, late) = (registry.clone(), late.clone());
+        tokio::spawn(async move { registry.wait_registered(Some(&late), since).await })
+    };
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        registry.wait_registered(Some(&name), since),
+    )
+    .await
+    .expect("a registered node ends the wait");
+    // That answer did not list `late`: its waiter still waits.
+    assert!(
+        !late_wait.is_finished(),
+        "woken for a node that is not there"
+    );
+    assert_eq!(registry.waiting(), 1);
+
+    // Register `late` (EPMD keeps it while this connection is open).
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", n.epmd_port))
+        .await
+        .unwrap();
+    let (_registration, _creation) = erl_dist::epmd::EpmdClient::new(stream.compat())
+        .register(erl_dist::epmd::NodeEntry::new_hidden(&late, free_port()))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(3), late_wait)
+        .await
+        .expect("a node registering later ends its wait")
+        .unwrap();
+    assert_eq!(registry.waiting(), 0);
+
+    // No EPMD yet: a connector that found it down waits for it to answer.
+    let mut later = n.config();
+    later.epmd_port = free_port();
+    let lost = EpmdRegistry::start(std::sync::Arc::new(later.clone()));
+    let epmd_wait = {
+        let lost = lost.clone();
+        tokio::spawn(async move { lost.wait_registered(None, Instant::now()).await })
+    };
+    let mut epmd = Command::new("epmd")
+        .args(["-port", &later.epmd_port.to_string()])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(5), epmd_wait).await;
+    let _ = epmd.kill();
+    let _ = epmd.wait();
+    waited.expect("EPMD answering again ends the wait").unwrap();
+}
+
 #[tokio::test]
 async fn killed_node_closes_the_connection_at_once() {
     let n = TestNode::start(&[]).await;

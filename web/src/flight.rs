@@ -9,13 +9,15 @@
 //!
 //! Invariants: a request joins a query only while that query is still in
 //! flight, so no answer is older than the query that was running when the
-//! request arrived (no cache, no TTL: once a query finishes the next
-//! request starts a fresh one). Only waiters keep a query alive (the slot
+//! request arrived, or, with [`SingleFlight::fresh_for`], than a query
+//! that finished at most that long ago (the status snapshots: 10 ms; the
+//! history has no such window). Only waiters keep a query alive (the slot
 //! holds a weak reference): if every waiter gives up (timeout, client
 //! gone), the query is dropped with them and the next request starts anew.
 
 use std::future::Future;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, WeakShared};
@@ -23,12 +25,25 @@ use futures::future::{BoxFuture, Shared, WeakShared};
 /// One shared in-flight query producing a `T`.
 pub struct SingleFlight<T: Clone> {
     current: Mutex<Option<WeakShared<BoxFuture<'static, T>>>>,
+    /// How long a finished query's answer is served again (zero: never).
+    fresh_for: Duration,
+    last: Mutex<Option<(Instant, T)>>,
 }
 
 impl<T: Clone> Default for SingleFlight<T> {
     fn default() -> Self {
+        Self::fresh_for(Duration::ZERO)
+    }
+}
+
+impl<T: Clone> SingleFlight<T> {
+    /// A single flight whose finished answer is also served to requests
+    /// arriving within `fresh_for` after it (a bound on staleness).
+    pub fn fresh_for(fresh_for: Duration) -> Self {
         Self {
             current: Mutex::new(None),
+            fresh_for,
+            last: Mutex::new(None),
         }
     }
 }
@@ -42,6 +57,14 @@ where
     where
         F: Future<Output = T> + Send + 'static,
     {
+        if !self.fresh_for.is_zero() {
+            let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, value)) = last.as_ref()
+                && at.elapsed() < self.fresh_for
+            {
+                return value.clone();
+            }
+        }
         let flight: Shared<BoxFuture<'static, T>> = {
             let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
             // `peek` is `None` until the query has finished.
@@ -54,7 +77,12 @@ where
                 }
             }
         };
-        flight.await
+        let value = flight.await;
+        if !self.fresh_for.is_zero() {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            *last = Some((Instant::now(), value.clone()));
+        }
+        value
     }
 }
 
@@ -103,6 +131,36 @@ mod tests {
         let again = flight.run(query(calls.clone(), release_rx.clone())).await;
         assert_eq!(again, 2);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_finished_answer_is_served_again_only_within_its_window() {
+        let window = Duration::from_millis(200);
+        let flight = SingleFlight::<usize>::fresh_for(window);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let query = |calls: Arc<AtomicUsize>| {
+            move || async move { calls.fetch_add(1, Ordering::SeqCst) + 1 }
+        };
+        let started = std::time::Instant::now();
+        assert_eq!(flight.run(query(calls.clone())).await, 1);
+        let again = flight.run(query(calls.clone())).await;
+        if started.elapsed() < window {
+            assert_eq!(again, 1, "served again within the window");
+        }
+        // The window is the thing under test: let it pass.
+        tokio::time::sleep(window + Duration::from_millis(50)).await;
+        let fresh = flight.run(query(calls.clone())).await;
+        assert_eq!(
+            fresh,
+            calls.load(Ordering::SeqCst),
+            "a new query after the window"
+        );
+        assert!(fresh >= 2);
+        // Without a window, every finished query is followed by a new one.
+        let plain = SingleFlight::<usize>::default();
+        let calls = Arc::new(AtomicUsize::new(0));
+        assert_eq!(plain.run(query(calls.clone())).await, 1);
+        assert_eq!(plain.run(query(calls.clone())).await, 2);
     }
 
     #[tokio::test]

@@ -98,6 +98,14 @@ pub enum WebError {
     },
 }
 
+/// How long a finished status query (and its JSON) is served again. Under a
+/// request flood each status query is a round trip through the engine's
+/// actors on the engine's runtime (the web server runs on its own, niced:
+/// src/main.rs); sharing its answer for 10 ms caps those round trips at
+/// ~100/s whatever the load, and no client can tell (the dashboard polls
+/// every second, an instance's state changes over hundreds of ms).
+const STATUS_JSON_FRESH_FOR: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Shared state of every handler.
 pub struct AppState {
     pub engine: Arc<dyn Engine>,
@@ -130,8 +138,8 @@ impl AppState {
             limiter: LoginLimiter::default(),
             http_metrics: HttpMetrics::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
-            status_flight: SingleFlight::default(),
-            status_json_flight: SingleFlight::default(),
+            status_flight: SingleFlight::fresh_for(STATUS_JSON_FRESH_FOR),
+            status_json_flight: SingleFlight::fresh_for(STATUS_JSON_FRESH_FOR),
             history_flight: SingleFlight::default(),
         })
     }

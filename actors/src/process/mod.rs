@@ -141,3 +141,10 @@ pub fn trim_resident_code() -> usize {
 pub fn limit_malloc_arenas(arenas: i32) -> bool {
     sys::set_malloc_arena_max(arenas)
 }
+
+/// Sets the calling thread's nice value (Linux: per thread; the threads
+/// and processes it starts afterwards inherit it). Raising it needs no
+/// privilege; lowering it below the process's does.
+pub fn set_current_thread_nice(nice: i32) -> std::io::Result<()> {
+    sys::set_current_thread_nice(nice)
+}

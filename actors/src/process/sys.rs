@@ -109,3 +109,18 @@ pub(super) fn malloc_trim() {
 
 #[cfg(not(target_env = "gnu"))]
 pub(super) fn malloc_trim() {}
+
+/// `setpriority(PRIO_PROCESS, gettid(), nice)`: on Linux a nice value
+/// belongs to one thread, so this lowers (or raises) only the calling one.
+pub(super) fn set_current_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    let who =
+        libc::id_t::try_from(tid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: plain syscall on our own thread id; no pointers.
+    let ret = unsafe { libc::setpriority(libc::PRIO_PROCESS, who, nice) };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
