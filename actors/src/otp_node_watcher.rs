@@ -689,8 +689,9 @@ const REGISTRY_POLL_SLOW: Duration = Duration::from_secs(1);
 /// in all.
 pub struct EpmdRegistry {
     waiters: std::sync::Mutex<Waiters>,
-    /// Wakes the poller: a first waiter, or [`EpmdRegistry::hurry`].
-    wake: tokio::sync::Notify,
+    /// Wakes the poller: a first waiter, or [`EpmdRegistry::hurry`]. Its
+    /// own `Arc`: the poller waits on it without holding the registry.
+    wake: Arc<tokio::sync::Notify>,
     /// The fast pace lasts until then.
     fast_until: std::sync::Mutex<Instant>,
     poller: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -710,7 +711,7 @@ impl EpmdRegistry {
     pub fn start(dist: Arc<DistConfig>) -> Arc<EpmdRegistry> {
         let registry = Arc::new(EpmdRegistry {
             waiters: std::sync::Mutex::new(Waiters::default()),
-            wake: tokio::sync::Notify::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
             fast_until: std::sync::Mutex::new(Instant::now() + BOOT_WINDOW),
             poller: std::sync::Mutex::new(None),
         });
@@ -812,26 +813,41 @@ impl Drop for Registered<'_> {
     }
 }
 
-/// The poller of [`EpmdRegistry`] (holds it weakly: it ends with it).
+/// The poller of [`EpmdRegistry`]. It holds the registry weakly and never
+/// across a wait, so dropping the registry (a stopped watcher) drops it and
+/// its `Drop` aborts this task, parked or not.
 async fn poll_epmd(registry: std::sync::Weak<EpmdRegistry>, dist: Arc<DistConfig>) {
     loop {
-        let Some(reg) = registry.upgrade() else {
+        let Some((waiting, wake)) = registry.upgrade().map(|r| (r.waiting(), r.wake.clone()))
+        else {
             return;
         };
-        if reg.waiting() == 0 {
+        if waiting == 0 {
             // Until a connector waits (a stored permit counts).
-            reg.wake.notified().await;
+            wake.notified().await;
             continue;
         }
         let asked = Instant::now();
         let query = crate::dist::epmd::names(&dist.epmd_host, dist.epmd_port);
         // EPMD down: nobody to wake (asked again at the next poll).
-        if let Ok(Ok(names)) = tokio::time::timeout(dist.connect_timeout, query).await {
-            let names: HashSet<String> = names.into_iter().map(|(name, _)| name).collect();
-            reg.answered(asked, &names);
-        }
-        let pace = reg.pace();
-        let _ = tokio::time::timeout(pace, reg.wake.notified()).await;
+        let names = match tokio::time::timeout(dist.connect_timeout, query).await {
+            Ok(Ok(names)) => Some(
+                names
+                    .into_iter()
+                    .map(|(name, _)| name)
+                    .collect::<HashSet<_>>(),
+            ),
+            _ => None,
+        };
+        let Some(pace) = registry.upgrade().map(|reg| {
+            if let Some(names) = &names {
+                reg.answered(asked, names);
+            }
+            reg.pace()
+        }) else {
+            return;
+        };
+        let _ = tokio::time::timeout(pace, wake.notified()).await;
     }
 }
 

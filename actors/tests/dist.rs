@@ -313,6 +313,20 @@ async fn the_epmd_registry_wakes_exactly_the_waiters_whose_node_registered() {
     let _ = epmd.kill();
     let _ = epmd.wait();
     waited.expect("EPMD answering again ends the wait").unwrap();
+
+    // Nobody waits now: the parked poller holds no reference of its own,
+    // so the watcher's (here: the test's) is the only one and dropping it
+    // ends the registry and its task.
+    for reg in [&registry, &lost] {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while std::sync::Arc::strong_count(reg) > 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the poller keeps its registry alive"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 #[tokio::test]

@@ -24,9 +24,12 @@ use futures::future::{BoxFuture, Shared, WeakShared};
 
 /// One shared in-flight query producing a `T`.
 pub struct SingleFlight<T: Clone> {
-    current: Mutex<Option<WeakShared<BoxFuture<'static, T>>>>,
+    /// The query in flight; it yields its answer and when it finished.
+    #[allow(clippy::type_complexity)]
+    current: Mutex<Option<WeakShared<BoxFuture<'static, (Instant, T)>>>>,
     /// How long a finished query's answer is served again (zero: never).
     fresh_for: Duration,
+    /// The newest finished answer and when its query finished.
     last: Mutex<Option<(Instant, T)>>,
 }
 
@@ -65,22 +68,32 @@ where
                 return value.clone();
             }
         }
-        let flight: Shared<BoxFuture<'static, T>> = {
+        let flight: Shared<BoxFuture<'static, (Instant, T)>> = {
             let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
             // `peek` is `None` until the query has finished.
             match current.as_ref().and_then(WeakShared::upgrade) {
                 Some(f) if f.peek().is_none() => f,
                 _ => {
-                    let f = start().boxed().shared();
+                    let query = start();
+                    let f = async move {
+                        let value = query.await;
+                        (Instant::now(), value)
+                    }
+                    .boxed()
+                    .shared();
                     *current = f.downgrade();
                     f
                 }
             }
         };
-        let value = flight.await;
+        let (finished, value) = flight.await;
         if !self.fresh_for.is_zero() {
+            // The query's own finish time, not this waiter's wake-up (late
+            // under load): the window stays a bound on the answer's age.
             let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-            *last = Some((Instant::now(), value.clone()));
+            if last.as_ref().is_none_or(|(at, _)| *at < finished) {
+                *last = Some((finished, value.clone()));
+            }
         }
         value
     }
@@ -161,6 +174,36 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         assert_eq!(plain.run(query(calls.clone())).await, 1);
         assert_eq!(plain.run(query(calls.clone())).await, 2);
+    }
+
+    /// The window starts when the query finished, not when a waiter that
+    /// joined it got round to reading the answer (late under load).
+    #[tokio::test]
+    async fn a_late_waiter_does_not_extend_the_window() {
+        let window = Duration::from_millis(100);
+        let flight = SingleFlight::<usize>::fresh_for(window);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        let query = |calls: Arc<AtomicUsize>, mut release: tokio::sync::watch::Receiver<bool>| {
+            move || async move {
+                let _ = release.wait_for(|r| *r).await;
+                calls.fetch_add(1, Ordering::SeqCst) + 1
+            }
+        };
+        // Both join the first query; only `early` is polled to the end.
+        let mut late = Box::pin(flight.run(query(calls.clone(), release_rx.clone())));
+        assert!(futures::poll!(&mut late).is_pending());
+        let early = flight.run(query(calls.clone(), release_rx.clone()));
+        release_tx.send_replace(true);
+        assert_eq!(early.await, 1);
+        // The window passes; then the late waiter reads the same answer.
+        tokio::time::sleep(window + Duration::from_millis(50)).await;
+        assert_eq!(late.await, 1);
+        // The answer is older than the window: a new query.
+        assert_eq!(
+            flight.run(query(calls.clone(), release_rx.clone())).await,
+            2
+        );
     }
 
     #[tokio::test]

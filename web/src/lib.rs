@@ -98,13 +98,13 @@ pub enum WebError {
     },
 }
 
-/// How long a finished status query (and its JSON) is served again. Under a
+/// How long a finished status query is served again. Under a
 /// request flood each status query is a round trip through the engine's
 /// actors on the engine's runtime (the web server runs on its own, niced:
 /// src/main.rs); sharing its answer for 10 ms caps those round trips at
 /// ~100/s whatever the load, and no client can tell (the dashboard polls
 /// every second, an instance's state changes over hundreds of ms).
-const STATUS_JSON_FRESH_FOR: std::time::Duration = std::time::Duration::from_millis(10);
+const STATUS_FRESH_FOR: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Shared state of every handler.
 pub struct AppState {
@@ -120,6 +120,10 @@ pub struct AppState {
     status_flight: SingleFlight<Arc<Status>>,
     /// The same snapshot as JSON: concurrent API reads share one encoding.
     status_json_flight: SingleFlight<Result<warp::hyper::body::Bytes, Arc<str>>>,
+    /// The last snapshot encoded and its JSON: a snapshot served again
+    /// (`STATUS_FRESH_FOR`) is not encoded again.
+    #[allow(clippy::type_complexity)]
+    last_json: std::sync::Mutex<Option<(Arc<Status>, warp::hyper::body::Bytes)>>,
     history_flight: SingleFlight<Arc<Vec<HistoryEntry>>>,
 }
 
@@ -138,8 +142,9 @@ impl AppState {
             limiter: LoginLimiter::default(),
             http_metrics: HttpMetrics::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
-            status_flight: SingleFlight::fresh_for(STATUS_JSON_FRESH_FOR),
-            status_json_flight: SingleFlight::fresh_for(STATUS_JSON_FRESH_FOR),
+            status_flight: SingleFlight::fresh_for(STATUS_FRESH_FOR),
+            status_json_flight: SingleFlight::default(),
+            last_json: std::sync::Mutex::new(None),
             history_flight: SingleFlight::default(),
         })
     }
@@ -153,15 +158,26 @@ impl AppState {
     }
 
     /// The status snapshot encoded as JSON, shared with concurrent callers
-    /// (joins the snapshot query in flight, like [`Self::status`]).
+    /// (joins the encoding in flight; a snapshot served again by
+    /// [`Self::status`] is not encoded again).
     pub async fn status_json(self: &Arc<Self>) -> Result<warp::hyper::body::Bytes, Arc<str>> {
         let me = self.clone();
         self.status_json_flight
             .run(move || async move {
                 let status = me.status().await;
-                serde_json::to_vec(&*status)
+                if let Some((encoded, json)) =
+                    me.last_json.lock().ok().as_deref().and_then(Option::as_ref)
+                    && Arc::ptr_eq(encoded, &status)
+                {
+                    return Ok(json.clone());
+                }
+                let json = serde_json::to_vec(&*status)
                     .map(warp::hyper::body::Bytes::from)
-                    .map_err(|e| Arc::from(e.to_string()))
+                    .map_err(|e| Arc::from(e.to_string()))?;
+                if let Ok(mut last) = me.last_json.lock() {
+                    *last = Some((status, json.clone()));
+                }
+                Ok(json)
             })
             .await
     }
