@@ -55,6 +55,14 @@ impl<T> SingleFlight<T>
 where
     T: Clone + Send + Sync + 'static,
 {
+    /// Forgets the query in flight and the finished answer: the next
+    /// request starts a fresh query (after an action changed what it
+    /// reads; callers already waiting keep theirs).
+    pub fn invalidate(&self) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// The result of the query in flight, or of a new one made by `start`.
     pub async fn run<F>(&self, start: impl FnOnce() -> F) -> T
     where
@@ -204,6 +212,41 @@ mod tests {
             flight.run(query(calls.clone(), release_rx.clone())).await,
             2
         );
+    }
+
+    /// After an action, the next read must see it: no reuse window, no
+    /// joining a query that started before.
+    #[tokio::test]
+    async fn invalidate_makes_the_next_request_start_a_fresh_query() {
+        let flight = SingleFlight::<usize>::fresh_for(Duration::from_secs(60));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let query = |calls: Arc<AtomicUsize>| {
+            move || async move { calls.fetch_add(1, Ordering::SeqCst) + 1 }
+        };
+        assert_eq!(flight.run(query(calls.clone())).await, 1);
+        assert_eq!(
+            flight.run(query(calls.clone())).await,
+            1,
+            "within the window"
+        );
+        flight.invalidate();
+        assert_eq!(flight.run(query(calls.clone())).await, 2);
+        // A query in flight when the action happened is not joined either.
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        let slow = |calls: Arc<AtomicUsize>, mut release: tokio::sync::watch::Receiver<bool>| {
+            move || async move {
+                let _ = release.wait_for(|r| *r).await;
+                calls.fetch_add(1, Ordering::SeqCst) + 1
+            }
+        };
+        flight.invalidate();
+        let mut before = Box::pin(flight.run(slow(calls.clone(), release_rx.clone())));
+        assert!(futures::poll!(&mut before).is_pending());
+        flight.invalidate();
+        let after = flight.run(query(calls.clone()));
+        assert_eq!(after.await, 3, "a fresh query, not the one in flight");
+        release_tx.send_replace(true);
+        assert_eq!(before.await, 4);
     }
 
     #[tokio::test]

@@ -260,9 +260,14 @@ pub fn route_pattern(path: &str, status: u16) -> String {
 }
 
 /// One log line per request: method, path (no query: tokens never appear),
-/// status, duration.
+/// status, duration; after an action, ends the status reuse window.
 pub fn log_request(state: &AppState, info: warp::log::Info<'_>) {
     let status = info.status().as_u16();
+    // Runs once the reply is ready, before it is sent: the client's next
+    // read cannot be served a snapshot from before its action.
+    if info.method() != warp::http::Method::GET && info.method() != warp::http::Method::HEAD {
+        state.status_changed();
+    }
     let elapsed = info.elapsed();
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     // Reads that went well are what dashboards and scrapers poll all day:

@@ -103,7 +103,9 @@ pub enum WebError {
 /// actors on the engine's runtime (the web server runs on its own, niced:
 /// src/main.rs); sharing its answer for 10 ms caps those round trips at
 /// ~100/s whatever the load, and no client can tell (the dashboard polls
-/// every second, an instance's state changes over hundreds of ms).
+/// every second, an instance's state changes over hundreds of ms), except
+/// right after its own action: any request but GET/HEAD ends the window
+/// (`AppState::status_changed`, called from the request log filter).
 const STATUS_FRESH_FOR: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Shared state of every handler.
@@ -180,6 +182,14 @@ impl AppState {
                 Ok(json)
             })
             .await
+    }
+
+    /// An action (any request but GET/HEAD) may have changed the status:
+    /// the next read starts a fresh snapshot, so a client sees its own
+    /// action at once (no reuse window, no query from before it).
+    pub fn status_changed(&self) {
+        self.status_flight.invalidate();
+        self.status_json_flight.invalidate();
     }
 
     /// The whole deployment history, shared with concurrent callers.
