@@ -120,6 +120,8 @@ pub enum InstanceMsg {
     Shutdown {
         reply: RpcReplyPort<()>,
     },
+    /// The OtpNodeWatcher was restarted: tell it about this node now.
+    WatcherRestarted,
     /// Fault injection for the supervision tests: the handler panics.
     InjectPanic,
 }
@@ -140,6 +142,7 @@ impl Describe for InstanceMsg {
             InstanceMsg::Rotated { .. } => "Rotated",
             InstanceMsg::Status { .. } => "Status",
             InstanceMsg::Shutdown { .. } => "Shutdown",
+            InstanceMsg::WatcherRestarted => "WatcherRestarted",
             InstanceMsg::InjectPanic => "InjectPanic",
         }
     }
@@ -375,6 +378,16 @@ impl Actor for InstanceMonitor {
                     }
                     None => {
                         let _ = reply.send(());
+                    }
+                }
+            }
+            InstanceMsg::WatcherRestarted => {
+                if state.process.is_some() {
+                    state.watched_at = Instant::now();
+                    if let Some(w) = ractor::registry::where_is(otp_node_watcher::NAME) {
+                        let _ = w.send_message(WatcherMsg::Retry {
+                            node: state.node.clone(),
+                        });
                     }
                 }
             }

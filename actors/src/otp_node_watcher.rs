@@ -251,6 +251,20 @@ struct Entry {
     reductions: Option<(u64, Instant)>,
 }
 
+/// Dropping an entry (node unwatched, or the watcher's state dropped
+/// because the actor stopped or panicked) stops its connector and closes
+/// its connection. ractor does not run `post_stop` when an actor fails, so
+/// this cleanup must not live there: a connection left open would make
+/// the node answer the next watcher's handshake with `alive`.
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Some(conn) = self.conn.take() {
+            conn.close();
+        }
+    }
+}
+
 impl Entry {
     /// The connection is gone: its telemetry goes with it.
     fn drop_conn(&mut self) -> Option<NodeConnection> {
@@ -354,12 +368,9 @@ impl Actor for OtpNodeWatcher {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        for (_, entry) in state.nodes.drain() {
-            entry.task.abort();
-            if let Some(conn) = entry.conn {
-                conn.close();
-            }
-        }
+        // Each entry's `Drop` stops its connector and closes its link (the
+        // same happens when the state is dropped after a panic).
+        state.nodes.clear();
         Ok(())
     }
 
@@ -383,12 +394,8 @@ impl Actor for OtpNodeWatcher {
                 }
             }
             WatcherMsg::Unwatch { node } => {
-                if let Some(entry) = state.nodes.remove(&node) {
-                    entry.task.abort();
-                    if let Some(conn) = entry.conn {
-                        conn.close();
-                    }
-                }
+                // Dropping the entry stops its connector and closes the link.
+                state.nodes.remove(&node);
             }
             WatcherMsg::Connected {
                 node,

@@ -208,6 +208,16 @@ impl Actor for RootSupervisor {
                     });
                 } else {
                     tracing::info!(actor = %child.name(), "actor restarted");
+                    if child == Child::Watcher {
+                        // A new watcher knows no node: every monitor with a
+                        // running process tells it at once (not at its next
+                        // 30 s reminder), so links come back within seconds.
+                        for i in 1..=state.cfg.replicas {
+                            if let Some(m) = ractor::registry::where_is(instance_monitor::name(i)) {
+                                let _ = m.send_message(InstanceMsg::WatcherRestarted);
+                            }
+                        }
+                    }
                 }
             }
         }
