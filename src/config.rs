@@ -151,6 +151,43 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "DEPLOYEX_TERMINAL_IDLE_MS",
         "close an idle IEx terminal after (300000)",
     ),
+    // Health: liveness, watchdog, events.
+    (
+        "DEPLOYEX_LIVENESS_INTERVAL_MS",
+        "liveness check period of a running instance; 0 = off (5000)",
+    ),
+    (
+        "DEPLOYEX_LIVENESS_FAILURES",
+        "failed liveness checks in a row that kill and restart an instance (3)",
+    ),
+    (
+        "DEPLOYEX_WATCHDOG_MEMORY_MB",
+        "restart an instance whose resident memory stays above this (unset = off)",
+    ),
+    (
+        "DEPLOYEX_WATCHDOG_ATOMS_PCT",
+        "warn when a node uses more than this share of its atom limit (90)",
+    ),
+    (
+        "DEPLOYEX_WATCHDOG_PROCESSES_PCT",
+        "warn when a node uses more than this share of its process limit (90)",
+    ),
+    (
+        "DEPLOYEX_WATCHDOG_PORTS_PCT",
+        "warn when a node uses more than this share of its port limit (90)",
+    ),
+    (
+        "DEPLOYEX_WATCHDOG_ACTION",
+        "warn or restart (unset: restart for memory, warn for BEAM limits)",
+    ),
+    (
+        "DEPLOYEX_WEBHOOK_URL",
+        "every event is POSTed here as JSON with a text field (unset = off)",
+    ),
+    (
+        "DEPLOYEX_WEBHOOK_SECRET",
+        "signs webhook bodies: X-Deployex-Signature: sha256=<hex HMAC> (unset)",
+    ),
 ];
 
 const SECRETS: &[&str] = &[
@@ -158,6 +195,7 @@ const SECRETS: &[&str] = &[
     "DEPLOYEX_ERLANG_COOKIE",
     "DEPLOYEX_ADMIN_HASHED_PASSWORD",
     "DEPLOYEX_METRICS_TOKEN",
+    "DEPLOYEX_WEBHOOK_SECRET",
 ];
 
 /// Secrets the AWS secret may carry besides the required ones; taken from
@@ -604,6 +642,54 @@ fn load_inner(
     engine.log_max_bytes =
         src.number("DEPLOYEX_LOG_MAX_BYTES", 100 * 1024 * 1024, 4096, u64::MAX)?;
     engine.log_keep = src.number("DEPLOYEX_LOG_KEEP", 5, 0, 1000)?;
+    engine.liveness_interval = src.millis("DEPLOYEX_LIVENESS_INTERVAL_MS", 5000, 0, 3_600_000)?;
+    if (1..100).contains(&engine.liveness_interval.as_millis()) {
+        return Err(src.invalid(
+            "DEPLOYEX_LIVENESS_INTERVAL_MS",
+            &engine.liveness_interval.as_millis().to_string(),
+            "expected 0 (off) or a whole number from 100 to 3600000",
+        ));
+    }
+    engine.liveness_failures = src.number("DEPLOYEX_LIVENESS_FAILURES", 3, 1, 1000)?;
+    engine.watchdog = deployex_actors::WatchdogConfig {
+        memory_bytes: match src.opt("DEPLOYEX_WATCHDOG_MEMORY_MB") {
+            None => None,
+            Some(_) => {
+                Some(src.number::<u64>("DEPLOYEX_WATCHDOG_MEMORY_MB", 0, 1, 1 << 30)? * 1024 * 1024)
+            }
+        },
+        atoms_pct: src.number("DEPLOYEX_WATCHDOG_ATOMS_PCT", 90, 1, 100)?,
+        processes_pct: src.number("DEPLOYEX_WATCHDOG_PROCESSES_PCT", 90, 1, 100)?,
+        ports_pct: src.number("DEPLOYEX_WATCHDOG_PORTS_PCT", 90, 1, 100)?,
+        action: match src.opt("DEPLOYEX_WATCHDOG_ACTION").as_deref() {
+            None => None,
+            Some("warn") => Some(deployex_actors::WatchdogAction::Warn),
+            Some("restart") => Some(deployex_actors::WatchdogAction::Restart),
+            Some(other) => {
+                return Err(src.invalid(
+                    "DEPLOYEX_WATCHDOG_ACTION",
+                    other,
+                    "expected warn or restart",
+                ));
+            }
+        },
+    };
+    engine.webhook = match src.opt("DEPLOYEX_WEBHOOK_URL") {
+        None => None,
+        Some(url) => {
+            if !deployex_actors::events::valid_webhook_url(&url) {
+                return Err(src.invalid(
+                    "DEPLOYEX_WEBHOOK_URL",
+                    &url,
+                    "expected an http:// or https:// URL",
+                ));
+            }
+            Some(deployex_actors::WebhookConfig {
+                url,
+                secret: src.opt("DEPLOYEX_WEBHOOK_SECRET"),
+            })
+        }
+    };
     engine.base_env = env.into_iter().collect();
     engine.base_env.sort();
 

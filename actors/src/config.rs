@@ -63,6 +63,77 @@ pub struct EngineConfig {
     /// deployex's own environment, the base of every instance's environment
     /// (secrets and `RELEASE_*` are removed before use).
     pub base_env: Vec<(String, String)>,
+    /// Liveness check period while an instance runs (an RPC round trip over
+    /// its link, plus the health path when set); zero: off.
+    pub liveness_interval: Duration,
+    /// Consecutive failed liveness checks that get an instance killed and
+    /// restarted.
+    pub liveness_failures: u32,
+    pub watchdog: WatchdogConfig,
+    /// Where events are POSTed, if anywhere.
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// What the resource watchdog does when a limit is crossed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchdogAction {
+    /// Record a `watchdog_warning` event only.
+    Warn,
+    /// Restart the instance (graceful stop, then start).
+    Restart,
+}
+
+/// The resource watchdog (PM2's `max_memory_restart`, upstream's watchdog).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchdogConfig {
+    /// Resident memory of an instance's process group above which it is
+    /// restarted (two consecutive samples); `None`: off.
+    pub memory_bytes: Option<u64>,
+    /// Share of the BEAM's limits above which a warning is raised.
+    pub atoms_pct: u8,
+    pub processes_pct: u8,
+    pub ports_pct: u8,
+    /// `None`: restart for memory, warn for the BEAM limits.
+    pub action: Option<WatchdogAction>,
+}
+
+impl WatchdogConfig {
+    pub fn memory_action(&self) -> WatchdogAction {
+        self.action.unwrap_or(WatchdogAction::Restart)
+    }
+    pub fn limits_action(&self) -> WatchdogAction {
+        self.action.unwrap_or(WatchdogAction::Warn)
+    }
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        WatchdogConfig {
+            memory_bytes: None,
+            atoms_pct: 90,
+            processes_pct: 90,
+            ports_pct: 90,
+            action: None,
+        }
+    }
+}
+
+/// Event delivery to an HTTP receiver (Slack/Mattermost incoming webhooks
+/// work as they are).
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Signs each body (`X-Deployex-Signature: sha256=<hex HMAC>`). Secret.
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl EngineConfig {
@@ -100,6 +171,10 @@ impl EngineConfig {
             log_keep: 5,
             own_log_dir: None,
             base_env: Vec::new(),
+            liveness_interval: Duration::from_millis(5000),
+            liveness_failures: 3,
+            watchdog: WatchdogConfig::default(),
+            webhook: None,
         }
     }
 

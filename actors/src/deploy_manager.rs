@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::config::EngineConfig;
+use crate::events::{self, EventKind, NewEvent};
 use crate::instance_monitor::{self, DeployJob, InstanceMsg};
 use crate::model::{
     DeployDuration, DeployDurations, DeployProgress, DeploymentKind, HistoryEntry, InstanceState,
@@ -245,6 +246,14 @@ impl Actor for DeployManager {
                     if let Some(p) = state.in_progress.take() {
                         let took_ms = p.started.elapsed().as_millis() as u64;
                         tracing::info!(instance, version = %p.version, deploy_ref = %p.deploy_ref, took_ms, "instance ready; moving on");
+                        events::emit(
+                            NewEvent::new(
+                                EventKind::DeployFinished,
+                                format!("{} ready in {took_ms} ms", kind_name(p.kind)),
+                            )
+                            .instance(instance)
+                            .version(p.version.clone()),
+                        );
                         state.durations.count += 1;
                         state.durations.total_ms += took_ms;
                         state.durations.last = Some(DeployDuration {
@@ -516,7 +525,16 @@ impl DmState {
         let crashes = r.crashes;
         self.recent.remove(&instance);
         tracing::error!(instance, %version, crashes, "crash loop after deployment: ghosting the version");
-        self.ghost(&version).await;
+        events::emit(
+            NewEvent::new(
+                EventKind::CrashLoop,
+                format!("crashed {crashes} times after its deployment"),
+            )
+            .instance(instance)
+            .version(version.clone()),
+        );
+        self.ghost(&version, &format!("instance {instance} crash-looped"))
+            .await;
         self.last_error = Some(format!(
             "version {version} rolled back: instance {instance} crashed {crashes} times after its deployment"
         ));
@@ -534,8 +552,15 @@ impl DmState {
         self.evaluate().await;
     }
 
-    async fn ghost(&mut self, version: &str) {
+    async fn ghost(&mut self, version: &str, why: &str) {
         if !self.ghosted.iter().any(|v| v == version) {
+            events::emit(
+                NewEvent::new(
+                    EventKind::Ghosted,
+                    format!("ghosted ({why}): it will not be deployed again automatically"),
+                )
+                .version(version),
+            );
             self.ghosted.push(version.to_string());
             if let Err(e) = self.persist_ghosted().await {
                 tracing::error!(error = %e, "cannot save the ghosted list");
@@ -690,6 +715,16 @@ impl DmState {
             pre_commands: target.pre_commands.clone(),
             kind,
         };
+        if kind != DeploymentKind::Rollback {
+            events::emit(
+                NewEvent::new(
+                    EventKind::DeployStarted,
+                    format!("deploying ({deploy_ref})"),
+                )
+                .instance(instance)
+                .version(target.version.clone()),
+            );
+        }
         if monitor.cast(InstanceMsg::Deploy { job }).is_ok() {
             self.in_progress = Some(InProgress {
                 instance,
@@ -733,7 +768,15 @@ impl DmState {
             "not ready in time".to_string()
         };
         tracing::error!(instance = p.instance, version = %p.version, %why, "deployment unstable: rolling back and ghosting the version");
-        self.ghost(&p.version).await;
+        if crash_loop {
+            events::emit(
+                NewEvent::new(EventKind::CrashLoop, format!("{why} during its deployment"))
+                    .instance(p.instance)
+                    .version(p.version.clone()),
+            );
+        }
+        self.ghost(&p.version, &format!("instance {}: {why}", p.instance))
+            .await;
         self.last_error = Some(format!(
             "version {} rolled back on instance {} ({why})",
             p.version, p.instance
@@ -793,6 +836,14 @@ impl DmState {
             .map(|e| e.hash.clone())
             .unwrap_or_default();
         tracing::warn!(instance, from = %bad, to = %previous, "rolling back");
+        events::emit(
+            NewEvent::new(
+                EventKind::Rollback,
+                format!("rolling back from {bad} to {previous}"),
+            )
+            .instance(instance)
+            .version(previous.clone()),
+        );
         let target = Target {
             version: previous,
             hash,
@@ -807,6 +858,14 @@ impl DmState {
             deploy_ref,
             DeploymentKind::Rollback,
         );
+    }
+}
+
+fn kind_name(kind: DeploymentKind) -> &'static str {
+    match kind {
+        DeploymentKind::FullDeployment => "full deployment",
+        DeploymentKind::HotUpgrade => "hot upgrade",
+        DeploymentKind::Rollback => "rollback",
     }
 }
 

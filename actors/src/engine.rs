@@ -27,4 +27,10 @@ pub trait Engine: Send + Sync + 'static {
     fn remote_shell(&self, instance: u32) -> BoxFuture<'_, Result<ShellCommand, ActionError>>;
     /// The live actor tree with each actor's recent messages.
     fn actors(&self) -> BoxFuture<'_, ActorInfo>;
+    /// The newest `limit` events, newest first (empty when the event log
+    /// does not answer).
+    fn events(&self, limit: usize) -> BoxFuture<'_, Vec<crate::events::Event>> {
+        let _ = limit;
+        Box::pin(async { Vec::new() })
+    }
 }

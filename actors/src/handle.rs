@@ -14,8 +14,8 @@ use crate::deploy_manager::{self, DeployMsg};
 use crate::engine::Engine;
 use crate::instance_monitor::{self, InstanceMsg};
 use crate::model::{
-    ActionError, ActorInfo, DeployexStatus, HistoryEntry, InstanceState, InstanceStatus, LogStream,
-    Mode, ShellCommand, Status,
+    ActionError, ActorInfo, DeployexStatus, HistoryEntry, InstanceStatus, LogStream, Mode,
+    ShellCommand, Status,
 };
 use crate::otp_node_watcher::{self, WatcherMsg};
 use crate::recorder::Recorder;
@@ -78,25 +78,12 @@ impl EngineHandle {
             Some(m) => ractor::call_t!(m, |reply| InstanceMsg::Status { reply }, QUERY_MS).ok(),
             None => None,
         };
-        answer.unwrap_or_else(|| InstanceStatus {
-            instance,
-            version: None,
-            state: InstanceState::Stopped,
-            os_pid: None,
-            port: self.cfg.port(instance),
-            node: self.cfg.node_name(instance),
-            otp_connected: false,
-            tls: false,
-            last_deployment: None,
-            deploy_ref: None,
-            crash_restarts: 0,
-            forced_restarts: 0,
-            uptime_s: None,
-            last_error: None,
-            stale: true,
-            restart_times: Vec::new(),
-            crash_times: Vec::new(),
-            beam: None,
+        answer.unwrap_or_else(|| {
+            InstanceStatus::stale(
+                instance,
+                self.cfg.port(instance),
+                self.cfg.node_name(instance),
+            )
         })
     }
 
@@ -120,6 +107,20 @@ impl EngineHandle {
 }
 
 impl Engine for EngineHandle {
+    fn events(&self, limit: usize) -> BoxFuture<'_, Vec<crate::events::Event>> {
+        Box::pin(async move {
+            let Some(log) = actor::<crate::events::EventMsg>(crate::events::NAME) else {
+                return Vec::new();
+            };
+            ractor::call_t!(
+                log,
+                |reply| crate::events::EventMsg::Recent { limit, reply },
+                QUERY_MS
+            )
+            .unwrap_or_default()
+        })
+    }
+
     fn status(&self) -> BoxFuture<'_, Status> {
         Box::pin(async move {
             let dm = async {

@@ -29,8 +29,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::config::EngineConfig;
 use crate::deploy_manager::{self, DeployMsg};
-use crate::model::{DeploymentKind, InstanceState, InstanceStatus, LogStream};
-use crate::otp_node_watcher::{self, WatcherMsg};
+use crate::events::{self, EventKind, NewEvent};
+use crate::model::{
+    BootPhase, DeploymentKind, InstanceState, InstanceStatus, LogStream, RestartReason,
+};
+use crate::otp_node_watcher::{self, LivenessSpec, WatcherMsg};
 use crate::process::{self, Adoption, ExitInfo, InstanceSpec, PidFile, ProcessHandle};
 use crate::recorder::{Describe, Recorder};
 
@@ -61,7 +64,8 @@ pub struct Prepared {
 /// Why a process is being stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
-    Restart,
+    /// Stop, then start again (operator, liveness, watchdog).
+    Restart(RestartReason),
     Deploy,
     Shutdown,
 }
@@ -81,8 +85,18 @@ pub enum InstanceMsg {
     Probed {
         generation: u64,
         otp: bool,
+        /// The node's boot phase, when it answered.
+        boot: Option<BootPhase>,
         http: bool,
     },
+    /// The node's liveness check failed `failures` times in a row (`0`:
+    /// it passes again).
+    Liveness {
+        failures: u32,
+        error: Option<String>,
+    },
+    /// Time to sample the process group's memory (watchdog).
+    WatchdogTick,
     RestartAfterBackoff {
         generation: u64,
     },
@@ -133,6 +147,8 @@ impl Describe for InstanceMsg {
             InstanceMsg::Exited { .. } => "Exited",
             InstanceMsg::HealthTick { .. } => "HealthTick",
             InstanceMsg::Probed { .. } => "Probed",
+            InstanceMsg::Liveness { .. } => "Liveness",
+            InstanceMsg::WatchdogTick => "WatchdogTick",
             InstanceMsg::RestartAfterBackoff { .. } => "RestartAfterBackoff",
             InstanceMsg::Restart { .. } => "Restart",
             InstanceMsg::Deploy { .. } => "Deploy",
@@ -152,8 +168,12 @@ impl Describe for InstanceMsg {
             InstanceMsg::Probed {
                 generation,
                 otp,
+                boot,
                 http,
-            } => format!("gen={generation} otp={otp} http={http}"),
+            } => format!("gen={generation} otp={otp} boot={boot:?} http={http}"),
+            InstanceMsg::Liveness { failures, error } => {
+                format!("failures={failures} {}", error.as_deref().unwrap_or(""))
+            }
             InstanceMsg::RestartAfterBackoff { generation } => format!("gen={generation}"),
             InstanceMsg::Deploy { job } => format!(
                 "{} ref={} {} pre_commands",
@@ -219,11 +239,28 @@ pub struct MonitorState {
     generation: u64,
     started_at: Option<Instant>,
     ready_since: Option<Instant>,
+    /// Since when every readiness check has passed without a break.
+    checks_since: Option<Instant>,
+    /// The node's boot phase, as last seen (current process only).
+    boot: Option<BootPhase>,
+    /// The current process was adopted: it counts as up for `min_ready`.
+    adopted: bool,
+    /// `Shutdown` was received: nothing starts any more.
+    shut_down: bool,
     probing: bool,
     stopping: Option<StopReason>,
     version: Option<String>,
     crash_restarts: u64,
     forced_restarts: u64,
+    liveness_restarts: u64,
+    watchdog_restarts: u64,
+    last_restart_reason: Option<RestartReason>,
+    /// Why the next process is started (recorded when it starts).
+    next_start_reason: Option<RestartReason>,
+    /// Consecutive memory samples over the watchdog's limit.
+    memory_over: u32,
+    /// This node's liveness check, handed to the OtpNodeWatcher.
+    liveness: Option<Arc<LivenessSpec>>,
     consecutive_crashes: u32,
     /// When the process crashed / was started again after a crash (UTC),
     /// newest last, at most 20 each.
@@ -270,10 +307,20 @@ impl Actor for InstanceMonitor {
             generation: 0,
             started_at: None,
             ready_since: None,
+            checks_since: None,
+            boot: None,
+            adopted: false,
+            shut_down: false,
             probing: false,
             stopping: None,
             crash_restarts: 0,
             forced_restarts: 0,
+            liveness_restarts: 0,
+            watchdog_restarts: 0,
+            last_restart_reason: None,
+            next_start_reason: None,
+            memory_over: 0,
+            liveness: None,
             consecutive_crashes: 0,
             crash_times: VecDeque::new(),
             restart_times: VecDeque::new(),
@@ -288,6 +335,10 @@ impl Actor for InstanceMonitor {
             watched_at: Instant::now(),
             recorder: Recorder::for_actor(&name(instance)),
         };
+        state.liveness = liveness_spec(&state.cfg, &myself, state.port);
+        if state.cfg.watchdog.memory_bytes.is_some() && !state.cfg.beam_sample_interval.is_zero() {
+            myself.send_interval(state.cfg.beam_sample_interval, || InstanceMsg::WatchdogTick);
+        }
         state.schedule_tick(&myself, FAST_TICK);
         let _ = myself.cast(InstanceMsg::Boot);
         Ok(state)
@@ -325,13 +376,18 @@ impl Actor for InstanceMonitor {
             InstanceMsg::Probed {
                 generation,
                 otp,
+                boot,
                 http,
             } => {
                 state.probing = false;
                 if generation == state.generation {
-                    state.on_probe(otp, http);
+                    state.on_probe(otp, boot, http);
                 }
             }
+            InstanceMsg::Liveness { failures, error } => {
+                state.on_liveness(&myself, failures, error);
+            }
+            InstanceMsg::WatchdogTick => state.watchdog_tick(&myself),
             InstanceMsg::RestartAfterBackoff { generation } => {
                 if generation == state.generation
                     && state.phase == InstanceState::CrashBackoff
@@ -363,20 +419,24 @@ impl Actor for InstanceMonitor {
                 let _ = reply.send(state.status());
             }
             InstanceMsg::Shutdown { reply } => {
+                // From now on nothing of this instance starts again: no
+                // backoff restart, no deployment step, no late `Rotated`.
+                state.shut_down = true;
                 state.deploying = None;
                 match state.process.take() {
                     Some(handle) => {
                         state.stopping = Some(StopReason::Shutdown);
+                        let plan = state.stop_plan(false);
                         state.set_phase(InstanceState::Stopped, "shutdown");
-                        let grace = state.cfg.stop_grace;
                         let pidfile = state.service.join("pid");
                         tokio::spawn(async move {
-                            process::stop_group(&handle, grace).await;
+                            plan.run(&handle).await;
                             let _ = std::fs::remove_file(pidfile);
                             let _ = reply.send(());
                         });
                     }
                     None => {
+                        state.set_phase(InstanceState::Stopped, "shutdown");
                         let _ = reply.send(());
                     }
                 }
@@ -384,11 +444,7 @@ impl Actor for InstanceMonitor {
             InstanceMsg::WatcherRestarted => {
                 if state.process.is_some() {
                     state.watched_at = Instant::now();
-                    if let Some(w) = ractor::registry::where_is(otp_node_watcher::NAME) {
-                        let _ = w.send_message(WatcherMsg::Retry {
-                            node: state.node.clone(),
-                        });
-                    }
+                    state.tell_watcher(false);
                 }
             }
             InstanceMsg::InjectPanic => panic!("injected panic in {}", name(state.instance)),
@@ -428,8 +484,9 @@ impl MonitorState {
                     );
                     stop_strays(&self.service, Some(handle.pid()));
                     self.attach(myself, handle);
-                    // It was already running: readiness only needs the probes.
-                    self.started_at = Some(Instant::now() - self.cfg.min_ready);
+                    // It was already running: readiness only needs the
+                    // checks to pass once.
+                    self.adopted = true;
                     return;
                 }
                 other => {
@@ -450,22 +507,33 @@ impl MonitorState {
         if std::mem::take(&mut self.crash_restart_pending) {
             push_bounded(&mut self.restart_times, crate::time::utc_now_millis());
         }
+        if let Some(reason) = self.next_start_reason.take() {
+            self.last_restart_reason = Some(reason);
+            events::emit(
+                NewEvent::new(
+                    EventKind::Restart,
+                    format!("new process {} ({})", handle.pid(), reason.as_str()),
+                )
+                .instance(self.instance)
+                .version(self.version.clone().unwrap_or_default()),
+            );
+        }
         self.generation += 1;
         let generation = self.generation;
         let handle = Arc::new(handle);
         self.process = Some(handle.clone());
         self.started_at = Some(Instant::now());
         self.ready_since = None;
+        self.checks_since = None;
+        self.boot = None;
+        self.adopted = false;
+        self.memory_over = 0;
         self.otp_connected = false;
         self.stopping = None;
         self.set_phase(InstanceState::Starting, "process started");
         // Back to the fast clock: readiness paces the rollout.
         self.schedule_tick(myself, FAST_TICK);
-        if let Some(w) = ractor::registry::where_is(otp_node_watcher::NAME) {
-            let _ = w.send_message(WatcherMsg::Retry {
-                node: self.node.clone(),
-            });
-        }
+        self.tell_watcher(true);
         let me = myself.clone();
         tokio::spawn(async move {
             // pidfd readiness -> this task -> one cast: the whole way from
@@ -478,6 +546,13 @@ impl MonitorState {
     /// Spawn `current/bin/{app} start`. Fork+exec returns at once, so this
     /// runs in the handler: the crash→respawn path stays in one message.
     fn start(&mut self, myself: &ActorRef<InstanceMsg>) {
+        if self.shut_down {
+            tracing::info!(
+                instance = self.instance,
+                "not starting: deployex is shutting down"
+            );
+            return;
+        }
         let current = self.current_dir();
         let program = current.join("bin").join(&self.cfg.app);
         if !program.is_file() {
@@ -559,6 +634,7 @@ impl MonitorState {
         let crashed_version = self.version.clone();
         self.crash_restarts += 1;
         self.crash_restart_pending = true;
+        self.next_start_reason = Some(RestartReason::Crash);
         self.schedule_crash_restart(myself);
         if self.process.is_none() {
             // Backing off (or the start failed): the pid file names a dead
@@ -639,11 +715,7 @@ impl MonitorState {
         // WATCH_REMINDER (every tick while the instance starts).
         if self.phase == InstanceState::Starting || self.watched_at.elapsed() >= WATCH_REMINDER {
             self.watched_at = Instant::now();
-            if let Some(w) = ractor::registry::where_is(otp_node_watcher::NAME) {
-                let _ = w.send_message(WatcherMsg::Watch {
-                    node: self.node.clone(),
-                });
-            }
+            self.tell_watcher(false);
         }
         // Probes decide readiness, and only that: once an instance runs, a
         // probe result changes nothing (an exit is seen by the pidfd, the
@@ -659,9 +731,20 @@ impl MonitorState {
         let node = self.node.clone();
         let port = self.port;
         let health_path = self.cfg.health_path.clone();
+        let otp_readiness = self.cfg.otp_readiness;
         let me = myself.clone();
         tokio::spawn(async move {
-            let otp = node_connected(&node).await;
+            // With OTP readiness the node must answer *and* have finished
+            // its boot script: a node is on the distribution long before
+            // its applications have started (or failed to).
+            let (otp, boot) = if otp_readiness {
+                match otp_node_watcher::boot_phase(&node, BOOT_QUERY_TIMEOUT).await {
+                    Ok(phase) => (true, Some(phase)),
+                    Err(_) => (false, None),
+                }
+            } else {
+                (node_connected(&node).await, None)
+            };
             let http = match health_path {
                 None => true,
                 Some(path) => crate::health::http_ok(port, &path, Duration::from_secs(1)).await,
@@ -669,33 +752,180 @@ impl MonitorState {
             let _ = me.cast(InstanceMsg::Probed {
                 generation,
                 otp,
+                boot,
                 http,
             });
         });
     }
 
-    fn on_probe(&mut self, otp: bool, http: bool) {
+    /// Readiness: the process is alive, its node answers and has finished
+    /// its boot (`init:get_status()` = `{started, _}`, unless
+    /// `otp_readiness` is off), the health path answers 2xx (when set), all
+    /// of it without a break for `min_ready`. A boot that fails before
+    /// `started` is never ready, however long `min_ready` is.
+    fn on_probe(&mut self, otp: bool, boot: Option<BootPhase>, http: bool) {
         self.otp_connected = otp;
-        let Some(started) = self.started_at else {
-            return;
-        };
-        if self.process.is_none() {
+        if boot.is_some() {
+            self.boot = boot;
+        }
+        if self.process.is_none() || self.phase != InstanceState::Starting {
             return;
         }
-        let checks = (otp || !self.cfg.otp_readiness) && http;
-        match self.phase {
-            InstanceState::Starting if checks && started.elapsed() >= self.cfg.min_ready => {
-                self.ready_since = Some(Instant::now());
-                self.last_error = None;
-                self.set_phase(InstanceState::Running, "ready");
-                if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME) {
-                    let _ = dm.send_message(DeployMsg::InstanceReady {
-                        instance: self.instance,
-                        version: self.version.clone(),
-                    });
-                }
+        let node_ok = !self.cfg.otp_readiness || (otp && boot == Some(BootPhase::Started));
+        if !(node_ok && http) {
+            self.checks_since = None;
+            return;
+        }
+        let now = Instant::now();
+        let since = *self.checks_since.get_or_insert(if self.adopted {
+            now.checked_sub(self.cfg.min_ready).unwrap_or(now)
+        } else {
+            now
+        });
+        if since.elapsed() < self.cfg.min_ready {
+            return;
+        }
+        self.ready_since = Some(now);
+        self.last_error = None;
+        self.set_phase(InstanceState::Running, "ready");
+        events::emit(
+            NewEvent::new(EventKind::InstanceReady, "ready")
+                .instance(self.instance)
+                .version(self.version.clone().unwrap_or_default()),
+        );
+        if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME) {
+            let _ = dm.send_message(DeployMsg::InstanceReady {
+                instance: self.instance,
+                version: self.version.clone(),
+            });
+        }
+    }
+
+    /// Tells the OtpNodeWatcher about this node (`retry`: a new OS process
+    /// of it was just started).
+    fn tell_watcher(&self, retry: bool) {
+        let Some(w) = ractor::registry::where_is(otp_node_watcher::NAME) else {
+            return;
+        };
+        let node = self.node.clone();
+        let liveness = self.liveness.clone();
+        let _ = w.send_message(if retry {
+            WatcherMsg::Retry { node, liveness }
+        } else {
+            WatcherMsg::Watch { node, liveness }
+        });
+    }
+
+    /// A liveness report from the node's connector: after
+    /// `liveness_failures` failed checks in a row, a running instance is
+    /// killed (SIGKILL: a hung or stopped BEAM does not handle SIGTERM) and
+    /// started again. Counted apart from crashes (not a crash loop: the
+    /// rollback rules do not see it).
+    fn on_liveness(
+        &mut self,
+        myself: &ActorRef<InstanceMsg>,
+        failures: u32,
+        error: Option<String>,
+    ) {
+        if failures == 0 {
+            tracing::info!(instance = self.instance, "liveness check passes again");
+            return;
+        }
+        if self.phase != InstanceState::Running || self.stopping.is_some() {
+            return;
+        }
+        let Some(handle) = self.process.clone() else {
+            return;
+        };
+        let error = error.unwrap_or_default();
+        tracing::warn!(instance = self.instance, failures, limit = self.cfg.liveness_failures, %error, "liveness check failed");
+        if failures < self.cfg.liveness_failures {
+            return;
+        }
+        self.liveness_restarts += 1;
+        self.last_error = Some(format!(
+            "liveness: {failures} checks failed in a row ({error}); killed and restarted"
+        ));
+        self.restart_process(myself, handle, RestartReason::Liveness);
+    }
+
+    /// Every `beam_sample_interval` while the memory watchdog is on: the
+    /// process group's resident memory above the limit for two samples in
+    /// a row restarts the instance (or only warns, by configuration).
+    fn watchdog_tick(&mut self, myself: &ActorRef<InstanceMsg>) {
+        let Some(limit) = self.cfg.watchdog.memory_bytes else {
+            return;
+        };
+        if self.phase != InstanceState::Running || self.stopping.is_some() {
+            self.memory_over = 0;
+            return;
+        }
+        let Some(handle) = self.process.clone() else {
+            return;
+        };
+        let rss = handle.group_rss_bytes();
+        if rss <= limit {
+            self.memory_over = 0;
+            return;
+        }
+        self.memory_over += 1;
+        tracing::warn!(
+            instance = self.instance,
+            rss,
+            limit,
+            samples = self.memory_over,
+            "resident memory over the watchdog limit"
+        );
+        if self.memory_over < 2 {
+            return;
+        }
+        self.memory_over = 0;
+        let message = format!(
+            "resident memory {} MiB over the limit of {} MiB for two samples",
+            rss / (1024 * 1024),
+            limit / (1024 * 1024)
+        );
+        match self.cfg.watchdog.memory_action() {
+            crate::config::WatchdogAction::Warn => {
+                events::emit(
+                    NewEvent::new(EventKind::WatchdogWarning, message)
+                        .instance(self.instance)
+                        .version(self.version.clone().unwrap_or_default()),
+                );
             }
-            _ => {}
+            crate::config::WatchdogAction::Restart => {
+                self.watchdog_restarts += 1;
+                self.last_error = Some(format!("watchdog: {message}; restarted"));
+                self.restart_process(myself, handle, RestartReason::Memory);
+            }
+        }
+    }
+
+    /// Stop the process (as `reason` wants) and start it again.
+    fn restart_process(
+        &mut self,
+        myself: &ActorRef<InstanceMsg>,
+        handle: Arc<ProcessHandle>,
+        reason: RestartReason,
+    ) {
+        tracing::warn!(
+            instance = self.instance,
+            reason = reason.as_str(),
+            "restarting the instance"
+        );
+        self.stop_process(myself, handle, StopReason::Restart(reason));
+    }
+
+    /// How to stop the current process: a process that no longer answers
+    /// (liveness) is killed at once; otherwise the stop task asks the node
+    /// how far it booted ([`StopPlan::run`]).
+    fn stop_plan(&self, kill: bool) -> StopPlan {
+        StopPlan {
+            node: self.node.clone(),
+            grace: self.cfg.stop_grace,
+            kill,
+            was_ready: self.ready_since.is_some() || self.adopted,
+            otp: self.cfg.otp_readiness,
         }
     }
 
@@ -709,10 +939,11 @@ impl MonitorState {
         self.forced_restarts += 1;
         match self.process.clone() {
             Some(handle) => {
-                self.stop_process(myself, handle, StopReason::Restart);
+                self.stop_process(myself, handle, StopReason::Restart(RestartReason::Forced));
             }
             None => {
                 self.consecutive_crashes = 0;
+                self.next_start_reason = Some(RestartReason::Forced);
                 self.start(myself);
             }
         }
@@ -727,10 +958,10 @@ impl MonitorState {
     ) {
         self.stopping = Some(reason);
         let generation = self.generation;
-        let grace = self.cfg.stop_grace;
+        let plan = self.stop_plan(reason == StopReason::Restart(RestartReason::Liveness));
         let me = myself.clone();
         tokio::spawn(async move {
-            process::stop_group(&handle, grace).await;
+            plan.run(&handle).await;
             let _ = me.cast(InstanceMsg::StopDone { generation, reason });
         });
     }
@@ -740,8 +971,11 @@ impl MonitorState {
         self.stopping = None;
         let _ = std::fs::remove_file(self.pidfile());
         match reason {
-            StopReason::Restart => {
-                self.consecutive_crashes = 0;
+            StopReason::Restart(why) => {
+                if why == RestartReason::Forced {
+                    self.consecutive_crashes = 0;
+                }
+                self.next_start_reason = Some(why);
                 self.start(myself);
             }
             StopReason::Deploy => {
@@ -754,6 +988,10 @@ impl MonitorState {
 
     fn deploy(&mut self, myself: &ActorRef<InstanceMsg>, job: DeployJob) {
         crate::testhook::point("deploy_requested");
+        if self.shut_down {
+            tracing::info!(instance = self.instance, refused = %job.deploy_ref, "deployment refused: deployex is shutting down");
+            return;
+        }
         if let Some(current) = &self.deploying {
             tracing::warn!(instance = self.instance, busy = %current.deploy_ref, refused = %job.deploy_ref, "deployment refused: another one is running");
             return;
@@ -927,6 +1165,14 @@ impl MonitorState {
             }
             Err(error) => {
                 tracing::error!(instance = self.instance, %deploy_ref, %error, "hot upgrade failed; falling back to a full deployment");
+                events::emit(
+                    NewEvent::new(
+                        EventKind::HotUpgradeFailed,
+                        format!("{error}; a full deployment follows"),
+                    )
+                    .instance(self.instance)
+                    .version(job.version.clone()),
+                );
                 self.last_error = Some(format!("hot upgrade failed: {error}"));
                 self.full_deploy(myself);
             }
@@ -980,6 +1226,7 @@ impl MonitorState {
         }
         self.consecutive_crashes = 0;
         self.last_deployment = Some(job.kind);
+        self.next_start_reason = Some(RestartReason::Deploy);
         self.start(myself);
         if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME) {
             let _ = dm.send_message(DeployMsg::Deployed {
@@ -1016,8 +1263,108 @@ impl MonitorState {
             restart_times: self.restart_times.iter().cloned().collect(),
             crash_times: self.crash_times.iter().cloned().collect(),
             beam: None,
+            boot: self.boot.filter(|_| self.process.is_some()),
+            liveness_restarts: self.liveness_restarts,
+            watchdog_restarts: self.watchdog_restarts,
+            last_restart_reason: self.last_restart_reason,
         }
     }
+}
+
+/// How long a probe waits for the node's `init:get_status()`.
+const BOOT_QUERY_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a stop waits for a node that does not answer yet.
+const BOOT_QUERY_PATIENCE: Duration = Duration::from_secs(1);
+/// How long asking a node to stop (`init:stop()`) may take to answer.
+const STOP_RPC_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How one process is stopped; runs in a task (never in a handler).
+struct StopPlan {
+    node: String,
+    grace: Duration,
+    /// Kill at once (the node no longer answers).
+    kill: bool,
+    /// The process was ever ready (or adopted).
+    was_ready: bool,
+    /// Nodes are expected on the distribution.
+    otp: bool,
+}
+
+impl StopPlan {
+    /// A node whose boot has not finished serves nothing and ignores
+    /// SIGTERM until its boot script ends: its group is killed at once. A
+    /// started node is asked to stop over the distribution
+    /// (`init:stop()`), with SIGTERM as the fallback, SIGKILL after the
+    /// grace period. A node that cannot be asked is stopped with SIGTERM
+    /// if it was ever ready, killed otherwise.
+    async fn run(self, handle: &ProcessHandle) {
+        let start = Instant::now();
+        if self.kill {
+            process::kill_group(handle).await;
+            return;
+        }
+        // A node whose link is being set up (just adopted, or the watcher
+        // restarted) gets a moment to answer before it counts as mute.
+        let mut phase = None;
+        if self.otp {
+            let asked = Instant::now();
+            loop {
+                phase = otp_node_watcher::boot_phase(&self.node, BOOT_QUERY_TIMEOUT)
+                    .await
+                    .ok();
+                if phase.is_some() || asked.elapsed() >= BOOT_QUERY_PATIENCE || !handle.is_alive() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        match phase {
+            Some(BootPhase::Starting) => {
+                tracing::info!(node = %self.node, "stopping a node that has not finished booting: killing it at once");
+                process::kill_group(handle).await;
+            }
+            Some(BootPhase::Started) => {
+                if otp_node_watcher::stop_node(&self.node, STOP_RPC_TIMEOUT)
+                    .await
+                    .is_ok()
+                    && process::wait_group_gone(handle, self.grace).await
+                {
+                    process::stop_group(handle, Duration::ZERO).await;
+                    return;
+                }
+                let left = self.grace.saturating_sub(start.elapsed());
+                process::stop_group(handle, left).await;
+            }
+            None if !self.was_ready && self.otp => {
+                tracing::info!(node = %self.node, "stopping a node that never answered: killing it at once");
+                process::kill_group(handle).await;
+            }
+            None => {
+                process::stop_group(handle, self.grace).await;
+            }
+        }
+    }
+}
+
+/// The liveness check handed to the OtpNodeWatcher, when it is on. Without
+/// OTP readiness there is no link to check: the health path alone is not
+/// checked either (a release without distribution is never hung-killed).
+fn liveness_spec(
+    cfg: &EngineConfig,
+    myself: &ActorRef<InstanceMsg>,
+    port: u16,
+) -> Option<Arc<LivenessSpec>> {
+    if cfg.liveness_interval.is_zero() || !cfg.otp_readiness {
+        return None;
+    }
+    let me = myself.clone();
+    Some(Arc::new(LivenessSpec {
+        interval: cfg.liveness_interval,
+        http: cfg.health_path.clone().map(|path| (port, path)),
+        report: Box::new(move |failures, error| {
+            let _ = me.cast(InstanceMsg::Liveness { failures, error });
+        }),
+    }))
 }
 
 fn push_bounded(list: &mut VecDeque<String>, value: String) {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod deploy_manager;
 pub mod dist;
 pub mod engine;
+pub mod events;
 pub mod handle;
 pub mod health;
 pub mod instance_monitor;
@@ -21,6 +22,6 @@ pub mod testhook;
 pub mod time;
 pub mod upgrade;
 
-pub use config::{EngineConfig, StoreConfig};
+pub use config::{EngineConfig, StoreConfig, WatchdogAction, WatchdogConfig, WebhookConfig};
 pub use engine::Engine;
 pub use handle::{EngineHandle, Running, start};

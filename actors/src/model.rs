@@ -27,6 +27,47 @@ pub enum InstanceState {
     Deploying,
 }
 
+/// How far an instance's node got through its boot script, from
+/// `init:get_status()` over the distribution link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootPhase {
+    /// The node answers, its boot script is still running (applications
+    /// are being started: `{starting, _}`), or it is stopping.
+    Starting,
+    /// The boot script finished: every application started
+    /// (`{started, _}`).
+    Started,
+}
+
+/// Why deployex last started a new process of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartReason {
+    /// The process exited on its own.
+    Crash,
+    /// The node stopped answering the liveness check.
+    Liveness,
+    /// The watchdog found its resident memory over the limit.
+    Memory,
+    /// An operator asked for it.
+    Forced,
+    /// A full deployment replaced it.
+    Deploy,
+}
+
+impl RestartReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartReason::Crash => "crash",
+            RestartReason::Liveness => "liveness",
+            RestartReason::Memory => "memory",
+            RestartReason::Forced => "forced",
+            RestartReason::Deploy => "deploy",
+        }
+    }
+}
+
 /// How a version reached an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -93,6 +134,49 @@ pub struct InstanceStatus {
     /// first sample, or when sampling is off.
     #[serde(default)]
     pub beam: Option<BeamStats>,
+    /// The boot phase of the current process's node (`None`: no process,
+    /// node not answering yet, or `DEPLOYEX_OTP_READINESS=false`).
+    #[serde(default)]
+    pub boot: Option<BootPhase>,
+    /// Restarts because the node stopped answering the liveness check.
+    #[serde(default)]
+    pub liveness_restarts: u64,
+    /// Restarts by the resource watchdog (memory).
+    #[serde(default)]
+    pub watchdog_restarts: u64,
+    /// Why the current process was started, if deployex restarted it.
+    #[serde(default)]
+    pub last_restart_reason: Option<RestartReason>,
+}
+
+impl InstanceStatus {
+    /// What the status shows for an instance whose actor did not answer.
+    pub fn stale(instance: u32, port: u16, node: String) -> InstanceStatus {
+        InstanceStatus {
+            instance,
+            version: None,
+            state: InstanceState::Stopped,
+            os_pid: None,
+            port,
+            node,
+            otp_connected: false,
+            tls: false,
+            last_deployment: None,
+            deploy_ref: None,
+            crash_restarts: 0,
+            forced_restarts: 0,
+            uptime_s: None,
+            last_error: None,
+            stale: true,
+            restart_times: Vec::new(),
+            crash_times: Vec::new(),
+            beam: None,
+            boot: None,
+            liveness_restarts: 0,
+            watchdog_restarts: 0,
+            last_restart_reason: None,
+        }
+    }
 }
 
 /// One telemetry sample of a BEAM node (read over distribution).

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::EngineConfig;
 use crate::dist::{DistConfig, DistError, NodeConnection, Term};
-use crate::model::BeamStats;
+use crate::model::{BeamStats, BootPhase};
 use crate::recorder::{Describe, Recorder};
 
 pub const NAME: &str = "otp_node_watcher";
@@ -129,13 +129,74 @@ pub fn reductions_rate(prev: (u64, Instant), now: (u64, Instant)) -> Option<u64>
     (secs > 0.0).then(|| (now.0.saturating_sub(prev.0) as f64 / secs).round() as u64)
 }
 
+/// The liveness check of one node, run by its connector while the link
+/// is up: every `interval` an RPC round trip (`erlang:node()`, timeout
+/// `interval`) and, when set, `GET http://127.0.0.1:{port}{path}` (2xx).
+/// Once the node was connected, a lost link counts as a failed check at
+/// each interval too. No task is spawned per check: the connector task
+/// itself runs them.
+pub struct LivenessSpec {
+    pub interval: Duration,
+    pub http: Option<(u16, String)>,
+    /// Called from the connector with the number of consecutive failed
+    /// checks and the last error; with `(0, None)` when a check passes
+    /// again after failures. Called only then, not for every pass.
+    pub report: Box<dyn Fn(u32, Option<String>) + Send + Sync>,
+}
+
+impl std::fmt::Debug for LivenessSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LivenessSpec")
+            .field("interval", &self.interval)
+            .field("http", &self.http)
+            .finish()
+    }
+}
+
+/// A node's liveness spec, shared by its entry and its connector (the spec
+/// can arrive or change after the connector started).
+#[derive(Default)]
+struct LivenessSlot {
+    spec: std::sync::Mutex<Option<Arc<LivenessSpec>>>,
+    changed: tokio::sync::Notify,
+}
+
+impl LivenessSlot {
+    fn get(&self) -> Option<Arc<LivenessSpec>> {
+        self.spec.lock().ok().and_then(|s| s.clone())
+    }
+    fn set(&self, spec: Option<Arc<LivenessSpec>>) {
+        let Ok(mut slot) = self.spec.lock() else {
+            return;
+        };
+        let same = match (&*slot, &spec) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            *slot = spec;
+            drop(slot);
+            self.changed.notify_one();
+        }
+    }
+}
+
 pub enum WatcherMsg {
-    /// Keep a connection to this node (idempotent).
-    Watch { node: String },
+    /// Keep a connection to this node (idempotent), with its liveness
+    /// check if any.
+    Watch {
+        node: String,
+        liveness: Option<Arc<LivenessSpec>>,
+    },
     /// Like `Watch`, and a new OS process of this node was just started:
     /// if not connected, try at once with the fast backoff again (the
-    /// connector backs off to 30 s after a minute without the node).
-    Retry { node: String },
+    /// connector backs off to 30 s after a minute without the node), and
+    /// its liveness count starts over.
+    Retry {
+        node: String,
+        liveness: Option<Arc<LivenessSpec>>,
+    },
     /// Drop the connection and stop reconnecting.
     Unwatch { node: String },
     Connected {
@@ -197,8 +258,8 @@ impl Describe for WatcherMsg {
     }
     fn summary(&self) -> String {
         match self {
-            WatcherMsg::Watch { node }
-            | WatcherMsg::Retry { node }
+            WatcherMsg::Watch { node, .. }
+            | WatcherMsg::Retry { node, .. }
             | WatcherMsg::Unwatch { node }
             | WatcherMsg::IsConnected { node, .. } => node.clone(),
             WatcherMsg::Connected {
@@ -243,6 +304,7 @@ struct Entry {
     task: JoinHandle<()>,
     /// Wakes the connector out of its backoff (`Retry`).
     poke: Arc<tokio::sync::Notify>,
+    liveness: Arc<LivenessSlot>,
     last_error: Option<String>,
     /// A sample of `conn_id` is in flight.
     sampling: bool,
@@ -286,14 +348,23 @@ pub struct WatcherState {
 }
 
 impl WatcherState {
-    /// Starts a connector for `node` unless one runs (idempotent).
-    fn watch(&mut self, myself: &ActorRef<WatcherMsg>, node: String) {
-        if self.nodes.contains_key(&node) {
+    /// Starts a connector for `node` unless one runs (idempotent); sets its
+    /// liveness spec.
+    fn watch(
+        &mut self,
+        myself: &ActorRef<WatcherMsg>,
+        node: String,
+        liveness: Option<Arc<LivenessSpec>>,
+    ) {
+        if let Some(entry) = self.nodes.get(&node) {
+            entry.liveness.set(liveness);
             return;
         }
         let generation = self.next_generation;
         self.next_generation += 1;
         let poke = Arc::new(tokio::sync::Notify::new());
+        let slot = Arc::new(LivenessSlot::default());
+        slot.set(liveness);
         let task = tokio::spawn(connector(
             myself.clone(),
             node.clone(),
@@ -301,6 +372,7 @@ impl WatcherState {
             self.dist.clone(),
             self.registry.clone(),
             poke.clone(),
+            slot.clone(),
         ));
         self.nodes.insert(
             node,
@@ -310,6 +382,7 @@ impl WatcherState {
                 conn_id: 0,
                 task,
                 poke,
+                liveness: slot,
                 last_error: None,
                 sampling: false,
                 beam: None,
@@ -382,15 +455,17 @@ impl Actor for OtpNodeWatcher {
     ) -> Result<(), ActorProcessingErr> {
         let _rec = state.recorder.begin(&msg);
         match msg {
-            WatcherMsg::Watch { node } => state.watch(&myself, node),
-            WatcherMsg::Retry { node } => {
+            WatcherMsg::Watch { node, liveness } => state.watch(&myself, node, liveness),
+            WatcherMsg::Retry { node, liveness } => {
                 state.registry.hurry();
                 if let Some(entry) = state.nodes.get(&node) {
-                    if entry.conn.is_none() {
-                        entry.poke.notify_one();
-                    }
+                    // Also when connected: a new process means the link
+                    // (of the old one) is about to close, and the liveness
+                    // count starts over.
+                    entry.poke.notify_one();
+                    entry.liveness.set(liveness);
                 } else {
-                    state.watch(&myself, node);
+                    state.watch(&myself, node, liveness);
                 }
             }
             WatcherMsg::Unwatch { node } => {
@@ -585,7 +660,8 @@ fn next_backoff(backoff: Duration, since: Instant) -> Duration {
 /// [`EpmdRegistry`], without a clock of its own; other failures (refused
 /// connection, handshake, EPMD down) retry every 100 ms for 5 s, then ×1.5
 /// up to 2 s, up to 30 s after a minute; the pace starts over after a
-/// success or a poke (a new OS process of the node).
+/// success or a poke (a new OS process of the node). While a liveness spec
+/// is set it also runs the node's liveness checks ([`LivenessSpec`]).
 async fn connector(
     watcher: ActorRef<WatcherMsg>,
     node: String,
@@ -593,17 +669,20 @@ async fn connector(
     dist: Arc<DistConfig>,
     registry: Arc<EpmdRegistry>,
     poke: Arc<tokio::sync::Notify>,
+    liveness: Arc<LivenessSlot>,
 ) {
     let mut backoff = RETRY_FIRST;
     let mut unreachable_since = Instant::now();
     let name = node.split('@').next().unwrap_or(&node).to_owned();
     let mut last_error: Option<String> = None;
+    let mut live = LiveCount::default();
     loop {
         let attempt_at = Instant::now();
         match NodeConnection::connect(&node, &dist).await {
             Ok(conn) => {
                 backoff = RETRY_FIRST;
                 last_error = None;
+                live.connected(&liveness);
                 if watcher
                     .cast(WatcherMsg::Connected {
                         node: node.clone(),
@@ -615,13 +694,15 @@ async fn connector(
                     conn.close();
                     return;
                 }
-                conn.closed().await;
+                keep_alive(&conn, &liveness, &poke, &mut live).await;
                 unreachable_since = Instant::now();
                 if watcher
                     .cast(WatcherMsg::Disconnected {
                         node: node.clone(),
                         generation,
-                        error: "connection closed".to_string(),
+                        error: conn
+                            .close_reason()
+                            .unwrap_or_else(|| "connection closed".to_string()),
                     })
                     .is_err()
                 {
@@ -652,26 +733,157 @@ async fn connector(
                     last_error = Some(error);
                 }
                 if let Some(name) = wait_for {
-                    tokio::select! {
-                        () = registry.wait_registered(name, attempt_at) => {}
-                        () = poke.notified() => {}
-                    }
+                    let registered = registry.wait_registered(name, attempt_at);
+                    wait_unreachable(registered, &poke, &liveness, &mut live).await;
                     backoff = RETRY_FIRST;
                     unreachable_since = Instant::now();
                     continue;
                 }
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {
-                backoff = next_backoff(backoff, unreachable_since);
-            }
-            () = poke.notified() => {
+        match wait_unreachable(tokio::time::sleep(backoff), &poke, &liveness, &mut live).await {
+            Woke::Ready => backoff = next_backoff(backoff, unreachable_since),
+            Woke::Poked => {
                 backoff = RETRY_FIRST;
                 unreachable_since = Instant::now();
             }
         }
     }
+}
+
+/// A connector's count of failed liveness checks.
+#[derive(Default)]
+struct LiveCount {
+    failures: u32,
+    /// The node was connected since its process started: from then on a
+    /// lost link is a failed check (before, it is still booting).
+    was_connected: bool,
+}
+
+impl LiveCount {
+    fn connected(&mut self, slot: &LivenessSlot) {
+        self.was_connected = true;
+        self.passed(slot);
+    }
+    /// A new OS process of the node: nothing of the old one counts.
+    fn reset(&mut self) {
+        self.failures = 0;
+        self.was_connected = false;
+    }
+    fn passed(&mut self, slot: &LivenessSlot) {
+        if self.failures > 0 {
+            self.failures = 0;
+            if let Some(spec) = slot.get() {
+                (spec.report)(0, None);
+            }
+        }
+    }
+    fn failed(&mut self, spec: &LivenessSpec, error: String) {
+        self.failures = self.failures.saturating_add(1);
+        (spec.report)(self.failures, Some(error));
+    }
+}
+
+enum Woke {
+    /// The awaited future finished.
+    Ready,
+    /// A new OS process of the node was announced.
+    Poked,
+}
+
+/// Waits for `fut` (EPMD lists the node, or a backoff delay) or a poke;
+/// meanwhile, once the node had been connected, every liveness interval
+/// without a link is a failed check.
+async fn wait_unreachable(
+    fut: impl std::future::Future<Output = ()>,
+    poke: &tokio::sync::Notify,
+    slot: &LivenessSlot,
+    live: &mut LiveCount,
+) -> Woke {
+    tokio::pin!(fut);
+    loop {
+        let spec = slot.get().filter(|_| live.was_connected);
+        let tick = async {
+            match &spec {
+                Some(spec) => tokio::time::sleep(spec.interval).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = &mut fut => return Woke::Ready,
+            () = poke.notified() => {
+                live.reset();
+                return Woke::Poked;
+            }
+            () = tick => {
+                if let Some(spec) = &spec {
+                    live.failed(spec, "the node is not connected".to_string());
+                }
+            }
+            () = slot.changed.notified() => {}
+        }
+    }
+}
+
+/// While the link is up: runs the liveness checks (when a spec is set) and
+/// returns once the link has closed.
+async fn keep_alive(
+    conn: &NodeConnection,
+    slot: &LivenessSlot,
+    poke: &tokio::sync::Notify,
+    live: &mut LiveCount,
+) {
+    let mut next = tokio::time::Instant::now();
+    loop {
+        let spec = slot.get();
+        if let Some(spec) = &spec {
+            // Fixed cadence from the first check: a check that times out
+            // (after `interval`) is followed by the next one at once.
+            next += spec.interval;
+            let now = tokio::time::Instant::now();
+            if next < now {
+                next = now;
+            }
+        }
+        let tick = async {
+            match &spec {
+                Some(_) => tokio::time::sleep_until(next).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = conn.closed() => return,
+            () = slot.changed.notified() => {
+                next = tokio::time::Instant::now();
+                continue;
+            }
+            () = poke.notified() => {
+                // A new process of this node: its link is about to close
+                // (or this one is the new process's); start counting over.
+                live.failures = 0;
+                continue;
+            }
+            () = tick => {}
+        }
+        let Some(spec) = spec else { continue };
+        match check_liveness(conn, &spec).await {
+            Ok(()) => live.passed(slot),
+            Err(error) => live.failed(&spec, error),
+        }
+    }
+}
+
+/// One liveness check over `conn`: an RPC round trip, plus the health path.
+async fn check_liveness(conn: &NodeConnection, spec: &LivenessSpec) -> Result<(), String> {
+    conn.rpc("erlang", "node", vec![], spec.interval)
+        .await
+        .map_err(|e| format!("liveness RPC: {e}"))?;
+    if let Some((port, path)) = &spec.http
+        && !crate::health::http_ok(*port, path, spec.interval).await
+    {
+        return Err(format!("GET {path} on port {port} did not answer 2xx"));
+    }
+    Ok(())
 }
 
 /// The poller's pace while a node was started lately ([`BOOT_WINDOW`]): a
@@ -892,6 +1104,43 @@ impl crate::upgrade::Rpc for WatcherRpc {
     }
 }
 
+/// How far `node` got through its boot: `init:get_status()` over its
+/// link. `{started, _}` is [`BootPhase::Started`]; `{starting, _}` and
+/// `{stopping, _}` are [`BootPhase::Starting`] (not ready either way).
+pub async fn boot_phase(node: &str, timeout: Duration) -> Result<BootPhase, String> {
+    use crate::upgrade::Rpc;
+    let term = WatcherRpc {
+        node: node.to_string(),
+    }
+    .call("init", "get_status", vec![], timeout)
+    .await?;
+    parse_boot_status(&term)
+        .ok_or_else(|| format!("init:get_status() answered {}", crate::dist::pretty(&term)))
+}
+
+/// `{InternalStatus, ProvidedStatus}` → the boot phase.
+pub fn parse_boot_status(term: &Term) -> Option<BootPhase> {
+    match crate::dist::as_tuple(term)? {
+        [status, _] => match crate::dist::as_atom(status)? {
+            "started" => Some(BootPhase::Started),
+            "starting" | "stopping" => Some(BootPhase::Starting),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Asks `node` to stop (`init:stop()`, the graceful way a release stops).
+pub async fn stop_node(node: &str, timeout: Duration) -> Result<(), String> {
+    use crate::upgrade::Rpc;
+    WatcherRpc {
+        node: node.to_string(),
+    }
+    .call("init", "stop", vec![], timeout)
+    .await
+    .map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -927,6 +1176,26 @@ mod tests {
             next_backoff(RETRY_FIRST, after_boot),
             Duration::from_millis(150)
         );
+    }
+
+    #[test]
+    fn boot_status_terms() {
+        use crate::dist::atom;
+        let t = |a: &str, b: &str| Term::from(erl_dist::term::Tuple::from(vec![atom(a), atom(b)]));
+        assert_eq!(
+            parse_boot_status(&t("started", "started")),
+            Some(BootPhase::Started)
+        );
+        assert_eq!(
+            parse_boot_status(&t("starting", "applications_loaded")),
+            Some(BootPhase::Starting)
+        );
+        assert_eq!(
+            parse_boot_status(&t("stopping", "started")),
+            Some(BootPhase::Starting)
+        );
+        assert_eq!(parse_boot_status(&t("weird", "x")), None);
+        assert_eq!(parse_boot_status(&atom("started")), None);
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub struct FetcherStatus {
 
 pub enum FetcherMsg {
     Tick,
-    Fetched(Result<ReadyRelease, String>),
+    Fetched(Result<ReadyRelease, FetchError>),
     Status {
         reply: RpcReplyPort<FetcherStatus>,
     },
@@ -63,7 +63,7 @@ impl Describe for FetcherMsg {
     fn summary(&self) -> String {
         match self {
             FetcherMsg::Fetched(Ok(r)) => format!("ok {}", r.release.version),
-            FetcherMsg::Fetched(Err(e)) => format!("error: {e}"),
+            FetcherMsg::Fetched(Err(e)) => format!("error: {}", e.message),
             FetcherMsg::Ensure { version, .. } => version.clone(),
             _ => String::new(),
         }
@@ -156,11 +156,21 @@ impl Actor for ReleaseFetcher {
                             }
                         }
                     }
-                    Err(error) => {
-                        if state.status.last_error.as_deref() != Some(error.as_str()) {
-                            tracing::error!(%error, "release rejected");
+                    Err(FetchError { rejected, message }) => {
+                        if state.status.last_error.as_deref() != Some(message.as_str()) {
+                            tracing::error!(error = %message, "release rejected");
+                            // Once per distinct error, not once per poll.
+                            let kind = if rejected {
+                                crate::events::EventKind::ReleaseRejected
+                            } else {
+                                crate::events::EventKind::StoreError
+                            };
+                            crate::events::emit(crate::events::NewEvent::new(
+                                kind,
+                                message.clone(),
+                            ));
                         }
-                        state.status.last_error = Some(error);
+                        state.status.last_error = Some(message);
                     }
                 }
             }
@@ -179,7 +189,7 @@ impl Actor for ReleaseFetcher {
                         sha256: None,
                     };
                     let result = ensure_cached(&cfg, &store, &release).await;
-                    let _ = reply.send(result);
+                    let _ = reply.send(result.map_err(|e| e.message));
                 });
             }
             FetcherMsg::InjectPanic => panic!("injected panic in {NAME}"),
@@ -188,15 +198,46 @@ impl Actor for ReleaseFetcher {
     }
 }
 
+/// Why a poll found no usable release.
+#[derive(Debug, Clone)]
+pub struct FetchError {
+    /// The store answered but what it holds is unusable (malformed
+    /// `current.json`, a tarball that fails verification); `false`: the
+    /// store could not be read (down, missing object, I/O).
+    pub rejected: bool,
+    pub message: String,
+}
+
+impl FetchError {
+    fn store(message: String) -> FetchError {
+        FetchError {
+            rejected: false,
+            message,
+        }
+    }
+    fn rejected(message: String) -> FetchError {
+        FetchError {
+            rejected: true,
+            message,
+        }
+    }
+}
+
 async fn fetch_current(
     cfg: &EngineConfig,
     store: &ReleaseStore,
     known: Option<ReadyRelease>,
-) -> Result<ReadyRelease, String> {
-    let release = store
-        .current()
-        .await
-        .map_err(|e| format!("current.json: {}", error_chain(&e)))?;
+) -> Result<ReadyRelease, FetchError> {
+    let release = store.current().await.map_err(|e| {
+        let message = format!("current.json: {}", error_chain(&e));
+        match e {
+            crate::store::StoreError::MalformedCurrent { .. }
+            | crate::store::StoreError::InvalidCurrent { .. }
+            | crate::store::StoreError::InvalidName { .. }
+            | crate::store::StoreError::CurrentTooLarge { .. } => FetchError::rejected(message),
+            _ => FetchError::store(message),
+        }
+    })?;
     if let Some(known) = known
         && known.release == release
         && known.tarball.is_file()
@@ -212,13 +253,13 @@ async fn ensure_cached(
     cfg: &EngineConfig,
     store: &ReleaseStore,
     release: &CurrentRelease,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, FetchError> {
     let version = &release.version;
     let cache = cfg.cache_dir();
     let final_path = cache.join(format!("{}-{}.tar.gz", cfg.app, version));
     tokio::fs::create_dir_all(&cache)
         .await
-        .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
+        .map_err(|e| FetchError::store(format!("cannot create {}: {e}", cache.display())))?;
     // The `hash` of current.json the cached copy was fetched for: the same
     // version published again with another hash (a rebuilt tarball) must
     // not be served from the cache. Empty hash (a pin or a rollback of a
@@ -249,7 +290,7 @@ async fn ensure_cached(
     store
         .download(version, &part)
         .await
-        .map_err(|e| format!("tarball {version}: {}", error_chain(&e)))?;
+        .map_err(|e| FetchError::store(format!("tarball {version}: {}", error_chain(&e))))?;
     let app = cfg.app.clone();
     let expected = release.sha256.clone();
     let part2 = part.clone();
@@ -259,10 +300,10 @@ async fn ensure_cached(
         verify_tarball(&part2, &scratch, &app, &want, expected)
     })
     .await
-    .map_err(|e| format!("verification task failed: {e}"))?;
+    .map_err(|e| FetchError::store(format!("verification task failed: {e}")))?;
     if let Err(error) = verified {
         let _ = tokio::fs::remove_file(&part).await;
-        return Err(format!("tarball {version}: {error}"));
+        return Err(FetchError::rejected(format!("tarball {version}: {error}")));
     }
     // The hash first, then the tarball: a crash in between leaves a hash
     // that does not describe the file only when both are replaced, and the
@@ -270,7 +311,7 @@ async fn ensure_cached(
     let _ = tokio::fs::remove_file(&hash_path).await;
     tokio::fs::rename(&part, &final_path)
         .await
-        .map_err(|e| format!("cannot publish {}: {e}", final_path.display()))?;
+        .map_err(|e| FetchError::store(format!("cannot publish {}: {e}", final_path.display())))?;
     if !release.hash.is_empty() {
         let tmp = cache.join(format!(".{}-{}.hash.part", cfg.app, version));
         if tokio::fs::write(&tmp, release.hash.as_bytes())

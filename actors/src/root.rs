@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! RootSupervisor                  one_for_one, at most MAX_RESTARTS in RESTART_PERIOD
-//! ├── OtpNodeWatcher              distribution links to every instance, RPCs
+//! ├── EventLog                    events: bounded file, API, webhook delivery
+//! ├── OtpNodeWatcher              distribution links to every instance, RPCs, liveness
 //! ├── ReleaseFetcher              polls the store, downloads + verifies tarballs
 //! ├── InstanceMonitor × N         one per replica: OS process, backoff, pre-commands
 //! └── DeployManager               rolling deploys, rollback, ghosting, mode, history
@@ -17,6 +18,11 @@
 //! Restarting an InstanceMonitor never touches its OS process: the new
 //! monitor adopts it through the instance's pid file (see
 //! `instance_monitor`).
+//!
+//! Shutdown: the DeployManager and the ReleaseFetcher stop first, so that
+//! no deployment step starts while the instances are being stopped; then
+//! every monitor stops its instance (a booting one is killed at once) and
+//! refuses to start anything after; then the rest of the tree.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -38,6 +44,7 @@ pub const RESTART_PERIOD: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Child {
+    Events,
     Watcher,
     Fetcher,
     Monitor(u32),
@@ -47,6 +54,7 @@ pub enum Child {
 impl Child {
     pub fn name(self) -> String {
         match self {
+            Child::Events => crate::events::NAME.to_string(),
             Child::Watcher => otp_node_watcher::NAME.to_string(),
             Child::Fetcher => release_fetcher::NAME.to_string(),
             Child::Monitor(i) => instance_monitor::name(i),
@@ -98,6 +106,9 @@ async fn spawn_child(
     let cell = supervisor.get_cell();
     let name = Some(child.name());
     match child {
+        Child::Events => {
+            Actor::spawn_linked(name, crate::events::EventLog, cfg.clone(), cell).await?;
+        }
         Child::Watcher => {
             Actor::spawn_linked(name, OtpNodeWatcher, cfg.clone(), cell).await?;
         }
@@ -119,9 +130,14 @@ async fn spawn_child(
 }
 
 fn child_of(name: &str, replicas: u32) -> Option<Child> {
-    let all = [Child::Watcher, Child::Fetcher, Child::DeployManager]
-        .into_iter()
-        .chain((1..=replicas).map(Child::Monitor));
+    let all = [
+        Child::Events,
+        Child::Watcher,
+        Child::Fetcher,
+        Child::DeployManager,
+    ]
+    .into_iter()
+    .chain((1..=replicas).map(Child::Monitor));
     all.into_iter().find(|c| c.name() == name)
 }
 
@@ -135,7 +151,7 @@ impl Actor for RootSupervisor {
         myself: ActorRef<Self::Msg>,
         cfg: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let children = [Child::Watcher, Child::Fetcher]
+        let children = [Child::Events, Child::Watcher, Child::Fetcher]
             .into_iter()
             .chain((1..=cfg.replicas).map(Child::Monitor))
             .chain([Child::DeployManager]);
@@ -173,6 +189,14 @@ impl Actor for RootSupervisor {
         match msg {
             RootMsg::Shutdown { stop_apps, reply } => {
                 state.shutting_down = true;
+                // No deployment step may start while instances stop.
+                for name in [deploy_manager::NAME, release_fetcher::NAME] {
+                    if let Some(cell) = ractor::registry::where_is(name.to_string()) {
+                        let _ = cell
+                            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+                            .await;
+                    }
+                }
                 if stop_apps {
                     let waits = (1..=state.cfg.replicas).filter_map(|i| {
                         let m: ActorRef<InstanceMsg> =

@@ -158,6 +158,53 @@ impl Site {
     }
 }
 
+/// Every process of every instance of this site (found by the instance
+/// marker in their environment), whoever started them.
+pub fn site_instance_pids(site: &Site) -> Vec<i32> {
+    let services = site.var().join("service").join(APP);
+    let Ok(dirs) = std::fs::read_dir(&services) else {
+        return Vec::new();
+    };
+    let mut pids: Vec<i32> = dirs
+        .flatten()
+        .flat_map(|d| deployex_actors::process::instance_pids(&d.path()))
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// The guard that keeps a failed test from leaving BEAMs behind: when a
+/// site goes (at the end of its test, passed or panicked, after its
+/// deployex was stopped), every process still carrying one of its instance
+/// markers is SIGKILLed with its group. Only processes of this site's own
+/// service folders are touched, never anything by name.
+impl Drop for Site {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = site_instance_pids(self);
+            if left.is_empty() || Instant::now() >= deadline {
+                if !left.is_empty() {
+                    eprintln!("site clean-up: processes survive SIGKILL: {left:?}");
+                }
+                return;
+            }
+            for pid in left {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// The deployex binary under test: cargo's for integration tests,
 /// `DEPLOYEX_BIN` or `target/release/deployex` for benchmarks.
 pub fn deployex_bin() -> PathBuf {

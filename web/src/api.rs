@@ -158,6 +158,20 @@ async fn versions(state: Arc<AppState>, q: VersionsQuery) -> Result<Response, Re
     Ok(json_status(StatusCode::OK, &v))
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct EventsQuery {
+    limit: Option<usize>,
+}
+
+/// Events kept by deployex (at most this many are kept).
+const EVENTS_MAX: usize = deployex_actors::events::KEEP;
+
+async fn events(state: Arc<AppState>, q: EventsQuery) -> Result<Response, Rejection> {
+    let limit = q.limit.unwrap_or(100).min(EVENTS_MAX);
+    let events = state.engine.events(limit).await;
+    Ok(json_status(StatusCode::OK, &events))
+}
+
 async fn restart(state: Arc<AppState>, instance: u32) -> Result<Response, Rejection> {
     Ok(match state.engine.restart(instance).await {
         Ok(()) => ok_json(StatusCode::ACCEPTED),
@@ -224,6 +238,13 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(st())
         .and(warp::query::<VersionsQuery>())
         .and_then(versions);
+    let events = api
+        .and(warp::path!("events"))
+        .and(warp::get())
+        .and(auth())
+        .and(st())
+        .and(warp::query::<EventsQuery>())
+        .and_then(events);
     let restart = api
         .and(warp::path!("instances" / u32 / "restart"))
         .and(warp::post())
@@ -249,6 +270,8 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
         .or(status)
         .unify()
         .or(versions)
+        .unify()
+        .or(events)
         .unify()
         .or(restart)
         .unify()

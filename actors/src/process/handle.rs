@@ -237,6 +237,16 @@ impl ProcessHandle {
         read_stat(self.pgid).is_none_or(|s| s.start_time_ticks == self.start_time_ticks)
     }
 
+    /// Resident memory of the whole group (the BEAM, `erl_child_setup`,
+    /// port programs), in bytes: what the memory watchdog compares.
+    pub fn group_rss_bytes(&self) -> u64 {
+        self.group_members()
+            .into_iter()
+            .filter_map(super::procfs::proc_stats)
+            .map(|s| s.rss_bytes)
+            .sum()
+    }
+
     /// Live members of the group (the leader's zombie excluded).
     pub(super) fn group_members(&self) -> Vec<i32> {
         if !self.group_is_ours() {

@@ -47,7 +47,7 @@ pub use scan::{
     pids_running_under,
 };
 pub use spawn::{InstanceSpec, spawn_instance};
-pub use stop::{StopOutcome, stop_group};
+pub use stop::{StopOutcome, kill_group, stop_group, wait_group_gone};
 
 /// Errors of the process module; each carries what was being handled.
 #[derive(Debug, thiserror::Error)]

@@ -71,6 +71,37 @@ pub async fn stop_group(handle: &ProcessHandle, grace: Duration) -> StopOutcome 
     StopOutcome::Stuck { survivors, exit }
 }
 
+/// SIGKILLs the group at once, without a grace period: for a process that
+/// serves nothing yet (a BEAM still booting ignores SIGTERM until its boot
+/// script ends) or that no longer answers (hung, SIGSTOPped).
+pub async fn kill_group(handle: &ProcessHandle) -> StopOutcome {
+    if !handle.is_alive() && handle.group_members().is_empty() {
+        return StopOutcome::AlreadyExited(handle.wait_exit().await);
+    }
+    handle.signal_group(Signal::SIGKILL);
+    if group_gone(handle, Instant::now() + KILL_WAIT).await {
+        return StopOutcome::Killed(handle.wait_exit().await);
+    }
+    let survivors = handle.group_members();
+    let exit = if handle.is_alive() {
+        None
+    } else {
+        Some(handle.wait_exit().await)
+    };
+    tracing::warn!(
+        pid = handle.pid(),
+        ?survivors,
+        "process group survived SIGKILL"
+    );
+    StopOutcome::Stuck { survivors, exit }
+}
+
+/// Waits up to `timeout` for the whole group to exit by itself (after the
+/// node was asked to stop over the distribution). True when it is gone.
+pub async fn wait_group_gone(handle: &ProcessHandle, timeout: Duration) -> bool {
+    group_gone(handle, Instant::now() + timeout).await
+}
+
 /// Waits until the leader has exited and no live member of its group
 /// remains, or `deadline` passes. True when the group is gone.
 async fn group_gone(handle: &ProcessHandle, deadline: Instant) -> bool {
