@@ -424,7 +424,7 @@ fn malformed_releases_are_rejected_and_nothing_running_is_touched() {
 
 #[test]
 fn restarting_deployex_adopts_running_instances_and_sigterm_stops_them() {
-    let site = Site::new(2).env("DEPLOYEX_STOP_APPS_ON_EXIT", "false");
+    let mut site = Site::new(2).env("DEPLOYEX_STOP_APPS_ON_EXIT", "false");
     site.publish("0.1.0", &[]);
     let mut dx = site.start();
     let s = dx.wait_status("2 replicas running", Duration::from_secs(60), |s| {
@@ -439,11 +439,8 @@ fn restarting_deployex_adopts_running_instances_and_sigterm_stops_them() {
     );
 
     // Start again, this time with the default (stop apps on exit).
-    let site2 = Site {
-        extra_env: Vec::new(),
-        ..site
-    };
-    let mut dx = site2.start();
+    site.extra_env.clear();
+    let mut dx = site.start();
     let s = dx.wait_status("adopted and running", Duration::from_secs(30), |s| {
         all_running(s, "0.1.0")
     });

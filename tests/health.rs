@@ -159,3 +159,108 @@ fn a_booting_instance_is_replaced_at_once_and_a_shutdown_mid_deploy_leaves_no_be
         "shutdown waited the stop timeout for a booting BEAM: {took:?}"
     );
 }
+
+/// A BEAM that stops answering (SIGSTOP: alive to the kernel, silent on
+/// the distribution) is found by the liveness check and replaced: a new
+/// process serves its port within interval × failures + 5 s, the restart is
+/// counted as `liveness` (not as a crash), and the other instance is not
+/// touched.
+#[test]
+fn a_hung_instance_is_killed_and_restarted_by_the_liveness_check() {
+    let site = Site::new(2)
+        .env("DEPLOYEX_LIVENESS_INTERVAL_MS", "1000")
+        .env("DEPLOYEX_LIVENESS_FAILURES", "3");
+    site.publish("0.1.0", &[]);
+    let dx = site.start();
+    let s = dx.wait_status("both on 0.1.0", Duration::from_secs(60), |s| {
+        running_on(s, "0.1.0")
+    });
+    let before = pids(&s);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(before[0]), Signal::SIGSTOP).unwrap();
+    let stopped = Instant::now();
+    let port = site.app_port;
+    let (version, pid) = common::wait_until_blocking(
+        "a new process serving instance 1's port",
+        Duration::from_secs(30),
+        || {
+            let (v, p) = common::deployex::app_version(port)?;
+            (p != before[0].to_string()).then_some((v, p))
+        },
+    );
+    let took = stopped.elapsed();
+    eprintln!("hung instance replaced and serving after {took:?} (new pid {pid}, {version})");
+    assert!(
+        took <= Duration::from_secs(3 + 5),
+        "took {took:?} > interval × failures + 5 s"
+    );
+    assert!(
+        !common::deployex::pid_alive(before[0]),
+        "the hung BEAM is gone"
+    );
+    let s = dx.wait_status("instance 1 running again", Duration::from_secs(30), |s| {
+        running_on(s, "0.1.0")
+    });
+    let one = instance(&s, 1);
+    assert_eq!(one["last_restart_reason"], "liveness", "{s:#}");
+    assert_eq!(one["liveness_restarts"], 1, "{s:#}");
+    assert_eq!(one["crash_restarts"], 0, "{s:#}");
+    assert_eq!(pids(&s)[1], before[1], "instance 2 untouched");
+    assert_eq!(instance(&s, 2)["liveness_restarts"], 0);
+    let events = dx.get("/api/v1/events?limit=20");
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "restart"
+                && e["instance"] == 1
+                && e["message"].as_str().unwrap().contains("liveness")),
+        "{events:#}"
+    );
+}
+
+/// An instance made to hold 200 MB more than the memory watchdog's limit
+/// allows is restarted alone (graceful stop, then start), counted as
+/// `memory`.
+#[test]
+fn the_memory_watchdog_restarts_an_instance_over_its_limit() {
+    let site = Site::new(2)
+        .env("DEPLOYEX_BEAM_SAMPLE_MS", "500")
+        .env("DEPLOYEX_WATCHDOG_MEMORY_MB", "250");
+    site.publish("0.1.0", &[]);
+    let dx = site.start();
+    let s = dx.wait_status("both on 0.1.0", Duration::from_secs(60), |s| {
+        running_on(s, "0.1.0")
+    });
+    let before = pids(&s);
+    // Stays under the limit while idle: nothing is restarted.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(pids(&dx.status()), before, "an idle instance was restarted");
+
+    let current = site.service(2).join("current");
+    let out = common::release_command(&current, common::deployex::APP, &site.epmd)
+        .env("RELEASE_NODE_SUFFIX", "-2")
+        .env("RELEASE_DISTRIBUTION", "sname")
+        .env("RELEASE_COOKIE", "e2ecookie")
+        .args([
+            "rpc",
+            r#":persistent_term.put(:watchdog_test, :binary.copy("x", 200_000_000))"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rpc: {out:?}");
+    let s = dx.wait_status(
+        "instance 2 restarted by the watchdog",
+        Duration::from_secs(30),
+        |s| {
+            instance(s, 2)["watchdog_restarts"] == 1
+                && instance(s, 2)["last_restart_reason"] == "memory"
+                && running_on(s, "0.1.0")
+        },
+    );
+    let two = instance(&s, 2);
+    assert_eq!(two["last_restart_reason"], "memory", "{s:#}");
+    assert_ne!(pids(&s)[1], before[1]);
+    assert_eq!(pids(&s)[0], before[0], "instance 1 untouched");
+    assert_eq!(two["crash_restarts"], 0);
+}

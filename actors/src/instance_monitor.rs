@@ -33,7 +33,7 @@ use crate::events::{self, EventKind, NewEvent};
 use crate::model::{
     BootPhase, DeploymentKind, InstanceState, InstanceStatus, LogStream, RestartReason,
 };
-use crate::otp_node_watcher::{self, LivenessSpec, WatcherMsg};
+use crate::otp_node_watcher::{self, NodeReport, NodeSpec, WatcherMsg};
 use crate::process::{self, Adoption, ExitInfo, InstanceSpec, PidFile, ProcessHandle};
 use crate::recorder::{Describe, Recorder};
 
@@ -89,12 +89,9 @@ pub enum InstanceMsg {
         boot: Option<BootPhase>,
         http: bool,
     },
-    /// The node's liveness check failed `failures` times in a row (`0`:
-    /// it passes again).
-    Liveness {
-        failures: u32,
-        error: Option<String>,
-    },
+    /// A report about the node from the OtpNodeWatcher (liveness, BEAM
+    /// limits).
+    Node(NodeReport),
     /// Time to sample the process group's memory (watchdog).
     WatchdogTick,
     RestartAfterBackoff {
@@ -147,7 +144,7 @@ impl Describe for InstanceMsg {
             InstanceMsg::Exited { .. } => "Exited",
             InstanceMsg::HealthTick { .. } => "HealthTick",
             InstanceMsg::Probed { .. } => "Probed",
-            InstanceMsg::Liveness { .. } => "Liveness",
+            InstanceMsg::Node(_) => "Node",
             InstanceMsg::WatchdogTick => "WatchdogTick",
             InstanceMsg::RestartAfterBackoff { .. } => "RestartAfterBackoff",
             InstanceMsg::Restart { .. } => "Restart",
@@ -171,9 +168,7 @@ impl Describe for InstanceMsg {
                 boot,
                 http,
             } => format!("gen={generation} otp={otp} boot={boot:?} http={http}"),
-            InstanceMsg::Liveness { failures, error } => {
-                format!("failures={failures} {}", error.as_deref().unwrap_or(""))
-            }
+            InstanceMsg::Node(report) => format!("{report:?}"),
             InstanceMsg::RestartAfterBackoff { generation } => format!("gen={generation}"),
             InstanceMsg::Deploy { job } => format!(
                 "{} ref={} {} pre_commands",
@@ -260,7 +255,7 @@ pub struct MonitorState {
     /// Consecutive memory samples over the watchdog's limit.
     memory_over: u32,
     /// This node's liveness check, handed to the OtpNodeWatcher.
-    liveness: Option<Arc<LivenessSpec>>,
+    liveness: Option<Arc<NodeSpec>>,
     consecutive_crashes: u32,
     /// When the process crashed / was started again after a crash (UTC),
     /// newest last, at most 20 each.
@@ -384,8 +379,11 @@ impl Actor for InstanceMonitor {
                     state.on_probe(otp, boot, http);
                 }
             }
-            InstanceMsg::Liveness { failures, error } => {
+            InstanceMsg::Node(NodeReport::Liveness { failures, error }) => {
                 state.on_liveness(&myself, failures, error);
+            }
+            InstanceMsg::Node(NodeReport::OverLimit { message }) => {
+                state.on_over_limit(&myself, message);
             }
             InstanceMsg::WatchdogTick => state.watchdog_tick(&myself),
             InstanceMsg::RestartAfterBackoff { generation } => {
@@ -847,6 +845,21 @@ impl MonitorState {
             "liveness: {failures} checks failed in a row ({error}); killed and restarted"
         ));
         self.restart_process(myself, handle, RestartReason::Liveness);
+    }
+
+    /// The watchdog found the node over a BEAM limit and its action is
+    /// `restart` (the watcher recorded the warning event).
+    fn on_over_limit(&mut self, myself: &ActorRef<InstanceMsg>, message: String) {
+        if self.phase != InstanceState::Running || self.stopping.is_some() {
+            return;
+        }
+        let Some(handle) = self.process.clone() else {
+            return;
+        };
+        self.watchdog_restarts += 1;
+        self.last_error = Some(format!("watchdog: {message}; restarted"));
+        // Counted with the memory restarts: a resource limit, not a crash.
+        self.restart_process(myself, handle, RestartReason::Memory);
     }
 
     /// Every `beam_sample_interval` while the memory watchdog is on: the
@@ -1346,23 +1359,25 @@ impl StopPlan {
     }
 }
 
-/// The liveness check handed to the OtpNodeWatcher, when it is on. Without
-/// OTP readiness there is no link to check: the health path alone is not
-/// checked either (a release without distribution is never hung-killed).
+/// What this instance asks of the OtpNodeWatcher: its liveness check (off
+/// without OTP readiness: there is no link to check, and a release without
+/// distribution is never hung-killed) and where to report.
 fn liveness_spec(
     cfg: &EngineConfig,
     myself: &ActorRef<InstanceMsg>,
     port: u16,
-) -> Option<Arc<LivenessSpec>> {
-    if cfg.liveness_interval.is_zero() || !cfg.otp_readiness {
-        return None;
-    }
+) -> Option<Arc<NodeSpec>> {
+    let interval = if cfg.otp_readiness {
+        cfg.liveness_interval
+    } else {
+        Duration::ZERO
+    };
     let me = myself.clone();
-    Some(Arc::new(LivenessSpec {
-        interval: cfg.liveness_interval,
+    Some(Arc::new(NodeSpec {
+        interval,
         http: cfg.health_path.clone().map(|path| (port, path)),
-        report: Box::new(move |failures, error| {
-            let _ = me.cast(InstanceMsg::Liveness { failures, error });
+        report: Box::new(move |report| {
+            let _ = me.cast(InstanceMsg::Node(report));
         }),
     }))
 }

@@ -193,6 +193,17 @@ pub struct BeamStats {
     pub reductions_per_s: Option<u64>,
     /// When the sample was taken, UTC RFC 3339 with milliseconds.
     pub sampled_at: String,
+    /// `erlang:system_info/1` counts and limits (0: unknown).
+    #[serde(default)]
+    pub atom_count: u64,
+    #[serde(default)]
+    pub atom_limit: u64,
+    #[serde(default)]
+    pub port_count: u64,
+    #[serde(default)]
+    pub port_limit: u64,
+    #[serde(default)]
+    pub process_limit: u64,
 }
 
 /// Snapshot of the whole engine, the body of `GET /api/v1/status`.

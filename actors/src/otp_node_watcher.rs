@@ -71,6 +71,47 @@ pub struct BeamSample {
     pub run_queue: u64,
     /// `erlang:statistics(reductions)`'s total since the node started.
     pub reductions_total: u64,
+    /// `erlang:system_info/1`: the counts and the limits the watchdog
+    /// compares (`atom_count`/`atom_limit`, `port_count`/`port_limit`,
+    /// `process_limit`).
+    pub atom_count: u64,
+    pub atom_limit: u64,
+    pub port_count: u64,
+    pub port_limit: u64,
+    pub process_limit: u64,
+}
+
+impl BeamSample {
+    /// The limits used above `pct` percent, as `(what, used, limit)`.
+    pub fn over_limits(
+        &self,
+        watchdog: &crate::config::WatchdogConfig,
+    ) -> Vec<(&'static str, u64, u64)> {
+        [
+            (
+                "atoms",
+                self.atom_count,
+                self.atom_limit,
+                watchdog.atoms_pct,
+            ),
+            (
+                "processes",
+                self.processes,
+                self.process_limit,
+                watchdog.processes_pct,
+            ),
+            (
+                "ports",
+                self.port_count,
+                self.port_limit,
+                watchdog.ports_pct,
+            ),
+        ]
+        .into_iter()
+        .filter(|&(_, used, limit, pct)| limit > 0 && used * 100 > limit * u64::from(pct))
+        .map(|(what, used, limit, _)| (what, used, limit))
+        .collect()
+    }
 }
 
 /// Read a node's telemetry over `conn`: four RPCs in flight at once, the
@@ -90,15 +131,28 @@ pub async fn sample_beam(
                 source,
             })
     };
-    let (memory, processes, run_queue, reductions) = futures::try_join!(
-        call("erlang:memory(total)", "memory", "total"),
-        call(
-            "erlang:system_info(process_count)",
-            "system_info",
-            "process_count"
-        ),
-        call("erlang:statistics(run_queue)", "statistics", "run_queue"),
-        call("erlang:statistics(reductions)", "statistics", "reductions"),
+    let info = |what: &'static str| call(what, "system_info", what);
+    let (
+        (memory, processes, run_queue, reductions),
+        (atom_count, atom_limit, port_count, port_limit, process_limit),
+    ) = futures::try_join!(
+        async {
+            futures::try_join!(
+                call("erlang:memory(total)", "memory", "total"),
+                info("process_count"),
+                call("erlang:statistics(run_queue)", "statistics", "run_queue"),
+                call("erlang:statistics(reductions)", "statistics", "reductions"),
+            )
+        },
+        async {
+            futures::try_join!(
+                info("atom_count"),
+                info("atom_limit"),
+                info("port_count"),
+                info("port_limit"),
+                info("process_limit"),
+            )
+        },
     )?;
     let count = |what: &'static str, term: &Term| {
         crate::dist::as_int(term)
@@ -120,6 +174,11 @@ pub async fn sample_beam(
         processes: count("erlang:system_info(process_count)", &processes)?,
         run_queue: count("erlang:statistics(run_queue)", &run_queue)?,
         reductions_total,
+        atom_count: count("atom_count", &atom_count)?,
+        atom_limit: count("atom_limit", &atom_limit)?,
+        port_count: count("port_count", &port_count)?,
+        port_limit: count("port_limit", &port_limit)?,
+        process_limit: count("process_limit", &process_limit)?,
     })
 }
 
@@ -129,24 +188,41 @@ pub fn reductions_rate(prev: (u64, Instant), now: (u64, Instant)) -> Option<u64>
     (secs > 0.0).then(|| (now.0.saturating_sub(prev.0) as f64 / secs).round() as u64)
 }
 
-/// The liveness check of one node, run by its connector while the link
-/// is up: every `interval` an RPC round trip (`erlang:node()`, timeout
-/// `interval`) and, when set, `GET http://127.0.0.1:{port}{path}` (2xx).
-/// Once the node was connected, a lost link counts as a failed check at
-/// each interval too. No task is spawned per check: the connector task
+/// What the owner of a node (its InstanceMonitor) asks of the watcher
+/// besides the link: the node's liveness check, and where to report.
+///
+/// The liveness check is run by the node's connector while the link is up:
+/// every `interval` (zero: no checks) an RPC round trip (`erlang:node()`,
+/// timeout `interval`) and, when set, `GET http://127.0.0.1:{port}{path}`
+/// (2xx). Once the node was connected, a lost link counts as a failed check
+/// at each interval too. No task is spawned per check: the connector task
 /// itself runs them.
-pub struct LivenessSpec {
+pub struct NodeSpec {
     pub interval: Duration,
     pub http: Option<(u16, String)>,
-    /// Called from the connector with the number of consecutive failed
-    /// checks and the last error; with `(0, None)` when a check passes
-    /// again after failures. Called only then, not for every pass.
-    pub report: Box<dyn Fn(u32, Option<String>) + Send + Sync>,
+    /// Called (from the connector or the watcher, never blocking) with
+    /// what the owner must know: liveness failures, resource limits.
+    pub report: Box<dyn Fn(NodeReport) + Send + Sync>,
 }
 
-impl std::fmt::Debug for LivenessSpec {
+/// What a [`NodeSpec`]'s owner is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeReport {
+    /// `failures` liveness checks failed in a row (the last with `error`);
+    /// `0`: a check passes again after failures. Sent only then, not for
+    /// every passing check.
+    Liveness {
+        failures: u32,
+        error: Option<String>,
+    },
+    /// The node uses more of a BEAM limit than the watchdog allows and the
+    /// watchdog's action is `restart`.
+    OverLimit { message: String },
+}
+
+impl std::fmt::Debug for NodeSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LivenessSpec")
+        f.debug_struct("NodeSpec")
             .field("interval", &self.interval)
             .field("http", &self.http)
             .finish()
@@ -157,15 +233,15 @@ impl std::fmt::Debug for LivenessSpec {
 /// can arrive or change after the connector started).
 #[derive(Default)]
 struct LivenessSlot {
-    spec: std::sync::Mutex<Option<Arc<LivenessSpec>>>,
+    spec: std::sync::Mutex<Option<Arc<NodeSpec>>>,
     changed: tokio::sync::Notify,
 }
 
 impl LivenessSlot {
-    fn get(&self) -> Option<Arc<LivenessSpec>> {
+    fn get(&self) -> Option<Arc<NodeSpec>> {
         self.spec.lock().ok().and_then(|s| s.clone())
     }
-    fn set(&self, spec: Option<Arc<LivenessSpec>>) {
+    fn set(&self, spec: Option<Arc<NodeSpec>>) {
         let Ok(mut slot) = self.spec.lock() else {
             return;
         };
@@ -187,7 +263,7 @@ pub enum WatcherMsg {
     /// check if any.
     Watch {
         node: String,
-        liveness: Option<Arc<LivenessSpec>>,
+        liveness: Option<Arc<NodeSpec>>,
     },
     /// Like `Watch`, and a new OS process of this node was just started:
     /// if not connected, try at once with the fast backoff again (the
@@ -195,7 +271,7 @@ pub enum WatcherMsg {
     /// its liveness count starts over.
     Retry {
         node: String,
-        liveness: Option<Arc<LivenessSpec>>,
+        liveness: Option<Arc<NodeSpec>>,
     },
     /// Drop the connection and stop reconnecting.
     Unwatch { node: String },
@@ -311,6 +387,8 @@ struct Entry {
     beam: Option<BeamStats>,
     /// The previous reading's reductions total and time, same connection.
     reductions: Option<(u64, Instant)>,
+    /// The BEAM limits this node is over (warned once per crossing).
+    over: Vec<&'static str>,
 }
 
 /// Dropping an entry (node unwatched, or the watcher's state dropped
@@ -339,6 +417,7 @@ impl Entry {
 
 pub struct WatcherState {
     dist: Arc<DistConfig>,
+    watchdog: crate::config::WatchdogConfig,
     /// Which nodes EPMD knows, for the connectors waiting for theirs.
     registry: Arc<EpmdRegistry>,
     nodes: HashMap<String, Entry>,
@@ -354,7 +433,7 @@ impl WatcherState {
         &mut self,
         myself: &ActorRef<WatcherMsg>,
         node: String,
-        liveness: Option<Arc<LivenessSpec>>,
+        liveness: Option<Arc<NodeSpec>>,
     ) {
         if let Some(entry) = self.nodes.get(&node) {
             entry.liveness.set(liveness);
@@ -383,6 +462,7 @@ impl WatcherState {
                 task,
                 poke,
                 liveness: slot,
+                over: Vec::new(),
                 last_error: None,
                 sampling: false,
                 beam: None,
@@ -428,6 +508,7 @@ impl Actor for OtpNodeWatcher {
         let dist = Arc::new(dist);
         Ok(WatcherState {
             dist: dist.clone(),
+            watchdog: cfg.watchdog.clone(),
             registry: EpmdRegistry::start(dist.clone()),
             nodes: HashMap::new(),
             next_generation: 1,
@@ -606,7 +687,13 @@ impl Actor for OtpNodeWatcher {
                                 run_queue: sample.run_queue,
                                 reductions_per_s: rate,
                                 sampled_at: crate::time::utc_now_millis(),
+                                atom_count: sample.atom_count,
+                                atom_limit: sample.atom_limit,
+                                port_count: sample.port_count,
+                                port_limit: sample.port_limit,
+                                process_limit: sample.process_limit,
                             });
+                            check_limits(&node, entry, &sample, &state.watchdog);
                         }
                         Err(error) => {
                             // A node too busy to answer shows "no data"
@@ -622,6 +709,50 @@ impl Actor for OtpNodeWatcher {
         }
         Ok(())
     }
+}
+
+/// The watchdog's BEAM limits: a `watchdog_warning` event when the node
+/// crosses one (once per crossing, again after it went back below), and a
+/// report to the node's owner when the watchdog's action is `restart`.
+fn check_limits(
+    node: &str,
+    entry: &mut Entry,
+    sample: &BeamSample,
+    watchdog: &crate::config::WatchdogConfig,
+) {
+    let over = sample.over_limits(watchdog);
+    entry
+        .over
+        .retain(|what| over.iter().any(|(w, _, _)| w == what));
+    for (what, used, limit) in over {
+        if entry.over.contains(&what) {
+            continue;
+        }
+        entry.over.push(what);
+        let message = format!(
+            "node {node} uses {used} of its {limit} {what} ({} %)",
+            used * 100 / limit.max(1)
+        );
+        tracing::warn!(%node, what, used, limit, "BEAM limit nearly reached");
+        let mut event = crate::events::NewEvent::new(
+            crate::events::EventKind::WatchdogWarning,
+            message.clone(),
+        );
+        if let Some(i) = instance_of(node) {
+            event = event.instance(i);
+        }
+        crate::events::emit(event);
+        if watchdog.limits_action() == crate::config::WatchdogAction::Restart
+            && let Some(spec) = entry.liveness.get()
+        {
+            (spec.report)(NodeReport::OverLimit { message });
+        }
+    }
+}
+
+/// `i` of a node named `{app}-{i}@{host}`.
+fn instance_of(node: &str) -> Option<u32> {
+    node.split('@').next()?.rsplit_once('-')?.1.parse().ok()
 }
 
 /// A connector's pace while its node is new (just started, or a new OS
@@ -661,7 +792,7 @@ fn next_backoff(backoff: Duration, since: Instant) -> Duration {
 /// connection, handshake, EPMD down) retry every 100 ms for 5 s, then ×1.5
 /// up to 2 s, up to 30 s after a minute; the pace starts over after a
 /// success or a poke (a new OS process of the node). While a liveness spec
-/// is set it also runs the node's liveness checks ([`LivenessSpec`]).
+/// is set it also runs the node's liveness checks ([`NodeSpec`]).
 async fn connector(
     watcher: ActorRef<WatcherMsg>,
     node: String,
@@ -774,13 +905,19 @@ impl LiveCount {
         if self.failures > 0 {
             self.failures = 0;
             if let Some(spec) = slot.get() {
-                (spec.report)(0, None);
+                (spec.report)(NodeReport::Liveness {
+                    failures: 0,
+                    error: None,
+                });
             }
         }
     }
-    fn failed(&mut self, spec: &LivenessSpec, error: String) {
+    fn failed(&mut self, spec: &NodeSpec, error: String) {
         self.failures = self.failures.saturating_add(1);
-        (spec.report)(self.failures, Some(error));
+        (spec.report)(NodeReport::Liveness {
+            failures: self.failures,
+            error: Some(error),
+        });
     }
 }
 
@@ -802,7 +939,9 @@ async fn wait_unreachable(
 ) -> Woke {
     tokio::pin!(fut);
     loop {
-        let spec = slot.get().filter(|_| live.was_connected);
+        let spec = slot
+            .get()
+            .filter(|s| live.was_connected && !s.interval.is_zero());
         let tick = async {
             match &spec {
                 Some(spec) => tokio::time::sleep(spec.interval).await,
@@ -835,7 +974,7 @@ async fn keep_alive(
 ) {
     let mut next = tokio::time::Instant::now();
     loop {
-        let spec = slot.get();
+        let spec = slot.get().filter(|s| !s.interval.is_zero());
         if let Some(spec) = &spec {
             // Fixed cadence from the first check: a check that times out
             // (after `interval`) is followed by the next one at once.
@@ -874,7 +1013,7 @@ async fn keep_alive(
 }
 
 /// One liveness check over `conn`: an RPC round trip, plus the health path.
-async fn check_liveness(conn: &NodeConnection, spec: &LivenessSpec) -> Result<(), String> {
+async fn check_liveness(conn: &NodeConnection, spec: &NodeSpec) -> Result<(), String> {
     conn.rpc("erlang", "node", vec![], spec.interval)
         .await
         .map_err(|e| format!("liveness RPC: {e}"))?;

@@ -191,7 +191,7 @@ impl Actor for RootSupervisor {
                 state.shutting_down = true;
                 // No deployment step may start while instances stop.
                 for name in [deploy_manager::NAME, release_fetcher::NAME] {
-                    if let Some(cell) = ractor::registry::where_is(name.to_string()) {
+                    if let Some(cell) = ractor::registry::where_is(name) {
                         let _ = cell
                             .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
                             .await;

@@ -513,6 +513,7 @@ async fn watcher_samples_connected_nodes_and_forgets_lost_ones() {
     watcher
         .cast(WatcherMsg::Watch {
             node: n.node.clone(),
+            liveness: None,
         })
         .unwrap();
     let snapshot = || async {

@@ -130,10 +130,14 @@
       setField(card, "last_deployment", human(i.last_deployment));
       setField(card, "crash_restarts", String(i.crash_restarts));
       setField(card, "forced_restarts", String(i.forced_restarts));
+      setField(card, "liveness_restarts", String(i.liveness_restarts || 0));
+      setField(card, "watchdog_restarts", String(i.watchdog_restarts || 0));
+      setField(card, "last_restart_reason", dash(i.last_restart_reason));
+      setField(card, "boot", dash(i.boot));
       setField(card, "uptime", fmtUptime(i.uptime_s));
       setField(card, "port", String(i.port));
       setField(card, "os_pid", dash(i.os_pid));
-      for (const k of ["crash_restarts", "forced_restarts"]) {
+      for (const k of ["crash_restarts", "forced_restarts", "liveness_restarts", "watchdog_restarts"]) {
         const f = card.querySelector('[data-k="' + k + '"]');
         if (f) f.classList.toggle("warn", i[k] > 0);
       }
@@ -176,6 +180,26 @@
       }
     });
     live("/api/v1/status/stream", updateDashboard);
+    // The timeline: the newest events, every 5 s (text nodes only).
+    const timeline = $("#events");
+    let lastEvent = null;
+    const refreshEvents = async () => {
+      const r = await api("GET", "/api/v1/events?limit=10");
+      if (!r.ok || !Array.isArray(r.json)) return;
+      const top = r.json.length ? r.json[0].id : null;
+      if (top === lastEvent) return;
+      lastEvent = top;
+      timeline.replaceChildren(...r.json.map((e) => {
+        const li = el("li", "event");
+        li.dataset.event = e.event;
+        li.append(el("span", "at", e.at), " ", el("span", "badge kind", e.event.replace(/_/g, " ")));
+        if (e.instance !== null && e.instance !== undefined) li.append(" ", el("span", "instance", "instance " + e.instance));
+        if (e.version) li.append(" ", el("span", "version", e.version));
+        li.append(" ", el("span", "message", e.message));
+        return li;
+      }));
+    };
+    if (timeline) setInterval(refreshEvents, 5000);
   }
 
   // --------------------------------------------------------------- actors

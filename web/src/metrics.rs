@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use deployex_actors::model::{BeamStats, DeploymentKind, InstanceState, Status};
+use deployex_actors::model::{BeamStats, DeploymentKind, InstanceState, InstanceStatus, Status};
 use warp::http::{StatusCode, header};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
@@ -99,6 +99,37 @@ pub fn render(
                 i.instance, i.forced_restarts
             );
         }
+        for (name, help, value) in [
+            (
+                "deployex_instance_liveness_restarts_total",
+                "Restarts because the node stopped answering the liveness check.",
+                (|i: &InstanceStatus| i.liveness_restarts) as fn(&InstanceStatus) -> u64,
+            ),
+            (
+                "deployex_instance_watchdog_restarts_total",
+                "Restarts by the resource watchdog.",
+                |i: &InstanceStatus| i.watchdog_restarts,
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+            for i in &s.instances {
+                let _ = writeln!(o, "{name}{{instance=\"{}\"}} {}", i.instance, value(i));
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP deployex_instance_boot_started 1 when the node finished its boot (init:get_status), 0 while it boots; absent when unknown.\n# TYPE deployex_instance_boot_started gauge"
+        );
+        for i in &s.instances {
+            if let Some(boot) = i.boot {
+                let _ = writeln!(
+                    o,
+                    "deployex_instance_boot_started{{instance=\"{}\"}} {}",
+                    i.instance,
+                    u8::from(boot == deployex_actors::model::BootPhase::Started)
+                );
+            }
+        }
         let usage: Vec<_> = s
             .instances
             .iter()
@@ -182,6 +213,25 @@ pub fn render(
                 last.duration_ms as f64 / 1000.0
             );
         }
+    }
+    for (name, help, n) in [
+        (
+            "deployex_webhook_events_delivered_total",
+            "Events the webhook receiver accepted.",
+            deployex_actors::events::webhook_delivered(),
+        ),
+        (
+            "deployex_webhook_events_dropped_total",
+            "Events dropped because the webhook queue was full.",
+            deployex_actors::events::webhook_dropped(),
+        ),
+        (
+            "deployex_webhook_failed_attempts_total",
+            "Failed webhook deliveries (each retried).",
+            deployex_actors::events::webhook_failed_attempts(),
+        ),
+    ] {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}");
     }
     let _ = writeln!(
         o,

@@ -11,8 +11,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use deployex_actors::events::Event;
 use deployex_actors::model::{
-    ActorInfo, BeamStats, DeploymentKind, HistoryEntry, InstanceState, InstanceStatus,
+    ActorInfo, BeamStats, BootPhase, DeploymentKind, HistoryEntry, InstanceState, InstanceStatus,
     MessageRecord, Status,
 };
 use maud::{DOCTYPE, Markup, html};
@@ -137,6 +138,7 @@ pub fn layout(title: &str, app: &str, page: &str, body: Markup, logged_in: bool)
                         nav {
                             a href="/" { "Dashboard" }
                             a href="/versions" { "Versions" }
+                            a href="/events" { "Events" }
                             a href="/instances/0/logs/stdout" { "Logs" }
                             a href="/debug/actors" { "Actors" }
                             a href="/metrics" { "Metrics" }
@@ -270,6 +272,30 @@ fn beam_value(beam: Option<&BeamStats>, f: impl Fn(&BeamStats) -> Option<String>
     beam.and_then(f).unwrap_or_else(|| "—".into())
 }
 
+fn boot_name(boot: Option<BootPhase>) -> &'static str {
+    match boot {
+        Some(BootPhase::Starting) => "starting",
+        Some(BootPhase::Started) => "started",
+        None => "—",
+    }
+}
+
+/// One event as a timeline row (text only: messages come from the engine
+/// and may quote what a release printed).
+fn event_row(e: &Event) -> Markup {
+    html! {
+        li.event data-event=(e.event.as_str()) {
+            span.at { (e.at) }
+            " "
+            span.badge.kind { (e.event.as_str().replace('_', " ")) }
+            @if let Some(i) = e.instance { " " span.instance { "instance " (i) } }
+            @if let Some(v) = &e.version { " " span.version { (v) } }
+            " "
+            span.message { (e.message) }
+        }
+    }
+}
+
 fn instance_card(i: &InstanceStatus) -> Markup {
     let state = state_name(i.state);
     let beam = i.beam.as_ref();
@@ -293,6 +319,10 @@ fn instance_card(i: &InstanceStatus) -> Markup {
                 (field("Last deployment", "last_deployment", html!{ (i.last_deployment.map(kind_name).unwrap_or("—").replace('_', " ")) }))
                 div.field.warn[i.crash_restarts > 0] data-k="crash_restarts" { dt { "Crash restarts" } dd data-f="crash_restarts" { (i.crash_restarts) } }
                 div.field.warn[i.forced_restarts > 0] data-k="forced_restarts" { dt { "Forced restarts" } dd data-f="forced_restarts" { (i.forced_restarts) } }
+                div.field.warn[i.liveness_restarts > 0] data-k="liveness_restarts" { dt { "Liveness restarts" } dd data-f="liveness_restarts" { (i.liveness_restarts) } }
+                div.field.warn[i.watchdog_restarts > 0] data-k="watchdog_restarts" { dt { "Watchdog restarts" } dd data-f="watchdog_restarts" { (i.watchdog_restarts) } }
+                (field("Last restart", "last_restart_reason", html!{ (i.last_restart_reason.map(|r| r.as_str()).unwrap_or("—")) }))
+                (field("Boot", "boot", html!{ (boot_name(i.boot)) }))
                 (field("Uptime", "uptime", html!{ (i.uptime_s.map(fmt_uptime).unwrap_or_else(|| "—".into())) }))
                 (field("Port", "port", html!{ (i.port) }))
                 (field("OS pid", "os_pid", html!{ (i.os_pid.map(|p| p.to_string()).unwrap_or_else(|| "—".into())) }))
@@ -309,7 +339,7 @@ fn instance_card(i: &InstanceStatus) -> Markup {
     }
 }
 
-fn dashboard(status: &Status, versions: &[String]) -> Markup {
+fn dashboard(status: &Status, versions: &[String], events: &[Event]) -> Markup {
     let d = &status.deployex;
     let mode = match &status.manual_version {
         Some(v) => format!("{} ({v})", status.mode),
@@ -369,7 +399,30 @@ fn dashboard(status: &Status, versions: &[String]) -> Markup {
             }
             @for i in &status.instances { (instance_card(i)) }
         }
+        section.card.events {
+            header { h2 { "Recent events" } a href="/events" { "all" } }
+            ol.timeline #events {
+                @for e in events { (event_row(e)) }
+                @if events.is_empty() { li.empty { "No event yet." } }
+            }
+        }
     }
+}
+
+async fn events_page(state: Arc<AppState>) -> Result<Response, Rejection> {
+    let events = state.engine.events(deployex_actors::events::KEEP).await;
+    let body = html! {
+        h1 { "Events" }
+        p.hint { "Newest first; kept across restarts of deployex (the newest " (deployex_actors::events::KEEP) "). As JSON: " code { "GET /api/v1/events?limit=N" } "." }
+        ol.timeline #events {
+            @for e in &events { (event_row(e)) }
+            @if events.is_empty() { li.empty { "No event yet." } }
+        }
+    };
+    Ok(html_page(
+        StatusCode::OK,
+        layout("Events", &state.cfg.app_name, "events", body, true),
+    ))
 }
 
 async fn dashboard_page(state: Arc<AppState>) -> Result<Response, Rejection> {
@@ -389,13 +442,14 @@ async fn dashboard_page(state: Arc<AppState>) -> Result<Response, Rejection> {
     };
     let history = state.history().await;
     let versions = recent_versions(&history, 10);
+    let events = state.engine.events(10).await;
     Ok(html_page(
         StatusCode::OK,
         layout(
             "Dashboard",
             &app,
             "dashboard",
-            dashboard(&status, &versions),
+            dashboard(&status, &versions, &events),
             true,
         ),
     ))
@@ -589,6 +643,11 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(st())
         .and(warp::query::<InstanceQuery>())
         .and_then(versions_page);
+    let events = warp::path!("events")
+        .and(warp::get())
+        .and(page())
+        .and(st())
+        .and_then(events_page);
     let actors = warp::path!("debug" / "actors")
         .and(warp::get())
         .and(page())
@@ -609,6 +668,8 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
         .or(dash)
         .unify()
         .or(versions)
+        .unify()
+        .or(events)
         .unify()
         .or(actors)
         .unify()

@@ -65,7 +65,17 @@ pub fn sample_status() -> Status {
                     run_queue: u64::from(i) - 1,
                     reductions_per_s: (i == 1).then_some(12_345),
                     sampled_at: "2026-11-27T10:00:00.000Z".into(),
+                    atom_count: 20_000,
+                    atom_limit: 1_048_576,
+                    port_count: 10,
+                    port_limit: 65_536,
+                    process_limit: 262_144,
                 }),
+                boot: Some(BootPhase::Started),
+                // Instance 2 was restarted by the liveness check once.
+                liveness_restarts: u64::from(i == 2),
+                watchdog_restarts: 0,
+                last_restart_reason: (i == 2).then_some(RestartReason::Liveness),
             })
             .collect(),
         deployex: DeployexStatus {
