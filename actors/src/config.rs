@@ -63,6 +63,10 @@ pub struct EngineConfig {
     /// deployex's own environment, the base of every instance's environment
     /// (secrets and `RELEASE_*` are removed before use).
     pub base_env: Vec<(String, String)>,
+    /// `DEPLOYEX_START_COMMAND`: the `bin/{app}` arguments that start an
+    /// instance, instead of the release flavour's own (`start` for mix,
+    /// `foreground` for relx; see [`crate::release_kind`]).
+    pub start_command: Option<String>,
 }
 
 impl EngineConfig {
@@ -100,6 +104,7 @@ impl EngineConfig {
             log_keep: 5,
             own_log_dir: None,
             base_env: Vec::new(),
+            start_command: None,
         }
     }
 

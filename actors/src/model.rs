@@ -93,6 +93,10 @@ pub struct InstanceStatus {
     /// first sample, or when sampling is off.
     #[serde(default)]
     pub beam: Option<BeamStats>,
+    /// What built the installed release (`mix`, `relx`); decides the start
+    /// command. `None` while no release is installed.
+    #[serde(default)]
+    pub release_kind: Option<crate::release_kind::ReleaseKind>,
 }
 
 /// One telemetry sample of a BEAM node (read over distribution).

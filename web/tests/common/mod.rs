@@ -66,6 +66,7 @@ pub fn sample_status() -> Status {
                     reductions_per_s: (i == 1).then_some(12_345),
                     sampled_at: "2026-11-27T10:00:00.000Z".into(),
                 }),
+                release_kind: None,
             })
             .collect(),
         deployex: DeployexStatus {
