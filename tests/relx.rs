@@ -112,9 +112,12 @@ fn rebar3_replicas_run_in_the_foreground_roll_hot_upgrade_and_stop() {
     let started = Instant::now();
     let site = Site::new(2);
     let marker = site.dir.path().join("migrations.txt");
-    let site = site.env("FIXTURE_MARKER", marker.to_str().unwrap());
+    let site = site
+        .env("FIXTURE_MARKER", marker.to_str().unwrap())
+        .env("DEPLOYEX_BEAM_SAMPLE_MS", "300");
     site.publish_rebar3("0.1.0", &[]);
-    let mut dx = site.start();
+    // This run leaves the VMs running when it stops: the next one adopts them.
+    let mut dx = site.start_with(&[("DEPLOYEX_STOP_APPS_ON_EXIT", "false")]);
 
     let status = dx.wait_status(
         "2 relx replicas of 0.1.0 running and connected",
@@ -192,12 +195,34 @@ fn rebar3_replicas_run_in_the_foreground_roll_hot_upgrade_and_stop() {
         assert_eq!((version.as_str(), os_pid), ("0.1.2", rolled[i].to_string()));
     }
     assert_eq!(beams_under(site.dir.path()).len(), 2);
+    // BEAM telemetry over the distribution link.
+    dx.wait_status("BEAM telemetry of both", Duration::from_secs(10), |s| {
+        s["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["beam"]["processes"].as_u64().is_some_and(|n| n > 0))
+    });
+
+    // A new deployex adopts the running relx VMs (same pids, no restart).
+    assert_eq!(
+        dx.stop_with(Signal::SIGTERM, Duration::from_secs(30)),
+        Some(0)
+    );
+    assert!(rolled.iter().all(|&p| pid_alive(p)), "VMs kept running");
+    let mut dx = site.start();
+    let status = dx.wait_status("adopted", Duration::from_secs(30), |s| {
+        all_running(s, "0.1.2")
+    });
+    assert_eq!(pids(&status), rolled, "the same VMs are adopted");
 
     // SIGTERM of deployex stops every VM.
     let code = dx.stop_with(Signal::SIGTERM, Duration::from_secs(30));
     assert_eq!(code, Some(0));
-    let left = beams_under(site.dir.path());
-    assert!(left.is_empty(), "no BEAM after deployex stopped: {left:?}");
+    // Adopted VMs are not deployex's children: init reaps them.
+    common::wait_until_blocking("no BEAM left", Duration::from_secs(10), || {
+        beams_under(site.dir.path()).is_empty().then_some(())
+    });
     eprintln!("relx e2e took {:?}", started.elapsed());
 }
 

@@ -408,6 +408,7 @@ impl MonitorState {
     fn boot(&mut self, myself: &ActorRef<InstanceMsg>) {
         repair_service_dir(&self.service);
         self.version = crate::store::release_version(&self.current_dir());
+        self.release_kind = crate::release_kind::detect(&self.current_dir(), &self.cfg.app);
         if let Ok(pidfile) = PidFile::read(&self.pidfile()) {
             match process::adopt(&pidfile) {
                 Adoption::Adopt(handle) => {
