@@ -99,6 +99,32 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# rebar3 (Debian's 3.19) for the rebar3/relx fixture releases
+# (tests/fixtures/build-rebar3.sh). The rebar3 package depends on
+# erlang-reltool and erlang-common-test, which pull wxWidgets and X11 (76
+# packages); the escript itself runs on the Erlang that elixir brings. So
+# only the escript is installed, from the Debian package.
+if ! command -v rebar3 >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "deps: missing rebar3; run 'sudo make deps'" >&2
+    exit 1
+  fi
+  echo "deps: installing rebar3 (the escript from Debian's package, without its X11 dependencies)"
+  export DEBIAN_FRONTEND=noninteractive
+  rebar3_tmp=$(mktemp -d)
+  chmod 755 "$rebar3_tmp"
+  apt-get update -qq
+  (cd "$rebar3_tmp" && apt-get download -qq rebar3)
+  dpkg-deb -x "$rebar3_tmp"/rebar3_*.deb "$rebar3_tmp/root"
+  install -m 0755 "$rebar3_tmp/root/usr/bin/rebar3" /usr/local/bin/rebar3
+  rm -rf "$rebar3_tmp"
+  hash -r
+  rebar3 version >/dev/null || {
+    echo "deps: the installed rebar3 does not run" >&2
+    exit 1
+  }
+fi
+
 # moto_server (Python moto): real S3 and Secrets Manager HTTP APIs on
 # loopback for the AWS tests (actors/tests/s3_store.rs, tests/s3_e2e.rs,
 # src/secrets.rs). Debian 12's Python is "externally managed": fall back to

@@ -127,6 +127,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "ready this long resets the crash backoff (60000)",
     ),
     (
+        "DEPLOYEX_START_COMMAND",
+        "bin/{app} arguments that start an instance (mix: start, relx: foreground)",
+    ),
+    (
         "DEPLOYEX_PRE_COMMAND_TIMEOUT_MS",
         "a pre-command running longer is killed (300000)",
     ),
@@ -626,6 +630,7 @@ fn load_inner(
     engine.backoff_reset_after = src.millis("DEPLOYEX_BACKOFF_RESET_MS", 60_000, 1, 86_400_000)?;
     engine.pre_command_timeout =
         src.millis("DEPLOYEX_PRE_COMMAND_TIMEOUT_MS", 300_000, 100, 86_400_000)?;
+    engine.start_command = src.opt("DEPLOYEX_START_COMMAND");
     engine.epmd_port = epmd_port;
     engine.hostname = short_hostname();
     engine.tls_cert_path = tls_cert_path;

@@ -72,6 +72,10 @@ pub struct EngineConfig {
     pub watchdog: WatchdogConfig,
     /// Where events are POSTed, if anywhere.
     pub webhook: Option<WebhookConfig>,
+    /// `DEPLOYEX_START_COMMAND`: the `bin/{app}` arguments that start an
+    /// instance, instead of the release flavour's own (`start` for mix,
+    /// `foreground` for relx; see [`crate::release_kind`]).
+    pub start_command: Option<String>,
 }
 
 /// What the resource watchdog does when a limit is crossed.
@@ -175,6 +179,7 @@ impl EngineConfig {
             liveness_failures: 3,
             watchdog: WatchdogConfig::default(),
             webhook: None,
+            start_command: None,
         }
     }
 

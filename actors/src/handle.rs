@@ -258,6 +258,11 @@ impl Engine for EngineHandle {
             let current = self.cfg.service_dir(instance).join("current");
             let overrides = vec![
                 ("RELEASE_NODE_SUFFIX".to_string(), format!("-{instance}")),
+                (
+                    "RELEASE_NODE".to_string(),
+                    crate::release_kind::node_basename(&self.cfg.app, instance),
+                ),
+                ("RELX_REPLACE_OS_VARS".to_string(), "true".to_string()),
                 ("RELEASE_DISTRIBUTION".to_string(), "sname".to_string()),
                 ("RELEASE_COOKIE".to_string(), self.cfg.cookie.clone()),
                 ("ERL_EPMD_PORT".to_string(), self.cfg.epmd_port.to_string()),
@@ -265,7 +270,7 @@ impl Engine for EngineHandle {
             ];
             Ok(ShellCommand {
                 program: current.join("bin").join(&self.cfg.app),
-                args: vec!["remote".to_string()],
+                args: vec![crate::release_kind::remote_shell_arg(status.release_kind).to_string()],
                 env: crate::process::instance_env(self.cfg.base_env.iter().cloned(), &overrides),
                 cwd: current,
             })

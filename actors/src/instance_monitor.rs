@@ -275,6 +275,8 @@ pub struct MonitorState {
     /// When the watcher was last reminded of this node.
     watched_at: Instant,
     recorder: Recorder,
+    /// Flavour of `current/`, found at each start (see [`crate::release_kind`]).
+    release_kind: Option<crate::release_kind::ReleaseKind>,
 }
 
 impl Actor for InstanceMonitor {
@@ -329,6 +331,7 @@ impl Actor for InstanceMonitor {
             rotated_at: Instant::now(),
             watched_at: Instant::now(),
             recorder: Recorder::for_actor(&name(instance)),
+            release_kind: None,
         };
         state.liveness = liveness_spec(&state.cfg, &myself, state.port);
         if state.cfg.watchdog.memory_bytes.is_some() && !state.cfg.beam_sample_interval.is_zero() {
@@ -472,6 +475,7 @@ impl MonitorState {
     fn boot(&mut self, myself: &ActorRef<InstanceMsg>) {
         repair_service_dir(&self.service);
         self.version = crate::store::release_version(&self.current_dir());
+        self.release_kind = crate::release_kind::detect(&self.current_dir(), &self.cfg.app);
         if let Ok(pidfile) = PidFile::read(&self.pidfile()) {
             match process::adopt(&pidfile) {
                 Adoption::Adopt(handle) => {
@@ -558,9 +562,19 @@ impl MonitorState {
             self.set_phase(InstanceState::Stopped, "no release installed");
             return;
         }
+        self.release_kind = crate::release_kind::detect(&current, &self.cfg.app);
+        if let Err(error) = crate::release_kind::check_release(&current, &self.cfg.app) {
+            tracing::error!(instance = self.instance, %error, "release refused");
+            self.last_error = Some(error);
+            self.set_phase(InstanceState::Stopped, "release refused");
+            return;
+        }
         let spec = InstanceSpec {
             program: program.clone(),
-            args: vec!["start".to_string()],
+            args: crate::release_kind::start_args(
+                self.release_kind,
+                self.cfg.start_command.as_deref(),
+            ),
             cwd: current.clone(),
             env: self.env(),
             stdout_log: self.cfg.log_file(self.instance, LogStream::Stdout),
@@ -605,6 +619,11 @@ impl MonitorState {
                 format!("-{}", self.instance),
             ),
             ("RELEASE_DISTRIBUTION".to_string(), "sname".to_string()),
+            (
+                "RELEASE_NODE".to_string(),
+                crate::release_kind::node_basename(&self.cfg.app, self.instance),
+            ),
+            ("RELX_REPLACE_OS_VARS".to_string(), "true".to_string()),
             ("RELEASE_COOKIE".to_string(), self.cfg.cookie.clone()),
             ("PORT".to_string(), self.port.to_string()),
             ("ERL_EPMD_PORT".to_string(), self.cfg.epmd_port.to_string()),
@@ -626,6 +645,9 @@ impl MonitorState {
         if self.stopping.is_some() {
             // An intended stop; StopDone drives what happens next.
             let _ = std::fs::remove_file(self.pidfile());
+            return;
+        }
+        if info.code == Some(0) && self.refuse_escaped_daemon() {
             return;
         }
         let crashed_at = crate::time::utc_now_millis();
@@ -1280,7 +1302,39 @@ impl MonitorState {
             liveness_restarts: self.liveness_restarts,
             watchdog_restarts: self.watchdog_restarts,
             last_restart_reason: self.last_restart_reason,
+            release_kind: self.release_kind,
         }
+    }
+
+    /// The start command exited 0: if it left a VM of this instance running
+    /// outside its process group (relx's `start`/`daemon` fork the VM away),
+    /// stop that VM and refuse the release instead of restarting it. True
+    /// when refused.
+    fn refuse_escaped_daemon(&mut self) -> bool {
+        let escaped = process::instance_roots(&self.service);
+        if escaped.is_empty() {
+            return false;
+        }
+        let args =
+            crate::release_kind::start_args(self.release_kind, self.cfg.start_command.as_deref());
+        let error = crate::release_kind::escaped_daemon_error(&args, &escaped);
+        tracing::error!(instance = self.instance, %error, "release refused");
+        let service = self.service.clone();
+        tokio::task::spawn_blocking(move || crate::release_kind::stop_escaped(&service));
+        let _ = std::fs::remove_file(self.pidfile());
+        self.last_error = Some(error.clone());
+        self.set_phase(InstanceState::Stopped, "release refused");
+        if let (Some(dm), Some(deploy_ref)) = (
+            ractor::registry::where_is(deploy_manager::NAME),
+            self.deploy_ref.clone(),
+        ) {
+            let _ = dm.send_message(DeployMsg::DeployFailed {
+                instance: self.instance,
+                deploy_ref,
+                error,
+            });
+        }
+        true
     }
 }
 
@@ -1442,18 +1496,23 @@ async fn prepare(
     .await
     .map_err(|e| format!("unpack task failed: {e}"))??;
     crate::testhook::point("new_unpacked");
+    crate::release_kind::check_release(&new, &cfg.app)?;
 
     let program = new.join("bin").join(&cfg.app);
+    let kind = crate::release_kind::detect(&new, &cfg.app);
+    let mut env = env;
+    if kind == Some(crate::release_kind::ReleaseKind::Relx) {
+        let node = crate::release_kind::pre_command_node(&cfg.app, instance);
+        env.retain(|(k, _)| k != "RELEASE_NODE");
+        env.push(("RELEASE_NODE".to_string(), node));
+    }
     for (n, command) in job.pre_commands.iter().enumerate() {
         let command = command.trim();
         let (sub, rest) = match command.split_once(char::is_whitespace) {
             Some((sub, rest)) => (sub, Some(rest.trim())),
             None => (command, None),
         };
-        let mut args = vec![sub.to_string()];
-        if let Some(rest) = rest {
-            args.push(rest.to_string());
-        }
+        let args = crate::release_kind::pre_command_args(kind, &new, sub, rest);
         tracing::info!(instance, deploy_ref = %job.deploy_ref, command, "running pre-command");
         let outcome = process::run_command(
             &program,

@@ -15,6 +15,7 @@ pub mod otp_node_watcher;
 pub mod process;
 pub mod recorder;
 pub mod release_fetcher;
+pub mod release_kind;
 pub mod root;
 pub mod storage;
 pub mod store;

@@ -147,6 +147,10 @@ pub struct InstanceStatus {
     /// Why the current process was started, if deployex restarted it.
     #[serde(default)]
     pub last_restart_reason: Option<RestartReason>,
+    /// What built the installed release (`mix`, `relx`); decides the start
+    /// command. `None` while no release is installed.
+    #[serde(default)]
+    pub release_kind: Option<crate::release_kind::ReleaseKind>,
 }
 
 impl InstanceStatus {
@@ -175,6 +179,7 @@ impl InstanceStatus {
             liveness_restarts: 0,
             watchdog_restarts: 0,
             last_restart_reason: None,
+            release_kind: None,
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub use super::net::free_port_range;
-use super::{Epmd, fixture_tarball, free_port};
+use super::{Epmd, fixture_tarball, free_port, rebar3_tarball};
 
 pub const APP: &str = "dxtest";
 
@@ -71,6 +71,19 @@ impl Site {
             dist.join(format!("{APP}-{version}.tar.gz")),
         )
         .unwrap();
+    }
+
+    /// Tarball (the rebar3/relx fixture of `version`) then current.json.
+    pub fn publish_rebar3(&self, version: &str, pre_commands: &[&str]) {
+        let dist = self.store().join("dist").join(APP);
+        std::fs::create_dir_all(&dist).unwrap();
+        std::fs::copy(
+            rebar3_tarball(APP, version),
+            dist.join(format!("{APP}-{version}.tar.gz")),
+        )
+        .unwrap();
+        let current = serde_json::json!({"version": version, "pre_commands": pre_commands, "hash": format!("h{version}")});
+        self.write_current(&current.to_string());
     }
 
     /// Write a raw file as the tarball of `version`.

@@ -16,20 +16,38 @@ use super::net::Epmd;
 /// App name -> directory holding that app's tarballs.
 static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
 
-fn build_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/build.sh")
+fn build_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// Directory with `APP-VSN.tar.gz` for every fixture version (and
 /// `relup/APP-0.1.2.tar.gz`), building them on first use.
 pub fn fixtures_dir(app: &str) -> PathBuf {
+    built_dir("build.sh", app)
+}
+
+/// Directory with the rebar3/relx fixture tarballs `APP-VSN.tar.gz`
+/// (`tests/fixtures/build-rebar3.sh`), building them on first use.
+pub fn rebar3_fixtures_dir(app: &str) -> PathBuf {
+    built_dir("build-rebar3.sh", app)
+}
+
+/// Path of the rebar3 fixture tarball `APP-VERSION.tar.gz` (read-only).
+pub fn rebar3_tarball(app: &str, version: &str) -> PathBuf {
+    existing(rebar3_fixtures_dir(app).join(format!("{app}-{version}.tar.gz")))
+}
+
+fn built_dir(script_name: &str, app: &str) -> PathBuf {
     let mut built = BUILT
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(dir) = built.get(app) {
+    let key = format!("{script_name}/{app}");
+    if let Some(dir) = built.get(&key) {
         return dir.clone();
     }
-    let script = build_script();
+    let script = build_script(script_name);
     let output = Command::new("bash")
         .arg(&script)
         .args(["--app", app])
@@ -48,7 +66,7 @@ pub fn fixtures_dir(app: &str) -> PathBuf {
         dir.is_dir(),
         "build.sh printed no fixtures directory:\n{stdout}\n{stderr}"
     );
-    built.insert(app.to_owned(), dir.clone());
+    built.insert(key, dir.clone());
     dir
 }
 

@@ -21,8 +21,8 @@ pub use evil::{
     tarball_without_start_erl_data,
 };
 pub use fixtures::{
-    fixture_relup_tarball, fixture_tarball, fixtures_dir, hot_upgrade_expr, release_command,
-    unpack_tarball,
+    fixture_relup_tarball, fixture_tarball, fixtures_dir, hot_upgrade_expr, rebar3_fixtures_dir,
+    rebar3_tarball, release_command, unpack_tarball,
 };
 pub use net::{Epmd, free_port, http_get};
 pub use process::Instance;

@@ -76,6 +76,7 @@ pub fn sample_status() -> Status {
                 liveness_restarts: u64::from(i == 2),
                 watchdog_restarts: 0,
                 last_restart_reason: (i == 2).then_some(RestartReason::Liveness),
+                release_kind: None,
             })
             .collect(),
         deployex: DeployexStatus {
