@@ -32,8 +32,10 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
+# cargo test builds the deployex binary the end-to-end tests run, with the
+# test suite's fault injection (the `testhooks` feature); a plain build
+# would be thrown away.
 test: deps
-	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace -- --test-threads=2
 
 demo: deps

@@ -91,6 +91,7 @@ pub enum DeployMsg {
         reply: RpcReplyPort<Result<(), String>>,
     },
     /// Fault injection for the supervision tests: the handler panics.
+    #[cfg(feature = "testhooks")]
     InjectPanic,
 }
 
@@ -108,6 +109,7 @@ impl Describe for DeployMsg {
             DeployMsg::SetMode { .. } => "SetMode",
             DeployMsg::Unghost { .. } => "Unghost",
             DeployMsg::Restart { .. } => "Restart",
+            #[cfg(feature = "testhooks")]
             DeployMsg::InjectPanic => "InjectPanic",
         }
     }
@@ -384,6 +386,7 @@ impl Actor for DeployManager {
                 let result = state.restart(instance).await;
                 let _ = reply.send(result);
             }
+            #[cfg(feature = "testhooks")]
             DeployMsg::InjectPanic => panic!("injected panic in {NAME}"),
         }
         Ok(())

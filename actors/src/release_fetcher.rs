@@ -47,6 +47,7 @@ pub enum FetcherMsg {
         reply: RpcReplyPort<Result<PathBuf, String>>,
     },
     /// Fault injection for the supervision tests: the handler panics.
+    #[cfg(feature = "testhooks")]
     InjectPanic,
 }
 
@@ -57,6 +58,7 @@ impl Describe for FetcherMsg {
             FetcherMsg::Fetched(_) => "Fetched",
             FetcherMsg::Status { .. } => "Status",
             FetcherMsg::Ensure { .. } => "Ensure",
+            #[cfg(feature = "testhooks")]
             FetcherMsg::InjectPanic => "InjectPanic",
         }
     }
@@ -192,6 +194,7 @@ impl Actor for ReleaseFetcher {
                     let _ = reply.send(result.map_err(|e| e.message));
                 });
             }
+            #[cfg(feature = "testhooks")]
             FetcherMsg::InjectPanic => panic!("injected panic in {NAME}"),
         }
         Ok(())

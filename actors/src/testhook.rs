@@ -4,8 +4,10 @@
 //! a power cut or the OOM killer does). Unset in production: each point is
 //! then one comparison against an empty value.
 
+#[cfg(feature = "testhooks")]
 use std::sync::OnceLock;
 
+#[cfg(feature = "testhooks")]
 static CRASH_AT: OnceLock<Option<String>> = OnceLock::new();
 
 /// Every point, in the order a full deployment reaches them.
@@ -22,7 +24,14 @@ pub const POINTS: &[&str] = &[
     "instance_ready",
 ];
 
+/// Die here if the tests asked for it (a no-op unless deployex-actors is
+/// built with the `testhooks` feature, as the test suite builds it).
+#[cfg(not(feature = "testhooks"))]
+#[inline(always)]
+pub fn point(_name: &str) {}
+
 /// Die here if the tests asked for it.
+#[cfg(feature = "testhooks")]
 pub fn point(name: &str) {
     let target = CRASH_AT.get_or_init(|| std::env::var("DEPLOYEX_TEST_CRASH_AT").ok());
     if target.as_deref() == Some(name) {

@@ -224,8 +224,20 @@ async fn dashboard_renders_cards_and_versions() {
     assert_eq!(html.matches("<option").count(), 10);
     assert!(html.contains("value=\"1.0.11\""));
     assert!(!html.contains("value=\"1.0.1\">"));
-    // Crash restarts highlighted for instance 3 only.
-    assert_eq!(html.matches("field warn").count(), 1);
+    // Crash restarts highlighted for instance 3, the liveness restart for
+    // instance 2, nothing else.
+    assert_eq!(html.matches("field warn").count(), 2);
+    assert!(
+        card(&html, "data-instance=\"2\"").contains("field warn\" data-k=\"liveness_restarts\"")
+    );
+    assert_eq!(
+        field_text(card(&html, "data-instance=\"2\""), "last_restart_reason"),
+        "liveness"
+    );
+    assert_eq!(
+        field_text(card(&html, "data-instance=\"1\""), "boot"),
+        "started"
+    );
     assert!(html.contains("0.9.0"), "ghosted version listed");
 
     // BEAM telemetry in human units; "—" where there is no sample.

@@ -1,0 +1,165 @@
+//! The InstanceMonitor's messages and the data they carry.
+
+use super::*;
+/// A full deployment the DeployManager asks for.
+#[derive(Debug, Clone)]
+pub struct DeployJob {
+    pub version: String,
+    pub hash: String,
+    pub deploy_ref: String,
+    pub tarball: PathBuf,
+    pub pre_commands: Vec<String>,
+    pub kind: DeploymentKind,
+}
+
+/// What preparing a deployment found.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// `Some(reason)` when the release can be hot-upgraded from the running
+    /// version; `None(…)` with the reason for a full deployment otherwise.
+    pub hot: bool,
+    pub reason: String,
+}
+
+/// Why a process is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// Stop, then start again (operator, liveness, watchdog).
+    Restart(RestartReason),
+    Deploy,
+    Shutdown,
+}
+
+pub enum InstanceMsg {
+    /// Adopt or start the process at boot of the monitor.
+    Boot,
+    Exited {
+        generation: u64,
+        info: ExitInfo,
+    },
+    /// The health check's clock: one chain of ticks per monitor, `seq`
+    /// names the live one (a tick of an older chain is dropped).
+    HealthTick {
+        seq: u64,
+    },
+    Probed {
+        generation: u64,
+        otp: bool,
+        /// The node's boot phase, when it answered.
+        boot: Option<BootPhase>,
+        http: bool,
+    },
+    /// A report about the node from the OtpNodeWatcher (liveness, BEAM
+    /// limits).
+    Node(NodeReport),
+    /// Time to sample the process group's memory (watchdog).
+    WatchdogTick,
+    RestartAfterBackoff {
+        generation: u64,
+    },
+    /// Operator restart (a forced restart).
+    Restart {
+        reply: RpcReplyPort<Result<(), String>>,
+    },
+    Deploy {
+        job: DeployJob,
+    },
+    /// `new/` unpacked and pre-commands run (or failed).
+    Prepared {
+        deploy_ref: String,
+        result: Result<Prepared, String>,
+    },
+    /// A hot upgrade finished (or failed: then a full deployment follows).
+    HotUpgraded {
+        deploy_ref: String,
+        result: Result<String, String>,
+    },
+    /// A stop requested earlier has completed.
+    StopDone {
+        generation: u64,
+        reason: StopReason,
+    },
+    /// Folders rotated for a deployment (or failed).
+    Rotated {
+        deploy_ref: String,
+        result: Result<(), String>,
+    },
+    Status {
+        reply: RpcReplyPort<InstanceStatus>,
+    },
+    /// Stop the process (deployex shutting down); answers when it is gone.
+    Shutdown {
+        reply: RpcReplyPort<()>,
+    },
+    /// The OtpNodeWatcher was restarted: tell it about this node now.
+    WatcherRestarted,
+    /// Fault injection for the supervision tests: the handler panics.
+    #[cfg(feature = "testhooks")]
+    InjectPanic,
+}
+
+impl Describe for InstanceMsg {
+    fn kind(&self) -> &'static str {
+        match self {
+            InstanceMsg::Boot => "Boot",
+            InstanceMsg::Exited { .. } => "Exited",
+            InstanceMsg::HealthTick { .. } => "HealthTick",
+            InstanceMsg::Probed { .. } => "Probed",
+            InstanceMsg::Node(_) => "Node",
+            InstanceMsg::WatchdogTick => "WatchdogTick",
+            InstanceMsg::RestartAfterBackoff { .. } => "RestartAfterBackoff",
+            InstanceMsg::Restart { .. } => "Restart",
+            InstanceMsg::Deploy { .. } => "Deploy",
+            InstanceMsg::Prepared { .. } => "Prepared",
+            InstanceMsg::HotUpgraded { .. } => "HotUpgraded",
+            InstanceMsg::StopDone { .. } => "StopDone",
+            InstanceMsg::Rotated { .. } => "Rotated",
+            InstanceMsg::Status { .. } => "Status",
+            InstanceMsg::Shutdown { .. } => "Shutdown",
+            InstanceMsg::WatcherRestarted => "WatcherRestarted",
+            #[cfg(feature = "testhooks")]
+            InstanceMsg::InjectPanic => "InjectPanic",
+        }
+    }
+    fn summary(&self) -> String {
+        match self {
+            InstanceMsg::Exited { generation, info } => format!("gen={generation} {info:?}"),
+            InstanceMsg::Probed {
+                generation,
+                otp,
+                boot,
+                http,
+            } => format!("gen={generation} otp={otp} boot={boot:?} http={http}"),
+            InstanceMsg::Node(report) => format!("{report:?}"),
+            InstanceMsg::RestartAfterBackoff { generation } => format!("gen={generation}"),
+            InstanceMsg::Deploy { job } => format!(
+                "{} ref={} {} pre_commands",
+                job.version,
+                job.deploy_ref,
+                job.pre_commands.len()
+            ),
+            InstanceMsg::Prepared { deploy_ref, result } => match result {
+                Ok(p) => format!("ref={deploy_ref} ok hot={} ({})", p.hot, p.reason),
+                Err(e) => format!("ref={deploy_ref} error: {e}"),
+            },
+            InstanceMsg::HotUpgraded { deploy_ref, result } => match result {
+                Ok(r) => format!("ref={deploy_ref} ok {r}"),
+                Err(e) => format!("ref={deploy_ref} error: {e}"),
+            },
+            InstanceMsg::StopDone { generation, reason } => {
+                format!("gen={generation} {reason:?}")
+            }
+            InstanceMsg::Rotated { deploy_ref, result } => {
+                format!("ref={deploy_ref} {}", short_result(result))
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+fn short_result(r: &Result<(), String>) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(e) => format!("error: {e}"),
+    }
+}
