@@ -264,3 +264,54 @@ fn the_memory_watchdog_restarts_an_instance_over_its_limit() {
     assert_eq!(pids(&s)[0], before[0], "instance 1 untouched");
     assert_eq!(two["crash_restarts"], 0);
 }
+
+/// A bug that panics inside a deployment step's task (here: right after
+/// `new/` was unpacked) fails that step cleanly: the running version keeps
+/// running, the error names the panic, and the release is retried, never
+/// ghosted. Before, the panic vanished with its task, the instance stayed
+/// `deploying` until the rollback timeout, and a good release was ghosted.
+#[test]
+fn a_panic_inside_a_deployment_step_fails_the_step_and_ghosts_nothing() {
+    let site = Site::new(1)
+        .env("DEPLOYEX_TEST_PANIC_AT", "new_unpacked")
+        .env("DEPLOYEX_DEPLOY_TIMEOUT_ROLLBACK_MS", "6000");
+    site.publish_tarball("0.1.0");
+    // 0.1.0 gets in before the hook can fire: install it by hand.
+    let service = site.service(1);
+    std::fs::create_dir_all(&service).unwrap();
+    common::unpack_tarball(
+        &common::fixture_tarball(common::deployex::APP, "0.1.0"),
+        &service.join("current"),
+    );
+    let dx = site.start();
+    dx.wait_status("0.1.0 running", Duration::from_secs(60), |s| {
+        running_on(s, "0.1.0")
+    });
+    site.publish("0.1.1", &[]);
+    let s = dx.wait_status("the failed step reported", Duration::from_secs(30), |s| {
+        instance(s, 1)["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("panicked"))
+    });
+    assert_eq!(instance(&s, 1)["version"], "0.1.0", "{s:#}");
+    // Until well past the rollback timeout: nothing ghosted, never stuck
+    // in `deploying` for more than a retry.
+    let watch_until = Instant::now() + Duration::from_secs(9);
+    let mut deploying_since: Option<Instant> = None;
+    while Instant::now() < watch_until {
+        let s = dx.status();
+        assert_eq!(s["ghosted_versions"], serde_json::json!([]), "{s:#}");
+        assert_eq!(instance(&s, 1)["version"], "0.1.0", "{s:#}");
+        if instance(&s, 1)["state"] == "running" {
+            deploying_since = None;
+        } else {
+            let since = *deploying_since.get_or_insert_with(Instant::now);
+            assert!(
+                since.elapsed() < Duration::from_secs(3),
+                "stuck in {}: {s:#}",
+                instance(&s, 1)["state"]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -23,8 +23,8 @@ use crate::config::EngineConfig;
 use crate::events::{self, EventKind, NewEvent};
 use crate::instance_monitor::{self, DeployJob, InstanceMsg};
 use crate::model::{
-    DeployDuration, DeployDurations, DeployProgress, DeploymentKind, HistoryEntry, InstanceState,
-    Mode,
+    ActionError, DeployDuration, DeployDurations, DeployProgress, DeploymentKind, HistoryEntry,
+    InstanceState, Mode,
 };
 use crate::recorder::{Describe, Recorder};
 use crate::release_fetcher::{self, FetcherMsg};
@@ -77,18 +77,25 @@ pub enum DeployMsg {
     },
     SetMode {
         mode: Mode,
-        reply: RpcReplyPort<Result<(), String>>,
+        reply: RpcReplyPort<Result<(), ActionError>>,
     },
     Unghost {
         version: String,
-        reply: RpcReplyPort<Result<(), String>>,
+        reply: RpcReplyPort<Result<(), ActionError>>,
     },
     /// An operator's restart of one instance. Goes through the deploy lock:
     /// refused while a deployment runs, and no deployment step starts until
     /// the restarted instance is ready again.
     Restart {
         instance: u32,
-        reply: RpcReplyPort<Result<(), String>>,
+        reply: RpcReplyPort<Result<(), ActionError>>,
+    },
+    /// The fetcher answered an `Ensure` asked from a task: the tarball of
+    /// a pinned version or of a rollback target (never awaited in a
+    /// handler: a download can take long).
+    Ensured {
+        version: String,
+        result: Result<std::path::PathBuf, String>,
     },
     /// Fault injection for the supervision tests: the handler panics.
     #[cfg(feature = "testhooks")]
@@ -109,6 +116,7 @@ impl Describe for DeployMsg {
             DeployMsg::SetMode { .. } => "SetMode",
             DeployMsg::Unghost { .. } => "Unghost",
             DeployMsg::Restart { .. } => "Restart",
+            DeployMsg::Ensured { .. } => "Ensured",
             #[cfg(feature = "testhooks")]
             DeployMsg::InjectPanic => "InjectPanic",
         }
@@ -138,6 +146,10 @@ impl Describe for DeployMsg {
             DeployMsg::Unghost { version, .. } => version.clone(),
             DeployMsg::Versions { instance, .. } => format!("{instance:?}"),
             DeployMsg::Restart { instance, .. } => format!("instance {instance}"),
+            DeployMsg::Ensured { version, result } => match result {
+                Ok(_) => format!("{version} ok"),
+                Err(e) => format!("{version} error: {e}"),
+            },
             _ => String::new(),
         }
     }
@@ -180,7 +192,22 @@ pub struct DmState {
     last_error: Option<String>,
     /// Completed deployments since start (for `/metrics`).
     durations: DeployDurations,
+    /// Versions whose tarball was asked from the fetcher and not answered.
+    ensuring: std::collections::HashSet<String>,
+    /// The pinned version's verified tarball, once the fetcher gave it.
+    pinned_tarball: Option<(String, std::path::PathBuf)>,
+    /// A rollback waiting for its tarball: no other step starts meanwhile.
+    pending_rollback: Option<PendingRollback>,
+    /// This actor, for the tasks it starts.
+    me: ActorRef<DeployMsg>,
     recorder: Recorder,
+}
+
+/// A rollback decided, waiting for the previous version's tarball.
+struct PendingRollback {
+    instance: u32,
+    bad: String,
+    previous: String,
 }
 
 impl Actor for DeployManager {
@@ -217,6 +244,10 @@ impl Actor for DeployManager {
             failures: HashMap::new(),
             last_error,
             durations: DeployDurations::default(),
+            ensuring: std::collections::HashSet::new(),
+            pinned_tarball: None,
+            pending_rollback: None,
+            me: myself.clone(),
             recorder: Recorder::for_actor(NAME),
         })
     }
@@ -374,11 +405,19 @@ impl Actor for DeployManager {
             }
             DeployMsg::Unghost { version, reply } => {
                 if !state.ghosted.contains(&version) {
-                    let _ = reply.send(Err(format!("version {version} is not ghosted")));
+                    let _ = reply.send(Err(ActionError::Invalid(format!(
+                        "version {version} is not ghosted"
+                    ))));
                 } else {
+                    let before = state.ghosted.clone();
                     state.ghosted.retain(|v| v != &version);
                     let result = state.persist_ghosted().await;
-                    tracing::info!(%version, "version un-ghosted");
+                    if result.is_err() {
+                        // Nothing changed: the file still lists it.
+                        state.ghosted = before;
+                    } else {
+                        tracing::info!(%version, "version un-ghosted");
+                    }
                     let _ = reply.send(result);
                 }
             }
@@ -386,12 +425,16 @@ impl Actor for DeployManager {
                 let result = state.restart(instance).await;
                 let _ = reply.send(result);
             }
+            DeployMsg::Ensured { version, result } => state.on_ensured(version, result).await,
             #[cfg(feature = "testhooks")]
             DeployMsg::InjectPanic => panic!("injected panic in {NAME}"),
         }
         Ok(())
     }
 }
+
+/// How long a task waits for the fetcher's `Ensure` (a download).
+const ENSURE_TIMEOUT_MS: u64 = 600_000;
 
 fn retry_delay(base: Duration, attempts: u32) -> Duration {
     base.saturating_mul(1u32 << attempts.min(10))
@@ -421,21 +464,32 @@ impl DmState {
         }
     }
 
-    async fn persist_ghosted(&mut self) -> Result<(), String> {
+    /// Writes the ghosted list; a failure is recorded in `last_error` and
+    /// answered as [`ActionError::Failed`] (a 5xx: not the caller's fault).
+    async fn persist_ghosted(&mut self) -> Result<(), ActionError> {
         let storage = self.storage.clone();
         let ghosted = self.ghosted.clone();
-        tokio::task::spawn_blocking(move || storage.save_ghosted(&ghosted))
+        let result = tokio::task::spawn_blocking(move || storage.save_ghosted(&ghosted))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| crate::release_fetcher::error_chain(&e))
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| crate::release_fetcher::error_chain(&e)));
+        self.state_written(result)
     }
 
-    async fn set_mode(&mut self, mode: Mode) -> Result<(), String> {
+    fn state_written(&mut self, result: Result<(), String>) -> Result<(), ActionError> {
+        result.map_err(|error| {
+            tracing::error!(%error, "cannot save the state");
+            self.last_error = Some(format!("cannot save the state: {error}"));
+            ActionError::Failed(error)
+        })
+    }
+
+    async fn set_mode(&mut self, mode: Mode) -> Result<(), ActionError> {
         if let Mode::Manual { version } = &mode {
             if !self.history.iter().any(|e| &e.version == version) {
-                return Err(format!(
+                return Err(ActionError::Invalid(format!(
                     "version {version} is not in the history; pin one of the deployed versions"
-                ));
+                )));
             }
             if self.ghosted.contains(version) {
                 self.ghosted.retain(|v| v != version);
@@ -444,10 +498,11 @@ impl DmState {
         }
         let storage = self.storage.clone();
         let m = mode.clone();
-        tokio::task::spawn_blocking(move || storage.save_mode(&m))
+        let written = tokio::task::spawn_blocking(move || storage.save_mode(&m))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| crate::release_fetcher::error_chain(&e))?;
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| crate::release_fetcher::error_chain(&e)));
+        self.state_written(written)?;
         tracing::info!(?mode, "deployment mode changed");
         self.mode = mode;
         Ok(())
@@ -459,35 +514,26 @@ impl DmState {
         match self.mode.clone() {
             Mode::Manual { version } => {
                 self.desired = Some(version.clone());
-                let tarball = ractor::call_t!(
-                    fetcher,
-                    |reply| FetcherMsg::Ensure {
-                        version: version.clone(),
-                        reply
-                    },
-                    30_000
-                );
-                match tarball {
-                    Ok(Ok(tarball)) => {
-                        let hash = self
-                            .history
-                            .iter()
-                            .find(|e| e.version == version)
-                            .map(|e| e.hash.clone())
-                            .unwrap_or_default();
-                        Some(Target {
-                            version,
-                            hash,
-                            tarball,
-                            pre_commands: Vec::new(),
-                        })
+                let tarball = match &self.pinned_tarball {
+                    Some((v, tarball)) if v == &version && tarball.is_file() => tarball.clone(),
+                    _ => {
+                        // Asked from a task; `Ensured` evaluates again.
+                        self.ensure(&version);
+                        return None;
                     }
-                    Ok(Err(error)) => {
-                        self.last_error = Some(format!("pinned version {version}: {error}"));
-                        None
-                    }
-                    Err(_) => None,
-                }
+                };
+                let hash = self
+                    .history
+                    .iter()
+                    .find(|e| e.version == version)
+                    .map(|e| e.hash.clone())
+                    .unwrap_or_default();
+                Some(Target {
+                    version,
+                    hash,
+                    tarball,
+                    pre_commands: Vec::new(),
+                })
             }
             Mode::Automatic => {
                 let status =
@@ -626,38 +672,48 @@ impl DmState {
     }
 
     /// An operator's restart, under the deploy lock.
-    async fn restart(&mut self, instance: u32) -> Result<(), String> {
+    async fn restart(&mut self, instance: u32) -> Result<(), ActionError> {
+        if let Some(p) = &self.pending_rollback {
+            return Err(ActionError::Busy(format!(
+                "a rollback of instance {} to {} is starting: try again when it ends",
+                p.instance, p.previous
+            )));
+        }
         if let Some(p) = &self.in_progress {
-            return Err(format!(
+            return Err(ActionError::Busy(format!(
                 "a deployment is in progress ({:?} of {} on instance {}, started {} s ago): try again when it ends",
                 p.kind,
                 p.version,
                 p.instance,
                 p.started.elapsed().as_secs()
-            ));
+            )));
         }
         if let Some(other) = self.restart_lock()
             && other != instance
         {
-            return Err(format!(
+            return Err(ActionError::Busy(format!(
                 "instance {other} is restarting: try again when it is ready"
-            ));
+            )));
         }
-        let monitor = monitor(instance)
-            .ok_or_else(|| format!("instance {instance} is not supervised right now"))?;
+        let monitor = monitor(instance).ok_or_else(|| {
+            ActionError::Unavailable(format!("instance {instance} is not supervised right now"))
+        })?;
         match ractor::call_t!(monitor, |reply| InstanceMsg::Restart { reply }, 2000) {
             Ok(Ok(())) => {
                 self.restarting = Some((instance, Instant::now()));
                 Ok(())
             }
-            Ok(Err(busy)) => Err(busy),
-            Err(e) => Err(format!("instance {instance} did not answer: {e}")),
+            Ok(Err(busy)) => Err(ActionError::Busy(busy)),
+            Err(e) => {
+                tracing::warn!(instance, error = %e, "instance monitor did not answer a restart");
+                Err(ActionError::Timeout)
+            }
         }
     }
 
     /// Start the next deployment step, if any.
     async fn evaluate(&mut self) {
-        if self.in_progress.is_some() {
+        if self.in_progress.is_some() || self.pending_rollback.is_some() {
             return;
         }
         if self.restart_lock().is_some() {
@@ -810,27 +866,87 @@ impl DmState {
             self.last_error = Some(format!(
                 "version {bad} failed on instance {instance} and there is no previous version to roll back to"
             ));
-            let _ = ractor::call_t!(monitor, |reply| InstanceMsg::Shutdown { reply }, 30_000);
+            // Answered when it is stopped; nobody needs to wait for that.
+            let (reply, _) = ractor::concurrency::oneshot();
+            let _ = monitor.cast(InstanceMsg::Shutdown {
+                reply: reply.into(),
+            });
             return;
         };
+        // The tarball comes from the fetcher through a task (`Ensured`);
+        // no other step starts until this rollback has started.
+        self.pending_rollback = Some(PendingRollback {
+            instance,
+            bad: bad.to_string(),
+            previous: previous.clone(),
+        });
+        self.ensure(&previous);
+    }
+
+    /// Asks the fetcher for `version`'s tarball from a task; the answer
+    /// comes back as `Ensured` (once per version in flight).
+    fn ensure(&mut self, version: &str) {
+        if !self.ensuring.insert(version.to_string()) {
+            return;
+        }
         let Some(fetcher) = ractor::registry::where_is(release_fetcher::NAME) else {
+            self.ensuring.remove(version);
             return;
         };
         let fetcher: ActorRef<FetcherMsg> = fetcher.into();
-        let tarball = match ractor::call_t!(
-            fetcher,
-            |reply| FetcherMsg::Ensure {
-                version: previous.clone(),
-                reply
+        let v = version.to_string();
+        let version = version.to_string();
+        crate::task::spawn_for(
+            self.me.clone(),
+            "asking the fetcher for a release",
+            async move {
+                ractor::call_t!(
+                    fetcher,
+                    |reply| FetcherMsg::Ensure { version: v, reply },
+                    ENSURE_TIMEOUT_MS
+                )
+                .map_err(|e| format!("the release fetcher did not answer: {e}"))?
             },
-            30_000
-        ) {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                self.last_error = Some(format!("rollback to {previous}: {e}"));
-                return;
+            move |result| DeployMsg::Ensured { version, result },
+        );
+    }
+
+    async fn on_ensured(&mut self, version: String, result: Result<std::path::PathBuf, String>) {
+        self.ensuring.remove(&version);
+        if self
+            .pending_rollback
+            .as_ref()
+            .is_some_and(|p| p.previous == version)
+            && let Some(p) = self.pending_rollback.take()
+        {
+            match result.clone() {
+                Ok(tarball) => self.start_rollback(p, tarball),
+                Err(e) => {
+                    self.last_error = Some(format!("rollback to {version}: {e}"));
+                }
             }
-            Err(_) => return,
+        }
+        if let Mode::Manual { version: pinned } = &self.mode
+            && pinned == &version
+        {
+            match result {
+                Ok(tarball) => self.pinned_tarball = Some((version, tarball)),
+                Err(error) => {
+                    self.last_error = Some(format!("pinned version {version}: {error}"));
+                }
+            }
+        }
+        self.evaluate().await;
+    }
+
+    fn start_rollback(&mut self, p: PendingRollback, tarball: std::path::PathBuf) {
+        let PendingRollback {
+            instance,
+            bad,
+            previous,
+        } = p;
+        let Some(monitor) = monitor(instance) else {
+            return;
         };
         let hash = self
             .history

@@ -202,10 +202,12 @@ impl Engine for EngineHandle {
             if instance == 0 || instance > self.cfg.replicas {
                 return Err(ActionError::NoSuchInstance(instance));
             }
-            let m = actor::<DeployMsg>(deploy_manager::NAME).ok_or(ActionError::Timeout)?;
+            let m = actor::<DeployMsg>(deploy_manager::NAME).ok_or_else(|| {
+                ActionError::Unavailable("the deployment manager is restarting".into())
+            })?;
             match ractor::call_t!(m, |reply| DeployMsg::Restart { instance, reply }, 5000) {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(busy)) => Err(ActionError::Busy(busy)),
+                Ok(Err(e)) => Err(e),
                 Err(_) => Err(ActionError::Timeout),
             }
         })
@@ -213,10 +215,12 @@ impl Engine for EngineHandle {
 
     fn set_mode(&self, mode: Mode) -> BoxFuture<'_, Result<(), ActionError>> {
         Box::pin(async move {
-            let m = actor::<DeployMsg>(deploy_manager::NAME).ok_or(ActionError::Timeout)?;
+            let m = actor::<DeployMsg>(deploy_manager::NAME).ok_or_else(|| {
+                ActionError::Unavailable("the deployment manager is restarting".into())
+            })?;
             match ractor::call_t!(m, |reply| DeployMsg::SetMode { mode, reply }, 5000) {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(ActionError::Invalid(e)),
+                Ok(Err(e)) => Err(e),
                 Err(_) => Err(ActionError::Timeout),
             }
         })
@@ -224,10 +228,12 @@ impl Engine for EngineHandle {
 
     fn unghost(&self, version: String) -> BoxFuture<'_, Result<(), ActionError>> {
         Box::pin(async move {
-            let m = actor::<DeployMsg>(deploy_manager::NAME).ok_or(ActionError::Timeout)?;
+            let m = actor::<DeployMsg>(deploy_manager::NAME).ok_or_else(|| {
+                ActionError::Unavailable("the deployment manager is restarting".into())
+            })?;
             match ractor::call_t!(m, |reply| DeployMsg::Unghost { version, reply }, 5000) {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(ActionError::Invalid(e)),
+                Ok(Err(e)) => Err(e),
                 Err(_) => Err(ActionError::Timeout),
             }
         })

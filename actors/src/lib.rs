@@ -19,6 +19,7 @@ pub mod release_kind;
 pub mod root;
 pub mod storage;
 pub mod store;
+pub mod task;
 pub mod testhook;
 pub mod time;
 pub mod upgrade;

@@ -287,6 +287,14 @@ pub enum ActionError {
     Busy(String),
     #[error("the engine did not answer in time")]
     Timeout,
+    /// The part of the engine that would do it is not running right now
+    /// (an actor being restarted).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// It failed on deployex's side (a state file that cannot be written):
+    /// not the caller's fault, nothing changed.
+    #[error("failed: {0}")]
+    Failed(String),
 }
 
 /// Which log stream of an instance.

@@ -46,6 +46,12 @@ pub enum FetcherMsg {
         version: String,
         reply: RpcReplyPort<Result<PathBuf, String>>,
     },
+    /// A download started by `Ensure` finished: every caller waiting for
+    /// that version gets the answer (one download per version at a time).
+    Ensured {
+        version: String,
+        result: Result<PathBuf, String>,
+    },
     /// Fault injection for the supervision tests: the handler panics.
     #[cfg(feature = "testhooks")]
     InjectPanic,
@@ -58,6 +64,7 @@ impl Describe for FetcherMsg {
             FetcherMsg::Fetched(_) => "Fetched",
             FetcherMsg::Status { .. } => "Status",
             FetcherMsg::Ensure { .. } => "Ensure",
+            FetcherMsg::Ensured { .. } => "Ensured",
             #[cfg(feature = "testhooks")]
             FetcherMsg::InjectPanic => "InjectPanic",
         }
@@ -67,6 +74,10 @@ impl Describe for FetcherMsg {
             FetcherMsg::Fetched(Ok(r)) => format!("ok {}", r.release.version),
             FetcherMsg::Fetched(Err(e)) => format!("error: {}", e.message),
             FetcherMsg::Ensure { version, .. } => version.clone(),
+            FetcherMsg::Ensured { version, result } => match result {
+                Ok(_) => format!("{version} ok"),
+                Err(e) => format!("{version} error: {e}"),
+            },
             _ => String::new(),
         }
     }
@@ -79,6 +90,8 @@ pub struct FetcherState {
     store: Arc<ReleaseStore>,
     fetching: bool,
     status: FetcherStatus,
+    /// `Ensure` callers waiting for a version's download, by version.
+    ensuring: std::collections::HashMap<String, Vec<RpcReplyPort<Result<PathBuf, String>>>>,
     recorder: Recorder,
 }
 
@@ -115,6 +128,7 @@ impl Actor for ReleaseFetcher {
             cfg,
             fetching: false,
             status: FetcherStatus::default(),
+            ensuring: std::collections::HashMap::new(),
             recorder: Recorder::for_actor(NAME),
         })
     }
@@ -180,19 +194,36 @@ impl Actor for ReleaseFetcher {
                 let _ = reply.send(state.status.clone());
             }
             FetcherMsg::Ensure { version, reply } => {
+                // Single flight: a second caller for a version being
+                // downloaded waits for the same download.
+                if let Some(waiting) = state.ensuring.get_mut(&version) {
+                    waiting.push(reply);
+                    return Ok(());
+                }
+                state.ensuring.insert(version.clone(), vec![reply]);
                 let cfg = state.cfg.clone();
                 let store = state.store.clone();
-                let pre_commands = Vec::new();
-                tokio::spawn(async move {
-                    let release = CurrentRelease {
-                        version,
-                        pre_commands,
-                        hash: String::new(),
-                        sha256: None,
-                    };
-                    let result = ensure_cached(&cfg, &store, &release).await;
-                    let _ = reply.send(result.map_err(|e| e.message));
-                });
+                let release = CurrentRelease {
+                    version: version.clone(),
+                    pre_commands: Vec::new(),
+                    hash: String::new(),
+                    sha256: None,
+                };
+                crate::task::spawn_for(
+                    myself,
+                    "fetching a release",
+                    async move {
+                        ensure_cached(&cfg, &store, &release)
+                            .await
+                            .map_err(|e| e.message)
+                    },
+                    move |result| FetcherMsg::Ensured { version, result },
+                );
+            }
+            FetcherMsg::Ensured { version, result } => {
+                for reply in state.ensuring.remove(&version).unwrap_or_default() {
+                    let _ = reply.send(result.clone());
+                }
             }
             #[cfg(feature = "testhooks")]
             FetcherMsg::InjectPanic => panic!("injected panic in {NAME}"),

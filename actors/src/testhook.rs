@@ -30,7 +30,8 @@ pub const POINTS: &[&str] = &[
 #[inline(always)]
 pub fn point(_name: &str) {}
 
-/// Die here if the tests asked for it.
+/// Die here if the tests asked for it (`DEPLOYEX_TEST_CRASH_AT`), or panic
+/// here (`DEPLOYEX_TEST_PANIC_AT`: a bug in the code that runs there).
 #[cfg(feature = "testhooks")]
 pub fn point(name: &str) {
     let target = CRASH_AT.get_or_init(|| std::env::var("DEPLOYEX_TEST_CRASH_AT").ok());
@@ -38,4 +39,11 @@ pub fn point(name: &str) {
         eprintln!("deployex: DEPLOYEX_TEST_CRASH_AT={name}: killing myself");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
+    let panic_at = PANIC_AT.get_or_init(|| std::env::var("DEPLOYEX_TEST_PANIC_AT").ok());
+    if panic_at.as_deref() == Some(name) {
+        panic!("DEPLOYEX_TEST_PANIC_AT={name}");
+    }
 }
+
+#[cfg(feature = "testhooks")]
+static PANIC_AT: OnceLock<Option<String>> = OnceLock::new();

@@ -80,6 +80,8 @@ pub fn action_error(err: &ActionError) -> Response {
         ActionError::NoSuchInstance(_) => StatusCode::NOT_FOUND,
         ActionError::Busy(_) => StatusCode::CONFLICT,
         ActionError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ActionError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ActionError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     json_error(status, err.to_string())
 }
@@ -286,6 +288,20 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn action_errors_map_to_the_right_status() {
+        for (err, code) in [
+            (ActionError::Invalid("x".into()), 422),
+            (ActionError::NoSuchInstance(9), 404),
+            (ActionError::Busy("x".into()), 409),
+            (ActionError::Timeout, 504),
+            (ActionError::Unavailable("x".into()), 503),
+            (ActionError::Failed("disk full".into()), 500),
+        ] {
+            assert_eq!(action_error(&err).status().as_u16(), code, "{err:?}");
+        }
+    }
 
     #[test]
     fn decode() {

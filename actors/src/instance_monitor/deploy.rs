@@ -33,13 +33,13 @@ impl MonitorState {
             .version
             .clone()
             .filter(|_| self.process.is_some() && job.kind != DeploymentKind::Rollback);
-        tokio::spawn(async move {
-            let result = prepare(&cfg, instance, &service, &job, env, running).await;
-            let _ = me.cast(InstanceMsg::Prepared {
-                deploy_ref: job.deploy_ref,
-                result,
-            });
-        });
+        let deploy_ref = job.deploy_ref.clone();
+        crate::task::spawn_for(
+            me,
+            "preparing the deployment",
+            async move { prepare(&cfg, instance, &service, &job, env, running).await },
+            move |result| InstanceMsg::Prepared { deploy_ref, result },
+        );
     }
 
     pub(super) fn on_prepared(
@@ -94,35 +94,39 @@ impl MonitorState {
             let new = self.service.join("new");
             let app = self.cfg.app.clone();
             let me = myself.clone();
-            tokio::spawn(async move {
-                let result = crate::upgrade::hot_upgrade(
-                    &rpc,
-                    &current,
-                    &job.tarball,
-                    &app,
-                    &from,
-                    &job.version,
-                    Duration::from_secs(60),
-                )
-                .await
-                .map(|report| {
-                    format!(
-                        "{} -> {} in {} ms (relup {:?})",
-                        report.from,
-                        report.to,
-                        report.total.as_millis(),
-                        report.relup
+            let deploy_ref = job.deploy_ref.clone();
+            crate::task::spawn_for(
+                me,
+                "the hot upgrade",
+                async move {
+                    let result = crate::upgrade::hot_upgrade(
+                        &rpc,
+                        &current,
+                        &job.tarball,
+                        &app,
+                        &from,
+                        &job.version,
+                        Duration::from_secs(60),
                     )
-                })
-                .map_err(|e| crate::release_fetcher::error_chain(&e));
-                if result.is_ok() {
-                    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(new)).await;
-                }
-                let _ = me.cast(InstanceMsg::HotUpgraded {
-                    deploy_ref: job.deploy_ref,
-                    result,
-                });
-            });
+                    .await
+                    .map(|report| {
+                        format!(
+                            "{} -> {} in {} ms (relup {:?})",
+                            report.from,
+                            report.to,
+                            report.total.as_millis(),
+                            report.relup
+                        )
+                    })
+                    .map_err(|e| crate::release_fetcher::error_chain(&e));
+                    if result.is_ok() {
+                        let _ =
+                            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(new)).await;
+                    }
+                    result
+                },
+                move |result| InstanceMsg::HotUpgraded { deploy_ref, result },
+            );
             return;
         }
         tracing::info!(instance = self.instance, %deploy_ref, from = %from, to = %job.version, reason = %prepared.reason, "full deployment");
@@ -202,16 +206,18 @@ impl MonitorState {
         };
         let service = self.service.clone();
         let me = myself.clone();
-        tokio::spawn(async move {
-            let result = tokio::task::spawn_blocking(move || rotate_folders(&service))
-                .await
-                .map_err(|e| format!("rotation task failed: {e}"))
-                .and_then(|r| r);
-            let _ = me.cast(InstanceMsg::Rotated {
-                deploy_ref: job.deploy_ref,
-                result,
-            });
-        });
+        let deploy_ref = job.deploy_ref;
+        crate::task::spawn_for(
+            me,
+            "rotating the service folders",
+            async move {
+                tokio::task::spawn_blocking(move || rotate_folders(&service))
+                    .await
+                    .map_err(|e| format!("rotation task failed: {e}"))
+                    .and_then(|r| r)
+            },
+            move |result| InstanceMsg::Rotated { deploy_ref, result },
+        );
     }
 
     pub(super) fn on_rotated(

@@ -57,7 +57,7 @@ impl MonitorState {
         let health_path = self.cfg.health_path.clone();
         let otp_readiness = self.cfg.otp_readiness;
         let me = myself.clone();
-        tokio::spawn(async move {
+        let probe = async move {
             // With OTP readiness the node must answer *and* have finished
             // its boot script: a node is on the distribution long before
             // its applications have started (or failed to).
@@ -73,12 +73,18 @@ impl MonitorState {
                 None => true,
                 Some(path) => crate::health::http_ok(port, &path, Duration::from_secs(1)).await,
             };
-            let _ = me.cast(InstanceMsg::Probed {
+            Ok((otp, boot, http))
+        };
+        // A failed probe (even a panic in it) is a negative probe: the
+        // next tick probes again.
+        crate::task::spawn_for(me, "a readiness probe", probe, move |result| {
+            let (otp, boot, http) = result.unwrap_or((false, None, false));
+            InstanceMsg::Probed {
                 generation,
                 otp,
                 boot,
                 http,
-            });
+            }
         });
     }
 
