@@ -19,15 +19,31 @@ fn counter(port: u16) -> u64 {
     v["counter"].as_u64().unwrap()
 }
 
+/// `(greeting, runtime_mark)` as the app sees them (`GET /config`).
+fn runtime_config(port: u16) -> (String, String) {
+    let (_, body) = common::http_get(port, "/config").unwrap();
+    let v: Value = serde_json::from_str(body.trim()).unwrap();
+    (
+        v["greeting"].as_str().unwrap().to_string(),
+        v["runtime_mark"].as_str().unwrap().to_string(),
+    )
+}
+
 #[test]
 fn a_hot_upgradable_release_upgrades_every_instance_in_place() {
-    let site = Site::new(3);
+    // The fixture's config/runtime.exs reads this at boot.
+    let site = Site::new(3).env("FIXTURE_RUNTIME_GREETING", "hello-runtime");
     site.publish("0.1.1", &[]);
     let dx = site.start();
     let s = dx.wait_status("3 x 0.1.1", Duration::from_secs(90), |s| {
         running_on(s, "0.1.1")
     });
     let before = pids(&s);
+    assert_eq!(
+        runtime_config(site.app_port),
+        ("hello-runtime".to_string(), "runtime-0.1.1".to_string()),
+        "runtime.exs applied at boot"
+    );
     for i in 0..3u16 {
         common::http_get(site.app_port + i, "/bump").unwrap();
         common::http_get(site.app_port + i, "/bump").unwrap();
@@ -51,6 +67,24 @@ fn a_hot_upgradable_release_upgrades_every_instance_in_place() {
             start_erl.trim().ends_with("0.1.2"),
             "a restart boots 0.1.2: {start_erl}"
         );
+        // Runtime configuration survives the upgrade: the value runtime.exs
+        // takes from the environment is kept, the one the new runtime.exs
+        // changed is updated (before: install_release applied the bare
+        // sys.config and both fell back to the config.exs defaults).
+        assert_eq!(
+            runtime_config(site.app_port + i),
+            ("hello-runtime".to_string(), "runtime-0.1.2".to_string()),
+            "instance {}",
+            i + 1
+        );
+        // The release's own sys.config is back: a cold boot runs runtime.exs.
+        let sys_config = std::fs::read_to_string(
+            site.service(u32::from(i) + 1)
+                .join("current/releases/0.1.2/sys.config"),
+        )
+        .unwrap();
+        assert!(sys_config.contains("RUNTIME_CONFIG="), "{sys_config}");
+        assert!(!sys_config.contains("hello-runtime"), "{sys_config}");
     }
     let history = dx.get("/api/v1/versions");
     let hot: Vec<&Value> = history

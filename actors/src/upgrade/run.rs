@@ -18,6 +18,10 @@ pub enum Step {
     Unpack,
     /// `systools:make_relup` on the node (only when the tarball has none).
     MakeRelup,
+    /// The new release's config providers (`config/runtime.exs`) run on
+    /// the node, their result written into `releases/{to}/sys.config`
+    /// for `install_release` (the original file comes back after it).
+    RuntimeConfig,
     CheckInstall,
     Install,
     MakePermanent,
@@ -32,6 +36,7 @@ impl fmt::Display for Step {
             Step::Copy => "copy",
             Step::Unpack => "unpack_release",
             Step::MakeRelup => "make_relup",
+            Step::RuntimeConfig => "runtime_config",
             Step::CheckInstall => "check_install_release",
             Step::Install => "install_release",
             Step::MakePermanent => "make_permanent",
@@ -247,6 +252,18 @@ pub async fn hot_upgrade(
         Ok(relup) => relup,
         Err(err) => return Err(with_cleanup(rpc, &root, app, (from, to), step_timeout, err).await),
     };
+    // Runtime configuration (Elixir config providers: `runtime.exs`):
+    // install_release applies `releases/{to}/sys.config` as it is, which
+    // holds only the build-time values; a node that booted with
+    // runtime.exs values would lose them. The providers run on the node
+    // (its environment is the instance's), their result is what
+    // install_release applies; the original file is put back afterwards so
+    // a later cold boot runs the providers itself.
+    let sys_config = root.join("releases").join(to).join("sys.config");
+    let original = match runtime_config(&mut run, &sys_config).await {
+        Ok(original) => original,
+        Err(err) => return Err(with_cleanup(rpc, &root, app, (from, to), step_timeout, err).await),
+    };
     let reply = run
         .call(
             Step::CheckInstall,
@@ -274,6 +291,13 @@ pub async fn hot_upgrade(
         // by itself (into `from`, still permanent); before it, nothing ran.
         return Err(with_cleanup(rpc, &root, app, (from, to), step_timeout, err).await);
     }
+    if let Some(original) = original {
+        // Failing to put it back costs nothing now (the config is
+        // applied) but a cold boot would start from the merged values.
+        if let Err(e) = crate::storage::write_atomic(&sys_config, &original) {
+            tracing::warn!(path = %sys_config.display(), error = %e, "cannot restore the release's sys.config");
+        }
+    }
     // The new code runs now; if this fails, a restart boots `from` again.
     let reply = run
         .call(
@@ -292,6 +316,67 @@ pub async fn hot_upgrade(
         steps,
         total: started.elapsed(),
     })
+}
+
+/// Elixir code run on the node by [`runtime_config`]: the release's config
+/// providers applied to its `sys.config`, as Elixir's release boot does,
+/// and the result written back in its place. `:none` when the release has
+/// no config providers.
+const RUNTIME_CONFIG_SRC: &str = r#"
+{:ok, [sys]} = :file.consult(path)
+case sys[:elixir][:config_provider_init] do
+  %{providers: providers} = init ->
+    config = Config.Reader.merge(sys, Map.get(init, :extra_config, []))
+    config = Enum.reduce(providers, config, fn {m, s}, acc -> m.load(acc, s) end)
+    File.write!(path, ["%% coding: utf-8
+", :io_lib.format(~c"~tp.~n", [config])])
+    :ok
+  _ ->
+    :none
+end
+"#;
+
+/// Runs the new release's config providers on the node into
+/// `sys_config` (see [`RUNTIME_CONFIG_SRC`]). Returns the file's original
+/// bytes when it was rewritten, `None` when the release has no providers
+/// (or is not an Elixir release).
+pub(super) async fn runtime_config<R: Rpc>(
+    run: &mut Run<'_, R>,
+    sys_config: &Path,
+) -> Result<Option<Vec<u8>>, UpgradeError> {
+    let original = tokio::fs::read(sys_config).await.map_err(io_err(
+        Step::RuntimeConfig,
+        run.to,
+        sys_config,
+    ))?;
+    if !original
+        .windows(b"config_provider_init".len())
+        .any(|w| w == b"config_provider_init")
+    {
+        return Ok(None);
+    }
+    let reply = run
+        .call(
+            Step::RuntimeConfig,
+            "Elixir.Code",
+            "eval_string",
+            vec![
+                crate::dist::binary(RUNTIME_CONFIG_SRC),
+                list(vec![tuple(vec![
+                    atom("path"),
+                    crate::dist::binary(sys_config.to_string_lossy().as_bytes()),
+                ])]),
+            ],
+        )
+        .await?;
+    match as_tuple(&reply).and_then(|t| t.first()).and_then(as_atom) {
+        Some("ok") => Ok(Some(original)),
+        Some("none") => Ok(None),
+        _ => Err(run.fail(
+            Step::RuntimeConfig,
+            format!("running the config providers answered {}", pretty(&reply)),
+        )),
+    }
 }
 
 /// The node must run from `root` with `from` permanent and `to` not
