@@ -180,7 +180,7 @@ pub struct DeployexPeer {
 
 impl DeployexPeer {
     pub fn start() -> DeployexPeer {
-        let site = Site::new(COPIES as u32)
+        let mut site = Site::new(COPIES as u32)
             // Every kill is a first crash: the immediate-restart path (a
             // second crash within the reset window backs off on purpose).
             .env("DEPLOYEX_BACKOFF_RESET_MS", "1")
@@ -189,6 +189,17 @@ impl DeployexPeer {
             .env("DEPLOYEX_STOP_TIMEOUT_MS", &STOP_GRACE_MS.to_string())
             .env("DEPLOYEX_LOG", "info")
             .env("FIXTURE_TICK_MS", TICK_MS);
+        // `BENCH_DEPLOYEX_ENV="K=V;K=V"`: extra settings for this run (e.g.
+        // `DEPLOYEX_LIVENESS_INTERVAL_MS=0` to compare with liveness off).
+        for kv in std::env::var("BENCH_DEPLOYEX_ENV")
+            .unwrap_or_default()
+            .split(';')
+            .filter(|kv| !kv.is_empty())
+        {
+            if let Some((k, v)) = kv.split_once('=') {
+                site = site.env(k, v);
+            }
+        }
         site.publish(VERSION, &[]);
         let dx = site.start();
         let ports = (0..COPIES as u16).map(|i| site.app_port + i).collect();
