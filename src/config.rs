@@ -137,7 +137,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("DEPLOYEX_LOG_KEEP", "rotated log files kept (5)"),
     (
         "DEPLOYEX_SECURE_COOKIE",
-        "mark the session cookie Secure (false; set when served over https)",
+        "Secure + __Host- session cookie: unset = when the public origin is https; true/false force it",
     ),
     (
         "DEPLOYEX_SESSION_TTL_S",
@@ -150,6 +150,19 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (
         "DEPLOYEX_TERMINAL_IDLE_MS",
         "close an idle IEx terminal after (300000)",
+    ),
+    // -- web hardening --
+    (
+        "DEPLOYEX_TRUSTED_PROXIES",
+        "comma-separated CIDRs whose X-Forwarded-For is believed (unset)",
+    ),
+    (
+        "DEPLOYEX_PUBLIC_URL",
+        "the dashboard's public origin (https://{PHX_HOST}, or http://{PHX_HOST}:{PHX_PORT} on localhost)",
+    ),
+    (
+        "DEPLOYEX_MAX_CONNECTIONS",
+        "open HTTP connections at most (512)",
     ),
 ];
 
@@ -194,6 +207,11 @@ pub struct Config {
     pub terminal_idle: Duration,
     /// Effective values by variable, for `check-config` (secrets redacted).
     pub effective: BTreeMap<String, String>,
+    // -- web hardening --
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Origins a browser may send state changes from (exact match).
+    pub public_origins: Vec<String>,
+    pub max_connections: usize,
 }
 
 /// The secrets a [`SecretsFetcher`] is asked for.
@@ -607,6 +625,44 @@ fn load_inner(
     engine.base_env = env.into_iter().collect();
     engine.base_env.sort();
 
+    // -- web hardening --
+    let trusted_proxies = match src.opt("DEPLOYEX_TRUSTED_PROXIES") {
+        None => Vec::new(),
+        Some(v) => v
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                c.parse::<ipnet::IpNet>()
+                    .or_else(|_| c.parse::<IpAddr>().map(ipnet::IpNet::from))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| {
+                src.invalid(
+                    "DEPLOYEX_TRUSTED_PROXIES",
+                    &v,
+                    "expected comma-separated CIDRs (10.0.0.0/8, ::1/128) or addresses",
+                )
+            })?,
+    };
+    let phx_host = src.string("DEPLOYEX_PHX_HOST", "localhost");
+    let public_url = src.opt("DEPLOYEX_PUBLIC_URL");
+    let public_origins =
+        deployex_web::auth::public_origins(public_url.as_deref(), &phx_host, phx_port).map_err(
+            |e| {
+                src.invalid(
+                    "DEPLOYEX_PUBLIC_URL",
+                    public_url.as_deref().unwrap_or(""),
+                    &e,
+                )
+            },
+        )?;
+    let secure_cookie = match src.opt("DEPLOYEX_SECURE_COOKIE") {
+        None => public_origins.iter().any(|o| o.starts_with("https://")),
+        Some(_) => src.boolean("DEPLOYEX_SECURE_COOKIE", false)?,
+    };
+    let max_connections: usize = src.number("DEPLOYEX_MAX_CONNECTIONS", 512, 8, 1_000_000)?;
+
     let mut effective = BTreeMap::new();
     for (var, _) in VARIABLES {
         let value = if SECRETS.contains(var) {
@@ -626,10 +682,10 @@ fn load_inner(
     Ok(Config {
         web_enabled: src.boolean("DEPLOYEX_PHX_SERVER", true)?,
         bind: SocketAddr::new(bind_ip, phx_port),
-        host: src.string("DEPLOYEX_PHX_HOST", "localhost"),
+        host: phx_host,
         secret_key_base,
         admin_hashed_password,
-        secure_cookie: src.boolean("DEPLOYEX_SECURE_COOKIE", false)?,
+        secure_cookie,
         session_ttl: Duration::from_secs(src.number(
             "DEPLOYEX_SESSION_TTL_S",
             43_200,
@@ -640,6 +696,9 @@ fn load_inner(
         terminal_idle: src.millis("DEPLOYEX_TERMINAL_IDLE_MS", 300_000, 1000, 86_400_000)?,
         engine,
         effective,
+        trusted_proxies,
+        public_origins,
+        max_connections,
     })
 }
 
@@ -969,5 +1028,45 @@ mod tests {
         assert!(!text.contains("supersecretcookie"));
         assert!(!text.contains(&"k".repeat(64)));
         assert!(text.contains("DEPLOYEX_ERLANG_COOKIE=<redacted>"));
+    }
+
+    // -- web hardening --
+    #[test]
+    fn public_origin_secure_cookie_and_proxies() {
+        let c = load(env(&[]), None).unwrap();
+        assert_eq!(
+            c.public_origins,
+            vec!["http://localhost:5001", "http://127.0.0.1:5001"]
+        );
+        assert!(!c.secure_cookie);
+        let c = load(env(&[("DEPLOYEX_PHX_HOST", "deploy.example.com")]), None).unwrap();
+        assert_eq!(c.public_origins, vec!["https://deploy.example.com"]);
+        assert!(c.secure_cookie, "https origin: Secure by default");
+        let c = load(
+            env(&[
+                ("DEPLOYEX_PHX_HOST", "deploy.example.com"),
+                ("DEPLOYEX_SECURE_COOKIE", "false"),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert!(!c.secure_cookie, "false forces it off");
+        let c = load(
+            env(&[("DEPLOYEX_PUBLIC_URL", "http://10.0.0.5:8080/")]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.public_origins, vec!["http://10.0.0.5:8080"]);
+        let e = load(env(&[("DEPLOYEX_PUBLIC_URL", "deploy.example.com")]), None).unwrap_err();
+        assert!(e.0.contains("DEPLOYEX_PUBLIC_URL"), "{e}");
+        let c = load(
+            env(&[("DEPLOYEX_TRUSTED_PROXIES", "127.0.0.1/32, ::1, 10.0.0.0/8")]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.trusted_proxies.len(), 3);
+        let e = load(env(&[("DEPLOYEX_TRUSTED_PROXIES", "10.0.0.0/33")]), None).unwrap_err();
+        assert!(e.0.contains("DEPLOYEX_TRUSTED_PROXIES"), "{e}");
+        assert_eq!(c.max_connections, 512);
     }
 }

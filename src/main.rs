@@ -249,7 +249,13 @@ async fn run(cfg: config::Config, web: Option<tokio::runtime::Handle>) -> anyhow
             metrics_token: cfg.metrics_token.clone(),
             app_name: cfg.engine.app.clone(),
             revoked_tokens_file: Some(cfg.engine.storage_dir().join("revoked_tokens.json")),
+            trusted_proxies: cfg.trusted_proxies.clone(),
+            public_origins: cfg.public_origins.clone(),
+            max_connections: cfg.max_connections,
         };
+        if !cfg.bind.ip().is_loopback() {
+            tracing::warn!(bind = %cfg.bind, "the dashboard listens on a non-loopback address: put it behind a TLS reverse proxy (see README, Security)");
+        }
         let engine: std::sync::Arc<dyn deployex_actors::Engine> =
             std::sync::Arc::new(handle.clone());
         let (addr, join) = web_runtime

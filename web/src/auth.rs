@@ -21,8 +21,21 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// The one user of the dashboard.
 pub const ADMIN_USER: &str = "admin";
-/// Name of the session cookie.
+/// Name of the session cookie over plain http.
 pub const COOKIE_NAME: &str = "deployex_session";
+/// Name of the session cookie when it is `Secure`: the `__Host-` prefix
+/// makes browsers refuse it unless Secure, `Path=/` and without `Domain`,
+/// so no sibling (sub)domain or plain-http page can plant or shadow it.
+pub const SECURE_COOKIE_NAME: &str = "__Host-deployex_session";
+
+/// The session cookie's name for this configuration.
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure {
+        SECURE_COOKIE_NAME
+    } else {
+        COOKIE_NAME
+    }
+}
 /// Failed logins allowed per client within [`FAIL_WINDOW`].
 pub const MAX_FAILURES: usize = 5;
 /// Window over which failed logins are counted.
@@ -200,40 +213,78 @@ pub async fn check_credentials(
     Ok(ok && user_ok)
 }
 
-/// Counts failed logins per client address over a sliding window.
+/// The key the login limiter counts under: the client's IPv4 address, or
+/// its IPv6 /64 (one host usually holds a whole /64: per-address limits
+/// would be no limit at all). IPv4-mapped IPv6 counts as IPv4.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let masked = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(masked))
+            }
+        },
+    }
+}
+
+/// Counts login attempts per client key ([`client_key`]) over a sliding
+/// window.
+///
+/// Invariant: an attempt is counted *before* its password is checked
+/// ([`LoginLimiter::begin`]) and forgotten only when it succeeded, so N
+/// concurrent wrong attempts cannot all pass the check: at most
+/// [`MAX_FAILURES`] per key and window ever reach bcrypt.
 #[derive(Default)]
 pub struct LoginLimiter {
-    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    attempts: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+}
+
+/// One counted attempt ([`LoginLimiter::begin`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    key: IpAddr,
+    at: Instant,
 }
 
 impl LoginLimiter {
-    /// True when this client may try a login now.
-    pub fn allowed(&self, ip: IpAddr) -> bool {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        match map.get_mut(&ip) {
-            Some(q) => {
-                while q
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) >= FAIL_WINDOW)
-                {
-                    q.pop_front();
-                }
-                q.len() < MAX_FAILURES
-            }
-            None => true,
-        }
-    }
-
-    pub fn record_failure(&self, ip: IpAddr) {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+    /// Counts an attempt of `ip` now, or `None` when the client already
+    /// used its [`MAX_FAILURES`] attempts in the window (then nothing is
+    /// counted: a limited client does not extend its own ban).
+    pub fn begin(&self, ip: IpAddr) -> Option<Attempt> {
+        let key = client_key(ip);
+        let mut map = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         // Drop idle clients so the map cannot grow without bound.
         map.retain(|_, q| {
-            q.back()
-                .is_some_and(|t| now.duration_since(*t) < FAIL_WINDOW)
+            while q
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= FAIL_WINDOW)
+            {
+                q.pop_front();
+            }
+            !q.is_empty()
         });
-        map.entry(ip).or_default().push_back(now);
+        let q = map.entry(key).or_default();
+        if q.len() >= MAX_FAILURES {
+            return None;
+        }
+        q.push_back(now);
+        Some(Attempt { key, at: now })
+    }
+
+    /// The attempt was right: it no longer counts.
+    pub fn succeeded(&self, attempt: Attempt) {
+        let mut map = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = map.get_mut(&attempt.key) {
+            if let Some(i) = q.iter().position(|t| *t == attempt.at) {
+                q.remove(i);
+            }
+            if q.is_empty() {
+                map.remove(&attempt.key);
+            }
+        }
     }
 }
 
@@ -246,57 +297,126 @@ pub fn bearer(header: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Extracts the session cookie from a `Cookie` header value.
-pub fn session_cookie(header: &str) -> Option<&str> {
+/// Extracts the session cookie named `name` from a `Cookie` header value.
+pub fn session_cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     header.split(';').find_map(|kv| {
         let (k, v) = kv.trim().split_once('=')?;
-        (k == COOKIE_NAME).then_some(v)
+        (k == name).then_some(v)
     })
 }
 
 /// The `Set-Cookie` value for a session.
 pub fn cookie_header(token: &str, ttl: Duration, secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
+    let attr = if secure { "; Secure" } else { "" };
     format!(
-        "{COOKIE_NAME}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
+        "{}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{attr}",
+        cookie_name(secure),
         ttl.as_secs()
     )
 }
 
 /// The `Set-Cookie` value that deletes the session.
 pub fn clear_cookie_header(secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
-    format!("{COOKIE_NAME}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}")
+    let attr = if secure { "; Secure" } else { "" };
+    format!(
+        "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{attr}",
+        cookie_name(secure)
+    )
 }
 
-/// The `scheme://authority` source of a request: the `Origin`, or else the
-/// `Referer` (an `Origin` of `null` counts as absent).
-fn source_authority<'a>(origin: Option<&'a str>, referer: Option<&'a str>) -> Option<&'a str> {
+/// `scheme://host[:port]` in canonical form (lower case, no default port),
+/// from an origin or a URL (its path, query and fragment are dropped);
+/// `None` for anything else (no scheme, user info, an empty host, a bad
+/// port, `null`).
+pub fn normalize_origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']')?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?),
+        };
+        (format!("[{h}]"), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (authority.to_string(), None),
+        }
+    };
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':'))
+    {
+        return None;
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            p.parse::<u16>().ok()?
+        }
+        Some(_) => return None,
+    };
+    let host = host.to_ascii_lowercase();
+    Some(if port == default_port {
+        format!("{scheme}://{host}")
+    } else {
+        format!("{scheme}://{host}:{port}")
+    })
+}
+
+/// The dashboard's public origins: `public_url` when set; else
+/// `https://{host}` when `host` is not local (deployex sits behind a TLS
+/// proxy); else `http://{host}:{port}` and `http://127.0.0.1:{port}`.
+pub fn public_origins(
+    public_url: Option<&str>,
+    host: &str,
+    port: u16,
+) -> Result<Vec<String>, String> {
+    if let Some(url) = public_url {
+        return normalize_origin(url)
+            .map(|o| vec![o])
+            .ok_or_else(|| "expected an origin like https://deploy.example.com[:port]".into());
+    }
+    let local = matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1");
+    let origins = if local {
+        vec![
+            format!("http://{host}:{port}"),
+            format!("http://127.0.0.1:{port}"),
+        ]
+    } else {
+        vec![format!("https://{host}")]
+    };
+    let mut out: Vec<String> = origins.iter().filter_map(|o| normalize_origin(o)).collect();
+    out.dedup();
+    if out.is_empty() {
+        return Err(format!("DEPLOYEX_PHX_HOST={host:?} gives no valid origin"));
+    }
+    Ok(out)
+}
+
+/// The origin a request comes from: its `Origin`, or else its `Referer`'s
+/// (an `Origin` of `null` counts as absent), normalized.
+pub fn request_origin(origin: Option<&str>, referer: Option<&str>) -> Option<String> {
     let source = origin.filter(|o| *o != "null").or(referer)?;
-    let rest = source
-        .strip_prefix("https://")
-        .or_else(|| source.strip_prefix("http://"))?;
-    rest.split(['/', '?', '#']).next()
+    normalize_origin(source)
 }
 
-/// Same-origin check for cookie-authenticated state changes: the `Origin`
-/// (or else the `Referer`) must name the host the request was sent to.
-/// Neither header present → refused.
-pub fn same_origin(origin: Option<&str>, referer: Option<&str>, host: Option<&str>) -> bool {
-    match (source_authority(origin, referer), host) {
-        (Some(a), Some(h)) => a.eq_ignore_ascii_case(h),
-        _ => false,
-    }
-}
-
-/// The host name (no port) of the request's `Origin`/`Referer`.
-pub fn origin_hostname<'a>(origin: Option<&'a str>, referer: Option<&'a str>) -> Option<&'a str> {
-    let a = source_authority(origin, referer)?;
-    let a = a.rsplit_once('@').map_or(a, |(_, h)| h);
-    if a.starts_with('[') {
-        return a.split_inclusive(']').next();
-    }
-    a.split(':').next()
+/// Same-origin check for cookie-authenticated state changes and
+/// websockets: the request's origin must be exactly one of `allowed`
+/// (scheme, host and port). Neither header present → refused.
+pub fn origin_allowed(origin: Option<&str>, referer: Option<&str>, allowed: &[String]) -> bool {
+    request_origin(origin, referer).is_some_and(|o| allowed.contains(&o))
 }
 
 #[cfg(test)]
@@ -346,30 +466,88 @@ mod tests {
 
     #[test]
     fn origin_check() {
-        assert!(same_origin(Some("http://h:4000"), None, Some("h:4000")));
-        assert!(same_origin(
+        let allowed = public_origins(None, "deploy.example.com", 5001).unwrap();
+        assert_eq!(allowed, vec!["https://deploy.example.com".to_string()]);
+        assert!(origin_allowed(
+            Some("https://deploy.example.com"),
             None,
-            Some("https://h:4000/x?y"),
-            Some("h:4000")
+            &allowed
         ));
-        assert!(!same_origin(
-            Some("http://evil"),
-            Some("http://h:4000/"),
-            Some("h:4000")
-        ));
-        assert!(!same_origin(None, None, Some("h:4000")));
-        assert!(!same_origin(
-            Some("http://h:4000.evil"),
+        assert!(origin_allowed(
+            Some("HTTPS://Deploy.Example.com:443"),
             None,
-            Some("h:4000")
+            &allowed
         ));
+        assert!(origin_allowed(
+            None,
+            Some("https://deploy.example.com/x?y"),
+            &allowed
+        ));
+        for bad in [
+            "http://deploy.example.com",
+            "https://deploy.example.com:8443",
+            "https://deploy.example.com.evil",
+            "https://evil.example/deploy.example.com",
+            "https://x@deploy.example.com",
+            "null",
+        ] {
+            assert!(!origin_allowed(Some(bad), None, &allowed), "{bad}");
+        }
+        assert!(!origin_allowed(None, None, &allowed));
+        let local = public_origins(None, "localhost", 5001).unwrap();
+        assert_eq!(
+            local,
+            vec![
+                "http://localhost:5001".to_string(),
+                "http://127.0.0.1:5001".to_string()
+            ]
+        );
+        assert!(!origin_allowed(Some("http://localhost:5002"), None, &local));
+        let url = public_origins(Some("https://d.example:8443/"), "localhost", 5001).unwrap();
+        assert_eq!(url, vec!["https://d.example:8443".to_string()]);
+        assert!(public_origins(Some("ftp://x"), "localhost", 1).is_err());
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(client_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+        let l = LoginLimiter::default();
+        for _ in 0..MAX_FAILURES {
+            assert!(l.begin(a).is_some());
+        }
+        assert!(l.begin(b).is_none(), "same /64");
+        assert!(l.begin(c).is_some(), "another /64");
+    }
+
+    #[test]
+    fn a_successful_attempt_does_not_count() {
+        let l = LoginLimiter::default();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..20 {
+            let a = l.begin(ip).unwrap();
+            l.succeeded(a);
+        }
+        assert!(l.begin(ip).is_some());
     }
 
     #[test]
     fn header_parsing() {
         assert_eq!(bearer("Bearer abc"), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);
-        assert_eq!(session_cookie("a=b; deployex_session=t1"), Some("t1"));
-        assert_eq!(session_cookie("a=b"), None);
+        assert_eq!(
+            session_cookie("a=b; deployex_session=t1", COOKIE_NAME),
+            Some("t1")
+        );
+        assert_eq!(session_cookie("a=b", COOKIE_NAME), None);
+        assert_eq!(
+            session_cookie("deployex_session=t1", SECURE_COOKIE_NAME),
+            None
+        );
     }
 }

@@ -49,11 +49,11 @@ use crate::guard::HttpMetrics;
 #[derive(Debug, Clone)]
 pub struct WebConfig {
     pub bind: SocketAddr,
-    /// Public host name (`DEPLOYEX_PHX_HOST`); accepted as an origin.
+    /// Public host name (`DEPLOYEX_PHX_HOST`).
     pub host: String,
     pub secret_key_base: String,
     pub admin_hashed_password: String,
-    /// Adds `Secure` to the session cookie (behind https).
+    /// Adds `Secure` and the `__Host-` prefix to the session cookie.
     pub secure_cookie: bool,
     pub session_ttl: Duration,
     pub terminal_idle: Duration,
@@ -62,6 +62,13 @@ pub struct WebConfig {
     pub app_name: String,
     /// Where logged-out token ids are kept across restarts; `None`: memory.
     pub revoked_tokens_file: Option<std::path::PathBuf>,
+    /// Peers whose `X-Forwarded-For` is believed (`DEPLOYEX_TRUSTED_PROXIES`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The only origins cookie sessions accept for state changes and
+    /// websockets (`auth::public_origins`, normalized).
+    pub public_origins: Vec<String>,
+    /// Open connections at most (`DEPLOYEX_MAX_CONNECTIONS`).
+    pub max_connections: usize,
 }
 
 impl WebConfig {
@@ -73,17 +80,22 @@ impl WebConfig {
         admin_hashed_password: impl Into<String>,
         app_name: impl Into<String>,
     ) -> Self {
+        let host: String = host.into();
+        let public_origins = auth::public_origins(None, &host, bind.port()).unwrap_or_default();
         Self {
             bind,
-            host: host.into(),
+            secure_cookie: public_origins.iter().any(|o| o.starts_with("https://")),
+            public_origins,
+            host,
             secret_key_base: secret_key_base.into(),
             admin_hashed_password: admin_hashed_password.into(),
-            secure_cookie: false,
             session_ttl: Duration::from_secs(12 * 3600),
             terminal_idle: Duration::from_secs(5 * 60),
             metrics_token: None,
             app_name: app_name.into(),
             revoked_tokens_file: None,
+            trusted_proxies: Vec::new(),
+            max_connections: 512,
         }
     }
 }
@@ -108,12 +120,19 @@ pub enum WebError {
 /// (`AppState::status_changed`, called from the request log filter).
 const STATUS_FRESH_FOR: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// Password checks that may run at once: a flood of logins (from many
+/// clients) queues instead of taking every core from the engine.
+pub const BCRYPT_CONCURRENCY: usize = 2;
+
 /// Shared state of every handler.
 pub struct AppState {
     pub engine: Arc<dyn Engine>,
     pub cfg: WebConfig,
     pub tokens: TokenSigner,
     pub limiter: LoginLimiter,
+    /// bcrypt checks running at once (each holds a blocking thread and a
+    /// core for ~250 ms at cost 12).
+    pub bcrypt_slots: tokio::sync::Semaphore,
     pub http_metrics: HttpMetrics,
     /// Flips to true when the server shuts down: long-lived streams (SSE,
     /// log followers, terminals) end on it instead of holding shutdown up.
@@ -142,6 +161,7 @@ impl AppState {
             engine,
             cfg,
             limiter: LoginLimiter::default(),
+            bcrypt_slots: tokio::sync::Semaphore::new(BCRYPT_CONCURRENCY),
             http_metrics: HttpMetrics::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
             status_flight: SingleFlight::fresh_for(STATUS_FRESH_FOR),

@@ -179,11 +179,18 @@ fn login_page(app: &str, error: Option<&str>) -> Markup {
     )
 }
 
+/// The form login. A browser always sends an `Origin` with a form POST:
+/// one that is not the dashboard's is refused (login CSRF); a client
+/// without any (curl) is let through, it carries no victim's cookies.
 async fn login_form_submit(
     state: Arc<AppState>,
     ip: IpAddr,
+    info: ReqInfo,
     form: LoginForm,
 ) -> Result<Response, Rejection> {
+    if (info.origin.is_some() || info.referer.is_some()) && !origin_ok(&state, &info) {
+        return Err(warp::reject::custom(crate::guard::Forbidden));
+    }
     let app = &state.cfg.app_name;
     Ok(
         match attempt_login(&state, ip, &form.username, &form.password).await {
@@ -221,7 +228,7 @@ async fn logout(state: Arc<AppState>, info: ReqInfo) -> Result<Response, Rejecti
     if let Some(claims) = info
         .cookie
         .as_deref()
-        .and_then(auth::session_cookie)
+        .and_then(|c| auth::session_cookie(c, auth::cookie_name(state.cfg.secure_cookie)))
         .and_then(|t| state.tokens.verify(t).ok())
     {
         state.tokens.revoke(&claims);
@@ -569,7 +576,8 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
     let login_post = warp::path!("login")
         .and(warp::post())
         .and(st())
-        .and(client_ip())
+        .and(client_ip(state.clone()))
+        .and(req_info())
         .and(warp::body::content_length_limit(16 * 1024))
         .and(warp::body::form())
         .and_then(login_form_submit);

@@ -138,7 +138,7 @@ async fn form_login_sets_cookie_and_logout_revokes_it() {
         .path("/logout")
         .header("cookie", &cookie)
         .header("host", "localhost:4000")
-        .header("origin", "http://localhost:4000")
+        .header("origin", "http://127.0.0.1:4000")
         .reply(&f)
         .await;
     assert_eq!(r.status(), 303);
@@ -177,6 +177,63 @@ async fn secure_cookie_flag() {
             .unwrap()
             .contains("; Secure")
     );
+}
+
+/// `DEPLOYEX_PHX_HOST=deploy.example.com` (the defaults): a form login
+/// from `https://deploy.example.com` gets a `Secure`, `__Host-` cookie that
+/// then works; a form login from another origin is refused.
+#[tokio::test]
+async fn public_host_means_https_origin_and_secure_host_cookie() {
+    let engine = std::sync::Arc::new(FakeEngine::default());
+    let mut cfg = deployex_web::WebConfig::new(
+        "127.0.0.1:5001".parse().unwrap(),
+        "deploy.example.com",
+        "test-secret-key-base-0123456789",
+        hash(),
+        "myapp",
+    );
+    cfg.metrics_token = None;
+    let f = deployex_web::routes(engine, cfg);
+    let login = |origin: &str| {
+        warp::test::request()
+            .method("POST")
+            .path("/login")
+            .remote_addr(SocketAddr::from(([10, 1, 1, 2], 1)))
+            .header("origin", origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("username=admin&password={PASSWORD}"))
+    };
+    let r = login("https://evil.example").reply(&f).await;
+    assert_eq!(r.status(), 403);
+    let r = login("http://deploy.example.com").reply(&f).await;
+    assert_eq!(r.status(), 403, "http is another origin");
+    let r = login("https://deploy.example.com").reply(&f).await;
+    assert_eq!(r.status(), 303);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set.starts_with("__Host-deployex_session="), "{set}");
+    assert!(set.contains("; Secure") && set.contains("Path=/"), "{set}");
+    let cookie = set.split(';').next().unwrap().to_string();
+    let r = warp::test::request()
+        .path("/")
+        .header("cookie", &cookie)
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 200);
+    // The plain-http name is not read when the cookie is secure.
+    let plain = cookie.replace("__Host-", "");
+    let r = warp::test::request()
+        .path("/")
+        .header("cookie", &plain)
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 302);
+    // A websocket must carry the origin (no Origin → refused).
+    let r = warp::test::ws()
+        .path("/instances/1/terminal/ws")
+        .header("cookie", &cookie)
+        .handshake(f.clone())
+        .await;
+    assert!(r.is_err());
 }
 
 #[tokio::test]
@@ -316,7 +373,7 @@ async fn csrf_cookie_state_changes_need_same_origin() {
             .status(),
         202
     );
-    // The configured public host is accepted too (behind a proxy).
+    // The other public origin is accepted too (behind a proxy).
     assert_eq!(
         post(Some("https://deployex.example"), None)
             .reply(&f)
@@ -325,7 +382,10 @@ async fn csrf_cookie_state_changes_need_same_origin() {
         202
     );
     for (origin, want) in [
-        ("https://deployex.example:8443", 202),
+        // Exactly the origin: another port or scheme is another origin.
+        ("https://deployex.example:8443", 403),
+        ("http://deployex.example", 403),
+        ("http://localhost:4000", 403),
         ("https://deployex.example.evil", 403),
         ("https://evil.example/deployex.example", 403),
     ] {
@@ -343,7 +403,7 @@ async fn csrf_cookie_state_changes_need_same_origin() {
         .reply(&f)
         .await;
     assert_eq!(r.status(), 202);
-    assert_eq!(engine.calls().len(), 5);
+    assert_eq!(engine.calls().len(), 4);
     // Cross-origin logout is refused too.
     let r = warp::test::request()
         .method("POST")
@@ -451,6 +511,7 @@ async fn logs_follow_over_websocket_with_truncation_and_rotation() {
     let mut ws = warp::test::ws()
         .path("/instances/1/logs/stderr/ws?from=0")
         .header("cookie", cookie_of(&state))
+        .header("origin", "http://127.0.0.1:4000")
         .handshake(f.clone())
         .await
         .unwrap();
@@ -655,6 +716,7 @@ async fn terminal_bridges_pty_and_kills_group_on_close() {
     let mut ws = warp::test::ws()
         .path("/instances/1/terminal/ws")
         .header("cookie", cookie_of(&state))
+        .header("origin", "http://127.0.0.1:4000")
         .handshake(f.clone())
         .await
         .unwrap();
@@ -714,6 +776,7 @@ async fn terminal_idle_timeout_closes_and_kills() {
     let mut ws = warp::test::ws()
         .path("/instances/2/terminal/ws")
         .header("cookie", cookie_of(&state))
+        .header("origin", "http://127.0.0.1:4000")
         .handshake(f.clone())
         .await
         .unwrap();
@@ -752,6 +815,7 @@ async fn terminal_reports_engine_refusal() {
     let mut ws = warp::test::ws()
         .path("/instances/1/terminal/ws")
         .header("cookie", cookie_of(&state))
+        .header("origin", "http://127.0.0.1:4000")
         .handshake(f.clone())
         .await
         .unwrap();
@@ -820,12 +884,14 @@ async fn shutdown_ends_terminals_and_log_followers() {
     let mut term = warp::test::ws()
         .path("/instances/1/terminal/ws")
         .header("cookie", cookie_of(&state))
+        .header("origin", "http://127.0.0.1:4000")
         .handshake(f.clone())
         .await
         .unwrap();
     let mut logs = warp::test::ws()
         .path("/instances/1/logs/stdout/ws")
         .header("cookie", cookie_of(&state))
+        .header("origin", "http://127.0.0.1:4000")
         .handshake(f.clone())
         .await
         .unwrap();

@@ -1,0 +1,74 @@
+//! End-to-end tests of the web layer's hardening (issue 15): the real
+//! binary, attacked the way an internet client would.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::deployex::{Deployex, Site, http};
+
+/// Resident memory of `pid` in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// A cheap xorshift, so the paths differ without a dependency.
+fn random_path(seed: &mut u64, len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-_/";
+    let mut out = String::from("/");
+    while out.len() < len {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        out.push(ALPHABET[(*seed % ALPHABET.len() as u64) as usize] as char);
+    }
+    out
+}
+
+fn metrics(dx: &Deployex) -> String {
+    let (code, body) = http(dx.api_port, "GET", "/metrics", dx.token.as_deref(), None);
+    assert_eq!(code, 200);
+    body
+}
+
+/// Scope 1: unauthenticated requests to random long paths cannot grow
+/// `/metrics`, deployex's memory or its log without bound.
+#[test]
+fn random_unauthenticated_paths_do_not_grow_metrics_memory_or_log() {
+    let site = Site::new(1);
+    let dx = site.start();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    // Warm-up: the first requests of each kind allocate once.
+    for _ in 0..30 {
+        let p = random_path(&mut seed, 2048);
+        let _ = http(dx.api_port, "GET", &p, None, None);
+    }
+    let before_metrics = metrics(&dx);
+    let before_rss = rss_kib(dx.pid());
+    let before_log = std::fs::metadata(&dx.log).unwrap().len();
+    let mut sent = Vec::new();
+    for i in 0..300 {
+        let p = random_path(&mut seed, 2048);
+        let method = if i % 2 == 0 { "GET" } else { "POST" };
+        let api = format!("/api/v1{p}");
+        let path = if i % 3 == 0 { &api } else { &p };
+        let (code, _) = http(dx.api_port, method, path, None, None);
+        assert!([302, 401, 404, 405].contains(&code), "{code} for {path}");
+        sent.push(path.clone());
+    }
+    let after = metrics(&dx);
+    for p in &sent {
+        let segment = &p[9..40];
+        assert!(!after.contains(segment), "a path reached /metrics");
+    }
+    let grown = after.lines().count() as i64 - before_metrics.lines().count() as i64;
+    assert!(grown <= 4, "/metrics grew by {grown} lines:\n{after}");
+    let rss_growth = rss_kib(dx.pid()).saturating_sub(before_rss);
+    assert!(rss_growth < 1024, "RSS grew by {rss_growth} KiB");
+    let log_growth = std::fs::metadata(&dx.log).unwrap().len() - before_log;
+    assert!(log_growth < 150 * 1024, "log grew by {log_growth} bytes");
+}
