@@ -4,7 +4,12 @@
 
 mod common;
 
-use common::deployex::{Deployex, Site, http};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::deployex::{Deployex, Site, http, pids, running_on};
+use common::http_get;
 
 /// Resident memory of `pid` in KiB.
 fn rss_kib(pid: i32) -> u64 {
@@ -71,4 +76,56 @@ fn random_unauthenticated_paths_do_not_grow_metrics_memory_or_log() {
     assert!(rss_growth < 1024, "RSS grew by {rss_growth} KiB");
     let log_growth = std::fs::metadata(&dx.log).unwrap().len() - before_log;
     assert!(log_growth < 150 * 1024, "log grew by {log_growth} bytes");
+}
+
+/// Scope 3: a connection that sends half a request line and stalls is
+/// closed within 15 s (slowloris).
+#[test]
+fn a_stalled_request_line_is_cut_off() {
+    let site = Site::new(1);
+    let dx = site.start();
+    let mut s = TcpStream::connect(("127.0.0.1", dx.api_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let start = Instant::now();
+    s.write_all(b"GET /heal").unwrap();
+    let mut buf = [0u8; 256];
+    // EOF (or a reset) once the server gives up on the head.
+    let _ = s.read(&mut buf);
+    let waited = start.elapsed();
+    assert!(waited < Duration::from_secs(15), "closed after {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(5),
+        "closed too soon: {waited:?}"
+    );
+}
+
+/// Scope 3: 600 idle connections (cap 512) leave `/healthz` answering at
+/// once and an instance restartable.
+#[test]
+fn idle_connections_cannot_lock_out_healthz_or_operators() {
+    let site = Site::new(1);
+    site.publish("0.1.1", &[]);
+    let dx = site.start();
+    let s = dx.wait_status("0.1.1 running", Duration::from_secs(90), |s| {
+        running_on(s, "0.1.1")
+    });
+    let before = pids(&s)[0];
+    let idle: Vec<TcpStream> = (0..600)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", dx.api_port)).ok())
+        .collect();
+    assert!(idle.len() >= 512, "only {} connections opened", idle.len());
+    let start = Instant::now();
+    let answer = http_get(dx.api_port, "/healthz");
+    assert_eq!(answer.map(|a| a.0), Some(200));
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    let (code, body) = dx.post("/api/v1/instances/1/restart", "");
+    assert_eq!(code, 202, "{body}");
+    dx.wait_status("a new OS process", Duration::from_secs(60), |s| {
+        running_on(s, "0.1.1") && pids(s)[0] != before
+    });
+    drop(idle);
 }

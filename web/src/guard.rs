@@ -9,7 +9,7 @@
 //! calls get 401 JSON, pages a 302 to `/login`. Logs never carry tokens or
 //! query strings.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -46,6 +46,79 @@ impl warp::reject::Reject for Unauthorized {}
 #[derive(Debug)]
 pub struct Forbidden;
 impl warp::reject::Reject for Forbidden {}
+
+#[derive(Debug)]
+pub struct TooManyStreams;
+impl warp::reject::Reject for TooManyStreams {}
+
+/// Long-lived streams (SSE, log followers, terminals) one session may hold
+/// open at once: a few tabs' worth.
+pub const MAX_STREAMS_PER_SESSION: usize = 8;
+
+/// Open streams per session id.
+///
+/// Invariant: a session holds at most [`MAX_STREAMS_PER_SESSION`] streams;
+/// a [`StreamSlot`] is held for the stream's whole life and frees its
+/// place when dropped, whatever path the stream ended by.
+#[derive(Default)]
+pub struct StreamCounts {
+    open: Mutex<HashMap<String, usize>>,
+}
+
+/// One open stream of a session (see [`StreamCounts`]).
+pub struct StreamSlot {
+    counts: Arc<StreamCounts>,
+    session: String,
+}
+
+impl StreamCounts {
+    pub fn open(self: &Arc<Self>, session: &str) -> Option<StreamSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(session.to_owned()).or_default();
+        if *n >= MAX_STREAMS_PER_SESSION {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            counts: self.clone(),
+            session: session.to_owned(),
+        })
+    }
+
+    /// Streams `session` holds now.
+    pub fn count(&self, session: &str) -> usize {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(session).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.session) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.session);
+            }
+        }
+    }
+}
+
+/// Filter: a valid session with a free stream slot (429 otherwise).
+pub fn stream_slot(
+    state: Arc<AppState>,
+    guard: Guard,
+) -> impl Filter<Extract = ((Session, StreamSlot),), Error = Rejection> + Clone {
+    authed(state.clone(), guard).and_then(move |session: Session| {
+        let state = state.clone();
+        async move {
+            match state.streams.open(&session.claims.id) {
+                Some(slot) => Ok((session, slot)),
+                None => Err(warp::reject::custom(TooManyStreams)),
+            }
+        }
+    })
+}
 
 /// `{"error": msg}` with `status`.
 pub fn json_error(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -219,6 +292,12 @@ pub async fn recover(rej: Rejection) -> Result<Response, Infallible> {
         return Ok(json_error(
             StatusCode::FORBIDDEN,
             "cross-origin request refused",
+        ));
+    }
+    if rej.find::<TooManyStreams>().is_some() {
+        return Ok(json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many open streams for this session",
         ));
     }
     if rej.is_not_found() {

@@ -134,6 +134,8 @@ pub struct AppState {
     /// core for ~250 ms at cost 12).
     pub bcrypt_slots: tokio::sync::Semaphore,
     pub http_metrics: HttpMetrics,
+    /// Long-lived streams open per session (guard::StreamCounts).
+    pub streams: Arc<guard::StreamCounts>,
     /// Flips to true when the server shuts down: long-lived streams (SSE,
     /// log followers, terminals) end on it instead of holding shutdown up.
     pub shutdown: tokio::sync::watch::Sender<bool>,
@@ -163,6 +165,7 @@ impl AppState {
             limiter: LoginLimiter::default(),
             bcrypt_slots: tokio::sync::Semaphore::new(BCRYPT_CONCURRENCY),
             http_metrics: HttpMetrics::default(),
+            streams: Arc::default(),
             shutdown: tokio::sync::watch::Sender::new(false),
             status_flight: SingleFlight::fresh_for(STATUS_FRESH_FOR),
             status_json_flight: SingleFlight::default(),
@@ -229,8 +232,74 @@ impl AppState {
     }
 }
 
+/// A client that has not sent a whole request head within this is cut off
+/// (slowloris). hyper starts the clock whenever the connection waits for a
+/// request, so it is also the keep-alive idle timeout.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The peer of a connection, put in each request's extensions by
+/// [`serve`]'s accept loop (warp's own `RemoteAddr` is private to warp).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// One open connection, as the accept loop sees it.
+struct ConnState {
+    /// Set once a request head arrived: the connection is in use.
+    served: Arc<std::sync::atomic::AtomicBool>,
+    /// Told when the connection must go to make room.
+    evicted: Arc<tokio::sync::Notify>,
+}
+
+/// The open connections, oldest first, that may be closed to make room for
+/// a new one: those that never delivered a request head (an idle or
+/// slowloris connection must not lock out `/healthz` or an operator).
+#[derive(Default)]
+struct Unserved {
+    conns: std::collections::VecDeque<(
+        std::sync::Weak<std::sync::atomic::AtomicBool>,
+        Arc<tokio::sync::Notify>,
+    )>,
+}
+
+impl Unserved {
+    fn track(&mut self) -> ConnState {
+        let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let evicted = Arc::new(tokio::sync::Notify::new());
+        self.conns
+            .push_back((Arc::downgrade(&served), evicted.clone()));
+        ConnState { served, evicted }
+    }
+
+    /// Tells the oldest connection that never sent a request to go; false
+    /// when there is none (every connection is in use).
+    fn evict_oldest(&mut self, max: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        let usable = |(w, _): &(std::sync::Weak<std::sync::atomic::AtomicBool>, _)| {
+            w.upgrade().is_some_and(|s| !s.load(Ordering::Relaxed))
+        };
+        if self.conns.len() > 2 * max {
+            self.conns.retain(usable);
+        }
+        while let Some(front) = self.conns.pop_front() {
+            if usable(&front) {
+                front.1.notify_one();
+                return true;
+            }
+        }
+        false
+    }
+}
+
 /// Binds `cfg.bind` (port 0 allowed), returns the bound address at once and
 /// serves until `shutdown` completes.
+///
+/// Invariants: at most `cfg.max_connections` connections are open; at the
+/// cap a new connection takes the place of the oldest one that never sent
+/// a request head, or is closed at once when every connection is in use
+/// (the file descriptors the instances need stay free); a connection that
+/// does not deliver a request head within [`HEADER_READ_TIMEOUT`], be it
+/// new or idle between requests, is closed. A websocket, once upgraded,
+/// leaves the count: the per-session stream cap bounds those.
 pub async fn serve(
     engine: Arc<dyn Engine>,
     cfg: WebConfig,
@@ -243,18 +312,83 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .map_err(|source| WebError::Bind { addr, source })?;
+    let max_connections = cfg.max_connections.max(1);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let state = AppState::new(engine, cfg);
     let filter = routes_with_state(state.clone());
-    let shutdown = async move {
-        shutdown.await;
-        state.shutdown.send_replace(true);
-    };
     let handle = tokio::spawn(async move {
-        warp::serve(filter)
-            .incoming(listener)
-            .graceful(shutdown)
-            .run()
-            .await;
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut stopped = std::pin::pin!(shutdown);
+        let mut unserved = Unserved::default();
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // EMFILE and friends: wait a little instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut stopped => break,
+            };
+            let permit = slots.clone().try_acquire_owned().ok();
+            if permit.is_none() && !unserved.evict_oldest(max_connections) {
+                tracing::warn!(%peer, "connection limit reached: closing a new connection");
+                drop(stream);
+                continue;
+            }
+            let conn_state = unserved.track();
+            let slots = slots.clone();
+            let svc = warp::service(filter.clone());
+            let served = conn_state.served.clone();
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    served.store(true, std::sync::atomic::Ordering::Relaxed);
+                    req.extensions_mut().insert(PeerAddr(peer));
+                    tower_service::Service::call(&mut svc.clone(), req)
+                },
+            );
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                // At the cap an idle connection was told to go: its slot
+                // is free within moments.
+                let _permit = match permit {
+                    Some(p) => p,
+                    None => {
+                        match tokio::time::timeout(Duration::from_secs(1), slots.acquire_owned())
+                            .await
+                        {
+                            Ok(Ok(p)) => p,
+                            _ => return,
+                        }
+                    }
+                };
+                let mut builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                builder
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .keep_alive(true);
+                let builder = builder.http1_only();
+                let conn = builder
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc);
+                tokio::select! {
+                    r = watcher.watch(conn) => if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    },
+                    _ = conn_state.evicted.notified() => {
+                        tracing::debug!(%peer, "idle connection closed: connection limit reached");
+                    }
+                }
+            });
+        }
+        state.shutdown.send_replace(true);
+        drop(listener);
+        graceful.shutdown().await;
     });
     tracing::info!(%bound, "web server listening");
     Ok((bound, handle))

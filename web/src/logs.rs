@@ -24,7 +24,7 @@ use warp::ws::{Message, WebSocket};
 use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
-use crate::guard::{Guard, Session, authed, json_error, with_state};
+use crate::guard::{Guard, Session, StreamSlot, authed, json_error, stream_slot, with_state};
 use crate::pages::html_page;
 
 /// Bytes read from the end of a file for the initial tail.
@@ -423,12 +423,16 @@ async fn ws_upgrade(
     stream: String,
     q: FromQuery,
     ws: warp::ws::Ws,
+    slot: StreamSlot,
 ) -> Result<Response, Rejection> {
     let path = parse_stream(&stream)
         .and_then(|s| state.engine.log_file(instance, s))
         .ok_or_else(warp::reject::not_found)?;
     Ok(ws
-        .on_upgrade(move |socket| follow(socket, path, q.from, state.stopped()))
+        .on_upgrade(move |socket| async move {
+            let _slot = slot; // held while the follower lives
+            follow(socket, path, q.from, state.stopped()).await
+        })
         .into_response())
 }
 
@@ -448,11 +452,13 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::query::<LinesQuery>())
         .and_then(|i, s, st, q| page(st, i, s, q));
     let ws = warp::path!("instances" / u32 / "logs" / String / "ws")
-        .and(guard(Guard::Api))
+        .and(stream_slot(state.clone(), Guard::Api))
         .and(st())
         .and(warp::query::<FromQuery>())
         .and(warp::ws())
-        .and_then(|i, s, st, q, ws| ws_upgrade(st, i, s, q, ws));
+        .and_then(|i, s, (_, slot): (Session, StreamSlot), st, q, ws| {
+            ws_upgrade(st, i, s, q, ws, slot)
+        });
     plain.or(page).unify().or(ws).unify().boxed()
 }
 

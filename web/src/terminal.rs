@@ -24,7 +24,7 @@ use warp::ws::{Message, WebSocket};
 use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
-use crate::guard::{Guard, Session, authed, with_state};
+use crate::guard::{Guard, Session, StreamSlot, client_ip, stream_slot, with_state};
 
 /// How long the shell gets after SIGHUP before SIGKILL.
 const HANGUP_GRACE: Duration = Duration::from_millis(500);
@@ -96,7 +96,14 @@ pub fn spawn_shell(
 
 /// Bridges `ws` and the shell until either side ends or `idle` passes
 /// without input.
-pub async fn session(ws: WebSocket, state: Arc<AppState>, instance: u32) {
+pub async fn session(
+    ws: WebSocket,
+    state: Arc<AppState>,
+    instance: u32,
+    who: Session,
+    ip: std::net::IpAddr,
+    _slot: StreamSlot,
+) {
     let (mut tx, mut rx) = ws.split();
     let cmd = match state.engine.remote_shell(instance).await {
         Ok(c) => c,
@@ -116,7 +123,7 @@ pub async fn session(ws: WebSocket, state: Arc<AppState>, instance: u32) {
         }
     };
     let group = GroupKill(pid);
-    tracing::info!(instance, pid, "terminal opened");
+    tracing::info!(instance, pid, session = %who.claims.id, client = %ip, "terminal opened");
     let (mut pty_r, mut pty_w) = pty.into_split();
     let idle = state.cfg.terminal_idle;
     let sleep = tokio::time::sleep(idle);
@@ -157,7 +164,7 @@ pub async fn session(ws: WebSocket, state: Arc<AppState>, instance: u32) {
             _ = &mut stopped => break "deployex is shutting down",
         }
     };
-    tracing::info!(instance, pid, reason, "terminal closing");
+    tracing::info!(instance, pid, session = %who.claims.id, client = %ip, reason, "terminal closing");
     group.signal(Signal::SIGHUP);
     if tokio::time::timeout(HANGUP_GRACE, child.wait())
         .await
@@ -173,21 +180,20 @@ pub async fn session(ws: WebSocket, state: Arc<AppState>, instance: u32) {
 
 async fn upgrade(
     instance: u32,
+    (who, slot): (Session, StreamSlot),
+    ip: std::net::IpAddr,
     state: Arc<AppState>,
     ws: warp::ws::Ws,
 ) -> Result<Response, Rejection> {
     Ok(ws
-        .on_upgrade(move |socket| session(socket, state, instance))
+        .on_upgrade(move |socket| session(socket, state, instance, who, ip, slot))
         .into_response())
 }
 
 pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
     warp::path!("instances" / u32 / "terminal" / "ws")
-        .and(
-            authed(state.clone(), Guard::Api)
-                .map(|_: Session| ())
-                .untuple_one(),
-        )
+        .and(stream_slot(state.clone(), Guard::Api))
+        .and(client_ip(state.clone()))
         .and(with_state(state))
         .and(warp::ws())
         .and_then(upgrade)

@@ -451,3 +451,26 @@ async fn trusted_proxies_limit_forwarded_clients_separately() {
         429
     );
 }
+
+/// A session holds at most MAX_STREAMS_PER_SESSION streams; another
+/// session is not affected.
+#[tokio::test]
+async fn streams_per_session_are_capped() {
+    let (_, state) = state_with(FakeEngine::default());
+    let f = routes_with_state(state.clone());
+    let token = state.tokens.issue();
+    let id = state.tokens.verify(&token).unwrap().id;
+    let held: Vec<_> = (0..deployex_web::guard::MAX_STREAMS_PER_SESSION)
+        .map(|_| state.streams.open(&id).unwrap())
+        .collect();
+    for path in ["/api/v1/status/stream", "/instances/1/terminal/ws"] {
+        let r = warp::test::request()
+            .path(path)
+            .header("authorization", format!("Bearer {token}"))
+            .reply(&f)
+            .await;
+        assert_eq!(r.status(), 429, "{path}");
+    }
+    drop(held);
+    assert_eq!(state.streams.count(&id), 0, "slots are given back");
+}
