@@ -177,6 +177,9 @@ const SECRETS: &[&str] = &[
 /// it when not set (same list as `secrets::OPTIONAL`).
 pub(crate) const OPTIONAL_SECRETS: &[&str] = &["DEPLOYEX_METRICS_TOKEN"];
 
+/// The lowest bcrypt cost accepted for the admin hash.
+pub const MIN_BCRYPT_COST: u32 = 10;
+
 /// bcrypt of `deployex` (cost 12): the local-environment admin password.
 pub const LOCAL_ADMIN_HASH: &str = "$2b$12$oTpgs.Vc4nxDsEB8MBkB.Obs9rCf4wB4WvKYErfgcY9BEFaYp48Rq";
 
@@ -553,6 +556,16 @@ fn load_inner(
         return Err(ConfigError(
             "invalid configuration: DEPLOYEX_ADMIN_HASHED_PASSWORD is not a bcrypt hash ($2b$..., 60 characters); make one with `deployex hash-password`".to_string(),
         ));
+    }
+    // -- web hardening: a cheap hash falls to an offline guess in minutes.
+    let cost = admin_hashed_password
+        .get(4..6)
+        .and_then(|c| c.parse::<u32>().ok())
+        .unwrap_or(0);
+    if cost < MIN_BCRYPT_COST {
+        return Err(ConfigError(format!(
+            "invalid configuration: DEPLOYEX_ADMIN_HASHED_PASSWORD has bcrypt cost {cost}: expected at least {MIN_BCRYPT_COST}; make one with `deployex hash-password`"
+        )));
     }
 
     let bind_ip = src.string("DEPLOYEX_BIND_ADDR", "127.0.0.1");
@@ -1068,5 +1081,19 @@ mod tests {
         let e = load(env(&[("DEPLOYEX_TRUSTED_PROXIES", "10.0.0.0/33")]), None).unwrap_err();
         assert!(e.0.contains("DEPLOYEX_TRUSTED_PROXIES"), "{e}");
         assert_eq!(c.max_connections, 512);
+    }
+
+    #[test]
+    fn a_cheap_admin_hash_is_refused() {
+        let cheap = bcrypt::hash("pw", 4).unwrap();
+        let e = load(
+            env(&[("DEPLOYEX_ADMIN_HASHED_PASSWORD", cheap.as_str())]),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.0.contains("DEPLOYEX_ADMIN_HASHED_PASSWORD"), "{e}");
+        assert!(e.0.contains("cost 4"), "{e}");
+        assert!(!e.0.contains(&cheap), "the hash is not echoed");
+        assert!(!e.0.contains('\n'));
     }
 }

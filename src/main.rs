@@ -36,7 +36,7 @@ enum Command {
     /// Read a password on stdin, print its bcrypt hash for DEPLOYEX_ADMIN_HASHED_PASSWORD.
     HashPassword {
         /// bcrypt cost.
-        #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31))]
+        #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(10..=31))]
         cost: u32,
     },
     /// Validate the configuration and print the effective values (secrets redacted).

@@ -129,3 +129,32 @@ fn idle_connections_cannot_lock_out_healthz_or_operators() {
     });
     drop(idle);
 }
+
+/// Scope 7: a cheap admin hash stops deployex (and `check-config`) with
+/// exit status 2 and one line naming the variable.
+#[test]
+fn a_cheap_admin_hash_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cheap = "$2b$04$abcdefghijklmnopqrstuuQjcH0D2v2l0cW1dJ.7P4oN3vJ8bR0y6";
+    assert_eq!(cheap.len(), 60);
+    for args in [&[][..], &["check-config"][..]] {
+        let out = std::process::Command::new(common::deployex::deployex_bin())
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", dir.path())
+            .env("DEPLOYEX_VAR_DIR", dir.path().join("var"))
+            .env("DEPLOYEX_LOG_DIR", dir.path().join("logs"))
+            .env("DEPLOYEX_PHX_PORT", "0")
+            .env("DEPLOYEX_ADMIN_HASHED_PASSWORD", cheap)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("DEPLOYEX_ADMIN_HASHED_PASSWORD"),
+            "{stderr}"
+        );
+    }
+}

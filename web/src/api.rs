@@ -56,6 +56,12 @@ pub async fn attempt_login(
     username: &str,
     password: &str,
 ) -> LoginOutcome {
+    if !state.tokens.available() {
+        tracing::error!(
+            "login refused: the revoked tokens file is unreadable (see the error above)"
+        );
+        return LoginOutcome::Failed;
+    }
     let Some(attempt) = state.limiter.begin(ip) else {
         tracing::warn!(%ip, "login rate limited");
         return LoginOutcome::Limited;

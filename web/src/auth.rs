@@ -51,6 +51,8 @@ pub enum AuthError {
     Expired,
     #[error("token revoked")]
     Revoked,
+    #[error("the revoked tokens file is unreadable: no session is valid until it is fixed")]
+    RevocationUnavailable,
     #[error("password check task failed")]
     Join(#[source] tokio::task::JoinError),
 }
@@ -81,6 +83,9 @@ pub struct TokenSigner {
     ttl: Duration,
     revoked: Mutex<HashMap<String, u64>>,
     revoked_file: Option<std::path::PathBuf>,
+    /// Set while the revocation file cannot be read: every token is then
+    /// refused (a logged-out token must never come back to life).
+    unavailable: std::sync::atomic::AtomicBool,
 }
 
 impl TokenSigner {
@@ -90,34 +95,55 @@ impl TokenSigner {
             ttl,
             revoked: Mutex::new(HashMap::new()),
             revoked_file: None,
+            unavailable: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Keep the revoked ids in `path` (JSON `{id: exp}`, written atomically
-    /// at each logout). An unreadable or corrupt file is reported and kept
-    /// aside as `{path}.corrupt`; the signer starts with what it can read.
+    /// at each logout). An unreadable or corrupt file fails closed: it is
+    /// reported, left in place, and no token is valid until it reads again
+    /// (checked at each verification, so fixing or removing it is enough).
     pub fn with_revocation_file(mut self, path: std::path::PathBuf) -> Self {
-        match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<HashMap<String, u64>>(&bytes) {
-                Ok(map) => {
-                    let now = now_unix();
-                    let map: HashMap<String, u64> =
-                        map.into_iter().filter(|(_, exp)| *exp > now).collect();
-                    self.revoked = Mutex::new(map);
+        self.revoked_file = Some(path);
+        self.reload();
+        self
+    }
+
+    /// Reads the revocation file; false (and the signer fails closed) when
+    /// it cannot be read or parsed.
+    fn reload(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let Some(path) = &self.revoked_file else {
+            return true;
+        };
+        let read = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice::<HashMap<String, u64>>(&bytes)
+                .map_err(|e| format!("not valid JSON: {e}")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
+            Err(e) => Err(e.to_string()),
+        };
+        match read {
+            Ok(map) => {
+                let now = now_unix();
+                let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+                revoked.extend(map.into_iter().filter(|(_, exp)| *exp > now));
+                if self.unavailable.swap(false, Ordering::SeqCst) {
+                    tracing::warn!(path = %path.display(), "revoked tokens file readable again: sessions accepted");
                 }
-                Err(e) => {
-                    let aside = path.with_extension("json.corrupt");
-                    tracing::error!(path = %path.display(), error = %e, aside = %aside.display(), "revoked tokens file is corrupt: kept aside, starting without it");
-                    let _ = std::fs::rename(&path, &aside);
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                true
+            }
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot read the revoked tokens file");
+                if !self.unavailable.swap(true, Ordering::SeqCst) {
+                    tracing::error!(path = %path.display(), error = %e, "cannot read the revoked tokens file: every session is refused until it is fixed or removed");
+                }
+                false
             }
         }
-        self.revoked_file = Some(path);
-        self
+    }
+
+    /// False while the revocation file is unreadable (no token is valid).
+    pub fn available(&self) -> bool {
+        !self.unavailable.load(std::sync::atomic::Ordering::SeqCst) || self.reload()
     }
 
     fn mac(&self) -> HmacSha256 {
@@ -164,6 +190,9 @@ impl TokenSigner {
         let now = now_unix();
         if claims.exp <= now {
             return Err(AuthError::Expired);
+        }
+        if !self.available() {
+            return Err(AuthError::RevocationUnavailable);
         }
         let revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
         if revoked.contains_key(&claims.id) {
@@ -453,15 +482,23 @@ mod tests {
         let s2 = TokenSigner::new("k", Duration::from_secs(60)).with_revocation_file(file.clone());
         assert!(matches!(s2.verify(&t), Err(AuthError::Revoked)));
         assert!(s2.verify(&kept).is_ok());
-        // A corrupt file: reported, kept aside, the signer starts empty.
+        // A corrupt file fails closed: no token is valid (not even the
+        // revoked one coming back), until the file reads again.
+        let good = std::fs::read(&file).unwrap();
         std::fs::write(&file, b"{\"trunc").unwrap();
         let s3 = TokenSigner::new("k", Duration::from_secs(60)).with_revocation_file(file.clone());
-        assert!(s3.verify(&t).is_ok());
-        assert!(
-            dir.path()
-                .join("state/revoked_tokens.json.corrupt")
-                .is_file()
-        );
+        assert!(matches!(
+            s3.verify(&t),
+            Err(AuthError::RevocationUnavailable)
+        ));
+        assert!(matches!(
+            s3.verify(&kept),
+            Err(AuthError::RevocationUnavailable)
+        ));
+        assert!(!s3.available());
+        std::fs::write(&file, good).unwrap();
+        assert!(s3.verify(&kept).is_ok());
+        assert!(matches!(s3.verify(&t), Err(AuthError::Revoked)));
     }
 
     #[test]
