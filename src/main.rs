@@ -66,7 +66,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_tracing();
+            let own_log = init_tracing();
             let runtime = match engine_runtime() {
                 Ok(r) => r,
                 Err(e) => {
@@ -86,7 +86,7 @@ fn main() -> ExitCode {
                 None
             };
             let web = web_runtime.as_ref().map(|r| r.handle().clone());
-            let code = match runtime.block_on(run(cfg, web)) {
+            let code = match runtime.block_on(run(cfg, web, own_log)) {
                 Ok(code) => code,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -191,15 +191,33 @@ async fn trim_resident_code_periodically() {
     }
 }
 
-fn init_tracing() {
+/// Lines of deployex's own log kept in memory for the dashboard.
+const OWN_LOG_LINES: usize = 500;
+
+/// Logs to stderr (the journal, or the unit's log file) and into a ring of
+/// the last [`OWN_LOG_LINES`] lines, which the dashboard shows as
+/// deployex's log (`/instances/0/logs/stdout`).
+fn init_tracing() -> std::sync::Arc<deployex_web::ownlog::OwnLog> {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_env("DEPLOYEX_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,ractor=warn,warp=warn,hyper=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
+    let own_log = deployex_web::ownlog::OwnLog::new(OWN_LOG_LINES);
+    let ring = own_log.clone();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(move || ring.writer())
+                .with_ansi(false),
+        )
         .init();
+    own_log
 }
 
 fn hash_password(cost: u32) -> ExitCode {
@@ -227,7 +245,11 @@ fn hash_password(cost: u32) -> ExitCode {
 
 /// Runs deployex until a signal (or the actor tree gives up); `web` is the
 /// web server's runtime (`None` when the web server is disabled).
-async fn run(cfg: config::Config, web: Option<tokio::runtime::Handle>) -> anyhow::Result<ExitCode> {
+async fn run(
+    cfg: config::Config,
+    web: Option<tokio::runtime::Handle>,
+    own_log: std::sync::Arc<deployex_web::ownlog::OwnLog>,
+) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
 
     tracing::info!(app = %cfg.engine.app, replicas = cfg.engine.replicas, "starting deployex {}", env!("CARGO_PKG_VERSION"));
@@ -252,6 +274,7 @@ async fn run(cfg: config::Config, web: Option<tokio::runtime::Handle>) -> anyhow
             trusted_proxies: cfg.trusted_proxies.clone(),
             public_origins: cfg.public_origins.clone(),
             max_connections: cfg.max_connections,
+            own_log: Some(own_log),
         };
         if !cfg.bind.ip().is_loopback() {
             tracing::warn!(bind = %cfg.bind, "the dashboard listens on a non-loopback address: put it behind a TLS reverse proxy (see README, Security)");

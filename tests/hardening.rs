@@ -158,3 +158,21 @@ fn a_cheap_admin_hash_is_a_configuration_error() {
         );
     }
 }
+
+/// Issue 16: the dashboard's link to deployex's own log answers 200 with
+/// deployex's recent lines.
+#[test]
+fn deployex_own_log_page_shows_its_recent_lines() {
+    let site = Site::new(1);
+    let dx = site.start();
+    let (code, body) = http(
+        dx.api_port,
+        "GET",
+        "/instances/0/logs/stdout",
+        dx.token.as_deref(),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("starting deployex"), "{body}");
+    assert!(body.contains("web server listening"), "{body}");
+}

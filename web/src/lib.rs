@@ -27,6 +27,7 @@ pub mod guard;
 pub mod live;
 pub mod logs;
 pub mod metrics;
+pub mod ownlog;
 pub mod pages;
 pub mod terminal;
 
@@ -69,6 +70,9 @@ pub struct WebConfig {
     pub public_origins: Vec<String>,
     /// Open connections at most (`DEPLOYEX_MAX_CONNECTIONS`).
     pub max_connections: usize,
+    /// deployex's own recent log lines, served as instance 0's log when
+    /// the engine has no own log file.
+    pub own_log: Option<Arc<ownlog::OwnLog>>,
 }
 
 impl WebConfig {
@@ -96,6 +100,7 @@ impl WebConfig {
             revoked_tokens_file: None,
             trusted_proxies: Vec::new(),
             max_connections: 512,
+            own_log: None,
         }
     }
 }

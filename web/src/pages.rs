@@ -503,7 +503,15 @@ async fn actors_page(state: Arc<AppState>) -> Result<Response, Rejection> {
 
 /// The logs page: the last lines rendered here, then followed over a
 /// websocket from `data-offset`.
-pub fn logs_page(app: &str, instance: u32, stream: &str, tail: &crate::logs::Tail) -> Markup {
+/// `follow`: the page follows new lines over a websocket (log files);
+/// deployex's in-memory log is shown as of the request.
+pub fn logs_page(
+    app: &str,
+    instance: u32,
+    stream: &str,
+    tail: &crate::logs::Tail,
+    follow: bool,
+) -> Markup {
     let who = if instance == 0 {
         "deployex".to_string()
     } else {
@@ -522,12 +530,20 @@ pub fn logs_page(app: &str, instance: u32, stream: &str, tail: &crate::logs::Tai
             h1 { "Logs of " (who) " (" (stream) ")" }
             p.actions {
                 a href={ "/instances/" (instance) "/logs/" (other) } { "switch to " (other) }
-                " "
-                label { input #follow type="checkbox" checked; " follow" }
+                @if follow {
+                    " "
+                    label { input #follow type="checkbox" checked; " follow" }
+                }
             }
             @if let Some(n) = &tail.notice { p.notice #log-notice { (n) } } @else { p.notice #log-notice hidden {} }
-            pre #log .log data-ws={ "/instances/" (instance) "/logs/" (stream) "/ws?from=" (tail.offset) } {
-                @for l in &tail.lines { (crate::logs::render_line(l)) }
+            @if follow {
+                pre #log .log data-ws={ "/instances/" (instance) "/logs/" (stream) "/ws?from=" (tail.offset) } {
+                    @for l in &tail.lines { (crate::logs::render_line(l)) }
+                }
+            } @else {
+                pre #log .log {
+                    @for l in &tail.lines { (crate::logs::render_line(l)) }
+                }
             }
         },
         true,

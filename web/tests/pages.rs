@@ -949,3 +949,37 @@ fn byte_and_duration_formats() {
     assert_eq!(fmt_duration_ms(1500), "1.5 s");
     assert_eq!(fmt_duration_ms(125_000), "2m 5s");
 }
+
+/// deployex's own log (instance 0) without a log file: the page holds the
+/// recent lines from the in-memory ring, and is not followed.
+#[tokio::test]
+async fn own_log_page_shows_recent_lines_from_memory() {
+    let engine = std::sync::Arc::new(FakeEngine::default());
+    let mut cfg = config();
+    let own = deployex_web::ownlog::OwnLog::new(100);
+    own.push("INFO deployex: starting deployex 0.1.0");
+    own.push("WARN deployex_web: <b>not html</b>");
+    cfg.own_log = Some(own);
+    let state = deployex_web::AppState::new(engine, cfg);
+    let f = routes_with_state(state.clone());
+    let r = warp::test::request()
+        .path("/instances/0/logs/stdout")
+        .header("cookie", cookie_of(&state))
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 200);
+    let html = String::from_utf8_lossy(r.body());
+    assert!(html.contains("starting deployex 0.1.0"), "{html}");
+    assert!(html.contains("&lt;b&gt;not html"), "escaped");
+    assert!(!html.contains("data-ws"), "not followed");
+    let r = warp::test::request()
+        .path("/api/v1/instances/0/logs/stdout?lines=1")
+        .header("authorization", bearer(&state))
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        String::from_utf8_lossy(r.body()),
+        "WARN deployex_web: <b>not html</b>\n"
+    );
+}
