@@ -268,6 +268,7 @@ async fn run(
             secure_cookie: cfg.secure_cookie,
             session_ttl: cfg.session_ttl,
             terminal_idle: cfg.terminal_idle,
+            terminal_lifetime: std::time::Duration::from_secs(4 * 3600),
             metrics_token: cfg.metrics_token.clone(),
             app_name: cfg.engine.app.clone(),
             revoked_tokens_file: Some(cfg.engine.storage_dir().join("revoked_tokens.json")),

@@ -176,3 +176,30 @@ fn deployex_own_log_page_shows_its_recent_lines() {
     assert!(body.contains("starting deployex"), "{body}");
     assert!(body.contains("web server listening"), "{body}");
 }
+
+/// Scope 6: a token issued before an admin password change is refused
+/// after a restart with the new hash.
+#[test]
+fn a_new_admin_password_ends_old_sessions() {
+    let site = Site::new(1);
+    let mut dx = site.start();
+    let old = dx.token.clone().unwrap();
+    let (code, _) = http(dx.api_port, "GET", "/api/v1/status", Some(&old), None);
+    assert_eq!(code, 200);
+    dx.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(20));
+    drop(dx);
+    // A new hash (a fresh salt: what `hash-password` gives even for the
+    // same password, which start_with logs in with) is a password change.
+    let new_hash = bcrypt::hash("deployex", 10).unwrap();
+    let dx = site.start_with(&[("DEPLOYEX_ADMIN_HASHED_PASSWORD", new_hash.as_str())]);
+    let (code, _) = http(
+        dx.api_port,
+        "GET",
+        "/api/v1/status",
+        dx.token.as_deref(),
+        None,
+    );
+    assert_eq!(code, 200, "the new session works");
+    let (code, _) = http(dx.api_port, "GET", "/api/v1/status", Some(&old), None);
+    assert_eq!(code, 401, "a token from before the change is refused");
+}

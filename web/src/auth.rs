@@ -146,6 +146,32 @@ impl TokenSigner {
         !self.unavailable.load(std::sync::atomic::Ordering::SeqCst) || self.reload()
     }
 
+    /// The signer of the dashboard's sessions: its key is derived from
+    /// `secret_key_base` *and* the admin password hash, so a new admin
+    /// password ends every session issued under the old one.
+    pub fn for_admin(secret_key_base: &str, admin_hash: &str, ttl: Duration) -> Self {
+        let mut mac = match HmacSha256::new_from_slice(secret_key_base.as_bytes()) {
+            Ok(m) => m,
+            Err(_) => unreachable!("HMAC takes keys of any length"),
+        };
+        mac.update(b"deployex session key v1\0");
+        mac.update(admin_hash.as_bytes());
+        let mut signer = Self::new("", ttl);
+        signer.key = mac.finalize().into_bytes().to_vec();
+        signer
+    }
+
+    /// Whether a token whose signature was verified earlier is still good:
+    /// not expired, not revoked, revocation readable (a long-lived
+    /// connection re-checks its session with it).
+    pub fn still_valid(&self, claims: &Claims) -> bool {
+        if claims.exp <= now_unix() || !self.available() {
+            return false;
+        }
+        let revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+        !revoked.contains_key(&claims.id)
+    }
+
     fn mac(&self) -> HmacSha256 {
         // HMAC accepts keys of any length: this cannot fail.
         match HmacSha256::new_from_slice(&self.key) {
@@ -468,6 +494,21 @@ mod tests {
         let claims = s.verify(&t).unwrap();
         s.revoke(&claims);
         assert!(matches!(s.verify(&t), Err(AuthError::Revoked)));
+    }
+
+    #[test]
+    fn a_new_admin_password_ends_every_session() {
+        let ttl = Duration::from_secs(60);
+        let old = TokenSigner::for_admin("k".repeat(40).as_str(), "$2b$12$old", ttl);
+        let t = old.issue();
+        let same = TokenSigner::for_admin("k".repeat(40).as_str(), "$2b$12$old", ttl);
+        assert!(same.verify(&t).is_ok(), "a restart keeps sessions");
+        let new = TokenSigner::for_admin("k".repeat(40).as_str(), "$2b$12$new", ttl);
+        assert!(matches!(new.verify(&t), Err(AuthError::BadSignature)));
+        let claims = same.verify(&t).unwrap();
+        assert!(same.still_valid(&claims));
+        same.revoke(&claims);
+        assert!(!same.still_valid(&claims));
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct WebConfig {
     pub secure_cookie: bool,
     pub session_ttl: Duration,
     pub terminal_idle: Duration,
+    /// A terminal closes after this long whatever happens in it.
+    pub terminal_lifetime: Duration,
     /// Bearer token that may read `/metrics` without a session.
     pub metrics_token: Option<String>,
     pub app_name: String,
@@ -95,6 +97,7 @@ impl WebConfig {
             admin_hashed_password: admin_hashed_password.into(),
             session_ttl: Duration::from_secs(12 * 3600),
             terminal_idle: Duration::from_secs(5 * 60),
+            terminal_lifetime: Duration::from_secs(4 * 3600),
             metrics_token: None,
             app_name: app_name.into(),
             revoked_tokens_file: None,
@@ -129,6 +132,9 @@ const STATUS_FRESH_FOR: std::time::Duration = std::time::Duration::from_millis(1
 /// clients) queues instead of taking every core from the engine.
 pub const BCRYPT_CONCURRENCY: usize = 2;
 
+/// IEx terminals open at once (each is a remote-shell BEAM, ~60 MB).
+pub const MAX_TERMINALS: usize = 8;
+
 /// Shared state of every handler.
 pub struct AppState {
     pub engine: Arc<dyn Engine>,
@@ -139,6 +145,8 @@ pub struct AppState {
     /// core for ~250 ms at cost 12).
     pub bcrypt_slots: tokio::sync::Semaphore,
     pub http_metrics: HttpMetrics,
+    /// Terminals open at once, over all sessions ([`MAX_TERMINALS`]).
+    pub terminals: Arc<tokio::sync::Semaphore>,
     /// Long-lived streams open per session (guard::StreamCounts).
     pub streams: Arc<guard::StreamCounts>,
     /// Flips to true when the server shuts down: long-lived streams (SSE,
@@ -159,7 +167,11 @@ impl AppState {
     pub fn new(engine: Arc<dyn Engine>, cfg: WebConfig) -> Arc<Self> {
         Arc::new(Self {
             tokens: {
-                let t = TokenSigner::new(&cfg.secret_key_base, cfg.session_ttl);
+                let t = TokenSigner::for_admin(
+                    &cfg.secret_key_base,
+                    &cfg.admin_hashed_password,
+                    cfg.session_ttl,
+                );
                 match &cfg.revoked_tokens_file {
                     Some(f) => t.with_revocation_file(f.clone()),
                     None => t,
@@ -171,6 +183,7 @@ impl AppState {
             bcrypt_slots: tokio::sync::Semaphore::new(BCRYPT_CONCURRENCY),
             http_metrics: HttpMetrics::default(),
             streams: Arc::default(),
+            terminals: Arc::new(tokio::sync::Semaphore::new(MAX_TERMINALS)),
             shutdown: tokio::sync::watch::Sender::new(false),
             status_flight: SingleFlight::fresh_for(STATUS_FRESH_FOR),
             status_json_flight: SingleFlight::default(),

@@ -9,6 +9,9 @@
 //! group (pty-process does `setsid`); when the websocket closes, the idle
 //! timeout fires, the shell exits or this task is dropped, the whole group
 //! is killed by its pid: the remote shell never outlives its websocket.
+//! A terminal lives at most `terminal_lifetime`, re-checks its session every
+//! [`SESSION_RECHECK`] (a logged-out, expired or revoked session closes
+//! it), and at most [`crate::MAX_TERMINALS`] are open at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +31,10 @@ use crate::guard::{Guard, Session, StreamSlot, client_ip, stream_slot, with_stat
 
 /// How long the shell gets after SIGHUP before SIGKILL.
 const HANGUP_GRACE: Duration = Duration::from_millis(500);
+
+/// How often an open terminal re-checks its session (logout, expiry, a
+/// revocation file gone bad): a dead session's terminal closes within this.
+pub const SESSION_RECHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TerminalError {
@@ -105,6 +112,17 @@ pub async fn session(
     _slot: StreamSlot,
 ) {
     let (mut tx, mut rx) = ws.split();
+    let Ok(_terminal) = state.terminals.clone().try_acquire_owned() else {
+        tracing::warn!(instance, session = %who.claims.id, client = %ip, "terminal refused: too many open");
+        let _ = tx
+            .send(notice(&format!(
+                "too many terminals open (at most {})",
+                crate::MAX_TERMINALS
+            )))
+            .await;
+        let _ = tx.send(Message::close()).await;
+        return;
+    };
     let cmd = match state.engine.remote_shell(instance).await {
         Ok(c) => c,
         Err(e) => {
@@ -131,6 +149,10 @@ pub async fn session(
     let mut buf = vec![0u8; 16 * 1024];
     let stopped = state.stopped();
     tokio::pin!(stopped);
+    let lifetime = tokio::time::sleep(state.cfg.terminal_lifetime);
+    tokio::pin!(lifetime);
+    let mut recheck = tokio::time::interval(SESSION_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
         tokio::select! {
             msg = rx.next() => {
@@ -161,6 +183,12 @@ pub async fn session(
             },
             _ = child.wait() => break "shell exited",
             _ = &mut sleep => break "closed after inactivity",
+            _ = &mut lifetime => break "closed: the terminal's maximum lifetime passed",
+            _ = recheck.tick() => {
+                if !state.tokens.still_valid(&who.claims) {
+                    break "closed: the session ended (logout, expiry or revocation)";
+                }
+            }
             _ = &mut stopped => break "deployex is shutting down",
         }
     };

@@ -828,7 +828,12 @@ async fn status_stream_pushes_sse_over_a_real_socket() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let engine = std::sync::Arc::new(FakeEngine::default());
     let cfg = config();
-    let token = deployex_web::auth::TokenSigner::new(&cfg.secret_key_base, cfg.session_ttl).issue();
+    let token = deployex_web::auth::TokenSigner::for_admin(
+        &cfg.secret_key_base,
+        &cfg.admin_hashed_password,
+        cfg.session_ttl,
+    )
+    .issue();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (addr, handle) = deployex_web::serve(engine, cfg, async {
         let _ = rx.await;
@@ -982,4 +987,75 @@ async fn own_log_page_shows_recent_lines_from_memory() {
         String::from_utf8_lossy(r.body()),
         "WARN deployex_web: <b>not html</b>\n"
     );
+}
+
+/// A logged-out session's open terminal closes within seconds (and its
+/// shell dies with it).
+#[tokio::test]
+async fn logout_closes_the_sessions_open_terminal() {
+    use deployex_actors::model::ShellCommand;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = std::sync::Arc::new(FakeEngine::default());
+    *engine.shell.lock().unwrap() = Some(ShellCommand {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), "echo PID $$ END; exec sleep 1000".into()],
+        env: vec![],
+        cwd: dir.path().to_path_buf(),
+    });
+    let state = deployex_web::AppState::new(engine, config());
+    let f = routes_with_state(state.clone());
+    let token = state.tokens.issue();
+    let mut ws = warp::test::ws()
+        .path("/instances/2/terminal/ws")
+        .header("cookie", format!("deployex_session={token}"))
+        .header("origin", "http://127.0.0.1:4000")
+        .handshake(f.clone())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    while !out.contains(" END") {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        out.push_str(&String::from_utf8_lossy(m.as_bytes()));
+    }
+    let pid: i32 = out
+        .split("PID")
+        .nth(1)
+        .and_then(|s| s.split("END").next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap();
+    // Logout from elsewhere (another tab): the token is revoked.
+    let r = warp::test::request()
+        .method("POST")
+        .path("/logout")
+        .header("cookie", format!("deployex_session={token}"))
+        .header("origin", "http://127.0.0.1:4000")
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 303);
+    let start = Instant::now();
+    let mut notice = String::new();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.recv())
+            .await
+            .unwrap();
+        let Ok(m) = m else { break };
+        if m.is_text() {
+            notice = m.to_str().unwrap().to_string();
+        } else if m.is_close() {
+            break;
+        }
+    }
+    assert!(notice.contains("session ended"), "{notice}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    wait_until("the shell to die", || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .await;
 }
