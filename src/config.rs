@@ -635,7 +635,12 @@ fn load_inner(
     engine.log_max_bytes =
         src.number("DEPLOYEX_LOG_MAX_BYTES", 100 * 1024 * 1024, 4096, u64::MAX)?;
     engine.log_keep = src.number("DEPLOYEX_LOG_KEEP", 5, 0, 1000)?;
-    engine.base_env = env.into_iter().collect();
+    // -- web hardening: no secret of deployex reaches an app, a pre-command
+    // or a terminal (every name in SECRETS, present and future).
+    engine.base_env = env
+        .into_iter()
+        .filter(|(k, _)| !SECRETS.contains(&k.as_str()))
+        .collect();
     engine.base_env.sort();
 
     // -- web hardening --
@@ -1095,5 +1100,27 @@ mod tests {
         assert!(e.0.contains("cost 4"), "{e}");
         assert!(!e.0.contains(&cheap), "the hash is not echoed");
         assert!(!e.0.contains('\n'));
+    }
+
+    #[test]
+    fn no_secret_reaches_the_apps_environment() {
+        let c = load(
+            env(&[
+                ("DEPLOYEX_METRICS_TOKEN", "metrics-secret"),
+                ("DEPLOYEX_SECRET_KEY_BASE", "k".repeat(64).as_str()),
+                ("DEPLOYEX_ERLANG_COOKIE", "cookie-secret"),
+                ("DEPLOYEX_ADMIN_HASHED_PASSWORD", LOCAL_ADMIN_HASH),
+                ("PATH", "/usr/bin"),
+            ]),
+            None,
+        )
+        .unwrap();
+        for secret in SECRETS {
+            assert!(
+                !c.engine.base_env.iter().any(|(k, _)| k == secret),
+                "{secret} in the apps' environment"
+            );
+        }
+        assert!(c.engine.base_env.iter().any(|(k, _)| k == "PATH"));
     }
 }

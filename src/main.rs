@@ -44,6 +44,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    forbid_inspection();
     deployex_actors::process::limit_malloc_arenas((1 + ENGINE_WORKERS + WEB_WORKERS) as i32);
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
@@ -98,6 +99,16 @@ fn main() -> ExitCode {
             }
             code
         }
+    }
+}
+
+/// `PR_SET_DUMPABLE 0`: a process of the same user (an app, a pre-command)
+/// can no longer ptrace deployex or read its `/proc/{pid}/environ` or
+/// `mem` (they become root-owned), where the secrets are; no core dump
+/// either. Children are unaffected: `execve` makes them dumpable again.
+fn forbid_inspection() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("deployex: cannot mark the process non-dumpable: {e}");
     }
 }
 
@@ -317,4 +328,13 @@ async fn run(
     }
     tracing::info!("bye");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn deployex_is_not_dumpable() {
+        super::forbid_inspection();
+        assert_eq!(nix::sys::prctl::get_dumpable().ok(), Some(false));
+    }
 }

@@ -203,3 +203,31 @@ fn a_new_admin_password_ends_old_sessions() {
     let (code, _) = http(dx.api_port, "GET", "/api/v1/status", Some(&old), None);
     assert_eq!(code, 401, "a token from before the change is refused");
 }
+
+/// Scope 5: deployex's secrets (the metrics token included) never reach
+/// an instance's environment.
+#[test]
+fn secrets_do_not_reach_the_instances() {
+    let site = Site::new(1).env("DEPLOYEX_METRICS_TOKEN", "metrics-token-0123456789");
+    site.publish("0.1.1", &[]);
+    let dx = site.start();
+    let s = dx.wait_status("0.1.1 running", Duration::from_secs(90), |s| {
+        running_on(s, "0.1.1")
+    });
+    let pid = pids(&s)[0];
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    for secret in [
+        "metrics-token-0123456789",
+        "DEPLOYEX_METRICS_TOKEN",
+        "DEPLOYEX_SECRET_KEY_BASE",
+        "DEPLOYEX_ADMIN_HASHED_PASSWORD",
+        "DEPLOYEX_ERLANG_COOKIE",
+    ] {
+        assert!(!environ.contains(secret), "{secret} reached the instance");
+    }
+    assert!(
+        environ.contains("RELEASE_COOKIE="),
+        "the cookie goes as RELEASE_COOKIE"
+    );
+}
