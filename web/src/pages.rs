@@ -155,10 +155,24 @@ pub fn layout(title: &str, app: &str, page: &str, body: Markup, logged_in: bool)
 
 // ---------------------------------------------------------------- login --
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
 pub struct LoginForm {
     pub username: String,
     pub password: String,
+}
+
+/// Longest login form body read.
+pub const LOGIN_FORM_LIMIT: u64 = 16 * 1024;
+
+/// The login form body (`application/x-www-form-urlencoded`); `None` when
+/// it is not one (missing field, bad encoding). Fuzzed (`login_form`).
+pub fn parse_login_form(body: &[u8]) -> Option<LoginForm> {
+    serde_urlencoded::from_bytes(body).ok()
+}
+
+/// The body a browser would send for `form` (the fuzz check's inverse).
+pub fn encode_login_form(form: &LoginForm) -> String {
+    serde_urlencoded::to_string(form).unwrap_or_default()
 }
 
 fn login_page(app: &str, error: Option<&str>) -> Markup {
@@ -594,9 +608,17 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(st())
         .and(client_ip(state.clone()))
         .and(req_info())
-        .and(warp::body::content_length_limit(16 * 1024))
-        .and(warp::body::form())
-        .and_then(login_form_submit);
+        .and(warp::body::content_length_limit(LOGIN_FORM_LIMIT))
+        .and(warp::body::bytes())
+        .and_then(|st, ip, info, body: warp::hyper::body::Bytes| async move {
+            match parse_login_form(&body) {
+                Some(form) => login_form_submit(st, ip, info, form).await,
+                None => Ok(html_page(
+                    StatusCode::BAD_REQUEST,
+                    login_page(&st.cfg.app_name, Some("Missing user or password.")),
+                )),
+            }
+        });
     let logout = warp::path!("logout")
         .and(warp::get().or(warp::post()).unify())
         .and(st())
