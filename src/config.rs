@@ -465,6 +465,17 @@ fn load_inner(
             return Err(src.invalid("DEPLOYEX_RELEASE_ADAPTER", other, "expected local or s3"));
         }
     };
+    // -- web hardening: a production local store is never a default path
+    // (the default, /tmp/{app}, is writable by anyone: a planted tarball
+    // would run as the apps).
+    if !local
+        && matches!(store, StoreConfig::Local { .. })
+        && src.opt("DEPLOYEX_RELEASE_DIR").is_none()
+    {
+        return Err(ConfigError(format!(
+            "invalid configuration: DEPLOYEX_RELEASE_DIR must be set when DEPLOYEX_RELEASE_ADAPTER=local and DEPLOYEX_CLOUD_ENVIRONMENT={cloud_env}"
+        )));
+    }
     let secret_name = format!("deployex-{app}-{cloud_env}-secrets");
     let missing: Vec<&'static str> = FETCHED_SECRETS
         .iter()
@@ -726,6 +737,44 @@ fn random_secret() -> String {
 }
 
 impl Config {
+    /// Outside `local`, a local release store must be a folder owned by
+    /// deployex's user and not writable by group or others: whoever can
+    /// write it chooses the code the apps run. Checked at start (not by
+    /// `check-config`, which the installer runs as root).
+    pub fn check_local_store(&self) -> Result<(), ConfigError> {
+        use std::os::unix::fs::MetadataExt;
+        let StoreConfig::Local { root } = &self.engine.store else {
+            return Ok(());
+        };
+        if self.engine.env == "local" {
+            return Ok(());
+        }
+        let bad = |why: String| {
+            ConfigError(format!(
+                "invalid configuration: DEPLOYEX_RELEASE_DIR={}: {why}",
+                root.display()
+            ))
+        };
+        let meta = std::fs::metadata(root).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if !meta.is_dir() {
+            return Err(bad("not a folder".into()));
+        }
+        if meta.uid() != me {
+            return Err(bad(format!(
+                "owned by uid {}, expected deployex's uid {me}",
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(bad(format!(
+                "mode {:o} is writable by group or others, expected at most 755",
+                meta.mode() & 0o7777
+            )));
+        }
+        Ok(())
+    }
+
     /// The effective configuration as text, secrets redacted.
     pub fn describe(&self) -> String {
         let e = &self.engine;
@@ -882,6 +931,7 @@ mod tests {
             env(&[
                 ("DEPLOYEX_CLOUD_ENVIRONMENT", "prod"),
                 ("DEPLOYEX_RELEASE_ADAPTER", "local"),
+                ("DEPLOYEX_RELEASE_DIR", "/srv/deployex/store"),
             ]),
             None,
         )
@@ -1122,5 +1172,35 @@ mod tests {
             );
         }
         assert!(c.engine.base_env.iter().any(|(k, _)| k == "PATH"));
+    }
+
+    #[test]
+    fn a_production_local_store_is_explicit_owned_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let prod = |extra: &[(&str, &str)]| {
+            let mut e = prod_secrets();
+            e.insert("DEPLOYEX_CLOUD_ENVIRONMENT".into(), "prod".into());
+            e.insert("DEPLOYEX_RELEASE_ADAPTER".into(), "local".into());
+            for (k, v) in extra {
+                e.insert((*k).into(), (*v).into());
+            }
+            load(e, None)
+        };
+        let e = prod(&[]).unwrap_err();
+        assert!(e.0.contains("DEPLOYEX_RELEASE_DIR must be set"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let root = store.to_str().unwrap();
+        let c = prod(&[("DEPLOYEX_RELEASE_DIR", root)]).unwrap();
+        let e = c.check_local_store().unwrap_err();
+        assert!(e.0.contains("cannot read"), "{e}");
+        std::fs::create_dir(&store).unwrap();
+        std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = c.check_local_store().unwrap_err();
+        assert!(e.0.contains("writable by group or others"), "{e}");
+        std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(c.check_local_store().is_ok());
+        // In local, anything goes (the dev default is /tmp/{app}).
+        assert!(load(env(&[]), None).unwrap().check_local_store().is_ok());
     }
 }

@@ -67,6 +67,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if let Err(e) = cfg.check_local_store() {
+                eprintln!("deployex: {e}");
+                return ExitCode::from(2);
+            }
             let own_log = init_tracing();
             let runtime = match engine_runtime() {
                 Ok(r) => r,
