@@ -141,7 +141,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("DEPLOYEX_LOG_KEEP", "rotated log files kept (5)"),
     (
         "DEPLOYEX_SECURE_COOKIE",
-        "mark the session cookie Secure (false; set when served over https)",
+        "Secure + __Host- session cookie: unset = when the public origin is https; true/false force it",
     ),
     (
         "DEPLOYEX_SESSION_TTL_S",
@@ -192,6 +192,19 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "DEPLOYEX_WEBHOOK_SECRET",
         "signs webhook bodies: X-Deployex-Signature: sha256=<hex HMAC> (unset)",
     ),
+    // -- web hardening --
+    (
+        "DEPLOYEX_TRUSTED_PROXIES",
+        "comma-separated CIDRs whose X-Forwarded-For is believed (unset)",
+    ),
+    (
+        "DEPLOYEX_PUBLIC_URL",
+        "the dashboard's public origin (https://{PHX_HOST}, or http://{PHX_HOST}:{PHX_PORT} on localhost)",
+    ),
+    (
+        "DEPLOYEX_MAX_CONNECTIONS",
+        "open HTTP connections at most (512)",
+    ),
 ];
 
 const SECRETS: &[&str] = &[
@@ -205,6 +218,9 @@ const SECRETS: &[&str] = &[
 /// Secrets the AWS secret may carry besides the required ones; taken from
 /// it when not set (same list as `secrets::OPTIONAL`).
 pub(crate) const OPTIONAL_SECRETS: &[&str] = &["DEPLOYEX_METRICS_TOKEN"];
+
+/// The lowest bcrypt cost accepted for the admin hash.
+pub const MIN_BCRYPT_COST: u32 = 10;
 
 /// bcrypt of `deployex` (cost 12): the local-environment admin password.
 pub const LOCAL_ADMIN_HASH: &str = "$2b$12$oTpgs.Vc4nxDsEB8MBkB.Obs9rCf4wB4WvKYErfgcY9BEFaYp48Rq";
@@ -236,6 +252,11 @@ pub struct Config {
     pub terminal_idle: Duration,
     /// Effective values by variable, for `check-config` (secrets redacted).
     pub effective: BTreeMap<String, String>,
+    // -- web hardening --
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Origins a browser may send state changes from (exact match).
+    pub public_origins: Vec<String>,
+    pub max_connections: usize,
 }
 
 /// The secrets a [`SecretsFetcher`] is asked for.
@@ -486,6 +507,17 @@ fn load_inner(
             return Err(src.invalid("DEPLOYEX_RELEASE_ADAPTER", other, "expected local or s3"));
         }
     };
+    // -- web hardening: a production local store is never a default path
+    // (the default, /tmp/{app}, is writable by anyone: a planted tarball
+    // would run as the apps).
+    if !local
+        && matches!(store, StoreConfig::Local { .. })
+        && src.opt("DEPLOYEX_RELEASE_DIR").is_none()
+    {
+        return Err(ConfigError(format!(
+            "invalid configuration: DEPLOYEX_RELEASE_DIR must be set when DEPLOYEX_RELEASE_ADAPTER=local and DEPLOYEX_CLOUD_ENVIRONMENT={cloud_env}"
+        )));
+    }
     let secret_name = format!("deployex-{app}-{cloud_env}-secrets");
     let missing: Vec<&'static str> = FETCHED_SECRETS
         .iter()
@@ -577,6 +609,16 @@ fn load_inner(
         return Err(ConfigError(
             "invalid configuration: DEPLOYEX_ADMIN_HASHED_PASSWORD is not a bcrypt hash ($2b$..., 60 characters); make one with `deployex hash-password`".to_string(),
         ));
+    }
+    // -- web hardening: a cheap hash falls to an offline guess in minutes.
+    let cost = admin_hashed_password
+        .get(4..6)
+        .and_then(|c| c.parse::<u32>().ok())
+        .unwrap_or(0);
+    if cost < MIN_BCRYPT_COST {
+        return Err(ConfigError(format!(
+            "invalid configuration: DEPLOYEX_ADMIN_HASHED_PASSWORD has bcrypt cost {cost}: expected at least {MIN_BCRYPT_COST}; make one with `deployex hash-password`"
+        )));
     }
 
     let bind_ip = src.string("DEPLOYEX_BIND_ADDR", "127.0.0.1");
@@ -695,8 +737,51 @@ fn load_inner(
             })
         }
     };
-    engine.base_env = env.into_iter().collect();
+    // -- web hardening: no secret of deployex reaches an app, a pre-command
+    // or a terminal (every name in SECRETS, present and future).
+    engine.base_env = env
+        .into_iter()
+        .filter(|(k, _)| !SECRETS.contains(&k.as_str()))
+        .collect();
     engine.base_env.sort();
+
+    // -- web hardening --
+    let trusted_proxies = match src.opt("DEPLOYEX_TRUSTED_PROXIES") {
+        None => Vec::new(),
+        Some(v) => v
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                c.parse::<ipnet::IpNet>()
+                    .or_else(|_| c.parse::<IpAddr>().map(ipnet::IpNet::from))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| {
+                src.invalid(
+                    "DEPLOYEX_TRUSTED_PROXIES",
+                    &v,
+                    "expected comma-separated CIDRs (10.0.0.0/8, ::1/128) or addresses",
+                )
+            })?,
+    };
+    let phx_host = src.string("DEPLOYEX_PHX_HOST", "localhost");
+    let public_url = src.opt("DEPLOYEX_PUBLIC_URL");
+    let public_origins =
+        deployex_web::auth::public_origins(public_url.as_deref(), &phx_host, phx_port).map_err(
+            |e| {
+                src.invalid(
+                    "DEPLOYEX_PUBLIC_URL",
+                    public_url.as_deref().unwrap_or(""),
+                    &e,
+                )
+            },
+        )?;
+    let secure_cookie = match src.opt("DEPLOYEX_SECURE_COOKIE") {
+        None => public_origins.iter().any(|o| o.starts_with("https://")),
+        Some(_) => src.boolean("DEPLOYEX_SECURE_COOKIE", false)?,
+    };
+    let max_connections: usize = src.number("DEPLOYEX_MAX_CONNECTIONS", 512, 8, 1_000_000)?;
 
     let mut effective = BTreeMap::new();
     for (var, _) in VARIABLES {
@@ -717,10 +802,10 @@ fn load_inner(
     Ok(Config {
         web_enabled: src.boolean("DEPLOYEX_PHX_SERVER", true)?,
         bind: SocketAddr::new(bind_ip, phx_port),
-        host: src.string("DEPLOYEX_PHX_HOST", "localhost"),
+        host: phx_host,
         secret_key_base,
         admin_hashed_password,
-        secure_cookie: src.boolean("DEPLOYEX_SECURE_COOKIE", false)?,
+        secure_cookie,
         session_ttl: Duration::from_secs(src.number(
             "DEPLOYEX_SESSION_TTL_S",
             43_200,
@@ -731,6 +816,9 @@ fn load_inner(
         terminal_idle: src.millis("DEPLOYEX_TERMINAL_IDLE_MS", 300_000, 1000, 86_400_000)?,
         engine,
         effective,
+        trusted_proxies,
+        public_origins,
+        max_connections,
     })
 }
 
@@ -740,6 +828,44 @@ fn random_secret() -> String {
 }
 
 impl Config {
+    /// Outside `local`, a local release store must be a folder owned by
+    /// deployex's user and not writable by group or others: whoever can
+    /// write it chooses the code the apps run. Checked at start (not by
+    /// `check-config`, which the installer runs as root).
+    pub fn check_local_store(&self) -> Result<(), ConfigError> {
+        use std::os::unix::fs::MetadataExt;
+        let StoreConfig::Local { root } = &self.engine.store else {
+            return Ok(());
+        };
+        if self.engine.env == "local" {
+            return Ok(());
+        }
+        let bad = |why: String| {
+            ConfigError(format!(
+                "invalid configuration: DEPLOYEX_RELEASE_DIR={}: {why}",
+                root.display()
+            ))
+        };
+        let meta = std::fs::metadata(root).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if !meta.is_dir() {
+            return Err(bad("not a folder".into()));
+        }
+        if meta.uid() != me {
+            return Err(bad(format!(
+                "owned by uid {}, expected deployex's uid {me}",
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(bad(format!(
+                "mode {:o} is writable by group or others, expected at most 755",
+                meta.mode() & 0o7777
+            )));
+        }
+        Ok(())
+    }
+
     /// The effective configuration as text, secrets redacted.
     pub fn describe(&self) -> String {
         let e = &self.engine;
@@ -896,6 +1022,7 @@ mod tests {
             env(&[
                 ("DEPLOYEX_CLOUD_ENVIRONMENT", "prod"),
                 ("DEPLOYEX_RELEASE_ADAPTER", "local"),
+                ("DEPLOYEX_RELEASE_DIR", "/srv/deployex/store"),
             ]),
             None,
         )
@@ -1060,5 +1187,111 @@ mod tests {
         assert!(!text.contains("supersecretcookie"));
         assert!(!text.contains(&"k".repeat(64)));
         assert!(text.contains("DEPLOYEX_ERLANG_COOKIE=<redacted>"));
+    }
+
+    // -- web hardening --
+    #[test]
+    fn public_origin_secure_cookie_and_proxies() {
+        let c = load(env(&[]), None).unwrap();
+        assert_eq!(
+            c.public_origins,
+            vec!["http://localhost:5001", "http://127.0.0.1:5001"]
+        );
+        assert!(!c.secure_cookie);
+        let c = load(env(&[("DEPLOYEX_PHX_HOST", "deploy.example.com")]), None).unwrap();
+        assert_eq!(c.public_origins, vec!["https://deploy.example.com"]);
+        assert!(c.secure_cookie, "https origin: Secure by default");
+        let c = load(
+            env(&[
+                ("DEPLOYEX_PHX_HOST", "deploy.example.com"),
+                ("DEPLOYEX_SECURE_COOKIE", "false"),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert!(!c.secure_cookie, "false forces it off");
+        let c = load(
+            env(&[("DEPLOYEX_PUBLIC_URL", "http://10.0.0.5:8080/")]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.public_origins, vec!["http://10.0.0.5:8080"]);
+        let e = load(env(&[("DEPLOYEX_PUBLIC_URL", "deploy.example.com")]), None).unwrap_err();
+        assert!(e.0.contains("DEPLOYEX_PUBLIC_URL"), "{e}");
+        let c = load(
+            env(&[("DEPLOYEX_TRUSTED_PROXIES", "127.0.0.1/32, ::1, 10.0.0.0/8")]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.trusted_proxies.len(), 3);
+        let e = load(env(&[("DEPLOYEX_TRUSTED_PROXIES", "10.0.0.0/33")]), None).unwrap_err();
+        assert!(e.0.contains("DEPLOYEX_TRUSTED_PROXIES"), "{e}");
+        assert_eq!(c.max_connections, 512);
+    }
+
+    #[test]
+    fn a_cheap_admin_hash_is_refused() {
+        let cheap = bcrypt::hash("pw", 4).unwrap();
+        let e = load(
+            env(&[("DEPLOYEX_ADMIN_HASHED_PASSWORD", cheap.as_str())]),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.0.contains("DEPLOYEX_ADMIN_HASHED_PASSWORD"), "{e}");
+        assert!(e.0.contains("cost 4"), "{e}");
+        assert!(!e.0.contains(&cheap), "the hash is not echoed");
+        assert!(!e.0.contains('\n'));
+    }
+
+    #[test]
+    fn no_secret_reaches_the_apps_environment() {
+        let c = load(
+            env(&[
+                ("DEPLOYEX_METRICS_TOKEN", "metrics-secret"),
+                ("DEPLOYEX_SECRET_KEY_BASE", "k".repeat(64).as_str()),
+                ("DEPLOYEX_ERLANG_COOKIE", "cookie-secret"),
+                ("DEPLOYEX_ADMIN_HASHED_PASSWORD", LOCAL_ADMIN_HASH),
+                ("PATH", "/usr/bin"),
+            ]),
+            None,
+        )
+        .unwrap();
+        for secret in SECRETS {
+            assert!(
+                !c.engine.base_env.iter().any(|(k, _)| k == secret),
+                "{secret} in the apps' environment"
+            );
+        }
+        assert!(c.engine.base_env.iter().any(|(k, _)| k == "PATH"));
+    }
+
+    #[test]
+    fn a_production_local_store_is_explicit_owned_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let prod = |extra: &[(&str, &str)]| {
+            let mut e = prod_secrets();
+            e.insert("DEPLOYEX_CLOUD_ENVIRONMENT".into(), "prod".into());
+            e.insert("DEPLOYEX_RELEASE_ADAPTER".into(), "local".into());
+            for (k, v) in extra {
+                e.insert((*k).into(), (*v).into());
+            }
+            load(e, None)
+        };
+        let e = prod(&[]).unwrap_err();
+        assert!(e.0.contains("DEPLOYEX_RELEASE_DIR must be set"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let root = store.to_str().unwrap();
+        let c = prod(&[("DEPLOYEX_RELEASE_DIR", root)]).unwrap();
+        let e = c.check_local_store().unwrap_err();
+        assert!(e.0.contains("cannot read"), "{e}");
+        std::fs::create_dir(&store).unwrap();
+        std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = c.check_local_store().unwrap_err();
+        assert!(e.0.contains("writable by group or others"), "{e}");
+        std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(c.check_local_store().is_ok());
+        // In local, anything goes (the dev default is /tmp/{app}).
+        assert!(load(env(&[]), None).unwrap().check_local_store().is_ok());
     }
 }

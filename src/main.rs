@@ -36,7 +36,7 @@ enum Command {
     /// Read a password on stdin, print its bcrypt hash for DEPLOYEX_ADMIN_HASHED_PASSWORD.
     HashPassword {
         /// bcrypt cost.
-        #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(4..=31))]
+        #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(10..=31))]
         cost: u32,
     },
     /// Validate the configuration and print the effective values (secrets redacted).
@@ -44,6 +44,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    forbid_inspection();
     deployex_actors::process::limit_malloc_arenas((1 + ENGINE_WORKERS + WEB_WORKERS) as i32);
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
@@ -66,7 +67,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_tracing();
+            if let Err(e) = cfg.check_local_store() {
+                eprintln!("deployex: {e}");
+                return ExitCode::from(2);
+            }
+            let own_log = init_tracing();
             let runtime = match engine_runtime() {
                 Ok(r) => r,
                 Err(e) => {
@@ -86,7 +91,7 @@ fn main() -> ExitCode {
                 None
             };
             let web = web_runtime.as_ref().map(|r| r.handle().clone());
-            let code = match runtime.block_on(run(cfg, web)) {
+            let code = match runtime.block_on(run(cfg, web, own_log)) {
                 Ok(code) => code,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -98,6 +103,16 @@ fn main() -> ExitCode {
             }
             code
         }
+    }
+}
+
+/// `PR_SET_DUMPABLE 0`: a process of the same user (an app, a pre-command)
+/// can no longer ptrace deployex or read its `/proc/{pid}/environ` or
+/// `mem` (they become root-owned), where the secrets are; no core dump
+/// either. Children are unaffected: `execve` makes them dumpable again.
+fn forbid_inspection() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("deployex: cannot mark the process non-dumpable: {e}");
     }
 }
 
@@ -191,15 +206,33 @@ async fn trim_resident_code_periodically() {
     }
 }
 
-fn init_tracing() {
+/// Lines of deployex's own log kept in memory for the dashboard.
+const OWN_LOG_LINES: usize = 500;
+
+/// Logs to stderr (the journal, or the unit's log file) and into a ring of
+/// the last [`OWN_LOG_LINES`] lines, which the dashboard shows as
+/// deployex's log (`/instances/0/logs/stdout`).
+fn init_tracing() -> std::sync::Arc<deployex_web::ownlog::OwnLog> {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_env("DEPLOYEX_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,ractor=warn,warp=warn,hyper=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
+    let own_log = deployex_web::ownlog::OwnLog::new(OWN_LOG_LINES);
+    let ring = own_log.clone();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(move || ring.writer())
+                .with_ansi(false),
+        )
         .init();
+    own_log
 }
 
 fn hash_password(cost: u32) -> ExitCode {
@@ -227,7 +260,11 @@ fn hash_password(cost: u32) -> ExitCode {
 
 /// Runs deployex until a signal (or the actor tree gives up); `web` is the
 /// web server's runtime (`None` when the web server is disabled).
-async fn run(cfg: config::Config, web: Option<tokio::runtime::Handle>) -> anyhow::Result<ExitCode> {
+async fn run(
+    cfg: config::Config,
+    web: Option<tokio::runtime::Handle>,
+    own_log: std::sync::Arc<deployex_web::ownlog::OwnLog>,
+) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
 
     tracing::info!(app = %cfg.engine.app, replicas = cfg.engine.replicas, "starting deployex {}", env!("CARGO_PKG_VERSION"));
@@ -246,10 +283,18 @@ async fn run(cfg: config::Config, web: Option<tokio::runtime::Handle>) -> anyhow
             secure_cookie: cfg.secure_cookie,
             session_ttl: cfg.session_ttl,
             terminal_idle: cfg.terminal_idle,
+            terminal_lifetime: std::time::Duration::from_secs(4 * 3600),
             metrics_token: cfg.metrics_token.clone(),
             app_name: cfg.engine.app.clone(),
             revoked_tokens_file: Some(cfg.engine.storage_dir().join("revoked_tokens.json")),
+            trusted_proxies: cfg.trusted_proxies.clone(),
+            public_origins: cfg.public_origins.clone(),
+            max_connections: cfg.max_connections,
+            own_log: Some(own_log),
         };
+        if !cfg.bind.ip().is_loopback() {
+            tracing::warn!(bind = %cfg.bind, "the dashboard listens on a non-loopback address: put it behind a TLS reverse proxy (see README, Security)");
+        }
         let engine: std::sync::Arc<dyn deployex_actors::Engine> =
             std::sync::Arc::new(handle.clone());
         let (addr, join) = web_runtime
@@ -287,4 +332,13 @@ async fn run(cfg: config::Config, web: Option<tokio::runtime::Handle>) -> anyhow
     }
     tracing::info!("bye");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn deployex_is_not_dumpable() {
+        super::forbid_inspection();
+        assert_eq!(nix::sys::prctl::get_dumpable().ok(), Some(false));
+    }
 }

@@ -118,3 +118,23 @@ fn unpack_check_sees_success_and_refusal() {
         "{r:?}"
     );
 }
+
+#[test]
+fn session_token_corpus() {
+    replay("session_token", checks::session_token);
+}
+
+#[test]
+fn percent_decode_corpus() {
+    replay("percent_decode", checks::percent_decode);
+}
+
+#[test]
+fn origin_corpus() {
+    replay("origin", checks::origin);
+}
+
+#[test]
+fn login_form_corpus() {
+    replay("login_form", checks::login_form);
+}

@@ -269,7 +269,7 @@ fn install_writes_everything_twice_identically_update_and_uninstall() {
 
     // Environment file.
     let env_file = root.join("etc/deployex/deployex.env");
-    assert_eq!(mode(&env_file), 0o640);
+    assert_eq!(mode(&env_file), 0o600);
     let env = fs::read_to_string(&env_file).unwrap();
     for line in [
         "DEPLOYEX_MONITORED_APP_NAME='shop'",

@@ -397,7 +397,7 @@ write_env_file() {
       done
     fi
   } >"$out"
-  put_file "$out" /etc/deployex/deployex.env 0640 "root:$USER_NAME"
+  put_file "$out" /etc/deployex/deployex.env 0600 "root:root"
 }
 
 render() { # template dest mode

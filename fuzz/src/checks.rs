@@ -256,3 +256,106 @@ pub fn config(data: &[u8]) {
         }
     }
 }
+
+/// The session signer the web checks verify against (a key the fuzzer
+/// cannot know).
+fn signer() -> deployex_web::auth::TokenSigner {
+    deployex_web::auth::TokenSigner::for_admin(
+        "fuzz-secret-key-base-0123456789abcdefghij",
+        "$2b$12$fuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfu",
+        std::time::Duration::from_secs(3600),
+    )
+}
+
+/// A session token (Bearer value or cookie) from a client.
+///
+/// Must hold: no panic; nothing the fuzzer makes verifies (it cannot know
+/// the key); a token the signer issued verifies, and any one-byte change
+/// of it does not; the header parsers return slices of their input.
+pub fn session_token(data: &[u8]) {
+    use deployex_web::auth::{COOKIE_NAME, bearer, session_cookie};
+    let text = String::from_utf8_lossy(data);
+    let s = signer();
+    assert!(s.verify(&text).is_err(), "forged token accepted: {text:?}");
+    if let Some(t) = bearer(&text) {
+        assert!(text.contains(t));
+        assert!(s.verify(t).is_err());
+    }
+    if let Some(t) = session_cookie(&text, COOKIE_NAME) {
+        assert!(text.contains(t));
+        assert!(s.verify(t).is_err());
+    }
+    let good = s.issue();
+    assert!(s.verify(&good).is_ok());
+    if !data.is_empty() {
+        let mut bad = good.clone().into_bytes();
+        let i = usize::from(data[0]) % bad.len();
+        let b = data.get(1).copied().unwrap_or(b'x');
+        if bad[i] != b {
+            bad[i] = b;
+            let bad = String::from_utf8_lossy(&bad);
+            assert!(s.verify(&bad).is_err(), "tampered token accepted: {bad:?}");
+        }
+    }
+}
+
+/// `%XX` decoding of a URL path segment (ghosted versions).
+///
+/// Must hold: no panic; text without `%` is unchanged; any text encoded
+/// byte by byte decodes back to itself.
+pub fn percent_decode(data: &[u8]) {
+    use deployex_web::api::percent_decode;
+    let text = String::from_utf8_lossy(data);
+    let decoded = percent_decode(&text);
+    if !text.contains('%') {
+        assert_eq!(decoded, text);
+    }
+    let encoded: String = text.bytes().map(|b| format!("%{b:02X}")).collect();
+    assert_eq!(percent_decode(&encoded), text);
+}
+
+/// The origin check of state changes and websockets.
+///
+/// Must hold: no panic; a normalized origin is `http(s)://host[:port]`
+/// with no user info, path or default port, and normalizes to itself; an
+/// origin is allowed exactly when it normalizes to an allowed one.
+pub fn origin(data: &[u8]) {
+    use deployex_web::auth::{normalize_origin, origin_allowed, public_origins};
+    let text = String::from_utf8_lossy(data);
+    if let Some(o) = normalize_origin(&text) {
+        let rest = o
+            .strip_prefix("https://")
+            .or_else(|| o.strip_prefix("http://"))
+            .unwrap_or_else(|| panic!("bad scheme: {o:?}"));
+        assert!(
+            !rest.is_empty() && !rest.contains(['/', '@', '?', '#']),
+            "{o:?}"
+        );
+        assert!(!o.ends_with(":80") || o.starts_with("https://"), "{o:?}");
+        assert!(!o.ends_with(":443") || o.starts_with("http://"), "{o:?}");
+        assert_eq!(normalize_origin(&o).as_deref(), Some(o.as_str()));
+        assert!(origin_allowed(Some(&text), None, std::slice::from_ref(&o)));
+    }
+    let allowed = public_origins(None, "deploy.example.com", 5001).unwrap();
+    assert_eq!(
+        origin_allowed(Some(&text), None, &allowed),
+        text != "null" && normalize_origin(&text).as_deref() == Some("https://deploy.example.com")
+    );
+    // Used as DEPLOYEX_PUBLIC_URL: accepted means one normalized origin.
+    if let Ok(v) = public_origins(Some(&text), "localhost", 5001) {
+        assert_eq!(v.len(), 1);
+        assert_eq!(normalize_origin(&v[0]).as_deref(), Some(v[0].as_str()));
+    }
+}
+
+/// The login form body.
+///
+/// Must hold: no panic; what parses encodes back to a body that parses to
+/// the same fields.
+pub fn login_form(data: &[u8]) {
+    use deployex_web::pages::{encode_login_form, parse_login_form};
+    if let Some(form) = parse_login_form(data) {
+        let again = encode_login_form(&form);
+        assert_eq!(parse_login_form(again.as_bytes()), Some(form));
+    }
+}

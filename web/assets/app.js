@@ -259,6 +259,7 @@
     const follow = $("#follow");
     const scroll = () => { if (!follow || follow.checked) window.scrollTo(0, document.body.scrollHeight); };
     scroll();
+    if (!pre.dataset.ws) return; // deployex's in-memory log: not followed
     const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + pre.dataset.ws;
     // The stream reconnects by itself (deployex restarted, network blip):
     // backoff 0.5 s doubling to 10 s; on reconnect the server sends the last

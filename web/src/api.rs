@@ -47,22 +47,35 @@ pub enum LoginOutcome {
     Failed,
 }
 
-/// Rate limit, bcrypt check, token issue.
+/// Rate limit, bcrypt check, token issue. The attempt is counted before
+/// the password is checked (auth::LoginLimiter) and bcrypt runs at most
+/// [`crate::BCRYPT_CONCURRENCY`] at a time.
 pub async fn attempt_login(
     state: &AppState,
     ip: IpAddr,
     username: &str,
     password: &str,
 ) -> LoginOutcome {
-    if !state.limiter.allowed(ip) {
+    if !state.tokens.available() {
+        tracing::error!(
+            "login refused: the revoked tokens file is unreadable (see the error above)"
+        );
+        return LoginOutcome::Failed;
+    }
+    let Some(attempt) = state.limiter.begin(ip) else {
         tracing::warn!(%ip, "login rate limited");
         return LoginOutcome::Limited;
-    }
+    };
+    let Ok(_permit) = state.bcrypt_slots.acquire().await else {
+        return LoginOutcome::Failed;
+    };
     match crate::auth::check_credentials(&state.cfg.admin_hashed_password, username, password).await
     {
-        Ok(true) => LoginOutcome::Ok(state.tokens.issue()),
+        Ok(true) => {
+            state.limiter.succeeded(attempt);
+            LoginOutcome::Ok(state.tokens.issue())
+        }
         Ok(false) => {
-            state.limiter.record_failure(ip);
             tracing::warn!(%ip, "failed login");
             LoginOutcome::Wrong
         }
@@ -223,7 +236,7 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::path!("login"))
         .and(warp::post())
         .and(st())
-        .and(client_ip())
+        .and(client_ip(state.clone()))
         .and(warp::body::content_length_limit(16 * 1024))
         .and(warp::body::json())
         .and_then(login);

@@ -21,8 +21,21 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// The one user of the dashboard.
 pub const ADMIN_USER: &str = "admin";
-/// Name of the session cookie.
+/// Name of the session cookie over plain http.
 pub const COOKIE_NAME: &str = "deployex_session";
+/// Name of the session cookie when it is `Secure`: the `__Host-` prefix
+/// makes browsers refuse it unless Secure, `Path=/` and without `Domain`,
+/// so no sibling (sub)domain or plain-http page can plant or shadow it.
+pub const SECURE_COOKIE_NAME: &str = "__Host-deployex_session";
+
+/// The session cookie's name for this configuration.
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure {
+        SECURE_COOKIE_NAME
+    } else {
+        COOKIE_NAME
+    }
+}
 /// Failed logins allowed per client within [`FAIL_WINDOW`].
 pub const MAX_FAILURES: usize = 5;
 /// Window over which failed logins are counted.
@@ -38,6 +51,8 @@ pub enum AuthError {
     Expired,
     #[error("token revoked")]
     Revoked,
+    #[error("the revoked tokens file is unreadable: no session is valid until it is fixed")]
+    RevocationUnavailable,
     #[error("password check task failed")]
     Join(#[source] tokio::task::JoinError),
 }
@@ -68,6 +83,9 @@ pub struct TokenSigner {
     ttl: Duration,
     revoked: Mutex<HashMap<String, u64>>,
     revoked_file: Option<std::path::PathBuf>,
+    /// Set while the revocation file cannot be read: every token is then
+    /// refused (a logged-out token must never come back to life).
+    unavailable: std::sync::atomic::AtomicBool,
 }
 
 impl TokenSigner {
@@ -77,34 +95,81 @@ impl TokenSigner {
             ttl,
             revoked: Mutex::new(HashMap::new()),
             revoked_file: None,
+            unavailable: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Keep the revoked ids in `path` (JSON `{id: exp}`, written atomically
-    /// at each logout). An unreadable or corrupt file is reported and kept
-    /// aside as `{path}.corrupt`; the signer starts with what it can read.
+    /// at each logout). An unreadable or corrupt file fails closed: it is
+    /// reported, left in place, and no token is valid until it reads again
+    /// (checked at each verification, so fixing or removing it is enough).
     pub fn with_revocation_file(mut self, path: std::path::PathBuf) -> Self {
-        match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<HashMap<String, u64>>(&bytes) {
-                Ok(map) => {
-                    let now = now_unix();
-                    let map: HashMap<String, u64> =
-                        map.into_iter().filter(|(_, exp)| *exp > now).collect();
-                    self.revoked = Mutex::new(map);
+        self.revoked_file = Some(path);
+        self.reload();
+        self
+    }
+
+    /// Reads the revocation file; false (and the signer fails closed) when
+    /// it cannot be read or parsed.
+    fn reload(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let Some(path) = &self.revoked_file else {
+            return true;
+        };
+        let read = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice::<HashMap<String, u64>>(&bytes)
+                .map_err(|e| format!("not valid JSON: {e}")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
+            Err(e) => Err(e.to_string()),
+        };
+        match read {
+            Ok(map) => {
+                let now = now_unix();
+                let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+                revoked.extend(map.into_iter().filter(|(_, exp)| *exp > now));
+                if self.unavailable.swap(false, Ordering::SeqCst) {
+                    tracing::warn!(path = %path.display(), "revoked tokens file readable again: sessions accepted");
                 }
-                Err(e) => {
-                    let aside = path.with_extension("json.corrupt");
-                    tracing::error!(path = %path.display(), error = %e, aside = %aside.display(), "revoked tokens file is corrupt: kept aside, starting without it");
-                    let _ = std::fs::rename(&path, &aside);
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                true
+            }
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot read the revoked tokens file");
+                if !self.unavailable.swap(true, Ordering::SeqCst) {
+                    tracing::error!(path = %path.display(), error = %e, "cannot read the revoked tokens file: every session is refused until it is fixed or removed");
+                }
+                false
             }
         }
-        self.revoked_file = Some(path);
-        self
+    }
+
+    /// False while the revocation file is unreadable (no token is valid).
+    pub fn available(&self) -> bool {
+        !self.unavailable.load(std::sync::atomic::Ordering::SeqCst) || self.reload()
+    }
+
+    /// The signer of the dashboard's sessions: its key is derived from
+    /// `secret_key_base` *and* the admin password hash, so a new admin
+    /// password ends every session issued under the old one.
+    pub fn for_admin(secret_key_base: &str, admin_hash: &str, ttl: Duration) -> Self {
+        let mut mac = match HmacSha256::new_from_slice(secret_key_base.as_bytes()) {
+            Ok(m) => m,
+            Err(_) => unreachable!("HMAC takes keys of any length"),
+        };
+        mac.update(b"deployex session key v1\0");
+        mac.update(admin_hash.as_bytes());
+        let mut signer = Self::new("", ttl);
+        signer.key = mac.finalize().into_bytes().to_vec();
+        signer
+    }
+
+    /// Whether a token whose signature was verified earlier is still good:
+    /// not expired, not revoked, revocation readable (a long-lived
+    /// connection re-checks its session with it).
+    pub fn still_valid(&self, claims: &Claims) -> bool {
+        if claims.exp <= now_unix() || !self.available() {
+            return false;
+        }
+        let revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+        !revoked.contains_key(&claims.id)
     }
 
     fn mac(&self) -> HmacSha256 {
@@ -151,6 +216,9 @@ impl TokenSigner {
         let now = now_unix();
         if claims.exp <= now {
             return Err(AuthError::Expired);
+        }
+        if !self.available() {
+            return Err(AuthError::RevocationUnavailable);
         }
         let revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
         if revoked.contains_key(&claims.id) {
@@ -200,40 +268,78 @@ pub async fn check_credentials(
     Ok(ok && user_ok)
 }
 
-/// Counts failed logins per client address over a sliding window.
+/// The key the login limiter counts under: the client's IPv4 address, or
+/// its IPv6 /64 (one host usually holds a whole /64: per-address limits
+/// would be no limit at all). IPv4-mapped IPv6 counts as IPv4.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let masked = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(masked))
+            }
+        },
+    }
+}
+
+/// Counts login attempts per client key ([`client_key`]) over a sliding
+/// window.
+///
+/// Invariant: an attempt is counted *before* its password is checked
+/// ([`LoginLimiter::begin`]) and forgotten only when it succeeded, so N
+/// concurrent wrong attempts cannot all pass the check: at most
+/// [`MAX_FAILURES`] per key and window ever reach bcrypt.
 #[derive(Default)]
 pub struct LoginLimiter {
-    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    attempts: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+}
+
+/// One counted attempt ([`LoginLimiter::begin`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    key: IpAddr,
+    at: Instant,
 }
 
 impl LoginLimiter {
-    /// True when this client may try a login now.
-    pub fn allowed(&self, ip: IpAddr) -> bool {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        match map.get_mut(&ip) {
-            Some(q) => {
-                while q
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) >= FAIL_WINDOW)
-                {
-                    q.pop_front();
-                }
-                q.len() < MAX_FAILURES
-            }
-            None => true,
-        }
-    }
-
-    pub fn record_failure(&self, ip: IpAddr) {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+    /// Counts an attempt of `ip` now, or `None` when the client already
+    /// used its [`MAX_FAILURES`] attempts in the window (then nothing is
+    /// counted: a limited client does not extend its own ban).
+    pub fn begin(&self, ip: IpAddr) -> Option<Attempt> {
+        let key = client_key(ip);
+        let mut map = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         // Drop idle clients so the map cannot grow without bound.
         map.retain(|_, q| {
-            q.back()
-                .is_some_and(|t| now.duration_since(*t) < FAIL_WINDOW)
+            while q
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= FAIL_WINDOW)
+            {
+                q.pop_front();
+            }
+            !q.is_empty()
         });
-        map.entry(ip).or_default().push_back(now);
+        let q = map.entry(key).or_default();
+        if q.len() >= MAX_FAILURES {
+            return None;
+        }
+        q.push_back(now);
+        Some(Attempt { key, at: now })
+    }
+
+    /// The attempt was right: it no longer counts.
+    pub fn succeeded(&self, attempt: Attempt) {
+        let mut map = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = map.get_mut(&attempt.key) {
+            if let Some(i) = q.iter().position(|t| *t == attempt.at) {
+                q.remove(i);
+            }
+            if q.is_empty() {
+                map.remove(&attempt.key);
+            }
+        }
     }
 }
 
@@ -246,57 +352,126 @@ pub fn bearer(header: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Extracts the session cookie from a `Cookie` header value.
-pub fn session_cookie(header: &str) -> Option<&str> {
+/// Extracts the session cookie named `name` from a `Cookie` header value.
+pub fn session_cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     header.split(';').find_map(|kv| {
         let (k, v) = kv.trim().split_once('=')?;
-        (k == COOKIE_NAME).then_some(v)
+        (k == name).then_some(v)
     })
 }
 
 /// The `Set-Cookie` value for a session.
 pub fn cookie_header(token: &str, ttl: Duration, secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
+    let attr = if secure { "; Secure" } else { "" };
     format!(
-        "{COOKIE_NAME}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
+        "{}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{attr}",
+        cookie_name(secure),
         ttl.as_secs()
     )
 }
 
 /// The `Set-Cookie` value that deletes the session.
 pub fn clear_cookie_header(secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
-    format!("{COOKIE_NAME}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}")
+    let attr = if secure { "; Secure" } else { "" };
+    format!(
+        "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{attr}",
+        cookie_name(secure)
+    )
 }
 
-/// The `scheme://authority` source of a request: the `Origin`, or else the
-/// `Referer` (an `Origin` of `null` counts as absent).
-fn source_authority<'a>(origin: Option<&'a str>, referer: Option<&'a str>) -> Option<&'a str> {
+/// `scheme://host[:port]` in canonical form (lower case, no default port),
+/// from an origin or a URL (its path, query and fragment are dropped);
+/// `None` for anything else (no scheme, user info, an empty host, a bad
+/// port, `null`).
+pub fn normalize_origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']')?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?),
+        };
+        (format!("[{h}]"), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (authority.to_string(), None),
+        }
+    };
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':'))
+    {
+        return None;
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            p.parse::<u16>().ok()?
+        }
+        Some(_) => return None,
+    };
+    let host = host.to_ascii_lowercase();
+    Some(if port == default_port {
+        format!("{scheme}://{host}")
+    } else {
+        format!("{scheme}://{host}:{port}")
+    })
+}
+
+/// The dashboard's public origins: `public_url` when set; else
+/// `https://{host}` when `host` is not local (deployex sits behind a TLS
+/// proxy); else `http://{host}:{port}` and `http://127.0.0.1:{port}`.
+pub fn public_origins(
+    public_url: Option<&str>,
+    host: &str,
+    port: u16,
+) -> Result<Vec<String>, String> {
+    if let Some(url) = public_url {
+        return normalize_origin(url)
+            .map(|o| vec![o])
+            .ok_or_else(|| "expected an origin like https://deploy.example.com[:port]".into());
+    }
+    let local = matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1");
+    let origins = if local {
+        vec![
+            format!("http://{host}:{port}"),
+            format!("http://127.0.0.1:{port}"),
+        ]
+    } else {
+        vec![format!("https://{host}")]
+    };
+    let mut out: Vec<String> = origins.iter().filter_map(|o| normalize_origin(o)).collect();
+    out.dedup();
+    if out.is_empty() {
+        return Err(format!("DEPLOYEX_PHX_HOST={host:?} gives no valid origin"));
+    }
+    Ok(out)
+}
+
+/// The origin a request comes from: its `Origin`, or else its `Referer`'s
+/// (an `Origin` of `null` counts as absent), normalized.
+pub fn request_origin(origin: Option<&str>, referer: Option<&str>) -> Option<String> {
     let source = origin.filter(|o| *o != "null").or(referer)?;
-    let rest = source
-        .strip_prefix("https://")
-        .or_else(|| source.strip_prefix("http://"))?;
-    rest.split(['/', '?', '#']).next()
+    normalize_origin(source)
 }
 
-/// Same-origin check for cookie-authenticated state changes: the `Origin`
-/// (or else the `Referer`) must name the host the request was sent to.
-/// Neither header present → refused.
-pub fn same_origin(origin: Option<&str>, referer: Option<&str>, host: Option<&str>) -> bool {
-    match (source_authority(origin, referer), host) {
-        (Some(a), Some(h)) => a.eq_ignore_ascii_case(h),
-        _ => false,
-    }
-}
-
-/// The host name (no port) of the request's `Origin`/`Referer`.
-pub fn origin_hostname<'a>(origin: Option<&'a str>, referer: Option<&'a str>) -> Option<&'a str> {
-    let a = source_authority(origin, referer)?;
-    let a = a.rsplit_once('@').map_or(a, |(_, h)| h);
-    if a.starts_with('[') {
-        return a.split_inclusive(']').next();
-    }
-    a.split(':').next()
+/// Same-origin check for cookie-authenticated state changes and
+/// websockets: the request's origin must be exactly one of `allowed`
+/// (scheme, host and port). Neither header present → refused.
+pub fn origin_allowed(origin: Option<&str>, referer: Option<&str>, allowed: &[String]) -> bool {
+    request_origin(origin, referer).is_some_and(|o| allowed.contains(&o))
 }
 
 #[cfg(test)]
@@ -322,6 +497,21 @@ mod tests {
     }
 
     #[test]
+    fn a_new_admin_password_ends_every_session() {
+        let ttl = Duration::from_secs(60);
+        let old = TokenSigner::for_admin("k".repeat(40).as_str(), "$2b$12$old", ttl);
+        let t = old.issue();
+        let same = TokenSigner::for_admin("k".repeat(40).as_str(), "$2b$12$old", ttl);
+        assert!(same.verify(&t).is_ok(), "a restart keeps sessions");
+        let new = TokenSigner::for_admin("k".repeat(40).as_str(), "$2b$12$new", ttl);
+        assert!(matches!(new.verify(&t), Err(AuthError::BadSignature)));
+        let claims = same.verify(&t).unwrap();
+        assert!(same.still_valid(&claims));
+        same.revoke(&claims);
+        assert!(!same.still_valid(&claims));
+    }
+
+    #[test]
     fn revoked_tokens_stay_revoked_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("state/revoked_tokens.json");
@@ -333,43 +523,109 @@ mod tests {
         let s2 = TokenSigner::new("k", Duration::from_secs(60)).with_revocation_file(file.clone());
         assert!(matches!(s2.verify(&t), Err(AuthError::Revoked)));
         assert!(s2.verify(&kept).is_ok());
-        // A corrupt file: reported, kept aside, the signer starts empty.
+        // A corrupt file fails closed: no token is valid (not even the
+        // revoked one coming back), until the file reads again.
+        let good = std::fs::read(&file).unwrap();
         std::fs::write(&file, b"{\"trunc").unwrap();
         let s3 = TokenSigner::new("k", Duration::from_secs(60)).with_revocation_file(file.clone());
-        assert!(s3.verify(&t).is_ok());
-        assert!(
-            dir.path()
-                .join("state/revoked_tokens.json.corrupt")
-                .is_file()
-        );
+        assert!(matches!(
+            s3.verify(&t),
+            Err(AuthError::RevocationUnavailable)
+        ));
+        assert!(matches!(
+            s3.verify(&kept),
+            Err(AuthError::RevocationUnavailable)
+        ));
+        assert!(!s3.available());
+        std::fs::write(&file, good).unwrap();
+        assert!(s3.verify(&kept).is_ok());
+        assert!(matches!(s3.verify(&t), Err(AuthError::Revoked)));
     }
 
     #[test]
     fn origin_check() {
-        assert!(same_origin(Some("http://h:4000"), None, Some("h:4000")));
-        assert!(same_origin(
+        let allowed = public_origins(None, "deploy.example.com", 5001).unwrap();
+        assert_eq!(allowed, vec!["https://deploy.example.com".to_string()]);
+        assert!(origin_allowed(
+            Some("https://deploy.example.com"),
             None,
-            Some("https://h:4000/x?y"),
-            Some("h:4000")
+            &allowed
         ));
-        assert!(!same_origin(
-            Some("http://evil"),
-            Some("http://h:4000/"),
-            Some("h:4000")
-        ));
-        assert!(!same_origin(None, None, Some("h:4000")));
-        assert!(!same_origin(
-            Some("http://h:4000.evil"),
+        assert!(origin_allowed(
+            Some("HTTPS://Deploy.Example.com:443"),
             None,
-            Some("h:4000")
+            &allowed
         ));
+        assert!(origin_allowed(
+            None,
+            Some("https://deploy.example.com/x?y"),
+            &allowed
+        ));
+        for bad in [
+            "http://deploy.example.com",
+            "https://deploy.example.com:8443",
+            "https://deploy.example.com.evil",
+            "https://evil.example/deploy.example.com",
+            "https://x@deploy.example.com",
+            "null",
+        ] {
+            assert!(!origin_allowed(Some(bad), None, &allowed), "{bad}");
+        }
+        assert!(!origin_allowed(None, None, &allowed));
+        let local = public_origins(None, "localhost", 5001).unwrap();
+        assert_eq!(
+            local,
+            vec![
+                "http://localhost:5001".to_string(),
+                "http://127.0.0.1:5001".to_string()
+            ]
+        );
+        assert!(!origin_allowed(Some("http://localhost:5002"), None, &local));
+        let url = public_origins(Some("https://d.example:8443/"), "localhost", 5001).unwrap();
+        assert_eq!(url, vec!["https://d.example:8443".to_string()]);
+        assert!(public_origins(Some("ftp://x"), "localhost", 1).is_err());
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(client_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+        let l = LoginLimiter::default();
+        for _ in 0..MAX_FAILURES {
+            assert!(l.begin(a).is_some());
+        }
+        assert!(l.begin(b).is_none(), "same /64");
+        assert!(l.begin(c).is_some(), "another /64");
+    }
+
+    #[test]
+    fn a_successful_attempt_does_not_count() {
+        let l = LoginLimiter::default();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..20 {
+            let a = l.begin(ip).unwrap();
+            l.succeeded(a);
+        }
+        assert!(l.begin(ip).is_some());
     }
 
     #[test]
     fn header_parsing() {
         assert_eq!(bearer("Bearer abc"), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);
-        assert_eq!(session_cookie("a=b; deployex_session=t1"), Some("t1"));
-        assert_eq!(session_cookie("a=b"), None);
+        assert_eq!(
+            session_cookie("a=b; deployex_session=t1", COOKIE_NAME),
+            Some("t1")
+        );
+        assert_eq!(session_cookie("a=b", COOKIE_NAME), None);
+        assert_eq!(
+            session_cookie("deployex_session=t1", SECURE_COOKIE_NAME),
+            None
+        );
     }
 }

@@ -27,6 +27,7 @@ pub mod guard;
 pub mod live;
 pub mod logs;
 pub mod metrics;
+pub mod ownlog;
 pub mod pages;
 pub mod terminal;
 
@@ -49,19 +50,31 @@ use crate::guard::HttpMetrics;
 #[derive(Debug, Clone)]
 pub struct WebConfig {
     pub bind: SocketAddr,
-    /// Public host name (`DEPLOYEX_PHX_HOST`); accepted as an origin.
+    /// Public host name (`DEPLOYEX_PHX_HOST`).
     pub host: String,
     pub secret_key_base: String,
     pub admin_hashed_password: String,
-    /// Adds `Secure` to the session cookie (behind https).
+    /// Adds `Secure` and the `__Host-` prefix to the session cookie.
     pub secure_cookie: bool,
     pub session_ttl: Duration,
     pub terminal_idle: Duration,
+    /// A terminal closes after this long whatever happens in it.
+    pub terminal_lifetime: Duration,
     /// Bearer token that may read `/metrics` without a session.
     pub metrics_token: Option<String>,
     pub app_name: String,
     /// Where logged-out token ids are kept across restarts; `None`: memory.
     pub revoked_tokens_file: Option<std::path::PathBuf>,
+    /// Peers whose `X-Forwarded-For` is believed (`DEPLOYEX_TRUSTED_PROXIES`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The only origins cookie sessions accept for state changes and
+    /// websockets (`auth::public_origins`, normalized).
+    pub public_origins: Vec<String>,
+    /// Open connections at most (`DEPLOYEX_MAX_CONNECTIONS`).
+    pub max_connections: usize,
+    /// deployex's own recent log lines, served as instance 0's log when
+    /// the engine has no own log file.
+    pub own_log: Option<Arc<ownlog::OwnLog>>,
 }
 
 impl WebConfig {
@@ -73,17 +86,24 @@ impl WebConfig {
         admin_hashed_password: impl Into<String>,
         app_name: impl Into<String>,
     ) -> Self {
+        let host: String = host.into();
+        let public_origins = auth::public_origins(None, &host, bind.port()).unwrap_or_default();
         Self {
             bind,
-            host: host.into(),
+            secure_cookie: public_origins.iter().any(|o| o.starts_with("https://")),
+            public_origins,
+            host,
             secret_key_base: secret_key_base.into(),
             admin_hashed_password: admin_hashed_password.into(),
-            secure_cookie: false,
             session_ttl: Duration::from_secs(12 * 3600),
             terminal_idle: Duration::from_secs(5 * 60),
+            terminal_lifetime: Duration::from_secs(4 * 3600),
             metrics_token: None,
             app_name: app_name.into(),
             revoked_tokens_file: None,
+            trusted_proxies: Vec::new(),
+            max_connections: 512,
+            own_log: None,
         }
     }
 }
@@ -108,13 +128,27 @@ pub enum WebError {
 /// (`AppState::status_changed`, called from the request log filter).
 const STATUS_FRESH_FOR: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// Password checks that may run at once: a flood of logins (from many
+/// clients) queues instead of taking every core from the engine.
+pub const BCRYPT_CONCURRENCY: usize = 2;
+
+/// IEx terminals open at once (each is a remote-shell BEAM, ~60 MB).
+pub const MAX_TERMINALS: usize = 8;
+
 /// Shared state of every handler.
 pub struct AppState {
     pub engine: Arc<dyn Engine>,
     pub cfg: WebConfig,
     pub tokens: TokenSigner,
     pub limiter: LoginLimiter,
+    /// bcrypt checks running at once (each holds a blocking thread and a
+    /// core for ~250 ms at cost 12).
+    pub bcrypt_slots: tokio::sync::Semaphore,
     pub http_metrics: HttpMetrics,
+    /// Terminals open at once, over all sessions ([`MAX_TERMINALS`]).
+    pub terminals: Arc<tokio::sync::Semaphore>,
+    /// Long-lived streams open per session (guard::StreamCounts).
+    pub streams: Arc<guard::StreamCounts>,
     /// Flips to true when the server shuts down: long-lived streams (SSE,
     /// log followers, terminals) end on it instead of holding shutdown up.
     pub shutdown: tokio::sync::watch::Sender<bool>,
@@ -133,7 +167,11 @@ impl AppState {
     pub fn new(engine: Arc<dyn Engine>, cfg: WebConfig) -> Arc<Self> {
         Arc::new(Self {
             tokens: {
-                let t = TokenSigner::new(&cfg.secret_key_base, cfg.session_ttl);
+                let t = TokenSigner::for_admin(
+                    &cfg.secret_key_base,
+                    &cfg.admin_hashed_password,
+                    cfg.session_ttl,
+                );
                 match &cfg.revoked_tokens_file {
                     Some(f) => t.with_revocation_file(f.clone()),
                     None => t,
@@ -142,7 +180,10 @@ impl AppState {
             engine,
             cfg,
             limiter: LoginLimiter::default(),
+            bcrypt_slots: tokio::sync::Semaphore::new(BCRYPT_CONCURRENCY),
             http_metrics: HttpMetrics::default(),
+            streams: Arc::default(),
+            terminals: Arc::new(tokio::sync::Semaphore::new(MAX_TERMINALS)),
             shutdown: tokio::sync::watch::Sender::new(false),
             status_flight: SingleFlight::fresh_for(STATUS_FRESH_FOR),
             status_json_flight: SingleFlight::default(),
@@ -209,8 +250,74 @@ impl AppState {
     }
 }
 
+/// A client that has not sent a whole request head within this is cut off
+/// (slowloris). hyper starts the clock whenever the connection waits for a
+/// request, so it is also the keep-alive idle timeout.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The peer of a connection, put in each request's extensions by
+/// [`serve`]'s accept loop (warp's own `RemoteAddr` is private to warp).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// One open connection, as the accept loop sees it.
+struct ConnState {
+    /// Set once a request head arrived: the connection is in use.
+    served: Arc<std::sync::atomic::AtomicBool>,
+    /// Told when the connection must go to make room.
+    evicted: Arc<tokio::sync::Notify>,
+}
+
+/// The open connections, oldest first, that may be closed to make room for
+/// a new one: those that never delivered a request head (an idle or
+/// slowloris connection must not lock out `/healthz` or an operator).
+#[derive(Default)]
+struct Unserved {
+    conns: std::collections::VecDeque<(
+        std::sync::Weak<std::sync::atomic::AtomicBool>,
+        Arc<tokio::sync::Notify>,
+    )>,
+}
+
+impl Unserved {
+    fn track(&mut self) -> ConnState {
+        let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let evicted = Arc::new(tokio::sync::Notify::new());
+        self.conns
+            .push_back((Arc::downgrade(&served), evicted.clone()));
+        ConnState { served, evicted }
+    }
+
+    /// Tells the oldest connection that never sent a request to go; false
+    /// when there is none (every connection is in use).
+    fn evict_oldest(&mut self, max: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        let usable = |(w, _): &(std::sync::Weak<std::sync::atomic::AtomicBool>, _)| {
+            w.upgrade().is_some_and(|s| !s.load(Ordering::Relaxed))
+        };
+        if self.conns.len() > 2 * max {
+            self.conns.retain(usable);
+        }
+        while let Some(front) = self.conns.pop_front() {
+            if usable(&front) {
+                front.1.notify_one();
+                return true;
+            }
+        }
+        false
+    }
+}
+
 /// Binds `cfg.bind` (port 0 allowed), returns the bound address at once and
 /// serves until `shutdown` completes.
+///
+/// Invariants: at most `cfg.max_connections` connections are open; at the
+/// cap a new connection takes the place of the oldest one that never sent
+/// a request head, or is closed at once when every connection is in use
+/// (the file descriptors the instances need stay free); a connection that
+/// does not deliver a request head within [`HEADER_READ_TIMEOUT`], be it
+/// new or idle between requests, is closed. A websocket, once upgraded,
+/// leaves the count: the per-session stream cap bounds those.
 pub async fn serve(
     engine: Arc<dyn Engine>,
     cfg: WebConfig,
@@ -223,18 +330,83 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .map_err(|source| WebError::Bind { addr, source })?;
+    let max_connections = cfg.max_connections.max(1);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let state = AppState::new(engine, cfg);
     let filter = routes_with_state(state.clone());
-    let shutdown = async move {
-        shutdown.await;
-        state.shutdown.send_replace(true);
-    };
     let handle = tokio::spawn(async move {
-        warp::serve(filter)
-            .incoming(listener)
-            .graceful(shutdown)
-            .run()
-            .await;
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut stopped = std::pin::pin!(shutdown);
+        let mut unserved = Unserved::default();
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // EMFILE and friends: wait a little instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut stopped => break,
+            };
+            let permit = slots.clone().try_acquire_owned().ok();
+            if permit.is_none() && !unserved.evict_oldest(max_connections) {
+                tracing::warn!(%peer, "connection limit reached: closing a new connection");
+                drop(stream);
+                continue;
+            }
+            let conn_state = unserved.track();
+            let slots = slots.clone();
+            let svc = warp::service(filter.clone());
+            let served = conn_state.served.clone();
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    served.store(true, std::sync::atomic::Ordering::Relaxed);
+                    req.extensions_mut().insert(PeerAddr(peer));
+                    tower_service::Service::call(&mut svc.clone(), req)
+                },
+            );
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                // At the cap an idle connection was told to go: its slot
+                // is free within moments.
+                let _permit = match permit {
+                    Some(p) => p,
+                    None => {
+                        match tokio::time::timeout(Duration::from_secs(1), slots.acquire_owned())
+                            .await
+                        {
+                            Ok(Ok(p)) => p,
+                            _ => return,
+                        }
+                    }
+                };
+                let mut builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                builder
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .keep_alive(true);
+                let builder = builder.http1_only();
+                let conn = builder
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc);
+                tokio::select! {
+                    r = watcher.watch(conn) => if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    },
+                    _ = conn_state.evicted.notified() => {
+                        tracing::debug!(%peer, "idle connection closed: connection limit reached");
+                    }
+                }
+            });
+        }
+        state.shutdown.send_replace(true);
+        drop(listener);
+        graceful.shutdown().await;
     });
     tracing::info!(%bound, "web server listening");
     Ok((bound, handle))

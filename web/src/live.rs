@@ -17,7 +17,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
 use crate::api::STATUS_TIMEOUT;
-use crate::guard::{Guard, Session, authed, json_status, with_state};
+use crate::guard::{Guard, Session, StreamSlot, authed, json_status, stream_slot, with_state};
 
 /// Poll period of the live streams.
 pub const PERIOD: Duration = Duration::from_millis(500);
@@ -46,10 +46,12 @@ async fn snapshot(state: &AppState, what: What) -> Option<String> {
 fn changes(
     state: Arc<AppState>,
     what: What,
+    slot: StreamSlot,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + Sync + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(1);
     let stopped = state.stopped();
     tokio::spawn(async move {
+        let _slot = slot; // held while the stream lives
         tokio::pin!(stopped);
         let mut tick = tokio::time::interval(PERIOD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -76,8 +78,8 @@ fn changes(
     })
 }
 
-fn sse(state: Arc<AppState>, what: What) -> Response {
-    warp::sse::reply(warp::sse::keep_alive().stream(changes(state, what))).into_response()
+fn sse(state: Arc<AppState>, what: What, slot: StreamSlot) -> Response {
+    warp::sse::reply(warp::sse::keep_alive().stream(changes(state, what, slot))).into_response()
 }
 
 async fn actors_json(state: Arc<AppState>) -> Result<Response, Rejection> {
@@ -99,16 +101,17 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
             .map(|_: Session| ())
             .untuple_one()
     };
+    let slot = || stream_slot(state.clone(), Guard::Api);
     let status = warp::path!("api" / "v1" / "status" / "stream")
         .and(warp::get())
-        .and(auth())
+        .and(slot())
         .and(st())
-        .map(|s| sse(s, What::Status));
+        .map(|(_, slot): (Session, StreamSlot), s| sse(s, What::Status, slot));
     let actors_stream = warp::path!("api" / "v1" / "debug" / "actors" / "stream")
         .and(warp::get())
-        .and(auth())
+        .and(slot())
         .and(st())
-        .map(|s| sse(s, What::Actors));
+        .map(|(_, slot): (Session, StreamSlot), s| sse(s, What::Actors, slot));
     let actors = warp::path!("api" / "v1" / "debug" / "actors")
         .and(warp::get())
         .and(auth())

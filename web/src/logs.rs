@@ -24,7 +24,7 @@ use warp::ws::{Message, WebSocket};
 use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
-use crate::guard::{Guard, Session, authed, json_error, with_state};
+use crate::guard::{Guard, Session, StreamSlot, authed, json_error, stream_slot, with_state};
 use crate::pages::html_page;
 
 /// Bytes read from the end of a file for the initial tail.
@@ -376,6 +376,20 @@ async fn plain(
             "stream is stdout or stderr",
         ));
     };
+    let own = (instance == 0)
+        .then(|| state.cfg.own_log.clone())
+        .flatten()
+        .filter(|_| state.engine.log_file(0, stream).is_none());
+    if let Some(own) = own {
+        let n = q.lines.unwrap_or(100).min(MAX_LINES);
+        let mut body = own.tail(n).join("\n");
+        body.push('\n');
+        return Ok(warp::http::Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .header("x-content-type-options", "nosniff")
+            .body(body.into())
+            .unwrap_or_default());
+    }
     let Some(path) = state.engine.log_file(instance, stream) else {
         return Ok(json_error(
             StatusCode::NOT_FOUND,
@@ -407,13 +421,32 @@ async fn page(
     let Some(ls) = parse_stream(&stream) else {
         return Err(warp::reject::not_found());
     };
+    let n = q.lines.unwrap_or(DEFAULT_LINES).min(MAX_LINES);
+    if instance == 0
+        && state.engine.log_file(0, ls).is_none()
+        && let Some(own) = &state.cfg.own_log
+    {
+        // In memory, not followable: the page shows the lines as of now.
+        let tail = Tail {
+            lines: own.tail(n),
+            offset: 0,
+            notice: Some(format!(
+                "deployex's last {} log lines (stdout and stderr), kept in memory; reload for newer ones",
+                own.capacity()
+            )),
+        };
+        return Ok(html_page(
+            StatusCode::OK,
+            crate::pages::logs_page(&state.cfg.app_name, instance, ls.as_str(), &tail, false),
+        ));
+    }
     let Some(path) = state.engine.log_file(instance, ls) else {
         return Err(warp::reject::not_found());
     };
-    let tail = read_tail(&path, q.lines.unwrap_or(DEFAULT_LINES).min(MAX_LINES)).await;
+    let tail = read_tail(&path, n).await;
     Ok(html_page(
         StatusCode::OK,
-        crate::pages::logs_page(&state.cfg.app_name, instance, ls.as_str(), &tail),
+        crate::pages::logs_page(&state.cfg.app_name, instance, ls.as_str(), &tail, true),
     ))
 }
 
@@ -423,12 +456,16 @@ async fn ws_upgrade(
     stream: String,
     q: FromQuery,
     ws: warp::ws::Ws,
+    slot: StreamSlot,
 ) -> Result<Response, Rejection> {
     let path = parse_stream(&stream)
         .and_then(|s| state.engine.log_file(instance, s))
         .ok_or_else(warp::reject::not_found)?;
     Ok(ws
-        .on_upgrade(move |socket| follow(socket, path, q.from, state.stopped()))
+        .on_upgrade(move |socket| async move {
+            let _slot = slot; // held while the follower lives
+            follow(socket, path, q.from, state.stopped()).await
+        })
         .into_response())
 }
 
@@ -448,11 +485,13 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::query::<LinesQuery>())
         .and_then(|i, s, st, q| page(st, i, s, q));
     let ws = warp::path!("instances" / u32 / "logs" / String / "ws")
-        .and(guard(Guard::Api))
+        .and(stream_slot(state.clone(), Guard::Api))
         .and(st())
         .and(warp::query::<FromQuery>())
         .and(warp::ws())
-        .and_then(|i, s, st, q, ws| ws_upgrade(st, i, s, q, ws));
+        .and_then(|i, s, (_, slot): (Session, StreamSlot), st, q, ws| {
+            ws_upgrade(st, i, s, q, ws, slot)
+        });
     plain.or(page).unify().or(ws).unify().boxed()
 }
 

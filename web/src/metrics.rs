@@ -249,7 +249,7 @@ pub fn render(
         let _ = writeln!(
             o,
             "deployex_http_requests_total{{route=\"{}\",status=\"{code}\"}} {n}",
-            esc(&route)
+            esc(route)
         );
     }
     o

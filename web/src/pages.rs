@@ -157,10 +157,24 @@ pub fn layout(title: &str, app: &str, page: &str, body: Markup, logged_in: bool)
 
 // ---------------------------------------------------------------- login --
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
 pub struct LoginForm {
     pub username: String,
     pub password: String,
+}
+
+/// Longest login form body read.
+pub const LOGIN_FORM_LIMIT: u64 = 16 * 1024;
+
+/// The login form body (`application/x-www-form-urlencoded`); `None` when
+/// it is not one (missing field, bad encoding). Fuzzed (`login_form`).
+pub fn parse_login_form(body: &[u8]) -> Option<LoginForm> {
+    serde_urlencoded::from_bytes(body).ok()
+}
+
+/// The body a browser would send for `form` (the fuzz check's inverse).
+pub fn encode_login_form(form: &LoginForm) -> String {
+    serde_urlencoded::to_string(form).unwrap_or_default()
 }
 
 fn login_page(app: &str, error: Option<&str>) -> Markup {
@@ -181,11 +195,18 @@ fn login_page(app: &str, error: Option<&str>) -> Markup {
     )
 }
 
+/// The form login. A browser always sends an `Origin` with a form POST:
+/// one that is not the dashboard's is refused (login CSRF); a client
+/// without any (curl) is let through, it carries no victim's cookies.
 async fn login_form_submit(
     state: Arc<AppState>,
     ip: IpAddr,
+    info: ReqInfo,
     form: LoginForm,
 ) -> Result<Response, Rejection> {
+    if (info.origin.is_some() || info.referer.is_some()) && !origin_ok(&state, &info) {
+        return Err(warp::reject::custom(crate::guard::Forbidden));
+    }
     let app = &state.cfg.app_name;
     Ok(
         match attempt_login(&state, ip, &form.username, &form.password).await {
@@ -223,7 +244,7 @@ async fn logout(state: Arc<AppState>, info: ReqInfo) -> Result<Response, Rejecti
     if let Some(claims) = info
         .cookie
         .as_deref()
-        .and_then(auth::session_cookie)
+        .and_then(|c| auth::session_cookie(c, auth::cookie_name(state.cfg.secure_cookie)))
         .and_then(|t| state.tokens.verify(t).ok())
     {
         state.tokens.revoke(&claims);
@@ -550,7 +571,15 @@ async fn actors_page(state: Arc<AppState>) -> Result<Response, Rejection> {
 
 /// The logs page: the last lines rendered here, then followed over a
 /// websocket from `data-offset`.
-pub fn logs_page(app: &str, instance: u32, stream: &str, tail: &crate::logs::Tail) -> Markup {
+/// `follow`: the page follows new lines over a websocket (log files);
+/// deployex's in-memory log is shown as of the request.
+pub fn logs_page(
+    app: &str,
+    instance: u32,
+    stream: &str,
+    tail: &crate::logs::Tail,
+    follow: bool,
+) -> Markup {
     let who = if instance == 0 {
         "deployex".to_string()
     } else {
@@ -569,12 +598,20 @@ pub fn logs_page(app: &str, instance: u32, stream: &str, tail: &crate::logs::Tai
             h1 { "Logs of " (who) " (" (stream) ")" }
             p.actions {
                 a href={ "/instances/" (instance) "/logs/" (other) } { "switch to " (other) }
-                " "
-                label { input #follow type="checkbox" checked; " follow" }
+                @if follow {
+                    " "
+                    label { input #follow type="checkbox" checked; " follow" }
+                }
             }
             @if let Some(n) = &tail.notice { p.notice #log-notice { (n) } } @else { p.notice #log-notice hidden {} }
-            pre #log .log data-ws={ "/instances/" (instance) "/logs/" (stream) "/ws?from=" (tail.offset) } {
-                @for l in &tail.lines { (crate::logs::render_line(l)) }
+            @if follow {
+                pre #log .log data-ws={ "/instances/" (instance) "/logs/" (stream) "/ws?from=" (tail.offset) } {
+                    @for l in &tail.lines { (crate::logs::render_line(l)) }
+                }
+            } @else {
+                pre #log .log {
+                    @for l in &tail.lines { (crate::logs::render_line(l)) }
+                }
             }
         },
         true,
@@ -623,10 +660,19 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
     let login_post = warp::path!("login")
         .and(warp::post())
         .and(st())
-        .and(client_ip())
-        .and(warp::body::content_length_limit(16 * 1024))
-        .and(warp::body::form())
-        .and_then(login_form_submit);
+        .and(client_ip(state.clone()))
+        .and(req_info())
+        .and(warp::body::content_length_limit(LOGIN_FORM_LIMIT))
+        .and(warp::body::bytes())
+        .and_then(|st, ip, info, body: warp::hyper::body::Bytes| async move {
+            match parse_login_form(&body) {
+                Some(form) => login_form_submit(st, ip, info, form).await,
+                None => Ok(html_page(
+                    StatusCode::BAD_REQUEST,
+                    login_page(&st.cfg.app_name, Some("Missing user or password.")),
+                )),
+            }
+        });
     let logout = warp::path!("logout")
         .and(warp::get().or(warp::post()).unify())
         .and(st())

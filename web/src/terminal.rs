@@ -9,6 +9,9 @@
 //! group (pty-process does `setsid`); when the websocket closes, the idle
 //! timeout fires, the shell exits or this task is dropped, the whole group
 //! is killed by its pid: the remote shell never outlives its websocket.
+//! A terminal lives at most `terminal_lifetime`, re-checks its session every
+//! [`SESSION_RECHECK`] (a logged-out, expired or revoked session closes
+//! it), and at most [`crate::MAX_TERMINALS`] are open at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,10 +27,14 @@ use warp::ws::{Message, WebSocket};
 use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
-use crate::guard::{Guard, Session, authed, with_state};
+use crate::guard::{Guard, Session, StreamSlot, client_ip, stream_slot, with_state};
 
 /// How long the shell gets after SIGHUP before SIGKILL.
 const HANGUP_GRACE: Duration = Duration::from_millis(500);
+
+/// How often an open terminal re-checks its session (logout, expiry, a
+/// revocation file gone bad): a dead session's terminal closes within this.
+pub const SESSION_RECHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TerminalError {
@@ -96,8 +103,26 @@ pub fn spawn_shell(
 
 /// Bridges `ws` and the shell until either side ends or `idle` passes
 /// without input.
-pub async fn session(ws: WebSocket, state: Arc<AppState>, instance: u32) {
+pub async fn session(
+    ws: WebSocket,
+    state: Arc<AppState>,
+    instance: u32,
+    who: Session,
+    ip: std::net::IpAddr,
+    _slot: StreamSlot,
+) {
     let (mut tx, mut rx) = ws.split();
+    let Ok(_terminal) = state.terminals.clone().try_acquire_owned() else {
+        tracing::warn!(instance, session = %who.claims.id, client = %ip, "terminal refused: too many open");
+        let _ = tx
+            .send(notice(&format!(
+                "too many terminals open (at most {})",
+                crate::MAX_TERMINALS
+            )))
+            .await;
+        let _ = tx.send(Message::close()).await;
+        return;
+    };
     let cmd = match state.engine.remote_shell(instance).await {
         Ok(c) => c,
         Err(e) => {
@@ -116,7 +141,7 @@ pub async fn session(ws: WebSocket, state: Arc<AppState>, instance: u32) {
         }
     };
     let group = GroupKill(pid);
-    tracing::info!(instance, pid, "terminal opened");
+    tracing::info!(instance, pid, session = %who.claims.id, client = %ip, "terminal opened");
     let (mut pty_r, mut pty_w) = pty.into_split();
     let idle = state.cfg.terminal_idle;
     let sleep = tokio::time::sleep(idle);
@@ -124,6 +149,10 @@ pub async fn session(ws: WebSocket, state: Arc<AppState>, instance: u32) {
     let mut buf = vec![0u8; 16 * 1024];
     let stopped = state.stopped();
     tokio::pin!(stopped);
+    let lifetime = tokio::time::sleep(state.cfg.terminal_lifetime);
+    tokio::pin!(lifetime);
+    let mut recheck = tokio::time::interval(SESSION_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
         tokio::select! {
             msg = rx.next() => {
@@ -154,10 +183,16 @@ pub async fn session(ws: WebSocket, state: Arc<AppState>, instance: u32) {
             },
             _ = child.wait() => break "shell exited",
             _ = &mut sleep => break "closed after inactivity",
+            _ = &mut lifetime => break "closed: the terminal's maximum lifetime passed",
+            _ = recheck.tick() => {
+                if !state.tokens.still_valid(&who.claims) {
+                    break "closed: the session ended (logout, expiry or revocation)";
+                }
+            }
             _ = &mut stopped => break "deployex is shutting down",
         }
     };
-    tracing::info!(instance, pid, reason, "terminal closing");
+    tracing::info!(instance, pid, session = %who.claims.id, client = %ip, reason, "terminal closing");
     group.signal(Signal::SIGHUP);
     if tokio::time::timeout(HANGUP_GRACE, child.wait())
         .await
@@ -173,21 +208,20 @@ pub async fn session(ws: WebSocket, state: Arc<AppState>, instance: u32) {
 
 async fn upgrade(
     instance: u32,
+    (who, slot): (Session, StreamSlot),
+    ip: std::net::IpAddr,
     state: Arc<AppState>,
     ws: warp::ws::Ws,
 ) -> Result<Response, Rejection> {
     Ok(ws
-        .on_upgrade(move |socket| session(socket, state, instance))
+        .on_upgrade(move |socket| session(socket, state, instance, who, ip, slot))
         .into_response())
 }
 
 pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
     warp::path!("instances" / u32 / "terminal" / "ws")
-        .and(
-            authed(state.clone(), Guard::Api)
-                .map(|_: Session| ())
-                .untuple_one(),
-        )
+        .and(stream_slot(state.clone(), Guard::Api))
+        .and(client_ip(state.clone()))
         .and(with_state(state))
         .and(warp::ws())
         .and_then(upgrade)

@@ -319,3 +319,158 @@ async fn serve_binds_port_zero_and_shuts_down() {
         .unwrap()
         .unwrap();
 }
+
+/// Every entry of the metrics route table is a real route (a request to it
+/// is not a 404), and is labelled with itself.
+#[tokio::test]
+async fn route_table_matches_every_route() {
+    let (_, state) = state_with(FakeEngine::default());
+    let f = routes_with_state(state.clone());
+    for route in deployex_web::guard::ROUTES {
+        let path = route
+            .replace(":n", "1")
+            .replace("/static/:s", "/static/app.css")
+            .replace(":s", "stdout");
+        // A GET of a stream never ends: POST (405) shows the route exists.
+        let methods: &[&str] = if route.ends_with("/stream") {
+            &["POST"]
+        } else {
+            &["GET", "POST"]
+        };
+        for method in methods {
+            let r = warp::test::request()
+                .method(method)
+                .path(&path)
+                .header("authorization", bearer(&state))
+                .reply(&f)
+                .await;
+            if r.status() != 404 {
+                assert_eq!(
+                    deployex_web::guard::route_id(&path, r.status().as_u16()),
+                    *route
+                );
+            }
+        }
+    }
+}
+
+/// Unknown paths, answered 401/302/404, never become metrics labels.
+#[tokio::test]
+async fn unknown_paths_do_not_grow_metrics() {
+    let (_, state) = state_with(FakeEngine::default());
+    let f = routes_with_state(state.clone());
+    for i in 0..50 {
+        for prefix in ["/api/v1/nope", "/nope", "/instances/x"] {
+            let _ = warp::test::request()
+                .path(&format!("{prefix}/{i}/{}", "z".repeat(100)))
+                .reply(&f)
+                .await;
+        }
+    }
+    let r = warp::test::request()
+        .path("/metrics")
+        .header("authorization", "Bearer metrics-tok")
+        .reply(&f)
+        .await;
+    let text = String::from_utf8_lossy(r.body()).to_string();
+    assert!(!text.contains("zzzz"), "{text}");
+    let http_lines = text
+        .lines()
+        .filter(|l| l.starts_with("deployex_http_requests_total{"))
+        .count();
+    assert!(http_lines <= 4, "{text}");
+}
+
+/// 20 concurrent wrong logins from one client: only 5 reach the password
+/// check (401), the others are refused before it (429).
+#[tokio::test]
+async fn concurrent_wrong_logins_cannot_pass_the_limit() {
+    let (_, state) = state_with(FakeEngine::default());
+    let f = routes_with_state(state);
+    let attempts = (0..20).map(|_| {
+        warp::test::request()
+            .method("POST")
+            .path("/api/v1/login")
+            .remote_addr(ip(9))
+            .json(&serde_json::json!({"username": "admin", "password": "wrong"}))
+            .reply(&f)
+    });
+    let codes: Vec<u16> = futures::future::join_all(attempts)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert_eq!(codes.iter().filter(|c| **c == 401).count(), 5, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 15, "{codes:?}");
+}
+
+/// Behind a trusted proxy, clients named by `X-Forwarded-For` are limited
+/// separately; an untrusted peer's header is ignored.
+#[tokio::test]
+async fn trusted_proxies_limit_forwarded_clients_separately() {
+    let engine = std::sync::Arc::new(FakeEngine::default());
+    let mut cfg = config();
+    cfg.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    let state = deployex_web::AppState::new(engine, cfg);
+    let f = routes_with_state(state);
+    let attempt = |peer: [u8; 4], xff: &str, pw: &str| {
+        warp::test::request()
+            .method("POST")
+            .path("/api/v1/login")
+            .remote_addr(SocketAddr::from((peer, 4444)))
+            .header("x-forwarded-for", xff)
+            .json(&serde_json::json!({"username": "admin", "password": pw}))
+            .reply(&f)
+    };
+    for _ in 0..5 {
+        assert_eq!(
+            attempt([127, 0, 0, 1], "203.0.113.1", "bad").await.status(),
+            401
+        );
+    }
+    assert_eq!(
+        attempt([127, 0, 0, 1], "203.0.113.1", "bad").await.status(),
+        429
+    );
+    // Another client behind the same proxy still logs in.
+    assert_eq!(
+        attempt([127, 0, 0, 1], "203.0.113.2", PASSWORD)
+            .await
+            .status(),
+        200
+    );
+    // An untrusted peer cannot pick its key with the header.
+    for _ in 0..5 {
+        assert_eq!(
+            attempt([10, 9, 9, 9], "198.51.100.7", "bad").await.status(),
+            401
+        );
+    }
+    assert_eq!(
+        attempt([10, 9, 9, 9], "198.51.100.8", "bad").await.status(),
+        429
+    );
+}
+
+/// A session holds at most MAX_STREAMS_PER_SESSION streams; another
+/// session is not affected.
+#[tokio::test]
+async fn streams_per_session_are_capped() {
+    let (_, state) = state_with(FakeEngine::default());
+    let f = routes_with_state(state.clone());
+    let token = state.tokens.issue();
+    let id = state.tokens.verify(&token).unwrap().id;
+    let held: Vec<_> = (0..deployex_web::guard::MAX_STREAMS_PER_SESSION)
+        .map(|_| state.streams.open(&id).unwrap())
+        .collect();
+    for path in ["/api/v1/status/stream", "/instances/1/terminal/ws"] {
+        let r = warp::test::request()
+            .path(path)
+            .header("authorization", format!("Bearer {token}"))
+            .reply(&f)
+            .await;
+        assert_eq!(r.status(), 429, "{path}");
+    }
+    drop(held);
+    assert_eq!(state.streams.count(&id), 0, "slots are given back");
+}

@@ -138,7 +138,7 @@ async fn form_login_sets_cookie_and_logout_revokes_it() {
         .path("/logout")
         .header("cookie", &cookie)
         .header("host", "localhost:4000")
-        .header("origin", "http://localhost:4000")
+        .header("origin", "http://127.0.0.1:4000")
         .reply(&f)
         .await;
     assert_eq!(r.status(), 303);
@@ -177,6 +177,63 @@ async fn secure_cookie_flag() {
             .unwrap()
             .contains("; Secure")
     );
+}
+
+/// `DEPLOYEX_PHX_HOST=deploy.example.com` (the defaults): a form login
+/// from `https://deploy.example.com` gets a `Secure`, `__Host-` cookie that
+/// then works; a form login from another origin is refused.
+#[tokio::test]
+async fn public_host_means_https_origin_and_secure_host_cookie() {
+    let engine = std::sync::Arc::new(FakeEngine::default());
+    let mut cfg = deployex_web::WebConfig::new(
+        "127.0.0.1:5001".parse().unwrap(),
+        "deploy.example.com",
+        "test-secret-key-base-0123456789",
+        hash(),
+        "myapp",
+    );
+    cfg.metrics_token = None;
+    let f = deployex_web::routes(engine, cfg);
+    let login = |origin: &str| {
+        warp::test::request()
+            .method("POST")
+            .path("/login")
+            .remote_addr(SocketAddr::from(([10, 1, 1, 2], 1)))
+            .header("origin", origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("username=admin&password={PASSWORD}"))
+    };
+    let r = login("https://evil.example").reply(&f).await;
+    assert_eq!(r.status(), 403);
+    let r = login("http://deploy.example.com").reply(&f).await;
+    assert_eq!(r.status(), 403, "http is another origin");
+    let r = login("https://deploy.example.com").reply(&f).await;
+    assert_eq!(r.status(), 303);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set.starts_with("__Host-deployex_session="), "{set}");
+    assert!(set.contains("; Secure") && set.contains("Path=/"), "{set}");
+    let cookie = set.split(';').next().unwrap().to_string();
+    let r = warp::test::request()
+        .path("/")
+        .header("cookie", &cookie)
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 200);
+    // The plain-http name is not read when the cookie is secure.
+    let plain = cookie.replace("__Host-", "");
+    let r = warp::test::request()
+        .path("/")
+        .header("cookie", &plain)
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 302);
+    // A websocket must carry the origin (no Origin → refused).
+    let r = warp::test::ws()
+        .path("/instances/1/terminal/ws")
+        .header("cookie", &cookie)
+        .handshake(f.clone())
+        .await;
+    assert!(r.is_err());
 }
 
 #[tokio::test]
@@ -328,7 +385,7 @@ async fn csrf_cookie_state_changes_need_same_origin() {
             .status(),
         202
     );
-    // The configured public host is accepted too (behind a proxy).
+    // The other public origin is accepted too (behind a proxy).
     assert_eq!(
         post(Some("https://deployex.example"), None)
             .reply(&f)
@@ -337,7 +394,10 @@ async fn csrf_cookie_state_changes_need_same_origin() {
         202
     );
     for (origin, want) in [
-        ("https://deployex.example:8443", 202),
+        // Exactly the origin: another port or scheme is another origin.
+        ("https://deployex.example:8443", 403),
+        ("http://deployex.example", 403),
+        ("http://localhost:4000", 403),
         ("https://deployex.example.evil", 403),
         ("https://evil.example/deployex.example", 403),
     ] {
@@ -355,7 +415,7 @@ async fn csrf_cookie_state_changes_need_same_origin() {
         .reply(&f)
         .await;
     assert_eq!(r.status(), 202);
-    assert_eq!(engine.calls().len(), 5);
+    assert_eq!(engine.calls().len(), 4);
     // Cross-origin logout is refused too.
     let r = warp::test::request()
         .method("POST")
@@ -463,6 +523,7 @@ async fn logs_follow_over_websocket_with_truncation_and_rotation() {
     let mut ws = warp::test::ws()
         .path("/instances/1/logs/stderr/ws?from=0")
         .header("cookie", cookie_of(&state))
+        .header("origin", "http://127.0.0.1:4000")
         .handshake(f.clone())
         .await
         .unwrap();
@@ -667,6 +728,7 @@ async fn terminal_bridges_pty_and_kills_group_on_close() {
     let mut ws = warp::test::ws()
         .path("/instances/1/terminal/ws")
         .header("cookie", cookie_of(&state))
+        .header("origin", "http://127.0.0.1:4000")
         .handshake(f.clone())
         .await
         .unwrap();
@@ -726,6 +788,7 @@ async fn terminal_idle_timeout_closes_and_kills() {
     let mut ws = warp::test::ws()
         .path("/instances/2/terminal/ws")
         .header("cookie", cookie_of(&state))
+        .header("origin", "http://127.0.0.1:4000")
         .handshake(f.clone())
         .await
         .unwrap();
@@ -764,6 +827,7 @@ async fn terminal_reports_engine_refusal() {
     let mut ws = warp::test::ws()
         .path("/instances/1/terminal/ws")
         .header("cookie", cookie_of(&state))
+        .header("origin", "http://127.0.0.1:4000")
         .handshake(f.clone())
         .await
         .unwrap();
@@ -776,7 +840,12 @@ async fn status_stream_pushes_sse_over_a_real_socket() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let engine = std::sync::Arc::new(FakeEngine::default());
     let cfg = config();
-    let token = deployex_web::auth::TokenSigner::new(&cfg.secret_key_base, cfg.session_ttl).issue();
+    let token = deployex_web::auth::TokenSigner::for_admin(
+        &cfg.secret_key_base,
+        &cfg.admin_hashed_password,
+        cfg.session_ttl,
+    )
+    .issue();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (addr, handle) = deployex_web::serve(engine, cfg, async {
         let _ = rx.await;
@@ -832,12 +901,14 @@ async fn shutdown_ends_terminals_and_log_followers() {
     let mut term = warp::test::ws()
         .path("/instances/1/terminal/ws")
         .header("cookie", cookie_of(&state))
+        .header("origin", "http://127.0.0.1:4000")
         .handshake(f.clone())
         .await
         .unwrap();
     let mut logs = warp::test::ws()
         .path("/instances/1/logs/stdout/ws")
         .header("cookie", cookie_of(&state))
+        .header("origin", "http://127.0.0.1:4000")
         .handshake(f.clone())
         .await
         .unwrap();
@@ -894,4 +965,109 @@ fn byte_and_duration_formats() {
     assert_eq!(fmt_bytes(u64::MAX), "16777216.0 TiB");
     assert_eq!(fmt_duration_ms(1500), "1.5 s");
     assert_eq!(fmt_duration_ms(125_000), "2m 5s");
+}
+
+/// deployex's own log (instance 0) without a log file: the page holds the
+/// recent lines from the in-memory ring, and is not followed.
+#[tokio::test]
+async fn own_log_page_shows_recent_lines_from_memory() {
+    let engine = std::sync::Arc::new(FakeEngine::default());
+    let mut cfg = config();
+    let own = deployex_web::ownlog::OwnLog::new(100);
+    own.push("INFO deployex: starting deployex 0.1.0");
+    own.push("WARN deployex_web: <b>not html</b>");
+    cfg.own_log = Some(own);
+    let state = deployex_web::AppState::new(engine, cfg);
+    let f = routes_with_state(state.clone());
+    let r = warp::test::request()
+        .path("/instances/0/logs/stdout")
+        .header("cookie", cookie_of(&state))
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 200);
+    let html = String::from_utf8_lossy(r.body());
+    assert!(html.contains("starting deployex 0.1.0"), "{html}");
+    assert!(html.contains("&lt;b&gt;not html"), "escaped");
+    assert!(!html.contains("data-ws"), "not followed");
+    let r = warp::test::request()
+        .path("/api/v1/instances/0/logs/stdout?lines=1")
+        .header("authorization", bearer(&state))
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        String::from_utf8_lossy(r.body()),
+        "WARN deployex_web: <b>not html</b>\n"
+    );
+}
+
+/// A logged-out session's open terminal closes within seconds (and its
+/// shell dies with it).
+#[tokio::test]
+async fn logout_closes_the_sessions_open_terminal() {
+    use deployex_actors::model::ShellCommand;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = std::sync::Arc::new(FakeEngine::default());
+    *engine.shell.lock().unwrap() = Some(ShellCommand {
+        program: "/bin/sh".into(),
+        args: vec!["-c".into(), "echo PID $$ END; exec sleep 1000".into()],
+        env: vec![],
+        cwd: dir.path().to_path_buf(),
+    });
+    let state = deployex_web::AppState::new(engine, config());
+    let f = routes_with_state(state.clone());
+    let token = state.tokens.issue();
+    let mut ws = warp::test::ws()
+        .path("/instances/2/terminal/ws")
+        .header("cookie", format!("deployex_session={token}"))
+        .header("origin", "http://127.0.0.1:4000")
+        .handshake(f.clone())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    while !out.contains(" END") {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        out.push_str(&String::from_utf8_lossy(m.as_bytes()));
+    }
+    let pid: i32 = out
+        .split("PID")
+        .nth(1)
+        .and_then(|s| s.split("END").next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap();
+    // Logout from elsewhere (another tab): the token is revoked.
+    let r = warp::test::request()
+        .method("POST")
+        .path("/logout")
+        .header("cookie", format!("deployex_session={token}"))
+        .header("origin", "http://127.0.0.1:4000")
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 303);
+    let start = Instant::now();
+    let mut notice = String::new();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.recv())
+            .await
+            .unwrap();
+        let Ok(m) = m else { break };
+        if m.is_text() {
+            notice = m.to_str().unwrap().to_string();
+        } else if m.is_close() {
+            break;
+        }
+    }
+    assert!(notice.contains("session ended"), "{notice}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    wait_until("the shell to die", || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .await;
 }

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-/// Variables never passed to an instance. The first three are deployex's
+/// Variables never passed to an instance. The first four are deployex's
 /// secrets (the cookie reaches the instance as `RELEASE_COOKIE` through the
 /// overrides); the AWS ones are deployex's store credentials; the rest are
 /// set by `erl`/release scripts for *their* VM and would point a child at
@@ -66,6 +66,12 @@ mod unit {
         env.iter()
             .find(|(key, _)| key == k)
             .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn strips_the_metrics_token() {
+        let env = instance_env(vec![kv("DEPLOYEX_METRICS_TOKEN", "t"), kv("A", "b")], &[]);
+        assert_eq!(env, vec![kv("A", "b")]);
     }
 
     #[test]

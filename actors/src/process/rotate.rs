@@ -19,7 +19,20 @@ fn numbered(path: &Path, n: usize) -> PathBuf {
 /// `path` to 0. With `keep == 0` the content is simply dropped. Returns
 /// whether a rotation happened; a missing file is not an error. Blocking
 /// file I/O (the copy): call it from `spawn_blocking`, not from a handler.
+///
+/// When the copy fails (ENOSPC: the disk is full, which is often why the
+/// log is big), the partial copy is removed and the file is truncated all
+/// the same: the disk must free, a lost log is the lesser harm.
 pub fn rotate_if_needed(path: &Path, max_bytes: u64, keep: usize) -> io::Result<bool> {
+    rotate_with(path, max_bytes, keep, |from, to| fs::copy(from, to))
+}
+
+fn rotate_with(
+    path: &Path,
+    max_bytes: u64,
+    keep: usize,
+    copy: impl Fn(&Path, &Path) -> io::Result<u64>,
+) -> io::Result<bool> {
     let len = match fs::metadata(path) {
         Ok(m) => m.len(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
@@ -39,7 +52,11 @@ pub fn rotate_if_needed(path: &Path, max_bytes: u64, keep: usize) -> io::Result<
                 _ => {}
             }
         }
-        fs::copy(path, numbered(path, 1))?;
+        let copy_to = numbered(path, 1);
+        if let Err(e) = copy(path, &copy_to) {
+            let _ = fs::remove_file(&copy_to);
+            tracing::warn!(path = %path.display(), error = %e, "log rotation: copy failed, truncating without a copy");
+        }
     }
     // Not O_TRUNC through `create`: the file must exist and stay the same
     // inode; `set_len` is ftruncate on the open descriptor.
@@ -68,6 +85,20 @@ mod unit {
         assert!(one.starts_with("round 3"), "{one}");
         assert!(two.starts_with("round 2"), "{two}");
         assert!(!numbered(&log, 3).exists(), "keep=2 must drop the oldest");
+    }
+
+    #[test]
+    fn a_full_disk_still_truncates() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("x.log");
+        fs::write(&log, "0123456789abc").unwrap();
+        let enospc = |_: &Path, to: &Path| {
+            fs::write(to, "0123")?; // a partial copy, then the disk is full
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        };
+        assert!(rotate_with(&log, 5, 2, enospc).unwrap());
+        assert_eq!(fs::metadata(&log).unwrap().len(), 0, "truncated");
+        assert!(!numbered(&log, 1).exists(), "no partial copy left");
     }
 
     #[test]

@@ -239,6 +239,12 @@ pub fn config() -> WebConfig {
         "myapp",
     );
     cfg.metrics_token = Some("metrics-tok".into());
+    // As if served on http://127.0.0.1:4000 and behind https://deployex.example.
+    cfg.public_origins = vec![
+        "http://127.0.0.1:4000".into(),
+        "https://deployex.example".into(),
+    ];
+    cfg.secure_cookie = false;
     cfg
 }
 

@@ -1,0 +1,4 @@
+//! cargo-fuzz target: see [`deployex_fuzz::checks::origin`] for the properties.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| deployex_fuzz::checks::origin(data));

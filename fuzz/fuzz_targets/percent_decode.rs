@@ -1,0 +1,4 @@
+//! cargo-fuzz target: see [`deployex_fuzz::checks::percent_decode`] for the properties.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| deployex_fuzz::checks::percent_decode(data));
