@@ -89,7 +89,7 @@ pub(super) fn stop_strays(service: &Path, keep: Option<i32>) {
             return;
         }
         for pid in left {
-            process::kill_group_now(pid);
+            process::kill_stray(service, pid);
         }
         std::thread::sleep(Duration::from_millis(5));
     }

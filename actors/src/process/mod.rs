@@ -43,8 +43,8 @@ pub use handle::{ExitInfo, ProcessHandle};
 pub use procfs::{ProcStats, proc_stats, ticks_per_second};
 pub use rotate::rotate_if_needed;
 pub use scan::{
-    INSTANCE_MARKER, instance_pids, instance_roots, is_running, kill_group_now, pgid_of,
-    pids_running_under,
+    INSTANCE_MARKER, instance_pids, instance_roots, is_running, kill_group_now, kill_stray,
+    pgid_of, pids_running_under,
 };
 pub use spawn::{InstanceSpec, spawn_instance};
 pub use stop::{StopOutcome, kill_group, stop_group, wait_group_gone};

@@ -25,28 +25,67 @@ pub fn instance_pids(service: &Path) -> Vec<i32> {
     };
     let marker = format!("{INSTANCE_MARKER}={dir_str}");
     let needle = format!("{dir_str}/");
-    let mut pids = Vec::new();
-    for pid in other_pids() {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let comm = comm.trim_end();
-        if comm == "epmd" {
-            continue;
-        }
-        let marked = std::fs::read(format!("/proc/{pid}/environ"))
-            .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == marker.as_bytes()));
-        let legacy = || {
-            comm.starts_with("beam")
-                && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
-                    cmdline
-                        .split(|&b| b == 0)
-                        .any(|arg| std::str::from_utf8(arg).is_ok_and(|a| a.contains(&needle)))
-                })
-        };
-        if marked || legacy() {
-            pids.push(pid);
-        }
+    other_pids()
+        .filter(|&pid| belongs(pid, &marker, &needle))
+        .collect()
+}
+
+/// Whether `pid` is a process of the instance (see [`instance_pids`]).
+fn belongs(pid: i32, marker: &str, needle: &str) -> bool {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let comm = comm.trim_end();
+    if comm == "epmd" {
+        return false;
     }
-    pids
+    let marked = std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == marker.as_bytes()));
+    let legacy = || {
+        comm.starts_with("beam")
+            && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                cmdline
+                    .split(|&b| b == 0)
+                    .any(|arg| std::str::from_utf8(arg).is_ok_and(|a| a.contains(needle)))
+            })
+    };
+    marked || legacy()
+}
+
+/// SIGKILL a stray of the instance whose service folder is `service`
+/// (a root from [`instance_roots`]) and its process group if it leads one,
+/// through a pidfd: the process is pinned first, then proven to still be
+/// the instance's, then signalled, so a pid reused between the scan and
+/// the signal (the stray exited, an unrelated process got its number) is
+/// never hit.
+pub fn kill_stray(service: &Path, pid: i32) {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::{Pid, getpgid};
+    if pid <= 1 || pid == std::process::id() as i32 {
+        return;
+    }
+    let Some(dir_str) = service.to_str().map(|s| s.trim_end_matches('/')) else {
+        return;
+    };
+    let Ok(fd) = super::sys::pidfd_open(pid) else {
+        return; // gone already
+    };
+    if !belongs(
+        pid,
+        &format!("{INSTANCE_MARKER}={dir_str}"),
+        &format!("{dir_str}/"),
+    ) {
+        return; // not (any more) the instance's: a reused pid
+    }
+    let p = Pid::from_raw(pid);
+    // The group first (its members are the stray's helpers), microseconds
+    // after the leader was proven the instance's (the pid-only code left
+    // the whole scan as a window); then the pinned leader itself.
+    if let Ok(pgid) = getpgid(Some(p))
+        && pgid == p
+        && !super::sys::is_own_group(pgid.as_raw())
+    {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    let _ = super::sys::pidfd_send_signal(&fd, libc::SIGKILL);
 }
 
 /// The roots of the instance's process trees: the processes of
@@ -247,5 +286,35 @@ mod tests {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// kill_stray signals through a pidfd and only a process that is still
+    /// the instance's: a pid that now names another process (as after a
+    /// reuse) is left alone.
+    #[test]
+    fn kill_stray_spares_a_process_that_is_not_the_instances() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = dir.path().join("svc/app/1");
+        let spawn = |marker: Option<&std::path::Path>| {
+            let mut cmd = std::process::Command::new("/bin/sleep");
+            cmd.arg("30").process_group(0);
+            if let Some(m) = marker {
+                cmd.env(INSTANCE_MARKER, m);
+            }
+            spawn_retrying(&mut cmd)
+        };
+        let mut ours = spawn(Some(&service));
+        let mut stranger = spawn(None);
+        let (ours_pid, stranger_pid) = (ours.id() as i32, stranger.id() as i32);
+        assert!(common_wait(|| instance_pids(&service).contains(&ours_pid)));
+        // As if the scan had found `stranger_pid` and the number had since
+        // gone to an unrelated process.
+        kill_stray(&service, stranger_pid);
+        assert!(is_running(stranger_pid), "an unrelated process was killed");
+        kill_stray(&service, ours_pid);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(ours.wait().unwrap().signal(), Some(9));
+        let _ = stranger.kill();
+        let _ = stranger.wait();
     }
 }

@@ -24,6 +24,28 @@ pub(super) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `pidfd_send_signal(2)`: signals exactly the process `fd` refers to; if
+/// it has exited (its pid maybe reused since), ESRCH, never another process.
+pub(super) fn pidfd_send_signal(fd: &OwnedFd, sig: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an open pidfd, a signal number, a null siginfo (allowed: the
+    // kernel builds one as kill(2) would) and flags 0; no memory of ours is
+    // written.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Registers a pidfd with tokio's reactor (readable = the process exited).
 /// Must run inside a tokio runtime with I/O enabled.
 pub(super) fn async_pidfd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
