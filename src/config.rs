@@ -130,6 +130,27 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "DEPLOYEX_START_COMMAND",
         "bin/{app} arguments that start an instance (mix: start, relx: foreground)",
     ),
+    // Fleet mode: see README "Running a fleet".
+    (
+        "DEPLOYEX_FLEET",
+        "coordinate with the other hosts on the same store (false)",
+    ),
+    (
+        "DEPLOYEX_HOST_ID",
+        "this host's name in the fleet (host name)",
+    ),
+    (
+        "DEPLOYEX_FLEET_MAX_PARALLEL",
+        "hosts deploying one version at a time (1)",
+    ),
+    (
+        "DEPLOYEX_FLEET_LEASE_MS",
+        "a deployment slot not renewed for this long is free (900000)",
+    ),
+    (
+        "DEPLOYEX_FLEET_HEARTBEAT_MS",
+        "fleet heartbeat, lease renewal and claim period (2000)",
+    ),
     (
         "DEPLOYEX_PRE_COMMAND_TIMEOUT_MS",
         "a pre-command running longer is killed (300000)",
@@ -695,6 +716,7 @@ fn load_inner(
             })
         }
     };
+    engine.fleet = fleet_config(&src, &engine.hostname)?;
     engine.base_env = env.into_iter().collect();
     engine.base_env.sort();
 
@@ -732,6 +754,35 @@ fn load_inner(
         engine,
         effective,
     })
+}
+
+/// `DEPLOYEX_FLEET` and its settings; `None` when fleet mode is off.
+fn fleet_config(
+    src: &Source,
+    hostname: &str,
+) -> Result<Option<deployex_actors::fleet::FleetConfig>, ConfigError> {
+    if !src.boolean("DEPLOYEX_FLEET", false)? {
+        return Ok(None);
+    }
+    let host_id = src.string("DEPLOYEX_HOST_ID", hostname);
+    if host_id.starts_with('.')
+        || host_id.len() > 128
+        || !host_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(src.invalid(
+            "DEPLOYEX_HOST_ID",
+            &host_id,
+            "expected letters, digits, . _ and -, not starting with .",
+        ));
+    }
+    Ok(Some(deployex_actors::fleet::FleetConfig {
+        host_id,
+        max_parallel: src.number("DEPLOYEX_FLEET_MAX_PARALLEL", 1, 1, 1000)?,
+        lease: src.millis("DEPLOYEX_FLEET_LEASE_MS", 900_000, 1000, 86_400_000)?,
+        heartbeat: src.millis("DEPLOYEX_FLEET_HEARTBEAT_MS", 2000, 50, 60_000)?,
+    }))
 }
 
 fn random_secret() -> String {

@@ -371,8 +371,14 @@ impl Actor for DeployManager {
                 }
             }
             DeployMsg::Unghost { version, reply } => {
+                // Fleet: un-ghosting here clears the fleet's ghost too.
+                let fleet_ghost = crate::fleet::unghosted(&version);
                 if !state.ghosted.contains(&version) {
-                    let _ = reply.send(Err(format!("version {version} is not ghosted")));
+                    let _ = reply.send(if fleet_ghost {
+                        Ok(())
+                    } else {
+                        Err(format!("version {version} is not ghosted"))
+                    });
                 } else {
                     state.ghosted.retain(|v| v != &version);
                     let result = state.persist_ghosted().await;
@@ -566,6 +572,8 @@ impl DmState {
                 tracing::error!(error = %e, "cannot save the ghosted list");
             }
         }
+        // Fleet: ghosted on every host.
+        crate::fleet::ghosted(version, why);
     }
 
     /// Roll back, one at a time, every instance that runs a ghosted
@@ -686,6 +694,10 @@ impl DmState {
             {
                 return;
             }
+            // Fleet: no deployment step without a slot for this version.
+            if !crate::fleet::may_deploy(&target.version) {
+                return;
+            }
             let deploy_ref = crate::storage::new_deploy_ref();
             tracing::info!(instance, from = status.version.as_deref().unwrap_or("<none>"), to = %target.version, %deploy_ref, "update needed: full deployment");
             self.start_deploy(
@@ -697,6 +709,8 @@ impl DmState {
             );
             return;
         }
+        // Fleet: every instance runs the target and is ready.
+        crate::fleet::rolled_out(&target.version);
     }
 
     fn start_deploy(

@@ -86,6 +86,11 @@ pub async fn run(command: Command, config: Option<&Path>) -> anyhow::Result<()> 
                 "automatic mode: following current.json\n".to_owned()
             })
         }
+        Command::Fleet(api) => {
+            let client = connect(&api, config).await?;
+            let body = client.call(Method::GET, "/api/v1/fleet", None).await?;
+            print_or(&api, &body, fleet_table)
+        }
         Command::Unghost { version, api } => {
             let client = connect(&api, config).await?;
             let path = format!("/api/v1/ghosted/{}", encode_segment(&version));
@@ -232,6 +237,69 @@ async fn login(api: &ApiOpts, password_stdin: bool, config: Option<&Path>) -> an
         path.display()
     );
     Ok(())
+}
+
+fn fleet_table(v: &Value) -> String {
+    let hosts = list(&v["hosts"])
+        .iter()
+        .map(|h| {
+            let instances: Vec<String> = list(&h["instances"])
+                .iter()
+                .map(|i| {
+                    format!(
+                        "{}:{}:{}",
+                        text(&i["instance"]),
+                        text(&i["version"]),
+                        text(&i["state"])
+                    )
+                })
+                .collect();
+            vec![
+                text(&h["host"]),
+                format!("{:.1}", h["age_ms"].as_u64().unwrap_or(0) as f64 / 1000.0),
+                instances.join(" "),
+                text(&h["deploying"]["version"]),
+                text(&h["last_error"]),
+            ]
+        })
+        .collect::<Vec<_>>();
+    let mut out = table::render(
+        &["HOST", "SEEN S AGO", "INSTANCES", "DEPLOYING", "LAST ERROR"],
+        &hosts,
+    );
+    let claims = list(&v["claims"])
+        .iter()
+        .map(|c| {
+            vec![
+                text(&c["version"]),
+                text(&c["slot"]),
+                text(&c["host"]),
+                format!("{:.1}", c["age_ms"].as_u64().unwrap_or(0) as f64 / 1000.0),
+                if c["expired"] == true {
+                    "expired"
+                } else {
+                    "live"
+                }
+                .to_owned(),
+                if c["canary"] == true { "canary" } else { "" }.to_owned(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    if !claims.is_empty() {
+        out.push('\n');
+        out.push_str(&table::render(
+            &["VERSION", "SLOT", "HOST", "RENEWED S AGO", "LEASE", ""],
+            &claims,
+        ));
+    }
+    let ghosts: Vec<String> = list(&v["ghosts"]).iter().map(text).collect();
+    if !ghosts.is_empty() {
+        out.push_str(&format!("\nfleet ghosts: {}\n", ghosts.join(", ")));
+    }
+    if let Some(e) = v["last_error"].as_str() {
+        out.push_str(&format!("fleet error: {e}\n"));
+    }
+    out
 }
 
 /// With `--json`, the API's answer unchanged; else `human` of it.

@@ -4,7 +4,7 @@
 //! - `publish` ([`publish`]) validates a release tarball with the fetcher's
 //!   own code and writes it, then `current.json`, to the release store.
 //! - `login`, `status`, `versions`, `events`, `restart`, `pin`, `unpin`,
-//!   `unghost` ([`api`]) call the JSON API of a running deployex over
+//!   `unghost`, `fleet` ([`api`]) call the JSON API of a running deployex over
 //!   HTTP ([`client`]).
 //!
 //! Invariants: a command exits 0 only when it did what it says; any failure
@@ -75,6 +75,8 @@ pub enum Command {
         #[command(flatten)]
         api: ApiOpts,
     },
+    /// Show the fleet (DEPLOYEX_FLEET=true): hosts, their instances, slots and fleet ghosts.
+    Fleet(ApiOpts),
 }
 
 /// Options of every command that talks to a running deployex.

@@ -34,6 +34,12 @@ impl S3Store {
             .await
     }
 
+    /// The SDK client and the bucket, for the fleet's own objects
+    /// (`crate::fleet::objects`).
+    pub(crate) fn sdk_client(&self) -> (&aws_sdk_s3::Client, &str) {
+        (&self.client, &self.bucket)
+    }
+
     async fn put(&self, key: &str, body: ByteStream, content_type: &str) -> Result<(), StoreError> {
         self.client
             .put_object()
