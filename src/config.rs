@@ -777,11 +777,20 @@ fn fleet_config(
             "expected letters, digits, . _ and -, not starting with .",
         ));
     }
+    let lease = src.millis("DEPLOYEX_FLEET_LEASE_MS", 900_000, 1000, 86_400_000)?;
+    let heartbeat = src.millis("DEPLOYEX_FLEET_HEARTBEAT_MS", 2000, 50, 60_000)?;
+    if lease < heartbeat * 4 {
+        return Err(src.invalid(
+            "DEPLOYEX_FLEET_LEASE_MS",
+            &lease.as_millis().to_string(),
+            "expected at least 4 heartbeats (DEPLOYEX_FLEET_HEARTBEAT_MS): a slot is renewed once per heartbeat",
+        ));
+    }
     Ok(Some(deployex_actors::fleet::FleetConfig {
         host_id,
         max_parallel: src.number("DEPLOYEX_FLEET_MAX_PARALLEL", 1, 1, 1000)?,
-        lease: src.millis("DEPLOYEX_FLEET_LEASE_MS", 900_000, 1000, 86_400_000)?,
-        heartbeat: src.millis("DEPLOYEX_FLEET_HEARTBEAT_MS", 2000, 50, 60_000)?,
+        lease,
+        heartbeat,
     }))
 }
 

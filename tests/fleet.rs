@@ -206,6 +206,42 @@ fn two_hosts_on_a_local_store() {
         "{history:#}"
     );
 
+    // Un-ghosting on the other host (with the CLI) clears the ghost
+    // fleet-wide, the canary's own list included. current.json goes back
+    // to 0.1.1 first, so that nothing deploys 0.2.0 again.
+    publish("0.1.1", &["--store", &store_s], &[]);
+    let out = Command::new(deployex_bin())
+        .args(["unghost", "0.2.0", "--url"])
+        .arg(format!("http://127.0.0.1:{}", other.api_port))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DEPLOYEX_TOKEN", other.token.as_deref().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bad.wait_status(
+        "0.2.0 un-ghosted on the canary",
+        Duration::from_secs(30),
+        |s| {
+            !s["ghosted_versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v == "0.2.0")
+        },
+    );
+    common::wait_until_blocking("no fleet ghost", Duration::from_secs(10), || {
+        dx_a.get("/api/v1/fleet")["ghosts"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    });
+
     // The canary dies mid-deploy: the other host proceeds after the lease.
     publish("0.1.2", &["--store", &store_s], &[]);
     let claim = common::wait_until_blocking("a slot for 0.1.2", Duration::from_secs(60), || {

@@ -7,9 +7,11 @@
 //! ```text
 //! hosts/{host}.json            heartbeat + status, rewritten every DEPLOYEX_FLEET_HEARTBEAT_MS
 //! claims/{version}/slot-{n}    a deployment slot (n < DEPLOYEX_FLEET_MAX_PARALLEL), created
-//!                              with a conditional create, renewed by its holder (lease)
-//! claims/{version}/canary      the first host to claim the version (created once)
-//! ghosts/{version}.json        a version ghosted by one host: no host starts it
+//!                              with a conditional create, renewed by its holder (lease),
+//!                              deleted when released (so `claims/` lists active versions only)
+//! canary/{version}.json        the first host to claim the version (created once)
+//! ghosts/{version}.json        a version ghosted by one host: no host starts it; deleted by
+//!                              an un-ghost on any host, which every host then applies locally
 //! ```
 //!
 //! Invariants:
@@ -30,13 +32,14 @@
 //!   `Evaluate` to the DeployManager when a claim succeeds.
 //! - Store outage: heartbeats and claims fail and are retried every tick;
 //!   nothing running is touched, and no new deployment step starts without
-//!   a claim.
+//!   a claim renewed within half a lease (a host cut off from the store
+//!   stops starting steps before another host can take its slot).
 
 pub mod objects;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
@@ -62,11 +65,17 @@ pub struct FleetConfig {
 struct Held {
     key: String,
     etag: String,
+    /// The last successful claim or renewal (this host's monotonic clock,
+    /// only compared with itself).
+    renewed: Instant,
 }
 
 /// What the hooks and the fleet task share.
 #[derive(Debug, Default)]
 struct Shared {
+    /// The lease: a slot not renewed for half of it is not used to start a
+    /// step (another host may take it once the lease has run out).
+    lease: Duration,
     /// The version the DeployManager asked to deploy and may not yet.
     want: Option<String>,
     held: HashMap<String, Held>,
@@ -76,6 +85,9 @@ struct Shared {
     to_unghost: Vec<String>,
     /// Fleet ghosts, as last read (plus those queued here).
     ghosts: BTreeSet<String>,
+    /// Fleet ghosts as last read from the store (`None` before the first
+    /// read): one that disappears was un-ghosted on another host.
+    read_ghosts: Option<BTreeSet<String>>,
     view: Option<Value>,
     last_error: Option<String>,
 }
@@ -98,8 +110,15 @@ pub fn may_deploy(version: &str) -> bool {
     if s.ghosts.contains(version) {
         return false;
     }
-    if s.held.contains_key(version) && !s.release.contains(version) {
-        return true;
+    if let Some(h) = s.held.get(version)
+        && !s.release.contains(version)
+    {
+        // Cut off from the store for half a lease: the slot may be someone
+        // else's soon; wait until a renewal succeeds again.
+        if h.renewed.elapsed() < s.lease / 2 {
+            return true;
+        }
+        return false;
     }
     if s.want.as_deref() != Some(version) {
         tracing::info!(%version, "fleet: waiting for a deployment slot");
@@ -156,7 +175,11 @@ pub fn view() -> Option<Value> {
 
 /// Starts this host's fleet task (once per process).
 pub fn spawn(cfg: Arc<EngineConfig>, fleet: FleetConfig, engine: crate::EngineHandle) {
-    if SHARED.set(Mutex::new(Shared::default())).is_err() {
+    let shared_state = Shared {
+        lease: fleet.lease,
+        ..Shared::default()
+    };
+    if SHARED.set(Mutex::new(shared_state)).is_err() {
         tracing::error!("fleet task already running");
         return;
     }
@@ -315,6 +338,7 @@ impl Fleet {
                         && let Some(entry) = s.held.get_mut(&version)
                     {
                         entry.etag = etag;
+                        entry.renewed = Instant::now();
                     }
                 }
                 None => {
@@ -339,16 +363,38 @@ impl Fleet {
                     .map(str::to_owned)
             })
             .collect();
-        let want = match shared() {
+        let (want, cleared) = match shared() {
             Some(mut s) => {
                 let pending: Vec<String> = s.to_ghost.iter().map(|(v, _)| v.clone()).collect();
+                let cleared: Vec<String> = match &s.read_ghosts {
+                    Some(before) => before.difference(&ghosts).cloned().collect(),
+                    None => Vec::new(),
+                };
+                s.read_ghosts = Some(ghosts.clone());
                 s.ghosts = ghosts.iter().cloned().chain(pending).collect();
-                s.want
+                let want = s
+                    .want
                     .clone()
-                    .filter(|v| !s.held.contains_key(v) && !s.ghosts.contains(v))
+                    .filter(|v| !s.held.contains_key(v) && !s.ghosts.contains(v));
+                (want, cleared)
             }
-            None => None,
+            None => (None, Vec::new()),
         };
+        // Un-ghosted on another host: un-ghost here too.
+        for version in cleared {
+            if let Some(dm) = ractor::registry::where_is(crate::deploy_manager::NAME) {
+                let dm: ractor::ActorRef<crate::deploy_manager::DeployMsg> = dm.into();
+                let v = version.clone();
+                let answer = ractor::call_t!(
+                    dm,
+                    |reply| crate::deploy_manager::DeployMsg::Unghost { version: v, reply },
+                    2000
+                );
+                if let Ok(Ok(())) = answer {
+                    tracing::info!(%version, "fleet: un-ghosted on another host, un-ghosted here");
+                }
+            }
+        }
 
         // 5. Claim a slot for the version this host waits for.
         if let Some(version) = want
@@ -359,7 +405,9 @@ impl Fleet {
         }
 
         // 6. The view for the API.
-        let view = self.read_view(now, &ghosts).await?;
+        let view = self
+            .read_view(now, &ghosts, status.desired_version.as_deref())
+            .await?;
         if let Some(mut s) = shared() {
             s.view = Some(view);
         }
@@ -395,7 +443,7 @@ impl Fleet {
     }
 
     async fn canary(&self, version: &str) -> Result<Option<String>, ObjError> {
-        let key = self.key(&format!("claims/{version}/canary"));
+        let key = self.key(&format!("canary/{version}.json"));
         Ok(self.objects.get(&key).await?.and_then(|o| {
             serde_json::from_slice::<Value>(&o.bytes)
                 .ok()
@@ -436,7 +484,11 @@ impl Fleet {
                 Some(_) => None,
             };
             if let Some(etag) = etag {
-                got = Some(Held { key, etag });
+                got = Some(Held {
+                    key,
+                    etag,
+                    renewed: Instant::now(),
+                });
                 break;
             }
         }
@@ -445,7 +497,7 @@ impl Fleet {
         };
         // The first host to claim is the canary; a host that claimed at the
         // same time as a live canary steps back.
-        let canary_key = self.key(&format!("claims/{version}/canary"));
+        let canary_key = self.key(&format!("canary/{version}.json"));
         let canary = match canary {
             Some(c) => Some(c),
             None => {
@@ -481,10 +533,14 @@ impl Fleet {
         Ok(true)
     }
 
+    /// What `GET /api/v1/fleet` shows. Reads the active versions' slots and
+    /// canaries (and the canary of `desired`), not every version ever
+    /// deployed: the cost of a tick does not grow with the history.
     async fn read_view(
         &self,
         now: SystemTime,
         ghosts: &BTreeSet<String>,
+        desired: Option<&str>,
     ) -> Result<Value, ObjError> {
         let age_ms = |t: SystemTime| now.duration_since(t).unwrap_or_default().as_millis() as u64;
         let mut hosts = Vec::new();
@@ -501,6 +557,11 @@ impl Fleet {
         }
         let mut claims = Vec::new();
         let mut canaries = BTreeMap::new();
+        if let Some(desired) = desired
+            && let Some(c) = self.canary(desired).await?
+        {
+            canaries.insert(desired.to_owned(), c);
+        }
         for dir in self.objects.list(&self.key("claims/")).await? {
             let Some(version) = dir.trim_end_matches('/').rsplit('/').next() else {
                 continue;
