@@ -87,6 +87,7 @@ fn unpack_problem(message: &str) -> String {
 fn every_operator_command_has_help() {
     for sub in [
         "publish", "login", "status", "versions", "events", "restart", "pin", "unpin", "unghost",
+        "fleet",
     ] {
         let o = cli(&[sub, "--help"], &[], None);
         assert!(o.status.success(), "{sub} --help: {}", stderr(&o));

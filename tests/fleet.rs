@@ -137,7 +137,7 @@ fn two_hosts_on_a_local_store() {
     let (a, b) = (host("host-a", 2, &on_store), host("host-b", 2, &on_store));
     publish("0.1.0", &["--store", &store_s], &[]);
     let dx_a = a.start();
-    let mut dx_b = b.start();
+    let dx_b = b.start();
     roll_out(&[&dx_a, &dx_b], "0.1.0", 1, Duration::from_secs(120));
 
     // A good version: host by host, behind the canary.
@@ -250,44 +250,57 @@ fn two_hosts_on_a_local_store() {
             .cloned()
     });
     let holder = claim["host"].as_str().unwrap().to_owned();
-    let (dead, survivor) = if holder == "host-b" {
-        dx_b.stop_with(Signal::SIGKILL, Duration::from_secs(5));
-        (&dx_b, &dx_a)
+    let (mut dead, survivor) = if holder == "host-a" {
+        (dx_a, dx_b)
     } else {
-        // host-a's API answers the fleet queries: kill it last, swap roles.
-        let mut dx_a = dx_a;
-        dx_a.stop_with(Signal::SIGKILL, Duration::from_secs(5));
-        return finish_after_kill(dx_b, "host-a");
+        (dx_b, dx_a)
     };
-    let _ = dead;
+    dead.stop_with(Signal::SIGKILL, Duration::from_secs(5));
     let killed = Instant::now();
-    survivor.wait_status(
+    let s = survivor.wait_status(
         "0.1.2 on the surviving host",
         Duration::from_secs(120),
         |s| running_on(s, "0.1.2"),
     );
     assert!(
         killed.elapsed() >= Duration::from_millis(LEASE_MS - 1000),
-        "the survivor did not wait for the lease: {:?}",
+        "the survivor did not wait for {holder}'s lease: {:?}",
         killed.elapsed()
     );
     assert!(survivor.log_text().contains("took over an expired slot"));
-}
 
-/// The tail of [`two_hosts_on_a_local_store`] when host-a was the holder.
-fn finish_after_kill(survivor: Deployex, dead: &str) {
-    let killed = Instant::now();
-    survivor.wait_status(
-        "0.1.2 on the surviving host",
-        Duration::from_secs(120),
-        |s| running_on(s, "0.1.2"),
-    );
+    // Store outage: the host keeps running what it runs, reports the
+    // error, and its heartbeats resume when the store is back.
+    let running = pids(&s);
+    let away = shared.path().join("store-away");
+    std::fs::rename(&store, &away).unwrap();
+    common::wait_until_blocking("the fleet error", Duration::from_secs(10), || {
+        survivor.get("/api/v1/fleet")["last_error"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    let watch_until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < watch_until {
+        let s = survivor.status();
+        assert_eq!(pids(&s), running, "{s:#}");
+        assert!(running_on(&s, "0.1.2"), "{s:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
-        killed.elapsed() >= Duration::from_millis(LEASE_MS - 1000),
-        "the survivor did not wait for {dead}'s lease: {:?}",
-        killed.elapsed()
+        !store.exists(),
+        "the fleet does not recreate a missing store"
     );
-    assert!(survivor.log_text().contains("took over an expired slot"));
+    std::fs::rename(&away, &store).unwrap();
+    common::wait_until_blocking("heartbeats again", Duration::from_secs(10), || {
+        let f = survivor.get("/api/v1/fleet");
+        let fresh = f["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["age_ms"].as_u64().is_some_and(|a| a < 1000));
+        (f["last_error"].is_null() && fresh).then_some(())
+    });
+    drop(dead);
 }
 
 fn sdk(endpoint: &str) -> aws_config::SdkConfig {

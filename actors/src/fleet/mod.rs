@@ -168,9 +168,16 @@ pub fn unghosted(version: &str) -> bool {
 /// without a fleet.
 pub fn view() -> Option<Value> {
     let s = shared()?;
-    Some(s.view.clone().unwrap_or_else(
-        || json!({"hosts": [], "claims": [], "ghosts": [], "last_error": s.last_error}),
-    ))
+    let mut view = s
+        .view
+        .clone()
+        .unwrap_or_else(|| json!({"hosts": [], "claims": [], "ghosts": []}));
+    // The error is the latest tick's, even when that tick could not
+    // refresh the rest.
+    if let Some(map) = view.as_object_mut() {
+        map.insert("last_error".into(), json!(s.last_error));
+    }
+    Some(view)
 }
 
 /// Starts this host's fleet task (once per process).

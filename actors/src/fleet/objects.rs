@@ -197,8 +197,9 @@ impl Objects {
         match self {
             Objects::Local { root } => {
                 let path = Self::path(root, key);
+                let root = root.clone();
                 blocking(key, move || {
-                    mkdir_parent(&path)?;
+                    mkdir_parent(&root, &path)?;
                     crate::storage::write_atomic(&path, &bytes)?;
                     Ok(local_etag(&std::fs::metadata(&path)?))
                 })
@@ -223,8 +224,9 @@ impl Objects {
         match self {
             Objects::Local { root } => {
                 let path = Self::path(root, key);
+                let root = root.clone();
                 blocking(key, move || {
-                    mkdir_parent(&path)?;
+                    mkdir_parent(&root, &path)?;
                     link_new(&path, &bytes)
                 })
                 .await
@@ -395,7 +397,15 @@ fn aside_name(path: &std::path::Path) -> PathBuf {
     ))
 }
 
-fn mkdir_parent(path: &std::path::Path) -> std::io::Result<()> {
+/// Creates the folders of `path` below `root`, never `root` itself: a store
+/// folder that is gone (unmounted, moved) is an outage, not a new store.
+fn mkdir_parent(root: &std::path::Path, path: &std::path::Path) -> std::io::Result<()> {
+    if !root.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("release store folder {} does not exist", root.display()),
+        ));
+    }
     match path.parent() {
         Some(dir) => std::fs::create_dir_all(dir),
         None => Ok(()),
