@@ -386,4 +386,16 @@ fn three_hosts_on_s3_with_two_slots() {
     for id in ["h1", "h2", "h3"] {
         assert!(table.contains(id), "{table}");
     }
+    // And the dashboard's fleet page.
+    let (code, page) = common::deployex::http(
+        hosts[1].api_port,
+        "GET",
+        "/fleet",
+        hosts[1].token.as_deref(),
+        None,
+    );
+    assert_eq!(code, 200, "{page}");
+    for needle in ["h1", "h2", "h3", "Deployment slots", "0.1.1 running"] {
+        assert!(page.contains(needle), "{needle}: {page}");
+    }
 }
