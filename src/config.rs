@@ -1121,4 +1121,37 @@ mod tests {
         assert!(!text.contains(&"k".repeat(64)));
         assert!(text.contains("DEPLOYEX_ERLANG_COOKIE=<redacted>"));
     }
+
+    #[test]
+    fn fleet_mode_settings() {
+        assert_eq!(load(env(&[]), None).unwrap().engine.fleet, None);
+        let c = load(env(&[("DEPLOYEX_FLEET", "true")]), None).unwrap();
+        let f = c.engine.fleet.unwrap();
+        assert_eq!(f.host_id, c.engine.hostname, "the host name by default");
+        assert_eq!(f.max_parallel, 1);
+        assert_eq!(f.lease, Duration::from_secs(900));
+        assert_eq!(f.heartbeat, Duration::from_secs(2));
+        let c = load(
+            env(&[
+                ("DEPLOYEX_FLEET", "true"),
+                ("DEPLOYEX_HOST_ID", "web-2"),
+                ("DEPLOYEX_FLEET_MAX_PARALLEL", "3"),
+                ("DEPLOYEX_FLEET_LEASE_MS", "60000"),
+            ]),
+            None,
+        )
+        .unwrap();
+        let f = c.engine.fleet.unwrap();
+        assert_eq!((f.host_id.as_str(), f.max_parallel), ("web-2", 3));
+        let bad = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("DEPLOYEX_FLEET", "true")];
+            all.extend_from_slice(pairs);
+            load(env(&all), None).unwrap_err().to_string()
+        };
+        assert!(bad(&[("DEPLOYEX_HOST_ID", "../x")]).contains("DEPLOYEX_HOST_ID"));
+        assert!(bad(&[("DEPLOYEX_HOST_ID", "a/b")]).contains("DEPLOYEX_HOST_ID"));
+        assert!(bad(&[("DEPLOYEX_FLEET_MAX_PARALLEL", "0")]).contains("MAX_PARALLEL"));
+        let e = bad(&[("DEPLOYEX_FLEET_LEASE_MS", "2000")]);
+        assert!(e.contains("at least 4 heartbeats"), "{e}");
+    }
 }

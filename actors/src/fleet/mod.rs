@@ -331,11 +331,12 @@ impl Fleet {
         };
         let held_before: HashMap<String, Held> = held;
         for version in &release {
-            let key_prefix = self.key(&format!("claims/{version}/"));
-            for slot in self.read_slots(&key_prefix, now).await? {
-                if slot.host == self.cfg.host_id {
-                    self.objects.delete(&slot.key, Some(&slot.etag)).await?;
+            if let Err(e) = self.release_slot(version, now).await {
+                // Tried again next tick (the slot must not wait for its lease).
+                if let Some(mut s) = shared() {
+                    s.release.extend(release.iter().cloned());
                 }
+                return Err(e);
             }
         }
         for (version, h) in held_before {
@@ -417,6 +418,18 @@ impl Fleet {
             .await?;
         if let Some(mut s) = shared() {
             s.view = Some(view);
+        }
+        Ok(())
+    }
+
+    /// Deletes this host's slot(s) of `version` (found in the store, so a
+    /// retry after a failed tick needs no memory of the etag).
+    async fn release_slot(&self, version: &str, now: SystemTime) -> Result<(), ObjError> {
+        let prefix = self.key(&format!("claims/{version}/"));
+        for slot in self.read_slots(&prefix, now).await? {
+            if slot.host == self.cfg.host_id {
+                self.objects.delete(&slot.key, Some(&slot.etag)).await?;
+            }
         }
         Ok(())
     }
