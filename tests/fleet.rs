@@ -362,7 +362,13 @@ fn three_hosts_on_s3_with_two_slots() {
     let order = roll_out(&refs, "0.1.1", 2, Duration::from_secs(150));
     assert_eq!(order.len(), 3);
 
-    let fleet = hosts[0].get("/api/v1/fleet");
+    // Every slot released by its holder (not left to expire: the lease is
+    // 4 s, a renewal that broke the holder's record would leave them).
+    let fleet =
+        common::wait_until_blocking("0.1.1's slots released", Duration::from_secs(3), || {
+            let f = hosts[0].get("/api/v1/fleet");
+            claims_of(&f, "0.1.1").is_empty().then_some(f)
+        });
     assert_eq!(fleet["max_parallel"], 2);
     assert_eq!(fleet["hosts"].as_array().unwrap().len(), 3, "{fleet:#}");
     // The CLI's view of it.

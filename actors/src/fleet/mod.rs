@@ -340,7 +340,8 @@ impl Fleet {
             }
         }
         for (version, h) in held_before {
-            match self.objects.renew(&h.key, Vec::new(), &h.etag).await? {
+            let body = claim_body(&self.cfg.host_id, &version);
+            match self.objects.renew(&h.key, body, &h.etag).await? {
                 Some(etag) => {
                     if let Some(mut s) = shared()
                         && let Some(entry) = s.held.get_mut(&version)
@@ -484,10 +485,7 @@ impl Fleet {
         {
             return Ok(false);
         }
-        let body =
-            json!({"host": me, "version": version, "host_time": crate::storage::utc_now_rfc3339()})
-                .to_string()
-                .into_bytes();
+        let body = claim_body(me, version);
         let mut got: Option<Held> = None;
         for n in 0..self.cfg.max_parallel {
             let key = format!("{prefix}slot-{n}");
@@ -614,6 +612,19 @@ impl Fleet {
             "last_error": last_error,
         }))
     }
+}
+
+/// A slot's content. The nonce makes every write distinct: S3's ETag is the
+/// content's MD5, and a renewal must change it (see `Objects::renew`).
+fn claim_body(host: &str, version: &str) -> Vec<u8> {
+    json!({
+        "host": host,
+        "version": version,
+        "host_time": crate::storage::utc_now_rfc3339(),
+        "nonce": format!("{:016x}", rand::random::<u64>()),
+    })
+    .to_string()
+    .into_bytes()
 }
 
 fn rfc3339(t: SystemTime) -> String {

@@ -302,7 +302,11 @@ impl Objects {
     }
 
     /// Moves the store's time of `key` forward (a lease renewal) if it is
-    /// still the version `etag`: `Some(new etag)`, else `None`.
+    /// still the version `etag`: `Some(new etag)`, else `None`. On S3 the
+    /// object is rewritten with `bytes`, which must differ from the current
+    /// content (S3's ETag is the content's MD5: the same bytes would keep
+    /// the same ETag, and a take-over prepared before the renewal would
+    /// still match). A local renewal only touches the mtime.
     pub async fn renew(
         &self,
         key: &str,
@@ -360,9 +364,15 @@ impl Objects {
                         }
                     };
                     match std::fs::remove_file(&target) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                        _ => Ok(()),
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                        _ => {}
                     }
+                    // An emptied version folder goes, like an S3 prefix
+                    // without objects (fails harmlessly when not empty).
+                    if let Some(dir) = path.parent() {
+                        let _ = std::fs::remove_dir(dir);
+                    }
+                    Ok(())
                 })
                 .await
             }
@@ -499,13 +509,9 @@ mod tests {
         assert!(o.get(key).await.unwrap().is_some(), "stale delete keeps it");
         o.delete(key, Some(&e3)).await.unwrap();
         assert!(o.get(key).await.unwrap().is_none());
-        assert_eq!(
-            o.list("fleet/a/b/claims/").await.unwrap(),
-            vec!["fleet/a/b/claims/1.0/".to_owned()]
+        assert!(
+            o.list("fleet/a/b/claims/").await.unwrap().is_empty(),
+            "the emptied version folder went, no temp or aside file left"
         );
-        let names: Vec<_> = std::fs::read_dir(tmp.path().join("fleet/a/b/claims/1.0"))
-            .unwrap()
-            .collect();
-        assert!(names.is_empty(), "no temp or aside file left");
     }
 }
