@@ -149,7 +149,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ),
     (
         "DEPLOYEX_FLEET_HEARTBEAT_MS",
-        "fleet heartbeat, lease renewal and claim period (2000)",
+        "fleet heartbeat, lease renewal and claim period (5000)",
     ),
     (
         "DEPLOYEX_PRE_COMMAND_TIMEOUT_MS",
@@ -778,7 +778,7 @@ fn fleet_config(
         ));
     }
     let lease = src.millis("DEPLOYEX_FLEET_LEASE_MS", 900_000, 1000, 86_400_000)?;
-    let heartbeat = src.millis("DEPLOYEX_FLEET_HEARTBEAT_MS", 2000, 50, 60_000)?;
+    let heartbeat = src.millis("DEPLOYEX_FLEET_HEARTBEAT_MS", 5000, 50, 60_000)?;
     if lease < heartbeat * 4 {
         return Err(src.invalid(
             "DEPLOYEX_FLEET_LEASE_MS",
@@ -1130,7 +1130,7 @@ mod tests {
         assert_eq!(f.host_id, c.engine.hostname, "the host name by default");
         assert_eq!(f.max_parallel, 1);
         assert_eq!(f.lease, Duration::from_secs(900));
-        assert_eq!(f.heartbeat, Duration::from_secs(2));
+        assert_eq!(f.heartbeat, Duration::from_secs(5));
         let c = load(
             env(&[
                 ("DEPLOYEX_FLEET", "true"),

@@ -34,7 +34,7 @@ pub trait Engine: Send + Sync + 'static {
         Box::pin(async { Vec::new() })
     }
     /// The fleet as this host last read it; `None` when fleet mode is off.
-    fn fleet(&self) -> Option<serde_json::Value> {
-        None
+    fn fleet(&self) -> BoxFuture<'_, Option<serde_json::Value>> {
+        Box::pin(async { None })
     }
 }

@@ -108,8 +108,8 @@ impl EngineHandle {
 }
 
 impl Engine for EngineHandle {
-    fn fleet(&self) -> Option<serde_json::Value> {
-        crate::fleet::view()
+    fn fleet(&self) -> BoxFuture<'_, Option<serde_json::Value>> {
+        Box::pin(crate::fleet::view())
     }
 
     fn events(&self, limit: usize) -> BoxFuture<'_, Vec<crate::events::Event>> {

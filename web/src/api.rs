@@ -209,7 +209,7 @@ async fn unghost(state: Arc<AppState>, version: String) -> Result<Response, Reje
 
 /// The fleet as this host last read it (fleet mode), else 404.
 async fn fleet(state: Arc<AppState>) -> Result<Response, Rejection> {
-    Ok(match state.engine.fleet() {
+    Ok(match state.engine.fleet().await {
         Some(view) => json_status(StatusCode::OK, &view),
         None => json_error(
             StatusCode::NOT_FOUND,

@@ -102,7 +102,7 @@ fn fleet(view: &Value) -> Markup {
 
 async fn fleet_page(state: Arc<AppState>) -> Result<Response, Rejection> {
     let app = state.cfg.app_name.clone();
-    let (status, body) = match state.engine.fleet() {
+    let (status, body) = match state.engine.fleet().await {
         Some(view) => (StatusCode::OK, fleet(&view)),
         None => (
             StatusCode::NOT_FOUND,

@@ -5,7 +5,7 @@
 //! makes them atomic and conditional):
 //!
 //! ```text
-//! hosts/{host}.json            heartbeat + status, rewritten every DEPLOYEX_FLEET_HEARTBEAT_MS
+//! hosts/{host}.json            heartbeat + status, rewritten every DEPLOYEX_FLEET_HEARTBEAT_MS (5 s)
 //! claims/{version}/slot-{n}    a deployment slot (n < DEPLOYEX_FLEET_MAX_PARALLEL), created
 //!                              with a conditional create, renewed by its holder (lease),
 //!                              deleted when released (so `claims/` lists active versions only)
@@ -89,10 +89,22 @@ struct Shared {
     /// read): one that disappears was un-ghosted on another host.
     read_ghosts: Option<BTreeSet<String>>,
     view: Option<Value>,
+    /// When `view` was read from the store.
+    view_at: Option<Instant>,
+    heartbeat: Duration,
+    /// When the view was last asked for: the whole fleet is read only
+    /// while someone looks (store requests cost money).
+    view_asked: Option<Instant>,
     last_error: Option<String>,
 }
 
+/// The whole fleet is read every heartbeat for this long after the view
+/// was last asked for.
+const VIEW_INTEREST: Duration = Duration::from_secs(60);
+
 static SHARED: OnceLock<Mutex<Shared>> = OnceLock::new();
+/// Wakes the askers of [`view`] when the fleet task has read a new view.
+static VIEW_READ: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 fn shared() -> Option<MutexGuard<'static, Shared>> {
     SHARED
@@ -165,8 +177,22 @@ pub fn unghosted(version: &str) -> bool {
 }
 
 /// The fleet as last read by this host (`GET /api/v1/fleet`); `None`
-/// without a fleet.
-pub fn view() -> Option<Value> {
+/// without a fleet. Asking keeps the view fresh (read every heartbeat) for
+/// [`VIEW_INTEREST`]; after a quiet period the first ask waits for the next
+/// read (at most two heartbeats and 5 s; `store_time` says how old).
+pub async fn view() -> Option<Value> {
+    let (fresh, heartbeat) = {
+        let mut s = shared()?;
+        s.view_asked = Some(Instant::now());
+        let fresh = s.view_at.is_some_and(|t| t.elapsed() < s.heartbeat * 2);
+        (fresh, s.heartbeat)
+    };
+    if !fresh {
+        // Nobody looked for a while: the fleet task reads the fleet at its
+        // next heartbeat; wait for that (bounded), else answer what we have.
+        let _ = tokio::time::timeout(heartbeat * 2 + Duration::from_secs(5), VIEW_READ.notified())
+            .await;
+    }
     let s = shared()?;
     let mut view = s
         .view
@@ -184,6 +210,7 @@ pub fn view() -> Option<Value> {
 pub fn spawn(cfg: Arc<EngineConfig>, fleet: FleetConfig, engine: crate::EngineHandle) {
     let shared_state = Shared {
         lease: fleet.lease,
+        heartbeat: fleet.heartbeat,
         ..Shared::default()
     };
     if SHARED.set(Mutex::new(shared_state)).is_err() {
@@ -413,12 +440,19 @@ impl Fleet {
             let _ = dm.send_message(crate::deploy_manager::DeployMsg::Evaluate);
         }
 
-        // 6. The view for the API.
-        let view = self
-            .read_view(now, &ghosts, status.desired_version.as_deref())
-            .await?;
-        if let Some(mut s) = shared() {
-            s.view = Some(view);
+        // 6. The view for the API, while someone looks at it.
+        let asked = shared()
+            .and_then(|s| s.view_asked)
+            .is_some_and(|t| t.elapsed() < VIEW_INTEREST);
+        if asked {
+            let view = self
+                .read_view(now, &ghosts, status.desired_version.as_deref())
+                .await?;
+            if let Some(mut s) = shared() {
+                s.view = Some(view);
+                s.view_at = Some(Instant::now());
+            }
+            VIEW_READ.notify_waiters();
         }
         Ok(())
     }
