@@ -130,6 +130,27 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "DEPLOYEX_START_COMMAND",
         "bin/{app} arguments that start an instance (mix: start, relx: foreground)",
     ),
+    // Fleet mode: see README "Running a fleet".
+    (
+        "DEPLOYEX_FLEET",
+        "coordinate with the other hosts on the same store (false)",
+    ),
+    (
+        "DEPLOYEX_HOST_ID",
+        "this host's name in the fleet (host name)",
+    ),
+    (
+        "DEPLOYEX_FLEET_MAX_PARALLEL",
+        "hosts deploying one version at a time (1)",
+    ),
+    (
+        "DEPLOYEX_FLEET_LEASE_MS",
+        "a deployment slot not renewed for this long is free (900000)",
+    ),
+    (
+        "DEPLOYEX_FLEET_HEARTBEAT_MS",
+        "fleet heartbeat, lease renewal and claim period (5000)",
+    ),
     (
         "DEPLOYEX_PRE_COMMAND_TIMEOUT_MS",
         "a pre-command running longer is killed (300000)",
@@ -737,6 +758,7 @@ fn load_inner(
             })
         }
     };
+    engine.fleet = fleet_config(&src, &engine.hostname)?;
     // -- web hardening: no secret of deployex reaches an app, a pre-command
     // or a terminal (every name in SECRETS, present and future).
     engine.base_env = env
@@ -820,6 +842,44 @@ fn load_inner(
         public_origins,
         max_connections,
     })
+}
+
+/// `DEPLOYEX_FLEET` and its settings; `None` when fleet mode is off.
+fn fleet_config(
+    src: &Source,
+    hostname: &str,
+) -> Result<Option<deployex_actors::fleet::FleetConfig>, ConfigError> {
+    if !src.boolean("DEPLOYEX_FLEET", false)? {
+        return Ok(None);
+    }
+    let host_id = src.string("DEPLOYEX_HOST_ID", hostname);
+    if host_id.starts_with('.')
+        || host_id.len() > 128
+        || !host_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(src.invalid(
+            "DEPLOYEX_HOST_ID",
+            &host_id,
+            "expected letters, digits, . _ and -, not starting with .",
+        ));
+    }
+    let lease = src.millis("DEPLOYEX_FLEET_LEASE_MS", 900_000, 1000, 86_400_000)?;
+    let heartbeat = src.millis("DEPLOYEX_FLEET_HEARTBEAT_MS", 5000, 50, 60_000)?;
+    if lease < heartbeat * 4 {
+        return Err(src.invalid(
+            "DEPLOYEX_FLEET_LEASE_MS",
+            &lease.as_millis().to_string(),
+            "expected at least 4 heartbeats (DEPLOYEX_FLEET_HEARTBEAT_MS): a slot is renewed once per heartbeat",
+        ));
+    }
+    Ok(Some(deployex_actors::fleet::FleetConfig {
+        host_id,
+        max_parallel: src.number("DEPLOYEX_FLEET_MAX_PARALLEL", 1, 1, 1000)?,
+        lease,
+        heartbeat,
+    }))
 }
 
 fn random_secret() -> String {
@@ -1293,5 +1353,38 @@ mod tests {
         assert!(c.check_local_store().is_ok());
         // In local, anything goes (the dev default is /tmp/{app}).
         assert!(load(env(&[]), None).unwrap().check_local_store().is_ok());
+    }
+
+    #[test]
+    fn fleet_mode_settings() {
+        assert_eq!(load(env(&[]), None).unwrap().engine.fleet, None);
+        let c = load(env(&[("DEPLOYEX_FLEET", "true")]), None).unwrap();
+        let f = c.engine.fleet.unwrap();
+        assert_eq!(f.host_id, c.engine.hostname, "the host name by default");
+        assert_eq!(f.max_parallel, 1);
+        assert_eq!(f.lease, Duration::from_secs(900));
+        assert_eq!(f.heartbeat, Duration::from_secs(5));
+        let c = load(
+            env(&[
+                ("DEPLOYEX_FLEET", "true"),
+                ("DEPLOYEX_HOST_ID", "web-2"),
+                ("DEPLOYEX_FLEET_MAX_PARALLEL", "3"),
+                ("DEPLOYEX_FLEET_LEASE_MS", "60000"),
+            ]),
+            None,
+        )
+        .unwrap();
+        let f = c.engine.fleet.unwrap();
+        assert_eq!((f.host_id.as_str(), f.max_parallel), ("web-2", 3));
+        let bad = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("DEPLOYEX_FLEET", "true")];
+            all.extend_from_slice(pairs);
+            load(env(&all), None).unwrap_err().to_string()
+        };
+        assert!(bad(&[("DEPLOYEX_HOST_ID", "../x")]).contains("DEPLOYEX_HOST_ID"));
+        assert!(bad(&[("DEPLOYEX_HOST_ID", "a/b")]).contains("DEPLOYEX_HOST_ID"));
+        assert!(bad(&[("DEPLOYEX_FLEET_MAX_PARALLEL", "0")]).contains("MAX_PARALLEL"));
+        let e = bad(&[("DEPLOYEX_FLEET_LEASE_MS", "2000")]);
+        assert!(e.contains("at least 4 heartbeats"), "{e}");
     }
 }

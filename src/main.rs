@@ -1,6 +1,7 @@
 //! The `deployex` binary: command line, configuration, wiring of the engine
 //! (`deployex-actors`) and the HTTP server (`deployex-web`).
 
+mod cli;
 mod config;
 mod secrets;
 
@@ -41,6 +42,9 @@ enum Command {
     },
     /// Validate the configuration and print the effective values (secrets redacted).
     CheckConfig,
+    // The operator CLI (publish, login, status, ...): `src/cli/`.
+    #[command(flatten)]
+    Operator(cli::Command),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::HashPassword { cost } => hash_password(cost),
+        Command::Operator(command) => cli::run(command, cli.config.as_deref()),
         Command::CheckConfig => match load_config(cli.config.as_deref()) {
             Ok(c) => {
                 print!("{}", c.describe());

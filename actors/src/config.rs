@@ -76,6 +76,8 @@ pub struct EngineConfig {
     /// instance, instead of the release flavour's own (`start` for mix,
     /// `foreground` for relx; see [`crate::release_kind`]).
     pub start_command: Option<String>,
+    /// Fleet mode (`DEPLOYEX_FLEET=true`): see [`crate::fleet`].
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 /// What the resource watchdog does when a limit is crossed.
@@ -180,6 +182,7 @@ impl EngineConfig {
             watchdog: WatchdogConfig::default(),
             webhook: None,
             start_command: None,
+            fleet: None,
         }
     }
 

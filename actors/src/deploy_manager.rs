@@ -404,10 +404,16 @@ impl Actor for DeployManager {
                 }
             }
             DeployMsg::Unghost { version, reply } => {
+                // Fleet: un-ghosting here clears the fleet's ghost too.
+                let fleet_ghost = crate::fleet::unghosted(&version);
                 if !state.ghosted.contains(&version) {
-                    let _ = reply.send(Err(ActionError::Invalid(format!(
-                        "version {version} is not ghosted"
-                    ))));
+                    let _ = reply.send(if fleet_ghost {
+                        Ok(())
+                    } else {
+                        Err(ActionError::Invalid(format!(
+                            "version {version} is not ghosted"
+                        )))
+                    });
                 } else {
                     let before = state.ghosted.clone();
                     state.ghosted.retain(|v| v != &version);
@@ -615,6 +621,8 @@ impl DmState {
                 tracing::error!(error = %e, "cannot save the ghosted list");
             }
         }
+        // Fleet: ghosted on every host.
+        crate::fleet::ghosted(version, why);
     }
 
     /// Roll back, one at a time, every instance that runs a ghosted
@@ -745,6 +753,10 @@ impl DmState {
             {
                 return;
             }
+            // Fleet: no deployment step without a slot for this version.
+            if !crate::fleet::may_deploy(&target.version) {
+                return;
+            }
             let deploy_ref = crate::storage::new_deploy_ref();
             tracing::info!(instance, from = status.version.as_deref().unwrap_or("<none>"), to = %target.version, %deploy_ref, "update needed: full deployment");
             self.start_deploy(
@@ -756,6 +768,8 @@ impl DmState {
             );
             return;
         }
+        // Fleet: every instance runs the target and is ready.
+        crate::fleet::rolled_out(&target.version);
     }
 
     fn start_deploy(

@@ -33,4 +33,8 @@ pub trait Engine: Send + Sync + 'static {
         let _ = limit;
         Box::pin(async { Vec::new() })
     }
+    /// The fleet as this host last read it; `None` when fleet mode is off.
+    fn fleet(&self) -> BoxFuture<'_, Option<serde_json::Value>> {
+        Box::pin(async { None })
+    }
 }

@@ -43,14 +43,15 @@ pub async fn start(cfg: EngineConfig) -> Result<Running, ractor::SpawnErr> {
     let cfg = Arc::new(cfg);
     let (root, join) =
         Actor::spawn(Some(root::NAME.to_string()), RootSupervisor, cfg.clone()).await?;
-    Ok(Running {
-        handle: EngineHandle {
-            cfg,
-            root,
-            started: Instant::now(),
-        },
-        join,
-    })
+    let handle = EngineHandle {
+        cfg: cfg.clone(),
+        root,
+        started: Instant::now(),
+    };
+    if let Some(fleet) = cfg.fleet.clone() {
+        crate::fleet::spawn(cfg, fleet, handle.clone());
+    }
+    Ok(Running { handle, join })
 }
 
 fn actor<M: ractor::Message>(name: &str) -> Option<ActorRef<M>> {
@@ -107,6 +108,10 @@ impl EngineHandle {
 }
 
 impl Engine for EngineHandle {
+    fn fleet(&self) -> BoxFuture<'_, Option<serde_json::Value>> {
+        Box::pin(crate::fleet::view())
+    }
+
     fn events(&self, limit: usize) -> BoxFuture<'_, Vec<crate::events::Event>> {
         Box::pin(async move {
             let Some(log) = actor::<crate::events::EventMsg>(crate::events::NAME) else {

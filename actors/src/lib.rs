@@ -7,6 +7,7 @@ pub mod deploy_manager;
 pub mod dist;
 pub mod engine;
 pub mod events;
+pub mod fleet;
 pub mod handle;
 pub mod health;
 pub mod instance_monitor;

@@ -331,7 +331,7 @@ async fn ensure_cached(
     let scratch = cache.join(format!(".verify-{}", version));
     let want = version.clone();
     let verified = tokio::task::spawn_blocking(move || {
-        verify_tarball(&part2, &scratch, &app, &want, expected)
+        verify_tarball(&part2, &scratch, &app, Some(&want), expected)
     })
     .await
     .map_err(|e| FetchError::store(format!("verification task failed: {e}")))?;
@@ -360,17 +360,19 @@ async fn ensure_cached(
 }
 
 /// Blocking: sha256 (when given) and a full validating unpack into a scratch
-/// folder that is removed afterwards. The release inside must be the
-/// version it is published as (`releases/start_erl.data`): a tarball of
-/// another version, or one that is not a mix release, would deploy
-/// something the history and the rollout logic do not know.
-fn verify_tarball(
+/// folder that is removed afterwards; returns the version inside
+/// (`releases/start_erl.data`). With `version`, the release inside must be
+/// the version it is published as: a tarball of another version, or one
+/// that is not a mix release, would deploy something the history and the
+/// rollout logic do not know. Public so that `deployex publish` refuses
+/// exactly what the fetcher would reject, with the same message.
+pub fn verify_tarball(
     tarball: &Path,
     scratch: &Path,
     app: &str,
-    version: &str,
+    version: Option<&str>,
     expected_sha256: Option<String>,
-) -> Result<(), String> {
+) -> Result<String, String> {
     if let Some(expected) = expected_sha256 {
         let actual = crate::store::sha256_file(tarball).map_err(|e| error_chain(&e))?;
         if !actual.eq_ignore_ascii_case(expected.trim()) {
@@ -387,10 +389,11 @@ fn verify_tarball(
                 "no valid releases/start_erl.data (\"{erts} {version}\"): not a mix release"
                     .to_string(),
             ),
-            Some(found) if found != version => Err(format!(
-                "the release inside is version {found}, not {version}"
+            Some(found) if version.is_some_and(|v| v != found) => Err(format!(
+                "the release inside is version {found}, not {}",
+                version.unwrap_or_default()
             )),
-            Some(_) => Ok(()),
+            Some(found) => Ok(found),
         });
     let _ = std::fs::remove_dir_all(scratch);
     result

@@ -222,6 +222,17 @@ async fn unghost(state: Arc<AppState>, version: String) -> Result<Response, Reje
     })
 }
 
+/// The fleet as this host last read it (fleet mode), else 404.
+async fn fleet(state: Arc<AppState>) -> Result<Response, Rejection> {
+    Ok(match state.engine.fleet().await {
+        Some(view) => json_status(StatusCode::OK, &view),
+        None => json_error(
+            StatusCode::NOT_FOUND,
+            "fleet mode is off (DEPLOYEX_FLEET=true turns it on)",
+        ),
+    })
+}
+
 /// The phase-1 JSON API.
 pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
     let st = || with_state(state.clone());
@@ -281,8 +292,17 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(st())
         .and_then(|v, s| unghost(s, v));
 
+    let fleet = api
+        .and(warp::path!("fleet"))
+        .and(warp::get())
+        .and(auth())
+        .and(st())
+        .and_then(fleet);
+
     login
         .or(status)
+        .unify()
+        .or(fleet)
         .unify()
         .or(versions)
         .unify()

@@ -22,6 +22,7 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod fleet_page;
 pub mod flight;
 pub mod guard;
 pub mod live;
@@ -446,6 +447,8 @@ pub fn routes_with_state(
         .or(terminal::routes(state.clone()))
         .unify()
         .or(pages::routes(state.clone()))
+        .unify()
+        .or(fleet_page::routes(state.clone()))
         .unify()
         .recover(guard::recover)
         .unify()

@@ -5,6 +5,8 @@
 //! Invariant: app, env and version are validated before they are joined into
 //! a path, so every path this module touches is under `root`.
 
+mod write;
+
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};

@@ -72,6 +72,12 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot write {path}")]
+    WriteFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("the copy task for version {version} did not finish")]
     TaskFailed {
         version: String,

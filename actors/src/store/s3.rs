@@ -13,6 +13,8 @@
 //!   [`BACKOFF`] between them. A missing key, a missing bucket or a refused
 //!   access fail at once: retrying cannot fix them.
 
+mod write;
+
 use std::future::Future;
 use std::io;
 use std::path::Path;
