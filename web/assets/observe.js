@@ -180,7 +180,7 @@
     async function refresh() {
       try {
         const r = await fetch("/api/v1/instances/" + i + "/processes?sort=" + sort + "&limit=50", { credentials: "same-origin" });
-        if (!r.ok) return;
+        if (!r.ok) { document.body.dataset.procError = "HTTP " + r.status; return; }
         const list = await r.json();
         const body = $("#proc-rows");
         while (body.firstChild) body.removeChild(body.firstChild);
@@ -198,7 +198,7 @@
           body.appendChild(tr);
         }
         document.body.dataset.procRefreshes = String(Number(document.body.dataset.procRefreshes || 0) + 1);
-      } catch (_) { /* next tick */ }
+      } catch (e) { document.body.dataset.procError = String(e); /* next tick */ }
     }
     $$("th.sort", section).forEach((th) => th.addEventListener("click", () => {
       sort = th.dataset.sort;
