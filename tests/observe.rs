@@ -321,3 +321,44 @@ fn history_fills_and_the_observer_looks_inside_a_real_node() {
     conn.close();
     drop(dx);
 }
+
+/// The observer over mutual-TLS distribution: the same link, the same
+/// answers.
+#[test]
+fn the_observer_works_over_mutual_tls_distribution() {
+    let site = Site::new(1);
+    let certs = site.dir.path().join("tls");
+    let status = std::process::Command::new("bash")
+        .arg("devops/tls/gen-certs.sh")
+        .arg(&certs)
+        .arg(common::short_hostname())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "gen-certs.sh");
+    let conf = certs.join("inet_tls.conf");
+    let site = site
+        .env("FIXTURE_TLS_OPTFILE", conf.to_str().unwrap())
+        .env("DEPLOYEX_OTP_TLS_CERT_PATH", certs.to_str().unwrap());
+    site.publish("0.1.0", &[]);
+    let dx = site.start_with(&[("DEPLOYEX_BEAM_SAMPLE_MS", "500")]);
+    let s = dx.wait_status("running over TLS", Duration::from_secs(90), |s| {
+        running_on(s, "0.1.0") && s["instances"][0]["tls"] == true
+    });
+    assert_eq!(s["instances"][0]["tls"], true);
+    let list = dx.get("/api/v1/instances/1/processes?sort=reductions&limit=4");
+    assert_eq!(list.as_array().unwrap().len(), 4, "{list}");
+    assert!(sorted_desc(list.as_array().unwrap(), "reductions"));
+    let sup = dx.get("/api/v1/instances/1/supervision");
+    assert!(
+        sup.to_string().contains("Elixir.Fixture.Counter"),
+        "{sup:#}"
+    );
+    let ets = dx.get("/api/v1/instances/1/ets");
+    assert!(!ets.as_array().unwrap().is_empty());
+    // The BEAM history fills over TLS too.
+    common::wait_until_blocking("BEAM points over TLS", Duration::from_secs(20), || {
+        let h = dx.get("/api/v1/instances/1/history");
+        (points(&h, "beam_memory_total") >= 3).then_some(())
+    });
+}
