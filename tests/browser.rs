@@ -784,6 +784,9 @@ async fn dashboard_in_headless_chromium() {
     .await;
     shots.push(page.screenshot("6-actors").await);
 
+    // 7-8. Metrics charts and the observer (charts.rs, observer.rs).
+    charts_and_observer(&page, &base, &mut shots).await;
+
     let problems = cdp.problems.lock().unwrap().clone();
     assert!(problems.is_empty(), "errors in the pages: {problems:#?}");
     for shot in &shots {
@@ -794,4 +797,100 @@ async fn dashboard_in_headless_chromium() {
     cdp.send("Browser.close", json!({}), None);
     drop(browser);
     drop(dx);
+}
+
+/// The dashboard's charts grow live (no reload) and show values on hover;
+/// the observer page shows the supervision tree, the process table
+/// (refreshing) and a process's details with its OTP state.
+async fn charts_and_observer(page: &Page, base: &str, shots: &mut Vec<PathBuf>) {
+    page.goto(&format!("{base}/")).await;
+    page.eval("window.__sameDocument = true").await;
+    let polyline =
+        "document.querySelector('figure.chart[data-target=\"1\"] polyline[data-s=beam_processes]')";
+    let count = format!(
+        "({polyline}.getAttribute('points') || '').trim().split(' ').filter(x => x).length"
+    );
+    page.wait_js(
+        "the instance's process chart drawn from the history",
+        Duration::from_secs(30),
+        &format!("{count} >= 2"),
+        "document.querySelector('#charts') ? document.querySelector('#charts').outerHTML.slice(0, 400) : 'no charts'",
+    )
+    .await;
+    let before = page.eval(&count).await.as_u64().unwrap();
+    page.wait_js(
+        "new points streamed into the chart without a reload",
+        Duration::from_secs(20),
+        &format!("window.__sameDocument === true && Number(document.body.dataset.chartUpdates || 0) >= 1 && {count} > {before}"),
+        &format!("[document.body.dataset.chartUpdates, {count}]"),
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.querySelectorAll('figure.chart[data-target=host] polyline').length")
+            .await,
+        json!(4),
+        "four host charts"
+    );
+    // Hover: a value appears under the chart.
+    let rect = page
+        .eval(&format!(
+            "(() => {{ const f = {polyline}.closest('figure'); f.scrollIntoView({{block: 'center'}}); \
+             const r = f.querySelector('svg').getBoundingClientRect(); return [r.x + r.width * 0.9, r.y + r.height / 2]; }})()"
+        ))
+        .await;
+    page.call(
+        "Input.dispatchMouseEvent",
+        json!({"type": "mouseMoved", "x": rect[0], "y": rect[1]}),
+    )
+    .await;
+    page.wait_js(
+        "a hover value under the chart",
+        Duration::from_secs(5),
+        &format!("/beam_processes [0-9]+/.test({polyline}.closest('figure').querySelector('[data-f=hover]').textContent)"),
+        &format!("{polyline}.closest('figure').querySelector('[data-f=hover]').textContent"),
+    )
+    .await;
+    page.eval("document.querySelector('#charts').scrollIntoView({block: 'start'})")
+        .await;
+    shots.push(page.screenshot("7-charts").await);
+
+    page.goto(&format!("{base}/instances/1/observer")).await;
+    page.wait_js(
+        "the supervision tree and the process table",
+        Duration::from_secs(10),
+        "document.querySelector('#supervision').textContent.includes('Elixir.Fixture.Supervisor') \
+         && document.querySelectorAll('#proc-rows tr').length >= 10",
+        "document.body.innerText.slice(0, 600)",
+    )
+    .await;
+    // Sort by reductions; the table refreshes from the API.
+    page.click("th.sort[data-sort=reductions]").await;
+    page.wait_js(
+        "the process table refreshed, sorted by reductions",
+        Duration::from_secs(10),
+        "Number(document.body.dataset.procRefreshes || 0) >= 1 && \
+         (() => { const v = Array.from(document.querySelectorAll('#proc-rows tr td:nth-child(6)')).map(t => Number(t.textContent)); \
+                  return v.length >= 10 && v.every((x, i) => i === 0 || v[i - 1] >= x); })()",
+        "(() => { const th = document.querySelector('th.sort[data-sort=reductions]'); const r = th.getBoundingClientRect(); const at = document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2); return [document.body.dataset.procRefreshes, document.body.dataset.procError, document.querySelector('th[aria-sort]').dataset.sort, at && at.outerHTML.slice(0, 100), JSON.stringify(r), document.querySelector('#proc-rows').innerText.slice(0, 200)].join(' | '); })()",
+    )
+    .await;
+    // A worker's details, with its OTP state.
+    page.eval(
+        "Array.from(document.querySelectorAll('#supervision li')).find(l => l.textContent.includes('Elixir.Fixture.Counter')).querySelector('button.pid').id = 'counter-pid'",
+    )
+    .await;
+    page.click("#counter-pid").await;
+    page.wait_js(
+        "the Counter's details and state",
+        Duration::from_secs(10),
+        "!document.querySelector('#process-detail').hidden \
+         && document.querySelector('#detail-fields').textContent.includes('Elixir.Fixture.Counter:init/1') \
+         && document.querySelector('#detail-state').textContent.length > 0 \
+         && !document.querySelector('#detail-state').textContent.startsWith('(not')",
+        "document.querySelector('#process-detail').innerText.slice(0, 400)",
+    )
+    .await;
+    shots.push(page.screenshot("9-process-detail").await);
+    page.eval("window.scrollTo(0, 0)").await;
+    shots.push(page.screenshot("8-observer").await);
 }

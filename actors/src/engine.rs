@@ -37,4 +37,35 @@ pub trait Engine: Send + Sync + 'static {
     fn fleet(&self) -> BoxFuture<'_, Option<serde_json::Value>> {
         Box::pin(async { None })
     }
+
+    // ---- metrics history and observer (history.rs, observer.rs) ----
+
+    /// The metrics history of an instance newer than `since` (unix ms),
+    /// with its deployments; `None`: no such instance.
+    fn instance_history(
+        &self,
+        instance: u32,
+        since: Option<u64>,
+    ) -> BoxFuture<'_, Option<crate::history::Series>> {
+        let _ = (instance, since);
+        Box::pin(async { None })
+    }
+    /// The host's metrics history newer than `since` (unix ms).
+    fn host_history(&self, since: Option<u64>) -> BoxFuture<'_, crate::history::Series> {
+        let _ = since;
+        Box::pin(async { crate::history::Series::empty(std::time::Duration::from_secs(5)) })
+    }
+    /// The newest point of every history ring (for `/metrics`).
+    fn history_latest(&self) -> crate::history::Latest {
+        crate::history::Latest::default()
+    }
+    /// A look inside an instance's node (read-only).
+    fn observe(
+        &self,
+        instance: u32,
+        request: crate::observer::ObserveRequest,
+    ) -> BoxFuture<'_, Result<crate::observer::Observed, crate::observer::ObserverError>> {
+        let _ = request;
+        Box::pin(async move { Err(crate::observer::ObserverError::NoSuchInstance(instance)) })
+    }
 }

@@ -43,6 +43,15 @@ pub async fn start(cfg: EngineConfig) -> Result<Running, ractor::SpawnErr> {
     let cfg = Arc::new(cfg);
     let (root, join) =
         Actor::spawn(Some(root::NAME.to_string()), RootSupervisor, cfg.clone()).await?;
+    // Metrics history (history.rs): the host and process-group sampler
+    // runs as long as the actor tree.
+    let period = crate::history::period_of(&cfg);
+    crate::history::global().set_period(period);
+    let sampler = crate::history::spawn_sampler(&cfg, period);
+    let join = tokio::spawn(async move {
+        let _ = join.await;
+        sampler.abort();
+    });
     let handle = EngineHandle {
         cfg: cfg.clone(),
         root,
@@ -110,6 +119,56 @@ impl EngineHandle {
 impl Engine for EngineHandle {
     fn fleet(&self) -> BoxFuture<'_, Option<serde_json::Value>> {
         Box::pin(crate::fleet::view())
+    }
+
+    fn instance_history(
+        &self,
+        instance: u32,
+        since: Option<u64>,
+    ) -> BoxFuture<'_, Option<crate::history::Series>> {
+        Box::pin(async move {
+            if instance == 0 || instance > self.cfg.replicas {
+                return None;
+            }
+            let mut series = crate::history::global().instance_series(instance, since);
+            // Deployment markers from the deployment history, within the
+            // time the rings keep.
+            let from = since.unwrap_or_else(|| {
+                crate::history::unix_ms_now()
+                    .saturating_sub(crate::history::KEEP.as_millis() as u64)
+            });
+            let mut deploys: Vec<(u64, String)> = self
+                .versions(Some(instance))
+                .await
+                .into_iter()
+                .filter_map(|e| Some((crate::history::rfc3339_ms(&e.inserted_at)?, e.version)))
+                .filter(|(t, _)| *t > from)
+                .collect();
+            deploys.sort();
+            series.deploys = deploys;
+            Some(series)
+        })
+    }
+
+    fn host_history(&self, since: Option<u64>) -> BoxFuture<'_, crate::history::Series> {
+        Box::pin(async move { crate::history::global().host_series(since) })
+    }
+
+    fn history_latest(&self) -> crate::history::Latest {
+        crate::history::global().latest()
+    }
+
+    fn observe(
+        &self,
+        instance: u32,
+        request: crate::observer::ObserveRequest,
+    ) -> BoxFuture<'_, Result<crate::observer::Observed, crate::observer::ObserverError>> {
+        Box::pin(async move {
+            if instance == 0 || instance > self.cfg.replicas {
+                return Err(crate::observer::ObserverError::NoSuchInstance(instance));
+            }
+            crate::observer::observe(&self.cfg.node_name(instance), &request).await
+        })
     }
 
     fn events(&self, limit: usize) -> BoxFuture<'_, Vec<crate::events::Event>> {

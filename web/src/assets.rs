@@ -35,6 +35,18 @@ const ASSETS: &[Asset] = &[
         immutable: false,
     },
     Asset {
+        name: "observe.js",
+        mime: "text/javascript; charset=utf-8",
+        body: include_bytes!("../assets/observe.js"),
+        immutable: false,
+    },
+    Asset {
+        name: "observe.css",
+        mime: "text/css; charset=utf-8",
+        body: include_bytes!("../assets/observe.css"),
+        immutable: false,
+    },
+    Asset {
         name: "xterm-6.0.0.js",
         mime: "text/javascript; charset=utf-8",
         body: include_bytes!("../assets/vendor/xterm.js"),

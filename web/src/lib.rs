@@ -22,12 +22,14 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod charts;
 pub mod fleet_page;
 pub mod flight;
 pub mod guard;
 pub mod live;
 pub mod logs;
 pub mod metrics;
+pub mod observer;
 pub mod ownlog;
 pub mod pages;
 pub mod terminal;
@@ -445,6 +447,10 @@ pub fn routes_with_state(
         .or(metrics::routes(state.clone()))
         .unify()
         .or(terminal::routes(state.clone()))
+        .unify()
+        .or(charts::routes(state.clone()))
+        .unify()
+        .or(observer::routes(state.clone()))
         .unify()
         .or(pages::routes(state.clone()))
         .unify()

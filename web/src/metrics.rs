@@ -252,6 +252,7 @@ pub fn render(
             esc(route)
         );
     }
+    crate::charts::render_metrics(state, status, &mut o);
     o
 }
 

@@ -464,13 +464,14 @@ async fn dashboard_page(state: Arc<AppState>) -> Result<Response, Rejection> {
     let history = state.history().await;
     let versions = recent_versions(&history, 10);
     let events = state.engine.events(10).await;
+    let charts = crate::charts::dashboard_section(&state, &status).await;
     Ok(html_page(
         StatusCode::OK,
         layout(
             "Dashboard",
             &app,
             "dashboard",
-            dashboard(&status, &versions, &events),
+            html! { (dashboard(&status, &versions, &events)) (charts) },
             true,
         ),
     ))

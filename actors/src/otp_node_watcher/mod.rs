@@ -478,6 +478,17 @@ impl Actor for OtpNodeWatcher {
                     entry.sampling = false;
                     match result {
                         Ok(sample) => {
+                            // Metrics history (history.rs): one copy into
+                            // the instance's ring.
+                            if let Some(i) = instance_of(&node) {
+                                crate::history::record_beam(
+                                    i,
+                                    crate::history::beam_point(
+                                        crate::history::unix_ms_now(),
+                                        &sample,
+                                    ),
+                                );
+                            }
                             let now = (sample.reductions_total, at);
                             let rate = entry.reductions.and_then(|prev| reductions_rate(prev, now));
                             entry.reductions = Some(now);

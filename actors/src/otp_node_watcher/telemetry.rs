@@ -29,6 +29,12 @@ pub enum SampleError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BeamSample {
     pub memory_bytes: u64,
+    /// The split of `erlang:memory()` kept in the metrics history.
+    pub memory_processes: u64,
+    pub memory_binary: u64,
+    pub memory_ets: u64,
+    pub memory_atom: u64,
+    pub memory_code: u64,
     pub processes: u64,
     pub run_queue: u64,
     /// `erlang:statistics(reductions)`'s total since the node started.
@@ -100,7 +106,15 @@ pub async fn sample_beam(
     ) = futures::try_join!(
         async {
             futures::try_join!(
-                call("erlang:memory(total)", "memory", "total"),
+                async {
+                    conn.rpc("erlang", "memory", vec![], timeout)
+                        .await
+                        .map_err(|source| SampleError::Rpc {
+                            node: node.to_string(),
+                            what: "erlang:memory()",
+                            source,
+                        })
+                },
                 info("process_count"),
                 call("erlang:statistics(run_queue)", "statistics", "run_queue"),
                 call("erlang:statistics(reductions)", "statistics", "reductions"),
@@ -131,8 +145,30 @@ pub async fn sample_beam(
         Some([total, _]) => count("erlang:statistics(reductions)", total)?,
         _ => count("erlang:statistics(reductions)", &reductions)?,
     };
+    // `[{total, N}, {processes, N}, …]`.
+    let memory_of = |key: &str| {
+        crate::dist::as_list(&memory)
+            .unwrap_or_default()
+            .iter()
+            .find_map(|kv| match crate::dist::as_tuple(kv) {
+                Some([k, v]) if crate::dist::as_atom(k) == Some(key) => {
+                    crate::dist::as_int(v).and_then(|n| u64::try_from(n).ok())
+                }
+                _ => None,
+            })
+    };
+    let memory_bytes = memory_of("total").ok_or_else(|| SampleError::Unexpected {
+        node: node.to_string(),
+        what: "erlang:memory()",
+        reply: crate::dist::pretty(&memory),
+    })?;
     Ok(BeamSample {
-        memory_bytes: count("erlang:memory(total)", &memory)?,
+        memory_bytes,
+        memory_processes: memory_of("processes").unwrap_or(0),
+        memory_binary: memory_of("binary").unwrap_or(0),
+        memory_ets: memory_of("ets").unwrap_or(0),
+        memory_atom: memory_of("atom").unwrap_or(0),
+        memory_code: memory_of("code").unwrap_or(0),
         processes: count("erlang:system_info(process_count)", &processes)?,
         run_queue: count("erlang:statistics(run_queue)", &run_queue)?,
         reductions_total,

@@ -40,7 +40,7 @@ pub use adopt::{Adoption, PidFile, adopt};
 pub use command::run_command;
 pub use env::{STRIPPED_EXACT, STRIPPED_PREFIXES, instance_env};
 pub use handle::{ExitInfo, ProcessHandle};
-pub use procfs::{ProcStats, proc_stats, ticks_per_second};
+pub use procfs::{GroupUsage, ProcStats, group_usage, members_usage, proc_stats, ticks_per_second};
 pub use rotate::rotate_if_needed;
 pub use scan::{
     INSTANCE_MARKER, instance_pids, instance_roots, is_running, kill_group_now, kill_stray,

@@ -94,6 +94,64 @@ fn page_size() -> u64 {
     *PAGE.get_or_init(sys::page_size)
 }
 
+/// Resource usage of one process group (metrics history).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupUsage {
+    pub rss_bytes: u64,
+    /// utime + stime of the live members, in [`ticks_per_second`] units.
+    pub cpu_ticks: u64,
+    /// Start time of the member whose pid is the group id (the leader).
+    pub leader_start: Option<u64>,
+    /// The live members read.
+    pub members: Vec<i32>,
+}
+
+/// Usage of group `pgid` from the stat files of `pids` only (members found
+/// by an earlier [`group_usage`]; a pid that left the group or exited is
+/// skipped).
+pub fn members_usage(pgid: i32, pids: &[i32]) -> GroupUsage {
+    let mut u = GroupUsage::default();
+    for &pid in pids {
+        let Some(s) = read_stat(pid) else { continue };
+        if s.is_exited() || s.pgid != pgid {
+            continue;
+        }
+        u.rss_bytes += s.rss_pages * page_size();
+        u.cpu_ticks += s.utime + s.stime;
+        u.members.push(pid);
+        if pid == pgid {
+            u.leader_start = Some(s.start_time_ticks);
+        }
+    }
+    u
+}
+
+/// Usage of each of `pgids`, from one pass over `/proc` (one `stat` read
+/// per process, whatever the number of groups).
+pub fn group_usage(pgids: &[i32]) -> std::collections::HashMap<i32, GroupUsage> {
+    let mut out = std::collections::HashMap::new();
+    if pgids.is_empty() {
+        return out;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let Some(s) = read_stat(pid) else { continue };
+        if s.is_exited() || !pgids.contains(&s.pgid) {
+            continue;
+        }
+        let u: &mut GroupUsage = out.entry(s.pgid).or_default();
+        u.rss_bytes += s.rss_pages * page_size();
+        u.cpu_ticks += s.utime + s.stime;
+        u.members.push(pid);
+        if pid == s.pgid {
+            u.leader_start = Some(s.start_time_ticks);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod unit {
