@@ -73,11 +73,18 @@ pub struct ScaleResult {
 /// The release-shaped tarball: `bin/dxtest` execs `exe light-child`, and
 /// `releases/start_erl.data` names the version (deployex reads an instance's
 /// version there, as in every `mix release`).
-fn light_tarball(exe: &Path, version: &str) -> Vec<u8> {
-    let script = format!(
-        "#!/bin/sh\n# Light stand-in for a release (bench/compare/scale.rs): ignores its\n# arguments and listens on $PORT.\nexec '{}' {LIGHT_CHILD_ARG}\n",
-        exe.display()
-    );
+fn light_tarball(exe: &Path, version: &str, nodes: bool) -> Vec<u8> {
+    let script = if nodes {
+        // A bare Erlang node named like an instance (deployex connects to
+        // it, checks its boot and, with liveness on, pings it), one
+        // scheduler, nothing else.
+        "#!/bin/sh\n# Light Erlang node for a release (bench/compare/scale.rs, BENCH_SCALE_NODES=1).\nexec erl -sname \"$RELEASE_NODE\" -setcookie \"$RELEASE_COOKIE\" -noshell -noinput +S 1:1 +A 1 +sbwt none +sbwtdcpu none +sbwtdio none\n".to_string()
+    } else {
+        format!(
+            "#!/bin/sh\n# Light stand-in for a release (bench/compare/scale.rs): ignores its\n# arguments and listens on $PORT.\nexec '{}' {LIGHT_CHILD_ARG}\n",
+            exe.display()
+        )
+    };
     let start_erl = format!("13.1.5 {version}\n");
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
@@ -111,13 +118,30 @@ pub fn run(replicas: usize, idle: Duration, status_requests: usize) -> ScaleResu
         ..ScaleResult::default()
     };
     let exe = std::env::current_exe().expect("current_exe");
-    let site = Site::new(replicas as u32)
-        .env("DEPLOYEX_OTP_READINESS", "false")
+    // `BENCH_SCALE_NODES=1`: every instance is a bare Erlang node (about
+    // 20 MB each) instead of a listener, so readiness, telemetry and
+    // liveness run over real distribution links.
+    let nodes = std::env::var("BENCH_SCALE_NODES").is_ok_and(|v| v == "1");
+    let mut site = Site::new(replicas as u32)
+        .env(
+            "DEPLOYEX_OTP_READINESS",
+            if nodes { "true" } else { "false" },
+        )
         .env("DEPLOYEX_MIN_READY_MS", "0")
         .env("DEPLOYEX_BACKOFF_RESET_MS", "1")
         .env("DEPLOYEX_DEPLOY_SCHEDULE_INTERVAL_MS", "5000")
         .env("DEPLOYEX_LOG", "info");
-    site.publish_raw_tarball("0.1.0", &light_tarball(&exe, "0.1.0"));
+    // `BENCH_DEPLOYEX_ENV="K=V;K=V"` as for the side-by-side part.
+    for kv in std::env::var("BENCH_DEPLOYEX_ENV")
+        .unwrap_or_default()
+        .split(';')
+        .filter(|kv| !kv.is_empty())
+    {
+        if let Some((k, v)) = kv.split_once('=') {
+            site = site.env(k, v);
+        }
+    }
+    site.publish_raw_tarball("0.1.0", &light_tarball(&exe, "0.1.0", nodes));
     site.write_current(r#"{"version":"0.1.0","pre_commands":[],"hash":"light"}"#);
     let t0 = Instant::now();
     let mut dx = site.start();
@@ -137,7 +161,9 @@ pub fn run(replicas: usize, idle: Duration, status_requests: usize) -> ScaleResu
     let dpid = dx.pid();
     leftovers.note_children_of(dpid);
     let ports: Vec<u16> = (0..replicas as u16).map(|i| site.app_port + i).collect();
-    wait_accepting(&ports, Duration::from_secs(60)).expect("every light instance accepts");
+    if !nodes {
+        wait_accepting(&ports, Duration::from_secs(60)).expect("every light instance accepts");
+    }
     r.rss_kib = procfs::rss_kib(dpid);
     r.threads = procfs::threads(dpid);
     let kids: Vec<u64> = procfs::children(dpid)
