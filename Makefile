@@ -50,7 +50,8 @@ bench: bench-compare
 .PHONY: bench-respawn
 bench-respawn: deps
 	$(CARGO) build --release --bin deployex
-	DEPLOYEX_BIN=$(CURDIR)/target/release/deployex $(CARGO) bench --bench respawn
+	cp target/release/deployex target/deployex-under-test
+	DEPLOYEX_BIN=$(CURDIR)/target/deployex-under-test $(CARGO) bench --bench respawn
 
 # Side by side with supervisord (Debian) and PM2 (npm) on the same workload,
 # deployment timing and scale (bench/compare/main.rs; knobs documented there
@@ -59,15 +60,17 @@ bench-respawn: deps
 bench-compare: deps
 	bash bench/compare-deps.sh
 	$(CARGO) build --release --bin deployex
-	DEPLOYEX_BIN=$(CURDIR)/target/release/deployex $(CARGO) bench --bench compare
+	cp target/release/deployex target/deployex-under-test
+	DEPLOYEX_BIN=$(CURDIR)/target/deployex-under-test $(CARGO) bench --bench compare
 
 # The same harness, tiny sizes (about 2 minutes), docs untouched.
 bench-compare-smoke: deps
 	bash bench/compare-deps.sh
 	$(CARGO) build --release --bin deployex
+	cp target/release/deployex target/deployex-under-test
 	BENCH_KILLS=3 BENCH_IDLE_SECS=3 BENCH_BOOTS=1 BENCH_SCALE=10 BENCH_SCALE_IDLE_SECS=2 \
 	BENCH_STATUS_REQUESTS=5 BENCH_DOC=- \
-	DEPLOYEX_BIN=$(CURDIR)/target/release/deployex $(CARGO) bench --bench compare
+	DEPLOYEX_BIN=$(CURDIR)/target/deployex-under-test $(CARGO) bench --bench compare
 # Fuzzing (fuzz/README.md): cargo-fuzz on the stable toolchain through
 # RUSTC_BOOTSTRAP (libFuzzer needs -Z flags), no sanitizer (the code under
 # test is safe Rust). The committed seeds in fuzz/corpus/<target> are read
@@ -99,7 +102,8 @@ fuzz:
 SOAK_MINUTES ?= 15
 soak: deps
 	$(CARGO) build --release --bin deployex
-	SOAK_MINUTES=$(SOAK_MINUTES) DEPLOYEX_BIN=$(CURDIR)/target/release/deployex $(CARGO) bench --bench soak
+	cp target/release/deployex target/deployex-under-test
+	SOAK_MINUTES=$(SOAK_MINUTES) DEPLOYEX_BIN=$(CURDIR)/target/deployex-under-test $(CARGO) bench --bench soak
 
 # Certificates for mutual TLS on Erlang distribution (devops/tls/README.md):
 # CA, deployex.crt/.key, node.crt/.key and inet_tls.conf in $(TLS_CERTS_DIR).
@@ -163,4 +167,5 @@ dist-check-bullseye: dist
 bench-load: deps
 	@bash devops/deps.sh --bench-load
 	$(CARGO) build --release --bin deployex
-	DEPLOYEX_BIN=$(CURDIR)/target/release/deployex bash bench/load.sh
+	cp target/release/deployex target/deployex-under-test
+	DEPLOYEX_BIN=$(CURDIR)/target/deployex-under-test bash bench/load.sh

@@ -221,10 +221,13 @@ impl Drop for Site {
 /// The deployex binary under test: cargo's for integration tests,
 /// `DEPLOYEX_BIN` or `target/release/deployex` for benchmarks.
 pub fn deployex_bin() -> PathBuf {
-    if let Some(p) = option_env!("CARGO_BIN_EXE_deployex") {
+    // `DEPLOYEX_BIN` first: the benchmarks measure a release build without
+    // the test hooks, while cargo's own binary for a bench target is built
+    // with the dev-dependencies' features (`testhooks`).
+    if let Ok(p) = std::env::var("DEPLOYEX_BIN") {
         return PathBuf::from(p);
     }
-    if let Ok(p) = std::env::var("DEPLOYEX_BIN") {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_deployex") {
         return PathBuf::from(p);
     }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/deployex")

@@ -190,6 +190,11 @@ struct Inner {
     done: CancellationToken,
     close_reason: Arc<OnceLock<String>>,
     tls: bool,
+    /// When the connection was made, and when (ms after that) an RPC last
+    /// got an answer (`u64::MAX`: never): an answer is proof that the node
+    /// runs, so a liveness check need not send one of its own.
+    created: std::time::Instant,
+    last_answer_ms: AtomicU64,
 }
 
 impl fmt::Debug for NodeConnection {
@@ -293,6 +298,8 @@ impl NodeConnection {
                 shutdown,
                 done,
                 close_reason,
+                created: std::time::Instant::now(),
+                last_answer_ms: AtomicU64::new(u64::MAX),
             }),
         };
         conn.learn_ticktime(hs.setup_timeout).await?;
@@ -353,6 +360,15 @@ impl NodeConnection {
     /// Why the connection closed, once it has.
     pub fn close_reason(&self) -> Option<String> {
         self.inner.close_reason.get().cloned()
+    }
+
+    /// True when an RPC on this connection got an answer (even `badrpc`:
+    /// `rex` ran) within the last `window`.
+    pub fn answered_within(&self, window: Duration) -> bool {
+        let last = self.inner.last_answer_ms.load(Ordering::Relaxed);
+        last != u64::MAX
+            && (self.inner.created.elapsed().as_millis() as u64).saturating_sub(last)
+                <= window.as_millis() as u64
     }
 
     /// Closes the connection (for every clone). Pending RPCs fail with
@@ -426,6 +442,8 @@ impl NodeConnection {
             .await?
             .map_err(|_| closed())?;
         guard.key = None;
+        let now_ms = inner.created.elapsed().as_millis() as u64;
+        inner.last_answer_ms.store(now_ms, Ordering::Relaxed);
         match as_tuple(&reply) {
             Some([tag, reason]) if as_atom(tag) == Some("badrpc") => Err(DistError::BadRpc {
                 node: inner.node.clone(),

@@ -336,10 +336,15 @@ pub(super) async fn keep_alive(
 }
 
 /// One liveness check over `conn`: an RPC round trip, plus the health path.
+/// Any RPC answered on the link within the interval (a telemetry sample,
+/// an operator's query) already is that round trip: no extra RPC then (at
+/// 200 nodes, checks of their own doubled deployex's idle CPU).
 pub(super) async fn check_liveness(conn: &NodeConnection, spec: &NodeSpec) -> Result<(), String> {
-    conn.rpc("erlang", "node", vec![], spec.interval)
-        .await
-        .map_err(|e| format!("liveness RPC: {e}"))?;
+    if !conn.answered_within(spec.interval) {
+        conn.rpc("erlang", "node", vec![], spec.interval)
+            .await
+            .map_err(|e| format!("liveness RPC: {e}"))?;
+    }
     if let Some((port, path)) = &spec.http
         && !crate::health::http_ok(*port, path, spec.interval).await
     {

@@ -53,22 +53,7 @@ pub async fn stop_group(handle: &ProcessHandle, grace: Duration) -> StopOutcome 
         ?grace,
         "group still running after SIGTERM; sending SIGKILL"
     );
-    handle.signal_group(Signal::SIGKILL);
-    if group_gone(handle, Instant::now() + KILL_WAIT).await {
-        return StopOutcome::Killed(handle.wait_exit().await);
-    }
-    let survivors = handle.group_members();
-    let exit = if handle.is_alive() {
-        None
-    } else {
-        Some(handle.wait_exit().await)
-    };
-    tracing::warn!(
-        pid = handle.pid(),
-        ?survivors,
-        "process group survived SIGKILL"
-    );
-    StopOutcome::Stuck { survivors, exit }
+    sigkill_and_wait(handle).await
 }
 
 /// SIGKILLs the group at once, without a grace period: for a process that
@@ -78,6 +63,11 @@ pub async fn kill_group(handle: &ProcessHandle) -> StopOutcome {
     if !handle.is_alive() && handle.group_members().is_empty() {
         return StopOutcome::AlreadyExited(handle.wait_exit().await);
     }
+    sigkill_and_wait(handle).await
+}
+
+/// SIGKILL to the group, then wait for the kernel to finish it off.
+async fn sigkill_and_wait(handle: &ProcessHandle) -> StopOutcome {
     handle.signal_group(Signal::SIGKILL);
     if group_gone(handle, Instant::now() + KILL_WAIT).await {
         return StopOutcome::Killed(handle.wait_exit().await);
