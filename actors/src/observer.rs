@@ -161,20 +161,31 @@ const PROCESSES: &str = bounded!(concat!(
     "Ps = erlang:processes(), ",
     "L = lists:zip(lists:zipwith(fun erlang:process_info/2, Ps, ",
     "lists:duplicate(erlang:length(Ps), Key)), Ps), ",
-    "Top = lists:sublist(lists:reverse(lists:keysort(1, L)), N), ",
+    "Sorted = lists:reverse(lists:keysort(1, L)), ",
     // The sort key shows the value it was sorted by (read again, it
     // could have moved on and the list would look unsorted).
     "Val = fun(K, SortedBy, _) when K =:= Key -> SortedBy; (_, _, X) -> X end, ",
-    "[[{pid, erlang:list_to_binary(erlang:pid_to_list(P))}, ",
+    // Walk the sorted list until `N` live entries: a process that exits
+    // between the sort and the second read (an RPC worker, a task) is
+    // skipped and the next one takes its place, so the page shows `N` rows
+    // whenever the node has `N` processes.
+    "Take = fun Tk(_, 0, Acc) -> lists:reverse(Acc); Tk([], _, Acc) -> lists:reverse(Acc); ",
+    "Tk([{{_, V}, P} | Rest], K, Acc) -> ",
+    "case erlang:process_info(P, [registered_name, current_function, memory, reductions, ",
+    "message_queue_len]) of ",
+    "[{registered_name, Name}, {current_function, Cur}, {memory, Mem}, {reductions, Red}, ",
+    "{message_queue_len, Mq}] -> ",
+    "E = [{pid, erlang:list_to_binary(erlang:pid_to_list(P))}, ",
     "{name, case Name of [] -> undefined; _ -> Name end}, ",
     "{current_function, Mfa(Cur)}, ",
     "{initial_call, Mfa(proc_lib:translate_initial_call(P))}, ",
     "{memory, Val(memory, V, Mem)}, {reductions, Val(reductions, V, Red)}, ",
-    "{message_queue_len, Val(message_queue_len, V, Mq)}] ",
-    "|| {{_, V}, P} <- Top, ",
-    "[{registered_name, Name}, {current_function, Cur}, {memory, Mem}, {reductions, Red}, ",
-    "{message_queue_len, Mq}] <- [erlang:process_info(P, [registered_name, current_function, ",
-    "memory, reductions, message_queue_len])]]"
+    "{message_queue_len, Val(message_queue_len, V, Mq)}], ",
+    "Tk(Rest, K - 1, [E | Acc]); ",
+    "_ -> Tk(Rest, K, Acc) end; ",
+    // A process already dead at the first read (`undefined`) sorts last.
+    "Tk([_ | Rest], K, Acc) -> Tk(Rest, K, Acc) end, ",
+    "Take(Sorted, N, [])"
 ));
 
 /// One process in detail (bindings `PidText`, `Cap`, `Limit`).
