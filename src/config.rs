@@ -127,6 +127,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "ready this long resets the crash backoff (60000)",
     ),
     (
+        "DEPLOYEX_DEPLOY_STRATEGY",
+        "stop_first (stop the old instance, then start the new) or start_first (new one on the spare port, old stopped once it is ready) (stop_first)",
+    ),
+    (
         "DEPLOYEX_START_COMMAND",
         "bin/{app} arguments that start an instance (mix: start, relx: foreground)",
     ),
@@ -577,7 +581,19 @@ fn load_inner(
 
     let replicas: u32 = src.number("DEPLOYEX_MONITORED_REPLICAS", 3, 1, 1000)?;
     let app_port_base: u16 = src.number("DEPLOYEX_MONITORED_APP_PORT", 4000, 1, 65535)?;
-    if u32::from(app_port_base) + replicas - 1 > 65535 {
+    let deploy_strategy = match src.opt("DEPLOYEX_DEPLOY_STRATEGY") {
+        None => deployex_actors::DeployStrategy::StopFirst,
+        Some(text) => deployex_actors::DeployStrategy::parse(&text).ok_or_else(|| {
+            src.invalid(
+                "DEPLOYEX_DEPLOY_STRATEGY",
+                &text,
+                "expected stop_first or start_first",
+            )
+        })?,
+    };
+    // start_first keeps one spare port past the replicas' own.
+    let spare = u32::from(deploy_strategy == deployex_actors::DeployStrategy::StartFirst);
+    if u32::from(app_port_base) + replicas - 1 + spare > 65535 {
         return Err(src.invalid(
             "DEPLOYEX_MONITORED_APP_PORT",
             &app_port_base.to_string(),
@@ -694,6 +710,7 @@ fn load_inner(
     engine.pre_command_timeout =
         src.millis("DEPLOYEX_PRE_COMMAND_TIMEOUT_MS", 300_000, 100, 86_400_000)?;
     engine.start_command = src.opt("DEPLOYEX_START_COMMAND");
+    engine.deploy_strategy = deploy_strategy;
     engine.epmd_port = epmd_port;
     engine.hostname = short_hostname();
     engine.tls_cert_path = tls_cert_path;
@@ -947,7 +964,11 @@ impl Config {
             ("environment", e.env.clone()),
             ("release store", store),
             ("replicas", e.replicas.to_string()),
-            ("ports", format!("{}..={}", e.port(1), e.port(e.replicas))),
+            ("deploy strategy", e.deploy_strategy.as_str().to_string()),
+            (
+                "ports",
+                format!("{}..={}", e.port_pool().start(), e.port_pool().end()),
+            ),
             (
                 "nodes",
                 format!("{} .. {}", e.node_name(1), e.node_name(e.replicas)),

@@ -78,6 +78,69 @@ pub struct EngineConfig {
     pub start_command: Option<String>,
     /// Fleet mode (`DEPLOYEX_FLEET=true`): see [`crate::fleet`].
     pub fleet: Option<crate::fleet::FleetConfig>,
+    /// How a full deployment replaces an instance (`DEPLOYEX_DEPLOY_STRATEGY`).
+    pub deploy_strategy: DeployStrategy,
+}
+
+/// How a full deployment replaces a running instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeployStrategy {
+    /// Stop the old process, then start the new one in its place (the
+    /// seed's behaviour): same node, port and folder.
+    #[default]
+    StopFirst,
+    /// Start the new version beside the old one (the other slot: its own
+    /// folder, node and the spare port of the pool), stop the old one only
+    /// once the new one is ready. See [`Slot`].
+    StartFirst,
+}
+
+impl DeployStrategy {
+    pub fn parse(text: &str) -> Option<DeployStrategy> {
+        match text {
+            "stop_first" => Some(DeployStrategy::StopFirst),
+            "start_first" => Some(DeployStrategy::StartFirst),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployStrategy::StopFirst => "stop_first",
+            DeployStrategy::StartFirst => "start_first",
+        }
+    }
+}
+
+/// Where an instance's process lives. Every instance has two: slot `a` is
+/// the stop-first layout (folder `service/{app}/{i}`, node `{app}-{i}`);
+/// slot `b` (folder `service/{app}/{i}b`, node `{app}-{i}b`) is where a
+/// start-first deployment starts the new version while the old one still
+/// serves from slot `a`, and the other way round at the next deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    #[default]
+    A,
+    B,
+}
+
+impl Slot {
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+
+    /// `""` for `a`, `"b"` for `b`: appended to the instance number in
+    /// folder and node names.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Slot::A => "",
+            Slot::B => "b",
+        }
+    }
 }
 
 /// What the resource watchdog does when a limit is crossed.
@@ -183,6 +246,7 @@ impl EngineConfig {
             webhook: None,
             start_command: None,
             fleet: None,
+            deploy_strategy: DeployStrategy::StopFirst,
         }
     }
 
@@ -213,6 +277,47 @@ impl EngineConfig {
     /// `{app}-{i}@{host}`.
     pub fn node_name(&self, instance: u32) -> String {
         format!("{}-{}@{}", self.app, instance, self.hostname)
+    }
+
+    /// The service folder of `instance` in `slot`: `{var}/service/{app}/{i}`
+    /// (slot `a`) or `.../{i}b` (slot `b`).
+    pub fn slot_service_dir(&self, instance: u32, slot: Slot) -> PathBuf {
+        self.var_dir
+            .join("service")
+            .join(&self.app)
+            .join(format!("{instance}{}", slot.suffix()))
+    }
+
+    /// `{app}-{i}` or `{app}-{i}b` (`RELEASE_NODE`).
+    pub fn slot_node_basename(&self, instance: u32, slot: Slot) -> String {
+        format!("{}-{instance}{}", self.app, slot.suffix())
+    }
+
+    /// `{app}-{i}[b]@{host}`.
+    pub fn slot_node_name(&self, instance: u32, slot: Slot) -> String {
+        format!(
+            "{}@{}",
+            self.slot_node_basename(instance, slot),
+            self.hostname
+        )
+    }
+
+    /// Where an instance's slot and port are recorded (start-first
+    /// deployments move them): `{var}/service/{app}/slots/{i}.json`.
+    pub fn slot_record(&self, instance: u32) -> PathBuf {
+        self.var_dir
+            .join("service")
+            .join(&self.app)
+            .join("slots")
+            .join(format!("{instance}.json"))
+    }
+
+    /// The ports instances may use: `base .. base + replicas - 1`, and with
+    /// `start_first` one more (the spare, where the next new version starts).
+    pub fn port_pool(&self) -> std::ops::RangeInclusive<u16> {
+        let extra = u32::from(self.deploy_strategy == DeployStrategy::StartFirst);
+        let last = u32::from(self.app_port_base) + self.replicas.saturating_sub(1) + extra;
+        self.app_port_base..=u16::try_from(last).unwrap_or(u16::MAX)
     }
 
     pub fn log_file(&self, instance: u32, stream: crate::model::LogStream) -> PathBuf {

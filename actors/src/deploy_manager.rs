@@ -68,6 +68,20 @@ pub enum DeployMsg {
         deploy_ref: String,
         error: String,
     },
+    /// Start-first: the new version exited or was aborted before it was
+    /// ready; the old process kept serving. The version is ghosted.
+    CandidateFailed {
+        instance: u32,
+        deploy_ref: String,
+        error: String,
+    },
+    /// Start-first: an `AbortCandidate` found no new process beside an old
+    /// one (the instance was not running, so it deployed stop-first): roll
+    /// it back like a stop-first deployment.
+    NoCandidate {
+        instance: u32,
+        bad: String,
+    },
     Status {
         reply: RpcReplyPort<DmStatus>,
     },
@@ -111,6 +125,8 @@ impl Describe for DeployMsg {
             DeployMsg::InstanceCrashed { .. } => "InstanceCrashed",
             DeployMsg::Deployed { .. } => "Deployed",
             DeployMsg::DeployFailed { .. } => "DeployFailed",
+            DeployMsg::CandidateFailed { .. } => "CandidateFailed",
+            DeployMsg::NoCandidate { .. } => "NoCandidate",
             DeployMsg::Status { .. } => "Status",
             DeployMsg::Versions { .. } => "Versions",
             DeployMsg::SetMode { .. } => "SetMode",
@@ -138,6 +154,11 @@ impl Describe for DeployMsg {
                 ..
             } => format!("instance {instance} {version} ref={deploy_ref} {kind:?}"),
             DeployMsg::DeployFailed {
+                instance,
+                deploy_ref,
+                error,
+            }
+            | DeployMsg::CandidateFailed {
                 instance,
                 deploy_ref,
                 error,
@@ -365,6 +386,21 @@ impl Actor for DeployManager {
                         .failures
                         .insert(key, (attempts, Instant::now() + delay));
                     state.last_error = Some(format!("instance {instance}: {error}"));
+                }
+            }
+            DeployMsg::CandidateFailed {
+                instance,
+                deploy_ref,
+                error,
+            } => {
+                state
+                    .on_candidate_failed(instance, &deploy_ref, &error)
+                    .await;
+                state.evaluate().await;
+            }
+            DeployMsg::NoCandidate { instance, bad } => {
+                if state.in_progress.is_none() && state.pending_rollback.is_none() {
+                    state.rollback(instance, &bad).await;
                 }
             }
             DeployMsg::Status { reply } => {
@@ -811,13 +847,63 @@ impl DmState {
     }
 
     /// Roll back the instance being deployed if it is clearly bad.
+    /// Start-first: the new version of `instance` failed before it was
+    /// ready; the old process never stopped, so nothing is rolled back.
+    async fn on_candidate_failed(&mut self, instance: u32, deploy_ref: &str, error: &str) {
+        let Some(p) = self
+            .in_progress
+            .take_if(|p| p.instance == instance && p.deploy_ref == deploy_ref)
+        else {
+            return;
+        };
+        if p.kind == DeploymentKind::Rollback {
+            tracing::error!(instance, version = %p.version, %error, "rollback's new process failed; the running one is kept");
+            self.last_error = Some(format!(
+                "rollback of instance {instance} to {} failed: {error}",
+                p.version
+            ));
+            return;
+        }
+        tracing::error!(instance, version = %p.version, %error, "start-first: new version failed before it was ready; ghosting it");
+        self.ghost(
+            &p.version,
+            &format!("instance {instance}: new version failed before it was ready: {error}"),
+        )
+        .await;
+        self.last_error = Some(format!(
+            "version {} ghosted: on instance {instance} it failed before it was ready ({error}); the old version kept serving",
+            p.version
+        ));
+    }
+
+    /// Start-first: ask the monitor to kill the new process and keep the
+    /// old one (the answer is a `CandidateFailed`, ignored by then).
+    fn abort_candidate(&self, instance: u32, deploy_ref: &str, version: &str, why: &str) {
+        if let Some(m) = monitor(instance) {
+            let _ = m.cast(InstanceMsg::AbortCandidate {
+                deploy_ref: deploy_ref.to_string(),
+                version: version.to_string(),
+                why: why.to_string(),
+            });
+        }
+    }
+
     async fn check_rollback(&mut self) {
         let Some(p) = self.in_progress.as_ref() else {
             return;
         };
+        let start_first = self.cfg.deploy_strategy == crate::config::DeployStrategy::StartFirst;
         if p.kind == DeploymentKind::Rollback {
             if p.started.elapsed() >= self.cfg.rollback_timeout {
                 let instance = p.instance;
+                if start_first {
+                    self.abort_candidate(
+                        instance,
+                        &p.deploy_ref,
+                        &p.version,
+                        "rollback not ready in time",
+                    );
+                }
                 tracing::error!(instance, version = %p.version, "rollback did not become ready in time; giving up");
                 self.last_error = Some(format!(
                     "rollback of instance {instance} to {} did not become ready in time",
@@ -850,6 +936,16 @@ impl DmState {
         }
         self.ghost(&p.version, &format!("instance {}: {why}", p.instance))
             .await;
+        if start_first && !crash_loop {
+            // The old process still serves: kill the new one, nothing to
+            // roll back on this instance.
+            self.abort_candidate(p.instance, &p.deploy_ref, &p.version, &why);
+            self.last_error = Some(format!(
+                "version {} ghosted: instance {} {why}; the old version kept serving",
+                p.version, p.instance
+            ));
+            return;
+        }
         self.last_error = Some(format!(
             "version {} rolled back on instance {} ({why})",
             p.version, p.instance

@@ -167,7 +167,9 @@ impl Engine for EngineHandle {
             if instance == 0 || instance > self.cfg.replicas {
                 return Err(crate::observer::ObserverError::NoSuchInstance(instance));
             }
-            crate::observer::observe(&self.cfg.node_name(instance), &request).await
+            // The node moves between slots with start-first deployments.
+            let node = self.instance_status(instance).await.node;
+            crate::observer::observe(&node, &request).await
         })
     }
 
@@ -325,12 +327,18 @@ impl Engine for EngineHandle {
                     "instance {instance} is not running"
                 )));
             }
-            let current = self.cfg.service_dir(instance).join("current");
+            // The slot the current process runs from (start-first
+            // deployments alternate between two).
+            let slot = status.slot;
+            let current = self.cfg.slot_service_dir(instance, slot).join("current");
             let overrides = vec![
-                ("RELEASE_NODE_SUFFIX".to_string(), format!("-{instance}")),
+                (
+                    "RELEASE_NODE_SUFFIX".to_string(),
+                    format!("-{instance}{}", slot.suffix()),
+                ),
                 (
                     "RELEASE_NODE".to_string(),
-                    crate::release_kind::node_basename(&self.cfg.app, instance),
+                    self.cfg.slot_node_basename(instance, slot),
                 ),
                 ("RELX_REPLACE_OS_VARS".to_string(), "true".to_string()),
                 ("RELEASE_DISTRIBUTION".to_string(), "sname".to_string()),

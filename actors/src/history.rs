@@ -508,7 +508,11 @@ impl Sampler {
         Sampler {
             replicas: cfg.replicas,
             var_dir: var,
-            service_dir: Arc::new(move |i| c.service_dir(i)),
+            // The slot the instance runs from (start-first deployments
+            // move it; without a record, slot `a`: one failed open).
+            service_dir: Arc::new(move |i| {
+                c.slot_service_dir(i, crate::instance_monitor::slot::placement(&c, i).slot)
+            }),
             host_prev: None,
             os_prev: HashMap::new(),
             members: HashMap::new(),

@@ -27,6 +27,8 @@ pub mod testhook;
 pub mod time;
 pub mod upgrade;
 
-pub use config::{EngineConfig, StoreConfig, WatchdogAction, WatchdogConfig, WebhookConfig};
+pub use config::{
+    DeployStrategy, EngineConfig, Slot, StoreConfig, WatchdogAction, WatchdogConfig, WebhookConfig,
+};
 pub use engine::Engine;
 pub use handle::{EngineHandle, Running, start};

@@ -107,8 +107,14 @@ pub struct InstanceStatus {
     pub version: Option<String>,
     pub state: InstanceState,
     pub os_pid: Option<i32>,
+    /// The port the current process listens on (moves with start-first
+    /// deployments, within the pool).
     pub port: u16,
     pub node: String,
+    /// The slot the current process runs from (`a`: `service/{app}/{i}`,
+    /// `b`: `service/{app}/{i}b`; see `instance_monitor::slot`).
+    #[serde(default)]
+    pub slot: crate::config::Slot,
     pub otp_connected: bool,
     /// The distribution link runs over mutual TLS.
     #[serde(default)]
@@ -163,6 +169,7 @@ impl InstanceStatus {
             os_pid: None,
             port,
             node,
+            slot: crate::config::Slot::A,
             otp_connected: false,
             tls: false,
             last_deployment: None,

@@ -115,6 +115,22 @@ impl Site {
 
     /// Start with extra environment variables for this run only.
     pub fn start_with(&self, extra: &[(&str, &str)]) -> Deployex {
+        let dx = self.spawn_with(extra);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some((200, _)) = super::http_get(self.api_port, "/healthz") {
+                let mut dx = dx;
+                dx.login();
+                return dx;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("deployex did not answer /healthz; log:\n{}", dx.log_text());
+    }
+
+    /// Spawn deployex and return at once (for a run that is meant to die
+    /// by itself, e.g. at a `DEPLOYEX_TEST_CRASH_AT` point).
+    pub fn spawn_with(&self, extra: &[(&str, &str)]) -> Deployex {
         std::fs::create_dir_all(self.logs()).unwrap();
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -152,22 +168,12 @@ impl Site {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn deployex");
-        let dx = Deployex {
+        Deployex {
             child: Some(child),
             api_port: self.api_port,
             token: None,
             log: self.dir.path().join("deployex.log"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some((200, _)) = super::http_get(self.api_port, "/healthz") {
-                let mut dx = dx;
-                dx.login();
-                return dx;
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("deployex did not answer /healthz; log:\n{}", dx.log_text());
     }
 }
 

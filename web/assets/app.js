@@ -136,6 +136,7 @@
       setField(card, "boot", dash(i.boot));
       setField(card, "uptime", fmtUptime(i.uptime_s));
       setField(card, "port", String(i.port));
+      setField(card, "node", i.node);
       setField(card, "os_pid", dash(i.os_pid));
       for (const k of ["crash_restarts", "forced_restarts", "liveness_restarts", "watchdog_restarts"]) {
         const f = card.querySelector('[data-k="' + k + '"]');

@@ -346,6 +346,7 @@ fn instance_card(i: &InstanceStatus) -> Markup {
                 (field("Boot", "boot", html!{ (boot_name(i.boot)) }))
                 (field("Uptime", "uptime", html!{ (i.uptime_s.map(fmt_uptime).unwrap_or_else(|| "—".into())) }))
                 (field("Port", "port", html!{ (i.port) }))
+                (field("Node", "node", html!{ (i.node) }))
                 (field("OS pid", "os_pid", html!{ (i.os_pid.map(|p| p.to_string()).unwrap_or_else(|| "—".into())) }))
             }
             p.error data-f="last_error" hidden[i.last_error.is_none()] { (opt(&i.last_error)) }

@@ -129,8 +129,15 @@ impl MonitorState {
             );
             return;
         }
-        tracing::info!(instance = self.instance, %deploy_ref, from = %from, to = %job.version, reason = %prepared.reason, "full deployment");
-        self.full_deploy(myself);
+        tracing::info!(instance = self.instance, %deploy_ref, from = %from, to = %job.version, reason = %prepared.reason, strategy = self.cfg.deploy_strategy.as_str(), "full deployment");
+        if self.cfg.deploy_strategy == crate::config::DeployStrategy::StartFirst
+            && self.process.is_some()
+            && self.stopping.is_none()
+        {
+            self.start_first(myself);
+        } else {
+            self.full_deploy(myself);
+        }
     }
 
     pub(super) fn full_deploy(&mut self, myself: &ActorRef<InstanceMsg>) {

@@ -93,7 +93,13 @@ impl MonitorState {
     /// `otp_readiness` is off), the health path answers 2xx (when set), all
     /// of it without a break for `min_ready`. A boot that fails before
     /// `started` is never ready, however long `min_ready` is.
-    pub(super) fn on_probe(&mut self, otp: bool, boot: Option<BootPhase>, http: bool) {
+    pub(super) fn on_probe(
+        &mut self,
+        myself: &ActorRef<InstanceMsg>,
+        otp: bool,
+        boot: Option<BootPhase>,
+        http: bool,
+    ) {
         self.otp_connected = otp;
         if boot.is_some() {
             self.boot = boot;
@@ -123,6 +129,19 @@ impl MonitorState {
                 .instance(self.instance)
                 .version(self.version.clone().unwrap_or_default()),
         );
+        if self.switch.is_some() {
+            // Start-first: the new version is ready; it takes over and the
+            // old process stops (recorded first, see `start_first`). The
+            // rollout moves on once the old one is gone (`OldStopped`): at
+            // most one instance has two processes.
+            self.switch_over(myself);
+            return;
+        }
+        self.tell_dm_ready();
+    }
+
+    /// The rollout may move on: this instance is ready.
+    pub(super) fn tell_dm_ready(&self) {
         if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME) {
             let _ = dm.send_message(DeployMsg::InstanceReady {
                 instance: self.instance,
@@ -253,6 +272,7 @@ impl MonitorState {
 pub(super) fn liveness_spec(
     cfg: &EngineConfig,
     myself: &ActorRef<InstanceMsg>,
+    node: &str,
     port: u16,
 ) -> Option<Arc<NodeSpec>> {
     let interval = if cfg.otp_readiness {
@@ -261,11 +281,15 @@ pub(super) fn liveness_spec(
         Duration::ZERO
     };
     let me = myself.clone();
+    let node = node.to_string();
     Some(Arc::new(NodeSpec {
         interval,
         http: cfg.health_path.clone().map(|path| (port, path)),
         report: Box::new(move |report| {
-            let _ = me.cast(InstanceMsg::Node(report));
+            let _ = me.cast(InstanceMsg::Node {
+                node: node.clone(),
+                report,
+            });
         }),
     }))
 }

@@ -7,6 +7,18 @@ impl MonitorState {
     /// start a fresh one when a release is installed.
     pub(super) fn boot(&mut self, myself: &ActorRef<InstanceMsg>) {
         repair_service_dir(&self.service);
+        // The other slot (start-first): whatever runs there is a new version
+        // that was never recorded ready, or an old one whose stop was cut
+        // short: either way not this instance's process.
+        let other = self.cfg.slot_service_dir(self.instance, self.slot.other());
+        let other = other.is_dir().then(|| {
+            repair_service_dir(&other);
+            other
+        });
+        if let Some(other) = &other {
+            stop_strays(other, None);
+            slot::forget_pid(other);
+        }
         self.version = crate::store::release_version(&self.current_dir());
         self.release_kind = crate::release_kind::detect(&self.current_dir(), &self.cfg.app);
         if let Ok(pidfile) = PidFile::read(&self.pidfile()) {
@@ -53,7 +65,8 @@ impl MonitorState {
                 .version(self.version.clone().unwrap_or_default()),
             );
         }
-        self.generation += 1;
+        self.generation = self.generation.max(self.generation_high) + 1;
+        self.generation_high = self.generation;
         let generation = self.generation;
         let handle = Arc::new(handle);
         self.process = Some(handle.clone());
@@ -149,12 +162,12 @@ impl MonitorState {
         let overrides = vec![
             (
                 "RELEASE_NODE_SUFFIX".to_string(),
-                format!("-{}", self.instance),
+                format!("-{}{}", self.instance, self.slot.suffix()),
             ),
             ("RELEASE_DISTRIBUTION".to_string(), "sname".to_string()),
             (
                 "RELEASE_NODE".to_string(),
-                crate::release_kind::node_basename(&self.cfg.app, self.instance),
+                self.cfg.slot_node_basename(self.instance, self.slot),
             ),
             ("RELX_REPLACE_OS_VARS".to_string(), "true".to_string()),
             ("RELEASE_COOKIE".to_string(), self.cfg.cookie.clone()),
@@ -175,6 +188,16 @@ impl MonitorState {
     pub(super) fn on_exit(&mut self, myself: &ActorRef<InstanceMsg>, info: ExitInfo) {
         self.process = None;
         self.otp_connected = false;
+        if self.switch.is_some() && self.stopping.is_none() {
+            // Start-first: the new version died before it was ready; the
+            // old process never stopped.
+            let _ = std::fs::remove_file(self.pidfile());
+            self.candidate_failed(
+                myself,
+                format!("the new version exited before it was ready ({info:?})"),
+            );
+            return;
+        }
         if self.stopping.is_some() {
             // An intended stop; StopDone drives what happens next.
             let _ = std::fs::remove_file(self.pidfile());
@@ -360,14 +383,14 @@ pub(super) const STOP_RPC_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How one process is stopped; runs in a task (never in a handler).
 pub(super) struct StopPlan {
-    node: String,
-    grace: Duration,
+    pub(super) node: String,
+    pub(super) grace: Duration,
     /// Kill at once (the node no longer answers).
-    kill: bool,
+    pub(super) kill: bool,
     /// The process was ever ready (or adopted).
-    was_ready: bool,
+    pub(super) was_ready: bool,
     /// Nodes are expected on the distribution.
-    otp: bool,
+    pub(super) otp: bool,
 }
 
 impl StopPlan {

@@ -49,9 +49,13 @@ pub enum InstanceMsg {
         boot: Option<BootPhase>,
         http: bool,
     },
-    /// A report about the node from the OtpNodeWatcher (liveness, BEAM
-    /// limits).
-    Node(NodeReport),
+    /// A report about `node` from the OtpNodeWatcher (liveness, BEAM
+    /// limits); ignored unless `node` is the current process's (during a
+    /// start-first switch the old node still reports).
+    Node {
+        node: String,
+        report: NodeReport,
+    },
     /// Time to sample the process group's memory (watchdog).
     WatchdogTick,
     RestartAfterBackoff {
@@ -93,6 +97,24 @@ pub enum InstanceMsg {
     },
     /// The OtpNodeWatcher was restarted: tell it about this node now.
     WatcherRestarted,
+    /// Start-first: the new version is in the other slot's `current/` (or
+    /// could not be put there).
+    CandidatePlaced {
+        deploy_ref: String,
+        result: Result<(), String>,
+    },
+    /// Start-first: the new version was not ready in time (the
+    /// DeployManager's rollback timeout): kill it, keep the old process.
+    /// Start-first: the old process of the switch to process `generation`
+    /// is gone (the rollout may move on).
+    OldStopped {
+        generation: u64,
+    },
+    AbortCandidate {
+        deploy_ref: String,
+        version: String,
+        why: String,
+    },
     /// Fault injection for the supervision tests: the handler panics.
     #[cfg(feature = "testhooks")]
     InjectPanic,
@@ -105,7 +127,7 @@ impl Describe for InstanceMsg {
             InstanceMsg::Exited { .. } => "Exited",
             InstanceMsg::HealthTick { .. } => "HealthTick",
             InstanceMsg::Probed { .. } => "Probed",
-            InstanceMsg::Node(_) => "Node",
+            InstanceMsg::Node { .. } => "Node",
             InstanceMsg::WatchdogTick => "WatchdogTick",
             InstanceMsg::RestartAfterBackoff { .. } => "RestartAfterBackoff",
             InstanceMsg::Restart { .. } => "Restart",
@@ -117,6 +139,9 @@ impl Describe for InstanceMsg {
             InstanceMsg::Status { .. } => "Status",
             InstanceMsg::Shutdown { .. } => "Shutdown",
             InstanceMsg::WatcherRestarted => "WatcherRestarted",
+            InstanceMsg::CandidatePlaced { .. } => "CandidatePlaced",
+            InstanceMsg::AbortCandidate { .. } => "AbortCandidate",
+            InstanceMsg::OldStopped { .. } => "OldStopped",
             #[cfg(feature = "testhooks")]
             InstanceMsg::InjectPanic => "InjectPanic",
         }
@@ -130,8 +155,9 @@ impl Describe for InstanceMsg {
                 boot,
                 http,
             } => format!("gen={generation} otp={otp} boot={boot:?} http={http}"),
-            InstanceMsg::Node(report) => format!("{report:?}"),
-            InstanceMsg::RestartAfterBackoff { generation } => format!("gen={generation}"),
+            InstanceMsg::Node { node, report } => format!("{node} {report:?}"),
+            InstanceMsg::RestartAfterBackoff { generation }
+            | InstanceMsg::OldStopped { generation } => format!("gen={generation}"),
             InstanceMsg::Deploy { job } => format!(
                 "{} ref={} {} pre_commands",
                 job.version,
@@ -149,9 +175,15 @@ impl Describe for InstanceMsg {
             InstanceMsg::StopDone { generation, reason } => {
                 format!("gen={generation} {reason:?}")
             }
-            InstanceMsg::Rotated { deploy_ref, result } => {
+            InstanceMsg::Rotated { deploy_ref, result }
+            | InstanceMsg::CandidatePlaced { deploy_ref, result } => {
                 format!("ref={deploy_ref} {}", short_result(result))
             }
+            InstanceMsg::AbortCandidate {
+                deploy_ref,
+                version,
+                why,
+            } => format!("ref={deploy_ref} {version} {why}"),
             _ => String::new(),
         }
     }

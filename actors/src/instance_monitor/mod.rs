@@ -51,6 +51,8 @@ mod health;
 mod lifecycle;
 mod messages;
 mod service_dir;
+pub mod slot;
+mod start_first;
 
 pub use lifecycle::backoff_delay;
 pub use messages::{DeployJob, InstanceMsg, Prepared, StopReason};
@@ -59,6 +61,7 @@ pub use service_dir::repair_service_dir;
 use health::*;
 use lifecycle::*;
 use service_dir::*;
+use start_first::Switch;
 
 pub fn name(instance: u32) -> String {
     format!("instance_monitor-{instance}")
@@ -90,6 +93,8 @@ pub struct Args {
 pub struct MonitorState {
     cfg: Arc<EngineConfig>,
     instance: u32,
+    /// Where the current process lives (see [`slot`]): folder, node, port.
+    slot: crate::config::Slot,
     node: String,
     port: u16,
     service: PathBuf,
@@ -97,6 +102,13 @@ pub struct MonitorState {
     process: Option<Arc<ProcessHandle>>,
     /// Bumped on every spawn/adopt; stale messages are ignored.
     generation: u64,
+    /// The highest generation ever given: a start-first switch that fails
+    /// goes back to the old process's generation, and the next process
+    /// must not reuse the failed one's.
+    generation_high: u64,
+    /// A start-first deployment between the new process's start and its
+    /// readiness: the old process keeps serving (see [`start_first`]).
+    switch: Option<Switch>,
     started_at: Option<Instant>,
     ready_since: Option<Instant>,
     /// Since when every readiness check has passed without a break.
@@ -156,10 +168,12 @@ impl Actor for InstanceMonitor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let cfg = args.cfg;
         let instance = args.instance;
-        let service = cfg.service_dir(instance);
+        let placed = slot::placement(&cfg, instance);
+        let service = cfg.slot_service_dir(instance, placed.slot);
         let mut state = MonitorState {
-            node: cfg.node_name(instance),
-            port: cfg.port(instance),
+            slot: placed.slot,
+            node: cfg.slot_node_name(instance, placed.slot),
+            port: placed.port,
             version: crate::store::release_version(&service.join("current")),
             service,
             cfg,
@@ -167,6 +181,8 @@ impl Actor for InstanceMonitor {
             phase: InstanceState::Stopped,
             process: None,
             generation: 0,
+            generation_high: 0,
+            switch: None,
             started_at: None,
             ready_since: None,
             checks_since: None,
@@ -198,7 +214,7 @@ impl Actor for InstanceMonitor {
             recorder: Recorder::for_actor(&name(instance)),
             release_kind: None,
         };
-        state.liveness = liveness_spec(&state.cfg, &myself, state.port);
+        state.liveness = liveness_spec(&state.cfg, &myself, &state.node, state.port);
         if state.cfg.watchdog.memory_bytes.is_some() && !state.cfg.beam_sample_interval.is_zero() {
             myself.send_interval(state.cfg.beam_sample_interval, || InstanceMsg::WatchdogTick);
         }
@@ -219,6 +235,8 @@ impl Actor for InstanceMonitor {
             InstanceMsg::Exited { generation, info } => {
                 if generation == state.generation {
                     state.on_exit(&myself, info);
+                } else {
+                    state.on_old_exit(generation, &info);
                 }
             }
             InstanceMsg::HealthTick { seq } => {
@@ -244,13 +262,22 @@ impl Actor for InstanceMonitor {
             } => {
                 state.probing = false;
                 if generation == state.generation {
-                    state.on_probe(otp, boot, http);
+                    state.on_probe(&myself, otp, boot, http);
                 }
             }
-            InstanceMsg::Node(NodeReport::Liveness { failures, error }) => {
+            // Reports about another node (the old one, during a
+            // start-first switch) change nothing here.
+            InstanceMsg::Node { node, .. } if node != state.node => {}
+            InstanceMsg::Node {
+                report: NodeReport::Liveness { failures, error },
+                ..
+            } => {
                 state.on_liveness(&myself, failures, error);
             }
-            InstanceMsg::Node(NodeReport::OverLimit { message }) => {
+            InstanceMsg::Node {
+                report: NodeReport::OverLimit { message },
+                ..
+            } => {
                 state.on_over_limit(&myself, message);
             }
             InstanceMsg::WatchdogTick => state.watchdog_tick(&myself),
@@ -289,23 +316,30 @@ impl Actor for InstanceMonitor {
                 // backoff restart, no deployment step, no late `Rotated`.
                 state.shut_down = true;
                 state.deploying = None;
-                match state.process.take() {
-                    Some(handle) => {
-                        state.stopping = Some(StopReason::Shutdown);
-                        let plan = state.stop_plan(false);
-                        state.set_phase(InstanceState::Stopped, "shutdown");
-                        let pidfile = state.service.join("pid");
-                        tokio::spawn(async move {
+                // A start-first switch in flight: the old process stops too
+                // (the new one was never recorded: a next deployex starts
+                // from the old slot).
+                let old = state.switch.take().and_then(|s| s.into_old_stop());
+                let current = state.process.take().map(|handle| {
+                    state.stopping = Some(StopReason::Shutdown);
+                    (handle, state.stop_plan(false), state.service.join("pid"))
+                });
+                state.set_phase(InstanceState::Stopped, "shutdown");
+                tokio::spawn(async move {
+                    let current = async {
+                        if let Some((handle, plan, pidfile)) = current {
                             plan.run(&handle).await;
                             let _ = std::fs::remove_file(pidfile);
-                            let _ = reply.send(());
-                        });
-                    }
-                    None => {
-                        state.set_phase(InstanceState::Stopped, "shutdown");
-                        let _ = reply.send(());
-                    }
-                }
+                        }
+                    };
+                    let old = async {
+                        if let Some(old) = old {
+                            old.run().await;
+                        }
+                    };
+                    tokio::join!(current, old);
+                    let _ = reply.send(());
+                });
             }
             InstanceMsg::WatcherRestarted => {
                 if state.process.is_some() {
@@ -313,6 +347,23 @@ impl Actor for InstanceMonitor {
                     state.tell_watcher(false);
                 }
             }
+            InstanceMsg::OldStopped { generation } => {
+                // Only for the process that took over, still running.
+                if generation == state.generation
+                    && state.process.is_some()
+                    && state.phase == InstanceState::Running
+                {
+                    state.tell_dm_ready();
+                }
+            }
+            InstanceMsg::CandidatePlaced { deploy_ref, result } => {
+                state.on_candidate_placed(&myself, deploy_ref, result)
+            }
+            InstanceMsg::AbortCandidate {
+                deploy_ref,
+                version,
+                why,
+            } => state.abort_candidate(&myself, &deploy_ref, version, why),
             #[cfg(feature = "testhooks")]
             InstanceMsg::InjectPanic => panic!("injected panic in {}", name(state.instance)),
         }
@@ -344,6 +395,7 @@ impl MonitorState {
             os_pid: self.process.as_ref().map(|p| p.pid()),
             port: self.port,
             node: self.node.clone(),
+            slot: self.slot,
             otp_connected: self.otp_connected,
             tls: false,
             last_deployment: self.last_deployment,

@@ -46,6 +46,7 @@ pub fn sample_status() -> Status {
                 os_pid: Some(1000 + i as i32),
                 port: 4000 + i as u16,
                 node: format!("myapp-{i}@localhost"),
+                slot: deployex_actors::Slot::A,
                 otp_connected: true,
                 // Instance 1 over mutual TLS, the others plain TCP.
                 tls: i == 1,
