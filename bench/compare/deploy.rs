@@ -1,6 +1,9 @@
 //! Scope 2: deployment timing with the real fixture release: one instance's
-//! boot, a rolling full deployment of 3 replicas (0.1.0 → 0.1.1) and an OTP
-//! hot upgrade (0.1.1 → 0.1.2), each from the moment `current.json` changes.
+//! boot, a rolling full deployment of 3 replicas (0.1.0 → 0.1.1) with
+//! `stop_first` and with `start_first`, and an OTP hot upgrade (0.1.1 →
+//! 0.1.2), each from the moment `current.json` changes. While a rollout
+//! runs, every port of the pool is asked for `/version` at each poll: the
+//! fewest that answered is the capacity the deployment left.
 //!
 //! Invariants: times are taken from the outside (the status API polled
 //! every few ms, and the apps' own `/version`); a rollout only counts when
@@ -35,6 +38,10 @@ pub struct Rollout {
     pub kinds: Vec<String>,
     /// Every OS pid unchanged by the rollout.
     pub same_pids: bool,
+    /// The fewest pool ports that answered `/version` at one poll.
+    pub min_answering: Option<usize>,
+    /// Polls taken.
+    pub polls: usize,
 }
 
 impl Rollout {
@@ -58,6 +65,8 @@ pub struct DeployResult {
     pub boot_ms: Samples,
     pub full: Rollout,
     pub hot: Rollout,
+    /// The same full deployment with `DEPLOYEX_DEPLOY_STRATEGY=start_first`.
+    pub start_first: Rollout,
 }
 
 /// Boots and measures; panics with deployex's log on a stuck rollout.
@@ -79,7 +88,7 @@ pub fn run(boots: usize) -> DeployResult {
     dx.wait_status("3 × 0.1.0", Duration::from_secs(120), |s| {
         running_on(s, "0.1.0")
     });
-    eprintln!("[deploy] rolling full deployment 0.1.0 → 0.1.1");
+    eprintln!("[deploy] rolling full deployment 0.1.0 → 0.1.1 (stop_first)");
     result.full = rollout(&site, &dx, "0.1.1");
     eprintln!("[deploy] hot upgrade 0.1.1 → 0.1.2");
     result.hot = rollout(&site, &dx, "0.1.2");
@@ -87,6 +96,27 @@ pub fn run(boots: usize) -> DeployResult {
     if let Some(keep) = std::env::var_os("BENCH_KEEP_LOG") {
         let _ = std::fs::copy(site.dir.path().join("deployex.log"), keep);
     }
+    drop(dx);
+    drop(site);
+
+    let mut site = Site::new(3)
+        .env("DEPLOYEX_MIN_READY_MS", "0")
+        .env(
+            "DEPLOYEX_DEPLOY_SCHEDULE_INTERVAL_MS",
+            &SCHEDULE_MS.to_string(),
+        )
+        .env("DEPLOYEX_DEPLOY_STRATEGY", "start_first")
+        .env("DEPLOYEX_LOG", "info")
+        .env("FIXTURE_TICK_MS", TICK_MS);
+    // The pool: one spare port past the replicas'.
+    site.app_port = crate::common::net::free_port_range(4);
+    site.publish("0.1.0", &[]);
+    let dx = site.start();
+    dx.wait_status("3 × 0.1.0 (start_first)", Duration::from_secs(120), |s| {
+        running_on(s, "0.1.0")
+    });
+    eprintln!("[deploy] rolling full deployment 0.1.0 → 0.1.1 (start_first)");
+    result.start_first = rollout(&site, &dx, "0.1.1");
     result
 }
 
@@ -143,7 +173,14 @@ fn rollout(site: &Site, dx: &Deployex, version: &str) -> Rollout {
         instance_done_ms: vec![None; before.len()],
         ..Rollout::default()
     };
+    // Every port either strategy may use: the replicas' and one spare.
+    let pool: Vec<u16> = (0..=before.len() as u16)
+        .map(|i| site.app_port + i)
+        .collect();
     loop {
+        let answering = pool.iter().filter(|&&p| app_version(p).is_some()).count();
+        r.min_answering = Some(r.min_answering.map_or(answering, |m| m.min(answering)));
+        r.polls += 1;
         let s = dx.status();
         let now = Instant::now();
         if r.detect_ms.is_none()
@@ -162,10 +199,19 @@ fn rollout(site: &Site, dx: &Deployex, version: &str) -> Rollout {
             }
         }
         if running_on(&s, version) {
-            let ports = (0..before.len() as u16).map(|i| site.app_port + i);
+            // Where each instance listens now (start-first moves them).
+            let ports: Vec<u16> = s["instances"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|i| i["port"].as_u64())
+                        .map(|p| p as u16)
+                        .collect()
+                })
+                .unwrap_or_default();
             if ports
-                .clone()
-                .all(|p| app_version(p).is_some_and(|(v, _)| v == version))
+                .iter()
+                .all(|&p| app_version(p).is_some_and(|(v, _)| v == version))
             {
                 r.total_ms = Some(ms(Instant::now()));
                 r.kinds = s["instances"]
