@@ -23,19 +23,24 @@ impl DmState {
     pub(super) async fn persist_ghosted(&mut self) -> Result<(), ActionError> {
         let storage = self.storage.clone();
         let ghosted = self.ghosted.clone();
-        let result = tokio::task::spawn_blocking(move || storage.save_ghosted(&ghosted))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| crate::release_fetcher::error_chain(&e)));
+        let result = tokio::task::spawn_blocking(move || storage.save_ghosted(&ghosted)).await;
         self.state_written(result)
     }
 
-    pub(super) fn state_written(&mut self, result: Result<(), String>) -> Result<(), ActionError> {
-        result.map_err(|error| {
-            tracing::error!(%error, "cannot save the state");
-            self.last_error = Some(format!("cannot save the state: {error}"));
-            ActionError::Failed(error)
-        })
+    /// The outcome of a state write run on the blocking pool: a failure is
+    /// logged, kept in `last_error` and answered as a 5xx.
+    pub(super) fn state_written<E: std::error::Error>(
+        &mut self,
+        joined: Result<Result<(), E>, tokio::task::JoinError>,
+    ) -> Result<(), ActionError> {
+        let error = match joined {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => crate::release_fetcher::error_chain(&e),
+            Err(e) => format!("the write task failed: {e}"),
+        };
+        tracing::error!(%error, "cannot save the state");
+        self.last_error = Some(format!("cannot save the state: {error}"));
+        Err(ActionError::Failed(error))
     }
 
     pub(super) async fn set_mode(&mut self, mode: Mode) -> Result<(), ActionError> {
@@ -52,10 +57,7 @@ impl DmState {
         }
         let storage = self.storage.clone();
         let m = mode.clone();
-        let written = tokio::task::spawn_blocking(move || storage.save_mode(&m))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| crate::release_fetcher::error_chain(&e)));
+        let written = tokio::task::spawn_blocking(move || storage.save_mode(&m)).await;
         self.state_written(written)?;
         tracing::info!(?mode, "deployment mode changed");
         self.mode = mode;

@@ -114,7 +114,7 @@ impl DmState {
                 self.restarting = Some((instance, Instant::now()));
                 Ok(())
             }
-            Ok(Err(busy)) => Err(ActionError::Busy(busy)),
+            Ok(Err(refused)) => Err(refused),
             Err(e) => {
                 tracing::warn!(instance, error = %e, "instance monitor did not answer a restart");
                 Err(ActionError::Timeout)

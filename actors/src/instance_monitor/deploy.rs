@@ -37,8 +37,11 @@ impl MonitorState {
         crate::task::spawn_for(
             me,
             "preparing the deployment",
-            async move { prepare(&cfg, instance, &service, &job, env, running).await },
-            move |result| InstanceMsg::Prepared { deploy_ref, result },
+            async move { Ok(prepare(&cfg, instance, &service, &job, env, running).await) },
+            move |result| InstanceMsg::Prepared {
+                deploy_ref,
+                result: result.map_err(StepError::Task).and_then(|r| r),
+            },
         );
     }
 
@@ -46,7 +49,7 @@ impl MonitorState {
         &mut self,
         myself: &ActorRef<InstanceMsg>,
         deploy_ref: String,
-        result: Result<Prepared, String>,
+        result: Result<Prepared, StepError>,
     ) {
         let Some(job) = self.deploying.clone() else {
             return;
@@ -54,12 +57,12 @@ impl MonitorState {
         if job.deploy_ref != deploy_ref {
             return;
         }
-        if let Err(error) = &result {
-            let error = error.clone();
+        if let Err(step) = &result {
+            let pre_commands_failed = matches!(step, StepError::PreCommand { .. });
+            let error = step.to_string();
             tracing::error!(instance = self.instance, %deploy_ref, %error, "deployment preparation failed; the running version is kept");
             self.deploying = None;
             self.last_error = Some(error.clone());
-            let pre_commands_failed = error.starts_with("pre-command");
             self.set_phase(
                 if pre_commands_failed {
                     InstanceState::PreCommandsFailed
@@ -118,14 +121,17 @@ impl MonitorState {
                             report.relup
                         )
                     })
-                    .map_err(|e| crate::release_fetcher::error_chain(&e));
+                    .map_err(|e| StepError::Upgrade(crate::release_fetcher::error_chain(&e)));
                     if result.is_ok() {
                         let _ =
                             tokio::task::spawn_blocking(move || std::fs::remove_dir_all(new)).await;
                     }
-                    result
+                    Ok(result)
                 },
-                move |result| InstanceMsg::HotUpgraded { deploy_ref, result },
+                move |result| InstanceMsg::HotUpgraded {
+                    deploy_ref,
+                    result: result.map_err(StepError::Task).and_then(|r| r),
+                },
             );
             return;
         }
@@ -152,7 +158,7 @@ impl MonitorState {
         &mut self,
         myself: &ActorRef<InstanceMsg>,
         deploy_ref: String,
-        result: Result<String, String>,
+        result: Result<String, StepError>,
     ) {
         let Some(job) = self.deploying.clone() else {
             return;
@@ -218,12 +224,17 @@ impl MonitorState {
             me,
             "rotating the service folders",
             async move {
-                tokio::task::spawn_blocking(move || rotate_folders(&service))
-                    .await
-                    .map_err(|e| format!("rotation task failed: {e}"))
-                    .and_then(|r| r)
+                Ok(
+                    tokio::task::spawn_blocking(move || rotate_folders(&service))
+                        .await
+                        .map_err(|e| StepError::Task(format!("rotation task failed: {e}")))
+                        .and_then(|r| r),
+                )
             },
-            move |result| InstanceMsg::Rotated { deploy_ref, result },
+            move |result| InstanceMsg::Rotated {
+                deploy_ref,
+                result: result.map_err(StepError::Task).and_then(|r| r),
+            },
         );
     }
 
@@ -231,7 +242,7 @@ impl MonitorState {
         &mut self,
         myself: &ActorRef<InstanceMsg>,
         deploy_ref: String,
-        result: Result<(), String>,
+        result: Result<(), StepError>,
     ) {
         let Some(job) = self.deploying.take() else {
             return;
@@ -241,6 +252,7 @@ impl MonitorState {
             return;
         }
         if let Err(error) = result {
+            let error = error.to_string();
             tracing::error!(instance = self.instance, %deploy_ref, %error, "folder rotation failed");
             self.last_error = Some(error.clone());
             if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME) {
@@ -278,7 +290,7 @@ pub(super) async fn prepare(
     job: &DeployJob,
     env: Vec<(String, String)>,
     running: Option<String>,
-) -> Result<Prepared, String> {
+) -> Result<Prepared, StepError> {
     let new = service.join("new");
     let tarball = job.tarball.clone();
     let app = cfg.app.clone();
@@ -286,11 +298,12 @@ pub(super) async fn prepare(
     tokio::task::spawn_blocking(move || {
         if new2.exists() {
             std::fs::remove_dir_all(&new2)
-                .map_err(|e| format!("cannot remove {}: {e}", new2.display()))?;
+                .map_err(|e| StepError::Files(format!("cannot remove {}: {e}", new2.display())))?;
         }
         if let Some(parent) = new2.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StepError::Files(format!("cannot create {}: {e}", parent.display()))
+            })?;
         }
         crate::store::unpack_release(
             &tarball,
@@ -299,12 +312,17 @@ pub(super) async fn prepare(
             &crate::store::UnpackLimits::default(),
         )
         .map(|_| ())
-        .map_err(|e| format!("unpack: {}", crate::release_fetcher::error_chain(&e)))
+        .map_err(|e| {
+            StepError::Files(format!(
+                "unpack: {}",
+                crate::release_fetcher::error_chain(&e)
+            ))
+        })
     })
     .await
-    .map_err(|e| format!("unpack task failed: {e}"))??;
+    .map_err(|e| StepError::Task(format!("unpack task failed: {e}")))??;
     crate::testhook::point("new_unpacked");
-    crate::release_kind::check_release(&new, &cfg.app)?;
+    crate::release_kind::check_release(&new, &cfg.app).map_err(StepError::Refused)?;
 
     let program = new.join("bin").join(&cfg.app);
     let kind = crate::release_kind::detect(&new, &cfg.app);
@@ -335,16 +353,18 @@ pub(super) async fn prepare(
         match outcome {
             Ok(info) if info.code == Some(0) => {}
             Ok(info) => {
-                return Err(format!(
-                    "pre-command {} ({command}) failed: {info:?}",
-                    n + 1
-                ));
+                return Err(StepError::PreCommand {
+                    n: n + 1,
+                    command: command.to_string(),
+                    what: format!("failed: {info:?}"),
+                });
             }
             Err(e) => {
-                return Err(format!(
-                    "pre-command {} ({command}) could not run: {e}",
-                    n + 1
-                ));
+                return Err(StepError::PreCommand {
+                    n: n + 1,
+                    command: command.to_string(),
+                    what: format!("could not run: {e}"),
+                });
             }
         }
     }
@@ -359,7 +379,7 @@ pub(super) async fn prepare(
             let new2 = new.clone();
             tokio::task::spawn_blocking(move || crate::upgrade::detect(&new2, &app, &to, &running))
                 .await
-                .map_err(|e| format!("detection task failed: {e}"))?
+                .map_err(|e| StepError::Task(format!("detection task failed: {e}")))?
         }
     };
     Ok(Prepared {

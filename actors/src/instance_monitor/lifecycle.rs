@@ -283,12 +283,19 @@ impl MonitorState {
         }
     }
 
-    pub(super) fn forced_restart(&mut self, myself: &ActorRef<InstanceMsg>) -> Result<(), String> {
+    pub(super) fn forced_restart(
+        &mut self,
+        myself: &ActorRef<InstanceMsg>,
+    ) -> Result<(), ActionError> {
         if self.deploying.is_some() {
-            return Err("a deployment is in progress on this instance".to_string());
+            return Err(ActionError::Busy(
+                "a deployment is in progress on this instance".to_string(),
+            ));
         }
         if self.stopping.is_some() {
-            return Err("the instance is already being stopped".to_string());
+            return Err(ActionError::Busy(
+                "the instance is already being stopped".to_string(),
+            ));
         }
         self.forced_restarts += 1;
         match self.process.clone() {

@@ -21,6 +21,33 @@ pub struct Prepared {
     pub reason: String,
 }
 
+/// Why a deployment step failed. The kind decides the state it leaves
+/// (a failed pre-command shows as `pre_commands_failed`); the text is for
+/// people (status, events, logs).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// A pre-command exited non-zero, timed out, or could not run.
+    #[error("pre-command {n} ({command}) {what}")]
+    PreCommand {
+        n: usize,
+        command: String,
+        what: String,
+    },
+    /// The release was refused before any start (see `release_kind`).
+    #[error("{0}")]
+    Refused(String),
+    /// A file-system step: unpacking, moving or removing folders.
+    #[error("{0}")]
+    Files(String),
+    /// The hot upgrade failed on the node.
+    #[error("{0}")]
+    Upgrade(String),
+    /// The task carrying the step failed (a panic, a cancelled blocking
+    /// task).
+    #[error("{0}")]
+    Task(String),
+}
+
 /// Why a process is being stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -63,7 +90,7 @@ pub enum InstanceMsg {
     },
     /// Operator restart (a forced restart).
     Restart {
-        reply: RpcReplyPort<Result<(), String>>,
+        reply: RpcReplyPort<Result<(), ActionError>>,
     },
     Deploy {
         job: DeployJob,
@@ -71,12 +98,12 @@ pub enum InstanceMsg {
     /// `new/` unpacked and pre-commands run (or failed).
     Prepared {
         deploy_ref: String,
-        result: Result<Prepared, String>,
+        result: Result<Prepared, StepError>,
     },
     /// A hot upgrade finished (or failed: then a full deployment follows).
     HotUpgraded {
         deploy_ref: String,
-        result: Result<String, String>,
+        result: Result<String, StepError>,
     },
     /// A stop requested earlier has completed.
     StopDone {
@@ -86,7 +113,7 @@ pub enum InstanceMsg {
     /// Folders rotated for a deployment (or failed).
     Rotated {
         deploy_ref: String,
-        result: Result<(), String>,
+        result: Result<(), StepError>,
     },
     Status {
         reply: RpcReplyPort<InstanceStatus>,
@@ -101,7 +128,7 @@ pub enum InstanceMsg {
     /// could not be put there).
     CandidatePlaced {
         deploy_ref: String,
-        result: Result<(), String>,
+        result: Result<(), StepError>,
     },
     /// Start-first: the new version was not ready in time (the
     /// DeployManager's rollback timeout): kill it, keep the old process.
@@ -189,7 +216,7 @@ impl Describe for InstanceMsg {
     }
 }
 
-fn short_result(r: &Result<(), String>) -> String {
+fn short_result(r: &Result<(), StepError>) -> String {
     match r {
         Ok(()) => "ok".into(),
         Err(e) => format!("error: {e}"),

@@ -40,7 +40,7 @@ use crate::config::EngineConfig;
 use crate::deploy_manager::{self, DeployMsg};
 use crate::events::{self, EventKind, NewEvent};
 use crate::model::{
-    BootPhase, DeploymentKind, InstanceState, InstanceStatus, LogStream, RestartReason,
+    ActionError, BootPhase, DeploymentKind, InstanceState, InstanceStatus, LogStream, RestartReason,
 };
 use crate::otp_node_watcher::{self, NodeReport, NodeSpec, WatcherMsg};
 use crate::process::{self, Adoption, ExitInfo, InstanceSpec, PidFile, ProcessHandle};
@@ -55,7 +55,7 @@ pub mod slot;
 mod start_first;
 
 pub use lifecycle::backoff_delay;
-pub use messages::{DeployJob, InstanceMsg, Prepared, StopReason};
+pub use messages::{DeployJob, InstanceMsg, Prepared, StepError, StopReason};
 pub use service_dir::repair_service_dir;
 
 use health::*;

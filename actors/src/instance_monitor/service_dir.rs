@@ -4,25 +4,30 @@
 
 use super::*;
 /// `previous/` removed, `current/` → `previous/`, `new/` → `current/`.
-pub(super) fn rotate_folders(service: &Path) -> Result<(), String> {
+pub(super) fn rotate_folders(service: &Path) -> Result<(), StepError> {
     let new = service.join("new");
     let current = service.join("current");
     let previous = service.join("previous");
     if !new.is_dir() {
-        return Err(format!("{} is missing", new.display()));
+        return Err(StepError::Files(format!("{} is missing", new.display())));
     }
     if current.exists() {
         if previous.exists() {
-            std::fs::remove_dir_all(&previous)
-                .map_err(|e| format!("cannot remove {}: {e}", previous.display()))?;
+            std::fs::remove_dir_all(&previous).map_err(|e| {
+                StepError::Files(format!("cannot remove {}: {e}", previous.display()))
+            })?;
         }
-        std::fs::rename(&current, &previous)
-            .map_err(|e| format!("cannot move {} to previous/: {e}", current.display()))?;
+        std::fs::rename(&current, &previous).map_err(|e| {
+            StepError::Files(format!(
+                "cannot move {} to previous/: {e}",
+                current.display()
+            ))
+        })?;
         sync_dir(service);
         crate::testhook::point("current_moved_to_previous");
     }
     std::fs::rename(&new, &current)
-        .map_err(|e| format!("cannot move {} to current/: {e}", new.display()))?;
+        .map_err(|e| StepError::Files(format!("cannot move {} to current/: {e}", new.display())))?;
     sync_dir(service);
     crate::testhook::point("new_moved_to_current");
     Ok(())

@@ -120,12 +120,17 @@ impl MonitorState {
             myself.clone(),
             "placing the new version",
             async move {
-                tokio::task::spawn_blocking(move || place_candidate(&new, &target))
-                    .await
-                    .map_err(|e| format!("placement task failed: {e}"))
-                    .and_then(|r| r)
+                Ok(
+                    tokio::task::spawn_blocking(move || place_candidate(&new, &target))
+                        .await
+                        .map_err(|e| StepError::Task(format!("placement task failed: {e}")))
+                        .and_then(|r| r),
+                )
             },
-            move |result| InstanceMsg::CandidatePlaced { deploy_ref, result },
+            move |result| InstanceMsg::CandidatePlaced {
+                deploy_ref,
+                result: result.map_err(StepError::Task).and_then(|r| r),
+            },
         );
     }
 
@@ -133,7 +138,7 @@ impl MonitorState {
         &mut self,
         myself: &ActorRef<InstanceMsg>,
         deploy_ref: String,
-        result: Result<(), String>,
+        result: Result<(), StepError>,
     ) {
         let Some(job) = self.deploying.clone() else {
             return;
@@ -142,6 +147,7 @@ impl MonitorState {
             return;
         }
         if let Err(error) = result {
+            let error = error.to_string();
             tracing::error!(instance = self.instance, %deploy_ref, %error, "cannot place the new version; the running one is kept");
             self.deploying = None;
             self.last_error = Some(error.clone());
@@ -391,22 +397,28 @@ fn tell_dm(msg: DeployMsg) {
 /// Move the prepared `new/` into the other slot's `current/` (its
 /// `current/` → `previous/`), after stopping anything that still runs from
 /// that slot (a half-started new version of a deployex that died).
-fn place_candidate(new: &Path, target: &Path) -> Result<(), String> {
+fn place_candidate(new: &Path, target: &Path) -> Result<(), StepError> {
+    let files = StepError::Files;
     if !new.is_dir() {
-        return Err(format!("{} is missing", new.display()));
+        return Err(files(format!("{} is missing", new.display())));
     }
     if target.is_dir() {
         stop_strays(target, None);
     }
     std::fs::create_dir_all(target)
-        .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+        .map_err(|e| files(format!("cannot create {}: {e}", target.display())))?;
     slot::forget_pid(target);
     let staged = target.join("new");
     if staged.exists() {
         std::fs::remove_dir_all(&staged)
-            .map_err(|e| format!("cannot remove {}: {e}", staged.display()))?;
+            .map_err(|e| files(format!("cannot remove {}: {e}", staged.display())))?;
     }
-    std::fs::rename(new, &staged)
-        .map_err(|e| format!("cannot move {} to {}: {e}", new.display(), staged.display()))?;
+    std::fs::rename(new, &staged).map_err(|e| {
+        files(format!(
+            "cannot move {} to {}: {e}",
+            new.display(),
+            staged.display()
+        ))
+    })?;
     rotate_folders(target)
 }
