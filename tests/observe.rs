@@ -2,7 +2,7 @@
 //! binary, a real fixture release, its real node over distribution.
 //!
 //! - the history of an instance and of the host fills at the sampling
-//!   period (≥ 10 points per series 15 s after start at 1 s), `?since=`
+//!   period (≥ 10 points per series at 1 s, polled with a deadline), `?since=`
 //!   returns only newer points, deployments are marked;
 //! - `/metrics` carries the host and BEAM gauges;
 //! - the processes endpoint sorts on the node and ships only `limit`
@@ -84,13 +84,10 @@ fn history_fills_and_the_observer_looks_inside_a_real_node() {
         running_on(s, "0.1.0")
     });
 
-    // ---- history: ≥ 10 points per series 15 s after start.
-    while started.elapsed() < Duration::from_secs(15) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let h = dx.get("/api/v1/instances/1/history");
-    assert_eq!(h["interval_ms"], 1000, "{h}");
-    for s in [
+    // ---- history: ≥ 10 points per series, polled with a deadline (the
+    // sampler ticks every second; a loaded 2-core CI host boots the node
+    // late, so the deadline is generous and the rate is not asserted).
+    const SERIES: [&str; 12] = [
         "rss_bytes",
         "cpu_pct",
         "beam_memory_total",
@@ -103,7 +100,17 @@ fn history_fills_and_the_observer_looks_inside_a_real_node() {
         "run_queue",
         "port_count",
         "atom_count",
-    ] {
+    ];
+    let deadline = started + Duration::from_secs(60);
+    let h = loop {
+        let h = dx.get("/api/v1/instances/1/history");
+        if SERIES.iter().all(|s| points(&h, s) >= 10) || Instant::now() > deadline {
+            break h;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(h["interval_ms"], 1000, "{h}");
+    for s in SERIES {
         assert!(points(&h, s) >= 10, "{s}: {} points\n{h}", points(&h, s));
     }
     let last_rss = h["series"]["rss_bytes"].as_array().unwrap().last().unwrap()[1]
