@@ -30,15 +30,56 @@ fn pool(site: &Site) -> Vec<u16> {
         .collect()
 }
 
-/// The BEAM processes of this site's instances (both slots).
+/// The BEAM nodes of this site's instances (both slots).
 fn beams(site: &Site) -> Vec<i32> {
     common::deployex::site_instance_pids(site)
         .into_iter()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim().starts_with("beam"))
-        })
+        .filter(|&pid| common::process::is_beam_node(pid))
         .collect()
+}
+
+/// One line per BEAM of the site: pid, parent, start tick, node name,
+/// release root and instance marker, to tell which process is extra.
+fn describe_beams(site: &Site) -> String {
+    beams(site)
+        .into_iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().collect())
+                .unwrap_or_default();
+            let (ppid, start) = (
+                fields.get(1).copied().unwrap_or("?"),
+                fields.get(19).copied().unwrap_or("?"),
+            );
+            let args: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let after = |flag: &str| {
+                args.iter()
+                    .position(|a| a == flag)
+                    .and_then(|i| args.get(i + 1))
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let marker = std::fs::read(format!("/proc/{pid}/environ"))
+                .unwrap_or_default()
+                .split(|&b| b == 0)
+                .map(|kv| String::from_utf8_lossy(kv).into_owned())
+                .find(|kv| kv.starts_with("DEPLOYEX_INSTANCE_DIR="))
+                .unwrap_or_default();
+            format!(
+                "  pid {pid} ppid {ppid} start {start} name {}{} root {} {marker}",
+                after("-sname"),
+                after("-name"),
+                after("-root")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Poll every 50 ms until every instance runs `version`: at every poll at
@@ -65,8 +106,10 @@ fn roll_watching_capacity(site: &Site, dx: &Deployex, version: &str) -> Value {
         );
         assert!(
             running <= site.replicas as usize + 1,
-            "poll {polls}: {running} BEAMs of the app\n{:#}",
-            dx.status()
+            "poll {polls}: {running} BEAMs of the app:\n{}\n{:#}\n{}",
+            describe_beams(site),
+            dx.status(),
+            dx.log_tail(60)
         );
         let s = dx.status();
         if running_on(&s, version) && running == site.replicas as usize {

@@ -27,7 +27,7 @@ fn all_running(status: &Value, version: &str) -> bool {
     })
 }
 
-/// Pids of the BEAMs (`beam.smp`) whose command line names a path under
+/// Pids of the BEAM nodes ([`common::process::is_beam_node`]) whose command line names a path under
 /// `dir`: every VM of the site, wherever it was started from.
 fn beams_under(dir: &Path) -> Vec<i32> {
     let needle = dir.to_str().unwrap().to_string();
@@ -36,8 +36,7 @@ fn beams_under(dir: &Path) -> Vec<i32> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if !comm.starts_with("beam") || !pid_alive(pid) {
+        if !common::process::is_beam_node(pid) || !pid_alive(pid) {
             continue;
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();

@@ -11,6 +11,27 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// Whether `pid` is a BEAM node: it runs the emulator and its parent does
+/// not. A BEAM forks its port helpers (`erl_child_setup` at boot, port
+/// programs later): between the fork and the exec the child is a
+/// `beam.smp` with the node's command line and environment. Counting it
+/// made a capacity test see "5 BEAMs" for 4 nodes while one booted (CI,
+/// `start_first_rolls_without_losing_capacity`).
+pub fn is_beam_node(pid: i32) -> bool {
+    let is_beam = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim().starts_with("beam"))
+    };
+    let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+        })
+        .unwrap_or(0);
+    is_beam(pid) && !is_beam(parent)
+}
+
 /// How long a SIGTERMed node may take before it gets SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);
 
