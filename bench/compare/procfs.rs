@@ -1,5 +1,6 @@
 //! What the benchmark reads from `/proc`: a process's children, RSS, CPU
-//! time, context switches and age.
+//! time, context switches and age, through the `procfs` crate (the same
+//! parser deployex's process module uses).
 //!
 //! Invariant: every reader tolerates a process that vanished between two
 //! reads (it answers `None`/empty), because the processes measured here are
@@ -7,20 +8,23 @@
 
 use std::collections::HashSet;
 
-/// Clock ticks per second of `/proc/*/stat` times (`USER_HZ`, 100 on every
-/// Linux architecture this runs on).
-const CLK_TCK: f64 = 100.0;
+use procfs::process::{Process, Stat};
+
+fn stat(pid: i32) -> Option<Stat> {
+    Process::new(pid).ok()?.stat().ok()
+}
+
+fn ticks() -> f64 {
+    procfs::ticks_per_second() as f64
+}
 
 /// Direct children of `pid` (every thread's `children` list).
 pub fn children(pid: i32) -> HashSet<i32> {
     let mut out = HashSet::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+    if let Ok(tasks) = Process::new(pid).and_then(|p| p.tasks()) {
         for task in tasks.flatten() {
-            if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
-                out.extend(
-                    list.split_whitespace()
-                        .filter_map(|p| p.parse::<i32>().ok()),
-                );
+            if let Ok(list) = task.children() {
+                out.extend(list.into_iter().filter_map(|p| i32::try_from(p).ok()));
             }
         }
     }
@@ -29,6 +33,7 @@ pub fn children(pid: i32) -> HashSet<i32> {
 
 /// The number after `field` (e.g. `"VmRSS:"`, `"Threads:"`) in
 /// `/proc/PID/status`.
+#[allow(dead_code)] // the soak bench reads other fields
 pub fn status_number(pid: i32, field: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
@@ -39,68 +44,42 @@ pub fn status_number(pid: i32, field: &str) -> Option<u64> {
 
 /// Resident set size in KiB.
 pub fn rss_kib(pid: i32) -> Option<u64> {
-    status_number(pid, "VmRSS:")
-}
-
-/// The fields of `/proc/PID/stat` after the command name, so that field
-/// `n` of proc(5) (1-based) is at index `n - 3`.
-fn stat_fields(pid: i32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    Some(rest.split_whitespace().map(str::to_owned).collect())
+    Process::new(pid).ok()?.status().ok()?.vmrss
 }
 
 /// User + system CPU time of the whole process (all threads, dead ones
 /// included), in seconds.
 pub fn cpu_secs(pid: i32) -> Option<f64> {
-    let f = stat_fields(pid)?;
-    let utime: u64 = f.get(14 - 3)?.parse().ok()?;
-    let stime: u64 = f.get(15 - 3)?.parse().ok()?;
-    Some((utime + stime) as f64 / CLK_TCK)
+    let s = stat(pid)?;
+    Some((s.utime + s.stime) as f64 / ticks())
 }
 
 /// Start time in clock ticks after boot: with the pid it identifies a
 /// process (a reused pid has another start time).
 pub fn start_ticks(pid: i32) -> Option<u64> {
-    stat_fields(pid)?.get(22 - 3)?.parse().ok()
+    Some(stat(pid)?.starttime)
 }
 
 /// How long the process has been running, in seconds.
 pub fn age_secs(pid: i32) -> Option<f64> {
-    let start = start_ticks(pid)? as f64 / CLK_TCK;
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(uptime - start)
+    use procfs::Current;
+    let start = start_ticks(pid)? as f64 / ticks();
+    Some(procfs::Uptime::current().ok()?.uptime - start)
 }
 
 /// Voluntary + involuntary context switches summed over the live threads:
 /// each one is a wakeup of some thread of the process.
 pub fn context_switches(pid: i32) -> u64 {
-    let mut total = 0;
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+    let Ok(tasks) = Process::new(pid).and_then(|p| p.tasks()) else {
         return 0;
     };
-    for task in tasks.flatten() {
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
-            continue;
-        };
-        for line in status.lines() {
-            if line.starts_with("voluntary_ctxt_switches:")
-                || line.starts_with("nonvoluntary_ctxt_switches:")
-            {
-                total += line
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-    }
-    total
+    tasks
+        .flatten()
+        .filter_map(|t| t.status().ok())
+        .map(|st| {
+            st.voluntary_ctxt_switches.unwrap_or(0) + st.nonvoluntary_ctxt_switches.unwrap_or(0)
+        })
+        .sum()
 }
 
 /// Number of threads.
@@ -112,10 +91,7 @@ pub fn threads(pid: i32) -> usize {
 
 /// The process exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
-    match stat_fields(pid) {
-        Some(f) => f.first().is_some_and(|state| state != "Z" && state != "X"),
-        None => false,
-    }
+    stat(pid).is_some_and(|s| !matches!(s.state, 'Z' | 'X' | 'x'))
 }
 
 /// The process `pid` is still the one that started at `start` (not a
@@ -126,56 +102,39 @@ pub fn same_process_alive(pid: i32, start: u64) -> bool {
 
 /// The value of `name` in the process's environment.
 pub fn environ_var(pid: i32, name: &str) -> Option<String> {
-    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let prefix = format!("{name}=");
-    env.split(|&b| b == 0).find_map(|kv| {
-        let kv = std::str::from_utf8(kv).ok()?;
-        kv.strip_prefix(&prefix).map(str::to_owned)
-    })
+    let env = Process::new(pid).ok()?.environ().ok()?;
+    env.get(std::ffi::OsStr::new(name))
+        .map(|v| v.to_string_lossy().into_owned())
 }
 
 /// The command line, arguments joined by spaces.
 pub fn cmdline(pid: i32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| {
-            c.split(|&b| b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-                .trim()
-                .to_owned()
-        })
+    Process::new(pid)
+        .and_then(|p| p.cmdline())
+        .map(|args| args.join(" ").trim().to_owned())
         .unwrap_or_default()
 }
 
 /// `/proc/loadavg`'s three averages.
 pub fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+    use procfs::Current;
+    procfs::LoadAverage::current()
+        .map(|l| format!("{:.2} {:.2} {:.2}", l.one, l.five, l.fifteen))
         .unwrap_or_else(|_| "?".into())
 }
 
 /// One line describing the machine: CPU model, cores, RAM, kernel, OS.
 pub fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    use procfs::Current;
+    let cpuinfo = procfs::CpuInfo::current().ok();
     let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, m)| m.split_whitespace().collect::<Vec<_>>().join(" "))
+        .as_ref()
+        .and_then(|c| c.model_name(0))
+        .map(|m| m.split_whitespace().collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("processor"))
-        .count();
-    let mem_gib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kib| kib / 1024.0 / 1024.0)
+    let cores = cpuinfo.as_ref().map_or(0, |c| c.num_cores());
+    let mem_gib = procfs::Meminfo::current()
+        .map(|m| m.mem_total as f64 / 1024.0 / 1024.0 / 1024.0)
         .unwrap_or(0.0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|k| k.trim().to_owned())

@@ -29,18 +29,15 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// RSS bytes and CPU seconds of a process, from `/proc` (Linux).
+/// RSS bytes and CPU seconds of a process (the `/proc` reader of the
+/// process module: the kernel's page size and clock tick, not assumed).
 fn proc_usage(pid: i32) -> Option<(u64, f64)> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let rss_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces and parens).
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    // Page size and clock ticks are 4096 and 100 on every Linux deployex targets.
-    Some((rss_pages * 4096, (utime + stime) as f64 / 100.0))
+    use deployex_actors::process::{proc_stats, ticks_per_second};
+    let st = proc_stats(pid)?;
+    Some((
+        st.rss_bytes,
+        st.cpu_ticks as f64 / ticks_per_second() as f64,
+    ))
 }
 
 /// `full_deployment`, `hot_upgrade`, `rollback`: the JSON names.

@@ -3,8 +3,6 @@
 
 use std::sync::OnceLock;
 
-use super::sys;
-
 /// Resource usage of one process, as the kernel reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcStats {
@@ -36,27 +34,28 @@ impl Stat {
     }
 }
 
-/// Parses one `/proc/{pid}/stat` line. `comm` (field 2) may contain spaces
-/// and parentheses, so fields are counted from the last `)`.
+/// Parses one `/proc/{pid}/stat` line with the `procfs` crate (`comm`,
+/// field 2, may hold spaces and parentheses; the crate counts from the last
+/// `)` as we did). `None` for a truncated or malformed line, or numbers out
+/// of range.
 pub(super) fn parse_stat(line: &str) -> Option<Stat> {
-    let rest = &line[line.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] is field 3 (state): field n is f[n - 3].
-    let num = |n: usize| -> Option<u64> { f.get(n - 3)?.parse().ok() };
-    let int = |n: usize| -> Option<i32> { f.get(n - 3)?.parse().ok() };
+    use procfs::FromRead;
+    let s = procfs::process::Stat::from_read(line.as_bytes()).ok()?;
     Some(Stat {
-        state: f.first()?.chars().next()?,
-        ppid: int(4)?,
-        pgid: int(5)?,
-        utime: num(14)?,
-        stime: num(15)?,
-        threads: num(20)?,
-        start_time_ticks: num(22)?,
-        rss_pages: num(24)?,
+        state: s.state,
+        ppid: s.ppid,
+        pgid: s.pgrp,
+        utime: s.utime,
+        stime: s.stime,
+        threads: u64::try_from(s.num_threads).ok()?,
+        start_time_ticks: s.starttime,
+        rss_pages: s.rss,
     })
 }
 
 /// `None` when the process does not exist (or the line is unreadable).
+/// One read of the file (the crate's `Process` would open the pid's
+/// directory first: two more system calls per process of a `/proc` scan).
 pub(super) fn read_stat(pid: i32) -> Option<Stat> {
     let line = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(&line)
@@ -86,12 +85,12 @@ pub fn proc_stats(pid: i32) -> Option<ProcStats> {
 /// Clock ticks per second (USER_HZ) of `/proc` time fields.
 pub fn ticks_per_second() -> u64 {
     static HZ: OnceLock<u64> = OnceLock::new();
-    *HZ.get_or_init(sys::clock_ticks)
+    *HZ.get_or_init(procfs::ticks_per_second)
 }
 
 fn page_size() -> u64 {
     static PAGE: OnceLock<u64> = OnceLock::new();
-    *PAGE.get_or_init(sys::page_size)
+    *PAGE.get_or_init(procfs::page_size)
 }
 
 /// Resource usage of one process group (metrics history).
@@ -159,7 +158,8 @@ mod unit {
 
     #[test]
     fn parses_comm_with_spaces_and_parens() {
-        let line = "4242 (we ird) (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 5 0 123456 1000000 250 18446744073709551615";
+        // A whole line as the kernel writes it (52 fields), `comm` odd.
+        let line = "4242 (we ird) (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 5 0 123456 1000000 250 18446744073709551615 94920313556992 94920313576873 140720852053744 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 94920313592880 94920313594496 94921253707776 140720852060898 140720852060918 140720852060918 140720852062187 0";
         let s = parse_stat(line).unwrap();
         assert_eq!(s.state, 'S');
         assert_eq!(s.ppid, 1);

@@ -55,23 +55,6 @@ pub(super) fn async_pidfd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     Ok(unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?)
 }
 
-/// `sysconf(name)`, `None` when the value is unknown.
-fn sysconf(name: libc::c_int) -> Option<u64> {
-    // SAFETY: sysconf only reads a configuration value; no pointers involved.
-    let v = unsafe { libc::sysconf(name) };
-    u64::try_from(v).ok().filter(|v| *v > 0)
-}
-
-/// USER_HZ, the unit of the tick counters in `/proc/{pid}/stat`.
-pub(super) fn clock_ticks() -> u64 {
-    sysconf(libc::_SC_CLK_TCK).unwrap_or(100)
-}
-
-/// Page size, the unit of `rss` in `/proc/{pid}/stat`.
-pub(super) fn page_size() -> u64 {
-    sysconf(libc::_SC_PAGESIZE).unwrap_or(4096)
-}
-
 /// Whether `pgid` is 0/1/negative or deployex's own process group: the
 /// groups no signal of ours may ever target (`killpg(0)` is "my group").
 pub(crate) fn is_own_group(pgid: i32) -> bool {
