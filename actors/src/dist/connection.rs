@@ -677,9 +677,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Runner<S> {
     }
 }
 
+/// Ticks on the shared grid (`crate::time`): every connection with the
+/// same period checks its peer in the same wake-up (`Skip`: a late tick
+/// does not shift the later ones off the grid).
 fn ticker(period: Duration) -> tokio::time::Interval {
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = tokio::time::interval_at(crate::time::next_on_grid(period), period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     ticker
 }
 
