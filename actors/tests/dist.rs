@@ -454,8 +454,11 @@ async fn beam_sample_reads_real_counts_and_reductions_grow() {
     use deployex_actors::otp_node_watcher::{SampleError, sample_beam};
     let n = TestNode::start(&[]).await;
     let conn = n.connect().await;
-    let first = sample_beam(&conn, RPC).await.unwrap();
+    // One RPC; the limits come with a connection's first sample only.
+    let first = sample_beam(&conn, None, RPC).await.unwrap();
     assert!(first.memory_bytes > 1 << 20, "{first:?}");
+    assert!(first.atom_limit > first.atom_count && first.atom_count > 1000);
+    assert!(first.process_limit > first.processes && first.port_limit > 0);
     assert!(first.processes > 10, "{first:?}");
     assert!(first.reductions_total > 0, "{first:?}");
 
@@ -471,7 +474,8 @@ async fn beam_sample_reads_real_counts_and_reductions_grow() {
     for r in futures::future::join_all(spawns).await {
         r.unwrap();
     }
-    let second = sample_beam(&conn, RPC).await.unwrap();
+    let second = sample_beam(&conn, Some(first.limits()), RPC).await.unwrap();
+    assert_eq!(second.limits(), first.limits());
     // A few of the first count were rex's short-lived call handlers.
     assert!(
         second.processes >= first.processes + 190,
@@ -481,10 +485,13 @@ async fn beam_sample_reads_real_counts_and_reductions_grow() {
 
     // A lost connection is an error naming the node and the call.
     conn.close();
-    match sample_beam(&conn, RPC).await {
+    match sample_beam(&conn, Some(first.limits()), RPC).await {
         Err(e @ SampleError::Rpc { .. }) => {
             let text = e.to_string();
-            assert!(text.contains(&n.node) && text.contains("erlang:"), "{text}");
+            assert!(
+                text.contains(&n.node) && text.contains("telemetry"),
+                "{text}"
+            );
         }
         other => panic!("expected an RPC error, got {other:?}"),
     }

@@ -31,6 +31,7 @@
 mod connection;
 pub mod epmd;
 mod frame;
+mod runner;
 pub mod term;
 pub mod tls;
 

@@ -246,10 +246,12 @@ impl Actor for InstanceMonitor {
                     // rollout's pace), slow once it runs: exits are seen by
                     // the pidfd, not by this clock, and an idle deployex
                     // should sleep (200 replicas: 200 wake-ups/s, not 2000).
+                    // The slow one on the shared grid (`crate::time`): 200
+                    // instances' ticks cost one wake-up, not 200.
                     let next = if state.phase == InstanceState::Starting {
                         FAST_TICK
                     } else {
-                        SLOW_TICK
+                        crate::time::until_next_on_grid(SLOW_TICK)
                     };
                     state.schedule_tick(&myself, next);
                 }

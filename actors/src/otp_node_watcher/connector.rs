@@ -295,18 +295,14 @@ pub(super) async fn keep_alive(
     poke: &tokio::sync::Notify,
     live: &mut LiveCount,
 ) {
-    let mut next = tokio::time::Instant::now();
+    // When the next check is due (`None`: the next point on the grid).
+    let mut due: Option<tokio::time::Instant> = None;
     loop {
         let spec = slot.get().filter(|s| !s.interval.is_zero());
-        if let Some(spec) = &spec {
-            // Fixed cadence from the first check: a check that times out
-            // (after `interval`) is followed by the next one at once.
-            next += spec.interval;
-            let now = tokio::time::Instant::now();
-            if next < now {
-                next = now;
-            }
-        }
+        let next = match &spec {
+            Some(spec) => *due.get_or_insert_with(|| crate::time::next_on_grid(spec.interval)),
+            None => tokio::time::Instant::now(),
+        };
         let tick = async {
             match &spec {
                 Some(_) => tokio::time::sleep_until(next).await,
@@ -316,7 +312,8 @@ pub(super) async fn keep_alive(
         tokio::select! {
             () = conn.closed() => return,
             () = slot.changed.notified() => {
-                next = tokio::time::Instant::now();
+                // A new or changed spec: its first check on the grid.
+                due = None;
                 continue;
             }
             () = poke.notified() => {
@@ -328,19 +325,37 @@ pub(super) async fn keep_alive(
             () = tick => {}
         }
         let Some(spec) = spec else { continue };
+        let started = tokio::time::Instant::now();
         match check_liveness(conn, &spec).await {
             Ok(()) => live.passed(slot),
             Err(error) => live.failed(&spec, error),
         }
+        // On the shared grid; a check that timed out (it took the whole
+        // interval) is followed by the next one at once, so a hung node is
+        // killed after `failures` × interval, not twice that.
+        due = Some(if started.elapsed() >= spec.interval {
+            tokio::time::Instant::now()
+        } else {
+            crate::time::next_on_grid(spec.interval)
+        });
     }
 }
 
+/// How recent (in liveness intervals) an answer on the link must be to
+/// stand for a check's round trip. More than one: with telemetry sampled
+/// at the liveness interval, the last answer is about one interval old
+/// when the check runs (both on the grid), and a window of exactly one
+/// interval missed about half the time. A hung node is then found at most
+/// half an interval later.
+pub(super) const ANSWER_WINDOW: f64 = 1.5;
+
 /// One liveness check over `conn`: an RPC round trip, plus the health path.
-/// Any RPC answered on the link within the interval (a telemetry sample,
-/// an operator's query) already is that round trip: no extra RPC then (at
-/// 200 nodes, checks of their own doubled deployex's idle CPU).
+/// Any RPC answered on the link within [`ANSWER_WINDOW`] intervals (a
+/// telemetry sample, an operator's query) already is that round trip: no
+/// extra RPC then (at 200 nodes, checks of their own doubled deployex's
+/// idle CPU).
 pub(super) async fn check_liveness(conn: &NodeConnection, spec: &NodeSpec) -> Result<(), String> {
-    if !conn.answered_within(spec.interval) {
+    if !conn.answered_within(spec.interval.mul_f64(ANSWER_WINDOW)) {
         conn.rpc("erlang", "node", vec![], spec.interval)
             .await
             .map_err(|e| format!("liveness RPC: {e}"))?;

@@ -10,9 +10,11 @@
 //! RPCs never run inside the handler: the handler looks up the connection
 //! and spawns a task that awaits the reply and answers the caller.
 //!
-//! Telemetry: every `beam_sample_interval` (unless zero) each connected node
-//! is sampled ([`sample_beam`]: memory, process count, run queue,
-//! reductions) in a spawned task that posts `Sampled` back. Invariants: at
+//! Telemetry: every `beam_sample_interval` (unless zero, on the shared
+//! grid of `crate::time`) each connected node is sampled ([`sample_beam`]:
+//! memory, process count, run queue, reductions, in one RPC per node); one
+//! spawned task per tick runs every node's sample and posts each
+//! `Sampled` back as it comes. Invariants: at
 //! most one sample in flight per node (a slow node is skipped, never piled
 //! on); a sample belongs to one connection (`conn_id`): a lost connection
 //! clears it, and a late answer for an older connection is dropped; the
@@ -189,6 +191,8 @@ struct Entry {
     reductions: Option<(u64, Instant)>,
     /// The BEAM limits this node is over (warned once per crossing).
     over: Vec<&'static str>,
+    /// The node's BEAM limits, read with the connection's first sample.
+    limits: Option<BeamLimits>,
 }
 
 /// Dropping an entry (node unwatched, or the watcher's state dropped
@@ -211,6 +215,7 @@ impl Entry {
         self.sampling = false;
         self.beam = None;
         self.reductions = None;
+        self.limits = None;
         self.conn.take()
     }
 }
@@ -223,6 +228,8 @@ pub struct WatcherState {
     nodes: HashMap<String, Entry>,
     next_generation: u64,
     next_conn_id: u64,
+    /// `beam_sample_interval` (zero: no telemetry).
+    sample_every: Duration,
     recorder: Recorder,
 }
 
@@ -267,6 +274,7 @@ impl WatcherState {
                 sampling: false,
                 beam: None,
                 reductions: None,
+                limits: None,
             },
         );
     }
@@ -303,7 +311,10 @@ impl Actor for OtpNodeWatcher {
             tls,
         };
         if !cfg.beam_sample_interval.is_zero() {
-            myself.send_interval(cfg.beam_sample_interval, || WatcherMsg::SampleTick);
+            myself.send_after(
+                crate::time::until_next_on_grid(cfg.beam_sample_interval),
+                || WatcherMsg::SampleTick,
+            );
         }
         let dist = Arc::new(dist);
         Ok(WatcherState {
@@ -313,6 +324,7 @@ impl Actor for OtpNodeWatcher {
             nodes: HashMap::new(),
             next_generation: 1,
             next_conn_id: 1,
+            sample_every: cfg.beam_sample_interval,
             recorder: Recorder::for_actor(NAME),
         })
     }
@@ -442,6 +454,13 @@ impl Actor for OtpNodeWatcher {
                 }
             }
             WatcherMsg::SampleTick => {
+                // The next tick on the shared grid (see `crate::time`).
+                if !state.sample_every.is_zero() {
+                    myself.send_after(crate::time::until_next_on_grid(state.sample_every), || {
+                        WatcherMsg::SampleTick
+                    });
+                }
+                let mut samples = Vec::new();
                 for (node, entry) in state.nodes.iter_mut() {
                     let Some(conn) = entry.conn.clone().filter(|c| c.is_alive()) else {
                         continue;
@@ -451,18 +470,10 @@ impl Actor for OtpNodeWatcher {
                         continue;
                     }
                     entry.sampling = true;
-                    let (watcher, node, conn_id) = (myself.clone(), node.clone(), entry.conn_id);
-                    tokio::spawn(async move {
-                        let result = sample_beam(&conn, SAMPLE_TIMEOUT)
-                            .await
-                            .map_err(|e| crate::release_fetcher::error_chain(&e));
-                        let _ = watcher.cast(WatcherMsg::Sampled {
-                            node,
-                            conn_id,
-                            at: Instant::now(),
-                            result,
-                        });
-                    });
+                    samples.push((node.clone(), entry.conn_id, entry.limits, conn));
+                }
+                if !samples.is_empty() {
+                    tokio::spawn(sample_all(myself.clone(), samples));
                 }
             }
             WatcherMsg::Sampled {
@@ -470,52 +481,7 @@ impl Actor for OtpNodeWatcher {
                 conn_id,
                 at,
                 result,
-            } => {
-                if let Some(entry) = state.nodes.get_mut(&node)
-                    && entry.conn.is_some()
-                    && entry.conn_id == conn_id
-                {
-                    entry.sampling = false;
-                    match result {
-                        Ok(sample) => {
-                            // Metrics history (history.rs): one copy into
-                            // the instance's ring.
-                            if let Some(i) = instance_of(&node) {
-                                crate::history::record_beam(
-                                    i,
-                                    crate::history::beam_point(
-                                        crate::history::unix_ms_now(),
-                                        &sample,
-                                    ),
-                                );
-                            }
-                            let now = (sample.reductions_total, at);
-                            let rate = entry.reductions.and_then(|prev| reductions_rate(prev, now));
-                            entry.reductions = Some(now);
-                            entry.beam = Some(BeamStats {
-                                memory_bytes: sample.memory_bytes,
-                                processes: sample.processes,
-                                run_queue: sample.run_queue,
-                                reductions_per_s: rate,
-                                sampled_at: crate::time::utc_now_millis(),
-                                atom_count: sample.atom_count,
-                                atom_limit: sample.atom_limit,
-                                port_count: sample.port_count,
-                                port_limit: sample.port_limit,
-                                process_limit: sample.process_limit,
-                            });
-                            check_limits(&node, entry, &sample, &state.watchdog);
-                        }
-                        Err(error) => {
-                            // A node too busy to answer shows "no data"
-                            // rather than an old reading.
-                            tracing::debug!(%node, %error, "telemetry sample failed");
-                            entry.beam = None;
-                            entry.reductions = None;
-                        }
-                    }
-                }
-            }
+            } => state.on_sampled(node, conn_id, at, result),
             #[cfg(feature = "testhooks")]
             WatcherMsg::InjectPanic => panic!("injected panic in {NAME}"),
         }
@@ -578,17 +544,5 @@ mod tests {
         );
         assert_eq!(parse_boot_status(&t("weird", "x")), None);
         assert_eq!(parse_boot_status(&atom("started")), None);
-    }
-
-    #[test]
-    fn reductions_rate_is_per_second_and_never_negative() {
-        let t0 = Instant::now();
-        let t1 = t0 + Duration::from_millis(500);
-        assert_eq!(reductions_rate((1_000, t0), (6_000, t1)), Some(10_000));
-        // A counter that went backwards (should not happen) reads as idle.
-        assert_eq!(reductions_rate((6_000, t0), (1_000, t1)), Some(0));
-        // No time between the readings, or readings out of order: no rate.
-        assert_eq!(reductions_rate((1_000, t0), (2_000, t0)), None);
-        assert_eq!(reductions_rate((1_000, t1), (2_000, t0)), None);
     }
 }
