@@ -256,35 +256,40 @@ fn print_timings(label: &str, report: &upgrade::HotUpgradeReport) {
 #[test]
 fn detect_on_real_tarballs() {
     let dir = tempfile::tempdir().unwrap();
-    let new = dir.path().join("0.1.2");
-    unpack(&tarball("0.1.2"), &new);
-    let d = upgrade::detect(&new, APP, "0.1.2", "0.1.1");
+    let root = |vsn: &str| {
+        let path = dir.path().join(vsn);
+        unpack(&tarball(vsn), &path);
+        path
+    };
+    let (v010, v011, v012) = (root("0.1.0"), root("0.1.1"), root("0.1.2"));
+    let d = upgrade::detect(&v012, &v011, APP, "0.1.2", "0.1.1");
     assert!(d.is_hot(), "{d:?}");
     assert_eq!(
         d.reason(),
-        "appup of 0.1.2 lists 0.1.1 as an upgrade source"
+        format!("appups cover every changed application: {APP} 0.1.1 -> 0.1.2")
     );
-    let d = upgrade::detect(&new, APP, "0.1.2", "0.1.0");
+    let d = upgrade::detect(&v012, &v010, APP, "0.1.2", "0.1.0");
     assert!(!d.is_hot(), "{d:?}");
     assert_eq!(
         d.reason(),
-        "appup of 0.1.2 only upgrades from 0.1.1, the instance runs 0.1.0"
+        format!("appup of {APP} 0.1.2 only upgrades from 0.1.1, the instance runs {APP} 0.1.0")
     );
 
-    let plain = dir.path().join("0.1.1");
-    unpack(&tarball("0.1.1"), &plain);
-    let d = upgrade::detect(&plain, APP, "0.1.1", "0.1.0");
+    let d = upgrade::detect(&v011, &v010, APP, "0.1.1", "0.1.0");
     assert!(!d.is_hot(), "{d:?}");
-    assert_eq!(d.reason(), "no appup or relup for 0.1.1 in the tarball");
+    assert_eq!(
+        d.reason(),
+        format!("{APP} 0.1.0 -> 0.1.1 has no appup (lib/{APP}-0.1.1/ebin/{APP}.appup)")
+    );
 
     let shipped = dir.path().join("relup");
     unpack(&relup_tarball(), &shipped);
-    let d = upgrade::detect(&shipped, APP, "0.1.2", "0.1.1");
+    let d = upgrade::detect(&shipped, &v011, APP, "0.1.2", "0.1.1");
     assert_eq!(
         d.reason(),
         "relup of 0.1.2 lists 0.1.1 as an upgrade source"
     );
-    assert!(!upgrade::detect(&shipped, APP, "0.1.2", "0.1.0").is_hot());
+    assert!(!upgrade::detect(&shipped, &v010, APP, "0.1.2", "0.1.0").is_hot());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
