@@ -93,11 +93,16 @@ pub fn detect(
 
     let new_rel = match read_rel(new_root, app, to) {
         Ok(rel) => rel,
-        Err(err) => return full(format!("no relup for {to}, and {err}")),
+        Err(err) => return full(format!("no relup for {to}, and {}", error_chain(&err))),
     };
     let old_rel = match read_rel(current_root, app, running) {
         Ok(rel) => rel,
-        Err(err) => return full(format!("no relup for {to}, and the running {err}")),
+        Err(err) => {
+            return full(format!(
+                "no relup for {to}, and the running {}",
+                error_chain(&err)
+            ));
+        }
     };
     if new_rel.erts != old_rel.erts {
         return full(format!(
@@ -130,7 +135,8 @@ pub fn detect(
     let problems: Vec<String> = changes
         .changed
         .iter()
-        .filter_map(|c| appup_problem(new_root, c).err())
+        .filter_map(|c| appup_problem(new_root, c))
+        .map(|problem| error_chain(&problem))
         .collect();
     if !problems.is_empty() {
         return full(problems.join("; "));
@@ -158,33 +164,54 @@ pub fn detect(
     ))
 }
 
-/// `Ok` when the new version of `change` ships an appup with an upgrade
+/// Why the appups do not cover one changed application.
+#[derive(Debug, thiserror::Error)]
+enum AppupProblem {
+    #[error("{change} has no appup (lib/{name}-{new}/ebin/{name}.appup)", name = change.name, new = change.new)]
+    Missing { change: Change },
+    #[error("appup of {} {} cannot be read", change.name, change.new)]
+    Io {
+        change: Change,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("appup of {} {} cannot be read", change.name, change.new)]
+    Invalid {
+        change: Change,
+        #[source]
+        source: TermError,
+    },
+    #[error(
+        "appup of {name} {new} only upgrades from {}, the instance runs {name} {old}",
+        describe_sources(sources), name = change.name, new = change.new, old = change.old
+    )]
+    NoClause {
+        change: Change,
+        sources: Vec<String>,
+    },
+}
+
+/// `None` when the new version of `change` ships an appup with an upgrade
 /// clause from its old version; else why not.
-fn appup_problem(new_root: &Path, change: &Change) -> Result<(), String> {
+fn appup_problem(new_root: &Path, change: &Change) -> Option<AppupProblem> {
     let Change { name, old, new } = change;
     let appup = new_root
         .join("lib")
         .join(format!("{name}-{new}"))
         .join("ebin")
         .join(format!("{name}.appup"));
+    let change = change.clone();
     let text = match std::fs::read_to_string(&appup) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(format!(
-                "{change} has no appup (lib/{name}-{new}/ebin/{name}.appup)"
-            ));
+            return Some(AppupProblem::Missing { change });
         }
-        Err(e) => return Err(format!("appup of {name} {new} cannot be read: {e}")),
+        Err(source) => return Some(AppupProblem::Io { change, source }),
     };
-    let sources = upgrade_sources(&text)
-        .map_err(|err| format!("appup of {name} {new} cannot be read: {err}"))?;
-    if sources.iter().any(|s| s == old) {
-        Ok(())
-    } else {
-        Err(format!(
-            "appup of {name} {new} only upgrades from {}, the instance runs {name} {old}",
-            describe_sources(&sources)
-        ))
+    match upgrade_sources(&text) {
+        Err(source) => Some(AppupProblem::Invalid { change, source }),
+        Ok(sources) if sources.iter().any(|s| s == old) => None,
+        Ok(sources) => Some(AppupProblem::NoClause { change, sources }),
     }
 }
 
@@ -199,21 +226,24 @@ pub(super) fn describe_sources(sources: &[String]) -> String {
 /// The upgrade sources of an appup (`{Vsn, [{UpFrom, Instrs}], Down}`) or a
 /// relup (`{Vsn, [{UpFrom, Descr, Instrs}], Down}`): the first element of
 /// every entry of the second element.
-pub(super) fn upgrade_sources(text: &str) -> Result<Vec<String>, String> {
+pub(super) fn upgrade_sources(text: &str) -> Result<Vec<String>, TermError> {
     let term = ETerm::parse_file(text)?;
     let ETerm::Tuple(top) = &term else {
-        return Err("expected a tuple {Vsn, UpFrom, DownTo}".to_owned());
+        return Err(TermError::shape("a tuple {Vsn, UpFrom, DownTo}", &term));
     };
     let Some(ETerm::List(up)) = top.get(1) else {
-        return Err("the second element is not a list of upgrade sources".to_owned());
+        return Err(TermError::shape(
+            "a list of upgrade sources as second element",
+            top.get(1),
+        ));
     };
     up.iter()
         .map(|entry| match entry {
             ETerm::Tuple(e) => match e.first() {
                 Some(ETerm::Str(s) | ETerm::Binary(s)) => Ok(s.clone()),
-                other => Err(format!("an upgrade source is not a string: {other:?}")),
+                other => Err(TermError::shape("a string as upgrade source", other)),
             },
-            other => Err(format!("an upgrade entry is not a tuple: {other:?}")),
+            other => Err(TermError::shape("a tuple as upgrade entry", other)),
         })
         .collect()
 }

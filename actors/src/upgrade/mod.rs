@@ -142,6 +142,24 @@ mod tests {
     }
 
     #[test]
+    fn errors_say_what_was_wrong() {
+        assert_eq!(ETerm::parse_file("{a, b"), Err(ParseError::Missing('}')));
+        assert_eq!(ETerm::parse_file("[1|2]."), Err(ParseError::ImproperList));
+        assert_eq!(
+            ETerm::parse_file("\"a\\x{110000}\"."),
+            Err(ParseError::BadEscape("\\x110000".into()))
+        );
+        let err = upgrade_sources("{\"0.1.2\", [{x, []}], []}.").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"expected a string as upgrade source, found Some(Atom("x"))"#
+        );
+        let err = upgrade_sources("{\"0.1.2\", [").unwrap_err();
+        assert_eq!(err, TermError::Syntax(ParseError::End));
+        assert_eq!(err.to_string(), "unexpected end of file");
+    }
+
+    #[test]
     fn error_replies_name_the_step() {
         struct NoRpc;
         impl Rpc for NoRpc {

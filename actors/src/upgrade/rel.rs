@@ -14,73 +14,83 @@ pub(super) struct Rel {
     pub(super) apps: BTreeMap<String, String>,
 }
 
+/// Why the `.rel` file of a release gives no answer.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RelError {
+    #[error("release {vsn} has no releases/{app}-{vsn}.rel or releases/{vsn}/{app}.rel")]
+    Missing { app: String, vsn: String },
+    #[error("release file {} cannot be read", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("release file {} cannot be read", path.display())]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: TermError,
+    },
+}
+
 /// The `.rel` of release `vsn` under `root`: the Jellyfish copy
 /// `releases/{app}-{vsn}.rel` (what `make_relup` reads; `unpack_release`
 /// deletes the other one of a hot-upgraded release), else
 /// `releases/{vsn}/{app}.rel` (every mix and relx release).
-pub(super) fn read_rel(root: &Path, app: &str, vsn: &str) -> Result<Rel, String> {
+pub(super) fn read_rel(root: &Path, app: &str, vsn: &str) -> Result<Rel, RelError> {
     let candidates = [
         root.join("releases").join(format!("{app}-{vsn}.rel")),
         root.join("releases").join(vsn).join(format!("{app}.rel")),
     ];
-    for path in &candidates {
-        match std::fs::read_to_string(path) {
+    for path in candidates {
+        match std::fs::read_to_string(&path) {
             Ok(text) => {
-                return parse_rel(&text).map_err(|err| {
-                    format!("release file {} cannot be read: {err}", path.display())
-                });
+                return parse_rel(&text).map_err(|source| RelError::Invalid { path, source });
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(format!(
-                    "release file {} cannot be read: {e}",
-                    path.display()
-                ));
-            }
+            Err(source) => return Err(RelError::Io { path, source }),
         }
     }
-    Err(format!(
-        "release {vsn} has no releases/{app}-{vsn}.rel or releases/{vsn}/{app}.rel"
-    ))
+    Err(RelError::Missing {
+        app: app.to_owned(),
+        vsn: vsn.to_owned(),
+    })
 }
 
 /// `{release, {Name, Vsn}, {erts, EVsn}, [{App, Vsn} | {App, Vsn, Type} |
 /// {App, Vsn, Incl} | {App, Vsn, Type, Incl}]}`.
-pub(super) fn parse_rel(text: &str) -> Result<Rel, String> {
+pub(super) fn parse_rel(text: &str) -> Result<Rel, TermError> {
+    const TOP: &str = "{release, {Name, Vsn}, {erts, Vsn}, Apps}";
     let term = ETerm::parse_file(text)?;
     let string = |t: Option<&ETerm>| match t {
         Some(ETerm::Str(s)) => Some(s.clone()),
         _ => None,
     };
     let ETerm::Tuple(top) = &term else {
-        return Err("expected {release, Name, Erts, Apps}".to_owned());
+        return Err(TermError::shape(TOP, &term));
     };
     let [ETerm::Atom(tag), _, ETerm::Tuple(erts), ETerm::List(apps)] = top.as_slice() else {
-        return Err("expected {release, Name, Erts, Apps}".to_owned());
+        return Err(TermError::shape(TOP, &term));
     };
     if tag != "release" {
-        return Err(format!("expected the atom release, found {tag}"));
+        return Err(TermError::shape("the atom release", tag));
     }
     let erts = match erts.as_slice() {
         [ETerm::Atom(a), v] if a == "erts" => string(Some(v)),
         _ => None,
     }
-    .ok_or("the ERTS entry is not {erts, Vsn}")?;
+    .ok_or_else(|| TermError::shape("{erts, Vsn}", erts))?;
     let mut out = BTreeMap::new();
     for entry in apps {
-        let ETerm::Tuple(e) = entry else {
-            return Err(format!("an application entry is not a tuple: {entry:?}"));
+        let app = match entry {
+            ETerm::Tuple(e) => match (e.first(), string(e.get(1))) {
+                (Some(ETerm::Atom(name)), Some(vsn)) => Some((name.clone(), vsn)),
+                _ => None,
+            },
+            _ => None,
         };
-        match (e.first(), string(e.get(1))) {
-            (Some(ETerm::Atom(name)), Some(vsn)) => {
-                out.insert(name.clone(), vsn);
-            }
-            _ => {
-                return Err(format!(
-                    "an application entry is not {{App, Vsn, ...}}: {entry:?}"
-                ));
-            }
-        }
+        let (name, vsn) = app.ok_or_else(|| TermError::shape("{App, Vsn, ...}", entry))?;
+        out.insert(name, vsn);
     }
     Ok(Rel { erts, apps: out })
 }
