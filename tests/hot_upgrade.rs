@@ -1,6 +1,7 @@
 //! End-to-end: OTP hot upgrades through deployex (same OS pid, state kept),
-//! full deployment when the appup does not match, fallback to a full
-//! deployment when the hot upgrade fails, and mutual-TLS distribution.
+//! a dependency upgraded in place by its own appup, full deployment when an
+//! appup does not match or a changed dependency has none, fallback to a
+//! full deployment when the hot upgrade fails, and mutual-TLS distribution.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -145,6 +146,94 @@ fn an_appup_for_another_version_means_a_full_deployment_with_the_reason_logged()
             .join("previous/releases/start_erl.data")
             .is_file()
     );
+}
+
+/// `FixtureDep.Info.version()` and the `:fixture_dep` application's
+/// version, as instance `i`'s node answers them over `bin/APP rpc`.
+fn dep_version(site: &Site, i: u32) -> String {
+    let out = common::release_command(&site.service(i).join("current"), APP, &site.epmd)
+        .env("RELEASE_NODE_SUFFIX", format!("-{i}"))
+        .env("RELEASE_COOKIE", "e2ecookie")
+        .args([
+            "rpc",
+            r##"IO.puts("#{FixtureDep.Info.version()} #{Application.spec(:fixture_dep, :vsn)}")"##,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rpc: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The two-application fixture (tests/fixtures/build-twoapp.sh): release
+/// 0.1.0 -> 0.1.1 changes only the dependency `fixture_dep` (0.1.0 ->
+/// 0.1.1, with its appup); the app itself stays 0.1.0 and ships no appup.
+/// Before every application's appup was looked at, deployex looked for
+/// `lib/dxtest-0.1.1/ebin/dxtest.appup` only and restarted the instance.
+#[test]
+fn a_dependency_with_its_appup_is_hot_upgraded_in_place() {
+    let site = Site::new(1);
+    site.publish_twoapp("0.1.0");
+    let dx = site.start();
+    let s = dx.wait_status("0.1.0", Duration::from_secs(60), |s| running_on(s, "0.1.0"));
+    let before = pids(&s)[0];
+    assert_eq!(dep_version(&site, 1), "0.1.0 0.1.0");
+    site.publish_twoapp("0.1.1");
+    let s = dx.wait_status("0.1.1", Duration::from_secs(90), |s| running_on(s, "0.1.1"));
+    assert_eq!(pids(&s)[0], before, "same OS process: {}", dx.log_tail(40));
+    assert_eq!(s["instances"][0]["last_deployment"], "hot_upgrade");
+    assert_eq!(dx.get("/api/v1/versions")[0]["deployment"], "hot_upgrade");
+    assert_eq!(
+        dep_version(&site, 1),
+        "0.1.1 0.1.1",
+        "the dependency's new code and version run on the node"
+    );
+    let start_erl =
+        std::fs::read_to_string(site.service(1).join("current/releases/start_erl.data")).unwrap();
+    assert!(start_erl.trim().ends_with("0.1.1"), "{start_erl}");
+    assert!(
+        dx.log_text()
+            .contains("appups cover every changed application: fixture_dep 0.1.0 -> 0.1.1"),
+        "the decision names the dependency"
+    );
+}
+
+/// Release 0.1.1 -> 0.1.2 of the two-application fixture changes the
+/// dependency (0.1.1 -> 0.1.2) without an appup: a full deployment, and the
+/// reason names the dependency in the log and in a `hot_upgrade_skipped`
+/// event.
+#[test]
+fn a_dependency_changed_without_an_appup_means_a_full_deployment_with_the_reason() {
+    let site = Site::new(1);
+    site.publish_twoapp("0.1.1");
+    let dx = site.start();
+    let s = dx.wait_status("0.1.1", Duration::from_secs(60), |s| running_on(s, "0.1.1"));
+    let before = pids(&s)[0];
+    site.publish_twoapp("0.1.2");
+    let s = dx.wait_status("0.1.2", Duration::from_secs(90), |s| running_on(s, "0.1.2"));
+    assert_ne!(pids(&s)[0], before, "full deployment: a new process");
+    assert_eq!(s["instances"][0]["last_deployment"], "full_deployment");
+    assert_eq!(
+        dx.get("/api/v1/versions")[0]["deployment"],
+        "full_deployment"
+    );
+    let reason =
+        "fixture_dep 0.1.1 -> 0.1.2 has no appup (lib/fixture_dep-0.1.2/ebin/fixture_dep.appup)";
+    assert!(dx.log_text().contains(reason), "{}", dx.log_tail(40));
+    let events = dx.get("/api/v1/events?limit=50");
+    let skipped: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "hot_upgrade_skipped")
+        .collect();
+    assert_eq!(skipped.len(), 1, "{events:#}");
+    assert_eq!(skipped[0]["instance"], 1);
+    assert_eq!(skipped[0]["version"], "0.1.2");
+    assert_eq!(
+        skipped[0]["message"],
+        format!("full deployment from 0.1.1: {reason}")
+    );
+    assert_eq!(dep_version(&site, 1), "0.1.2 0.1.2");
 }
 
 /// The fixture's 0.1.2-with-relup tarball, with a relup that names 0.1.1

@@ -76,6 +76,9 @@ pub enum EventKind {
     ReleaseRejected,
     StoreError,
     HotUpgradeFailed,
+    /// A running instance gets a full deployment because the release
+    /// cannot be hot-upgraded (the reason is the message).
+    HotUpgradeSkipped,
 }
 
 impl EventKind {
@@ -92,6 +95,7 @@ impl EventKind {
             EventKind::ReleaseRejected => "release_rejected",
             EventKind::StoreError => "store_error",
             EventKind::HotUpgradeFailed => "hot_upgrade_failed",
+            EventKind::HotUpgradeSkipped => "hot_upgrade_skipped",
         }
     }
 }

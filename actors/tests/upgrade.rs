@@ -25,29 +25,43 @@ fn repo_root() -> PathBuf {
         .to_owned()
 }
 
-/// The fixture tarballs (built once per machine, cached by build.sh).
+/// Runs a fixture build script for `app`; returns the directory holding
+/// its tarballs (built once per machine, cached by the script).
+fn build(script: &str, app: &str) -> PathBuf {
+    let script = repo_root().join("tests/fixtures").join(script);
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["--app", app])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    PathBuf::from(stdout.lines().last().unwrap().trim())
+}
+
+/// The fixture tarballs (tests/fixtures/build.sh).
 fn fixtures_dir() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let script = repo_root().join("tests/fixtures/build.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .args(["--app", APP])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "build.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        PathBuf::from(stdout.lines().last().unwrap().trim())
-    })
-    .clone()
+    DIR.get_or_init(|| build("build.sh", APP)).clone()
 }
 
 fn tarball(vsn: &str) -> PathBuf {
     fixtures_dir().join(format!("{APP}-{vsn}.tar.gz"))
+}
+
+/// The two-application fixture (tests/fixtures/build-twoapp.sh): the app
+/// stays 0.1.0, its dependency `fixture_dep` moves (0.1.1 with an appup).
+const TWO_APP: &str = "upgtwo";
+
+fn twoapp_tarball(vsn: &str) -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| build("build-twoapp.sh", TWO_APP))
+        .join(format!("{TWO_APP}-{vsn}.tar.gz"))
 }
 
 fn relup_tarball() -> PathBuf {
@@ -135,14 +149,44 @@ struct Node {
 }
 
 impl Node {
+    /// The fixture app `vsn`, serving HTTP.
     async fn start(vsn: &str) -> Node {
+        let node = Node::launch(&tarball(vsn), APP).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http_get(node.http_port, "/health").is_none() {
+            assert!(Instant::now() < deadline, "node never served HTTP");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        node
+    }
+
+    /// The two-application fixture `vsn`, booted (`init:get_status()` is
+    /// `{started, started}`).
+    async fn start_twoapp(vsn: &str) -> Node {
+        let node = Node::launch(&twoapp_tarball(vsn), TWO_APP).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let reply = node
+                .conn
+                .rpc("init", "get_status", vec![], STEP_TIMEOUT)
+                .await
+                .unwrap();
+            if deployex_actors::dist::pretty(&reply) == "{started,started}" {
+                return node;
+            }
+            assert!(Instant::now() < deadline, "node never booted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn launch(tarball: &Path, app: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let current = dir.path().canonicalize().unwrap().join("current");
-        unpack(&tarball(vsn), &current);
+        unpack(tarball, &current);
         let http_port = free_port();
         let epmd_port = free_port();
         let cookie = format!("c{:08x}", rand::random::<u32>());
-        let mut cmd = Command::new(current.join("bin").join(APP));
+        let mut cmd = Command::new(current.join("bin").join(app));
         for (key, _) in std::env::vars_os() {
             let name = key.to_string_lossy();
             if name.starts_with("RELEASE_")
@@ -166,7 +210,7 @@ impl Node {
             .stderr(log)
             .spawn()
             .unwrap();
-        let node_name = format!("{APP}-1@{}", short_host());
+        let node_name = format!("{app}-1@{}", short_host());
         let cfg = DistConfig {
             cookie,
             epmd_host: "127.0.0.1".to_owned(),
@@ -175,20 +219,14 @@ impl Node {
             connect_timeout: Duration::from_secs(5),
             tls: None,
         };
-        let node = Node {
+        Node {
             _dir: dir,
             current,
             child,
             http_port,
             epmd_port,
             conn: connect_until(&node_name, &cfg).await,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while http_get(node.http_port, "/health").is_none() {
-            assert!(Instant::now() < deadline, "node never served HTTP");
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        node
     }
 
     fn pid(&self) -> u32 {
@@ -256,35 +294,40 @@ fn print_timings(label: &str, report: &upgrade::HotUpgradeReport) {
 #[test]
 fn detect_on_real_tarballs() {
     let dir = tempfile::tempdir().unwrap();
-    let new = dir.path().join("0.1.2");
-    unpack(&tarball("0.1.2"), &new);
-    let d = upgrade::detect(&new, APP, "0.1.2", "0.1.1");
+    let root = |vsn: &str| {
+        let path = dir.path().join(vsn);
+        unpack(&tarball(vsn), &path);
+        path
+    };
+    let (v010, v011, v012) = (root("0.1.0"), root("0.1.1"), root("0.1.2"));
+    let d = upgrade::detect(&v012, &v011, APP, "0.1.2", "0.1.1");
     assert!(d.is_hot(), "{d:?}");
     assert_eq!(
         d.reason(),
-        "appup of 0.1.2 lists 0.1.1 as an upgrade source"
+        format!("appups cover every changed application: {APP} 0.1.1 -> 0.1.2")
     );
-    let d = upgrade::detect(&new, APP, "0.1.2", "0.1.0");
+    let d = upgrade::detect(&v012, &v010, APP, "0.1.2", "0.1.0");
     assert!(!d.is_hot(), "{d:?}");
     assert_eq!(
         d.reason(),
-        "appup of 0.1.2 only upgrades from 0.1.1, the instance runs 0.1.0"
+        format!("appup of {APP} 0.1.2 only upgrades from 0.1.1, the instance runs {APP} 0.1.0")
     );
 
-    let plain = dir.path().join("0.1.1");
-    unpack(&tarball("0.1.1"), &plain);
-    let d = upgrade::detect(&plain, APP, "0.1.1", "0.1.0");
+    let d = upgrade::detect(&v011, &v010, APP, "0.1.1", "0.1.0");
     assert!(!d.is_hot(), "{d:?}");
-    assert_eq!(d.reason(), "no appup or relup for 0.1.1 in the tarball");
+    assert_eq!(
+        d.reason(),
+        format!("{APP} 0.1.0 -> 0.1.1 has no appup (lib/{APP}-0.1.1/ebin/{APP}.appup)")
+    );
 
     let shipped = dir.path().join("relup");
     unpack(&relup_tarball(), &shipped);
-    let d = upgrade::detect(&shipped, APP, "0.1.2", "0.1.1");
+    let d = upgrade::detect(&shipped, &v011, APP, "0.1.2", "0.1.1");
     assert_eq!(
         d.reason(),
         "relup of 0.1.2 lists 0.1.1 as an upgrade source"
     );
-    assert!(!upgrade::detect(&shipped, APP, "0.1.2", "0.1.0").is_hot());
+    assert!(!upgrade::detect(&shipped, &v010, APP, "0.1.2", "0.1.0").is_hot());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,6 +469,64 @@ async fn failed_upgrade_is_cleaned_up_and_a_retry_works() {
     assert_eq!(after["counter"], 1);
     assert_eq!(after["os_pid"], node.pid().to_string());
     assert_eq!(node.start_erl_vsn(), "0.1.2");
+}
+
+/// A failed upgrade of a dependency removes the dependency's new `lib/`
+/// folder too (not only `lib/{app}-{to}`): else `unpack_release` (and
+/// `copy_new_entries`) would keep its stale files, and the retry would
+/// fail the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_dependency_upgrade_is_cleaned_up_and_a_retry_works() {
+    let node = Node::start_twoapp("0.1.0").await;
+    let work = tempfile::tempdir().unwrap();
+    let corrupt = work.path().join("corrupt.tar.gz");
+    repack_with(
+        &twoapp_tarball("0.1.1"),
+        &corrupt,
+        "lib/fixture_dep-0.1.1/ebin/fixture_dep.appup",
+        b"{\"0.1.1\", [{\"0.1.0\", [{load_module, 'Elixir.FixtureDep.Nope'}]}], []}.",
+    );
+    let dep_version = || async {
+        let reply = node
+            .conn
+            .rpc("Elixir.FixtureDep.Info", "version", vec![], STEP_TIMEOUT)
+            .await
+            .unwrap();
+        deployex_actors::dist::pretty(&reply)
+    };
+    assert_eq!(dep_version().await, r#"<<"0.1.0">>"#);
+    let err = upgrade::hot_upgrade(
+        &node.conn,
+        &node.current,
+        &corrupt,
+        TWO_APP,
+        "0.1.0",
+        "0.1.1",
+        STEP_TIMEOUT,
+    )
+    .await
+    .unwrap_err();
+    println!("appup naming a missing module: {err}");
+    assert_eq!(err.step(), Step::MakeRelup, "{err}");
+    assert!(!node.current.join("releases/0.1.1").exists());
+    assert!(!node.current.join("lib/fixture_dep-0.1.1").exists());
+    assert!(node.current.join("lib/fixture_dep-0.1.0").exists());
+    assert!(node.current.join(format!("lib/{TWO_APP}-0.1.0")).exists());
+    assert_eq!(dep_version().await, r#"<<"0.1.0">>"#);
+
+    upgrade::hot_upgrade(
+        &node.conn,
+        &node.current,
+        &twoapp_tarball("0.1.1"),
+        TWO_APP,
+        "0.1.0",
+        "0.1.1",
+        STEP_TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(dep_version().await, r#"<<"0.1.1">>"#);
+    assert_eq!(node.start_erl_vsn(), "0.1.1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

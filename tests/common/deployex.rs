@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub use super::net::free_port_range;
-use super::{Epmd, fixture_tarball, free_port, rebar3_tarball};
+use super::{Epmd, fixture_tarball, free_port, rebar3_tarball, twoapp_tarball};
 
 pub const APP: &str = "dxtest";
 
@@ -83,6 +83,20 @@ impl Site {
         )
         .unwrap();
         let current = serde_json::json!({"version": version, "pre_commands": pre_commands, "hash": format!("h{version}")});
+        self.write_current(&current.to_string());
+    }
+
+    /// Tarball (the two-application fixture of `version`) then
+    /// current.json.
+    pub fn publish_twoapp(&self, version: &str) {
+        let dist = self.store().join("dist").join(APP);
+        std::fs::create_dir_all(&dist).unwrap();
+        std::fs::copy(
+            twoapp_tarball(APP, version),
+            dist.join(format!("{APP}-{version}.tar.gz")),
+        )
+        .unwrap();
+        let current = serde_json::json!({"version": version, "hash": format!("h{version}")});
         self.write_current(&current.to_string());
     }
 

@@ -34,6 +34,18 @@ pub fn rebar3_fixtures_dir(app: &str) -> PathBuf {
     built_dir("build-rebar3.sh", app)
 }
 
+/// Directory with the two-application fixture tarballs `APP-VSN.tar.gz`
+/// (`tests/fixtures/build-twoapp.sh`), building them on first use.
+pub fn twoapp_fixtures_dir(app: &str) -> PathBuf {
+    built_dir("build-twoapp.sh", app)
+}
+
+/// Path of the two-application fixture tarball `APP-VERSION.tar.gz`
+/// (read-only).
+pub fn twoapp_tarball(app: &str, version: &str) -> PathBuf {
+    existing(twoapp_fixtures_dir(app).join(format!("{app}-{version}.tar.gz")))
+}
+
 /// Path of the rebar3 fixture tarball `APP-VERSION.tar.gz` (read-only).
 pub fn rebar3_tarball(app: &str, version: &str) -> PathBuf {
     existing(rebar3_fixtures_dir(app).join(format!("{app}-{version}.tar.gz")))

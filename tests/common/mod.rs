@@ -22,7 +22,7 @@ pub use evil::{
 };
 pub use fixtures::{
     fixture_relup_tarball, fixture_tarball, fixtures_dir, hot_upgrade_expr, rebar3_fixtures_dir,
-    rebar3_tarball, release_command, unpack_tarball,
+    rebar3_tarball, release_command, twoapp_tarball, unpack_tarball,
 };
 pub use net::{Epmd, free_port, http_get};
 pub use process::Instance;

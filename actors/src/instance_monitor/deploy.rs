@@ -32,7 +32,8 @@ impl MonitorState {
         let running = self
             .version
             .clone()
-            .filter(|_| self.process.is_some() && job.kind != DeploymentKind::Rollback);
+            .filter(|_| self.process.is_some() && job.kind != DeploymentKind::Rollback)
+            .map(|version| (version, self.current_dir()));
         let deploy_ref = job.deploy_ref.clone();
         crate::task::spawn_for(
             me,
@@ -136,6 +137,18 @@ impl MonitorState {
             return;
         }
         tracing::info!(instance = self.instance, %deploy_ref, from = %from, to = %job.version, reason = %prepared.reason, strategy = self.cfg.deploy_strategy.as_str(), "full deployment");
+        if self.process.is_some() && job.kind != DeploymentKind::Rollback {
+            // A hot upgrade was considered and ruled out: say why (a
+            // dependency without an appup restarts the instance).
+            events::emit(
+                NewEvent::new(
+                    EventKind::HotUpgradeSkipped,
+                    format!("full deployment from {from}: {}", prepared.reason),
+                )
+                .instance(self.instance)
+                .version(job.version.clone()),
+            );
+        }
         if self.cfg.deploy_strategy == crate::config::DeployStrategy::StartFirst
             && self.process.is_some()
             && self.stopping.is_none()
@@ -289,7 +302,7 @@ pub(super) async fn prepare(
     service: &Path,
     job: &DeployJob,
     env: Vec<(String, String)>,
-    running: Option<String>,
+    running: Option<(String, PathBuf)>,
 ) -> Result<Prepared, StepError> {
     let new = service.join("new");
     let tarball = job.tarball.clone();
@@ -373,13 +386,15 @@ pub(super) async fn prepare(
         None => crate::upgrade::Decision::FullDeployment {
             reason: "no running instance to upgrade".to_string(),
         },
-        Some(running) => {
+        Some((running, current)) => {
             let app = cfg.app.clone();
             let to = job.version.clone();
             let new2 = new.clone();
-            tokio::task::spawn_blocking(move || crate::upgrade::detect(&new2, &app, &to, &running))
-                .await
-                .map_err(|e| StepError::Task(format!("detection task failed: {e}")))?
+            tokio::task::spawn_blocking(move || {
+                crate::upgrade::detect(&new2, &current, &app, &to, &running)
+            })
+            .await
+            .map_err(|e| StepError::Task(format!("detection task failed: {e}")))?
         }
     };
     Ok(Prepared {

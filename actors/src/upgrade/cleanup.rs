@@ -72,7 +72,8 @@ pub(super) async fn with_cleanup(
 
 /// Undoes a failed hot upgrade to `to`: `release_handler:set_removed(to)`
 /// (a release it never registered is fine), deletes `releases/{to}` and
-/// `lib/{app}-{to}`, and checks `releases/start_erl.data` does not name
+/// the `lib/` folders of `to` that the booted release does not use
+/// (`added_libs`), and checks `releases/start_erl.data` does not name
 /// `to` (the node would boot it on its next restart).
 pub async fn cleanup_failed(
     rpc: &impl Rpc,
@@ -115,12 +116,23 @@ pub(super) async fn cleanup(
         return Err(fail(format!("set_removed: {}", pretty(&reply))));
     }
     // What the failed unpack added; none of it belongs to the running
-    // release (to != from), and unpack_release's keep_old_files would keep
-    // stale copies on a retry.
-    for dir in [
-        root.join("releases").join(to),
-        root.join("lib").join(format!("{app}-{to}")),
-    ] {
+    // release (to != from), and unpack_release's keep_old_files (and
+    // `copy_new_entries`) would keep stale copies on a retry.
+    let start_erl = root.join("releases").join("start_erl.data");
+    let text = tokio::fs::read_to_string(&start_erl).await.map_err(io_err(
+        Step::Cleanup,
+        to,
+        &start_erl,
+    ))?;
+    let booted = text.split_whitespace().nth(1).unwrap_or("").to_owned();
+    let running = if from.is_empty() {
+        booted.as_str()
+    } else {
+        from
+    };
+    let mut dirs = vec![root.join("releases").join(to)];
+    dirs.extend(added_libs(root, app, running, to));
+    for dir in dirs {
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -133,13 +145,6 @@ pub(super) async fn cleanup(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(Step::Cleanup, to, &rel)(e)),
     }
-    let start_erl = root.join("releases").join("start_erl.data");
-    let text = tokio::fs::read_to_string(&start_erl).await.map_err(io_err(
-        Step::Cleanup,
-        to,
-        &start_erl,
-    ))?;
-    let booted = text.split_whitespace().nth(1).unwrap_or("");
     if booted == to || (!from.is_empty() && booted != from) {
         return Err(fail(format!(
             "{} names {booted:?}, expected {from:?}",
@@ -147,4 +152,83 @@ pub(super) async fn cleanup(
         )));
     }
     Ok(())
+}
+
+/// The library folders (`lib/{name}-{vsn}`) of release `to` that release
+/// `running` does not use: what a failed upgrade must remove. When either
+/// `.rel` cannot be read, `lib/{app}-{to}` (unless the running release is
+/// known to use it).
+pub(super) fn added_libs(root: &Path, app: &str, running: &str, to: &str) -> Vec<PathBuf> {
+    let lib = |name: &str, vsn: &str| root.join("lib").join(format!("{name}-{vsn}"));
+    let old = read_rel(root, app, running).ok();
+    let in_old = |name: &str, vsn: &str| {
+        old.as_ref()
+            .is_some_and(|rel| rel.apps.get(name).is_some_and(|v| v == vsn))
+    };
+    match read_rel(root, app, to) {
+        Ok(new) if old.is_some() => new
+            .apps
+            .iter()
+            .filter(|(name, vsn)| !in_old(name, vsn))
+            .map(|(name, vsn)| lib(name, vsn))
+            .collect(),
+        _ if in_old(app, to) => Vec::new(),
+        _ => vec![lib(app, to)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(root: &Path, vsn: &str, apps: &[(&str, &str)]) {
+        let entries: Vec<String> = apps
+            .iter()
+            .map(|(n, v)| format!("{{{n},\"{v}\"}}"))
+            .collect();
+        std::fs::create_dir_all(root.join("releases")).unwrap();
+        std::fs::write(
+            root.join("releases").join(format!("app-{vsn}.rel")),
+            format!(
+                "{{release,{{\"app\",\"{vsn}\"}},{{erts,\"13.1.5\"}},[{}]}}.",
+                entries.join(",")
+            ),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_failed_upgrade_removes_only_the_libraries_the_running_release_does_not_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        rel(
+            root,
+            "0.1.0",
+            &[("kernel", "8.5.3"), ("app", "0.1.0"), ("dep", "0.1.0")],
+        );
+        rel(
+            root,
+            "0.1.1",
+            &[("kernel", "8.5.3"), ("app", "0.1.0"), ("dep", "0.1.1")],
+        );
+        assert_eq!(
+            added_libs(root, "app", "0.1.0", "0.1.1"),
+            [root.join("lib/dep-0.1.1")]
+        );
+        // Without the new release's .rel: the old guess, lib/{app}-{to}.
+        assert_eq!(
+            added_libs(root, "app", "0.1.0", "0.2.0"),
+            [root.join("lib/app-0.2.0")]
+        );
+        // ... never a library the running release lists.
+        rel(root, "0.2.0", &[("kernel", "8.5.3"), ("app", "0.2.0")]);
+        assert_eq!(
+            added_libs(root, "app", "0.2.0", "0.1.0"),
+            [root.join("lib/app-0.1.0"), root.join("lib/dep-0.1.0")]
+        );
+        // Release 0.3.0 still uses app 0.2.0; release 0.2.0's .rel is gone.
+        rel(root, "0.3.0", &[("kernel", "8.5.3"), ("app", "0.2.0")]);
+        std::fs::remove_file(root.join("releases/app-0.2.0.rel")).unwrap();
+        assert!(added_libs(root, "app", "0.3.0", "0.2.0").is_empty());
+    }
 }

@@ -1,6 +1,68 @@
 //! A small parser of Erlang term text (`.appup`, `relup`, `.rel` files):
 //! enough of the syntax for release files, with limits on depth and size.
 
+use std::fmt;
+
+/// Why a text is not a term this parser reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum ParseError {
+    #[error("missing '.' after the term")]
+    MissingDot,
+    #[error("expected '.' after the term, found {0:?}")]
+    AfterTerm(char),
+    #[error("expected {want:?}, found {found:?}")]
+    Expected { want: char, found: char },
+    #[error("expected {want:?}, found the end")]
+    ExpectedAtEnd { want: char },
+    #[error("unexpected end of file")]
+    End,
+    #[error("unexpected end after '$'")]
+    EndAfterDollar,
+    #[error("{0} is not a byte")]
+    NotAByte(i64),
+    #[error("unsupported binary segment {0}")]
+    BinarySegment(String),
+    #[error("unexpected character {0:?}")]
+    Unexpected(char),
+    #[error("improper lists are not supported")]
+    ImproperList,
+    #[error("expected ',' or {close:?}, found {found:?}")]
+    Separator { close: char, found: char },
+    #[error("missing {0:?}")]
+    Missing(char),
+    /// An unterminated quote or escape, as it starts (`"`, `\x{`...).
+    #[error("unterminated {0}")]
+    Unterminated(String),
+    #[error("bad escape {0}")]
+    BadEscape(String),
+    #[error("bad number {0}")]
+    BadNumber(String),
+}
+
+/// Why a release file's text gives no answer: not a term, or not the term
+/// its kind of file holds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum TermError {
+    #[error(transparent)]
+    Syntax(#[from] ParseError),
+    /// The term parsed, but its shape is not the file's (`found` is the
+    /// part that did not fit).
+    #[error("expected {expected}, found {found}")]
+    Shape {
+        expected: &'static str,
+        found: String,
+    },
+}
+
+impl TermError {
+    pub(super) fn shape(expected: &'static str, found: impl fmt::Debug) -> TermError {
+        TermError::Shape {
+            expected,
+            found: format!("{found:?}"),
+        }
+    }
+}
+
 /// The subset of Erlang term syntax that `.appup` and `relup` files use.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum ETerm {
@@ -20,7 +82,7 @@ pub(super) struct Parser<'a> {
 
 impl ETerm {
     /// The first term of a `file:consult`-style file (ending with `.`).
-    pub(super) fn parse_file(text: &str) -> Result<ETerm, String> {
+    pub(super) fn parse_file(text: &str) -> Result<ETerm, ParseError> {
         let mut p = Parser {
             chars: text.char_indices().peekable(),
         };
@@ -28,8 +90,8 @@ impl ETerm {
         p.skip_blank();
         match p.next() {
             Some('.') => Ok(term),
-            Some(c) => Err(format!("expected '.' after the term, found {c:?}")),
-            None => Err("missing '.' after the term".to_owned()),
+            Some(c) => Err(ParseError::AfterTerm(c)),
+            None => Err(ParseError::MissingDot),
         }
     }
 }
@@ -55,19 +117,19 @@ impl Parser<'_> {
         }
     }
 
-    pub(super) fn expect(&mut self, want: char) -> Result<(), String> {
+    pub(super) fn expect(&mut self, want: char) -> Result<(), ParseError> {
         self.skip_blank();
         match self.next() {
             Some(c) if c == want => Ok(()),
-            Some(c) => Err(format!("expected {want:?}, found {c:?}")),
-            None => Err(format!("expected {want:?}, found the end")),
+            Some(found) => Err(ParseError::Expected { want, found }),
+            None => Err(ParseError::ExpectedAtEnd { want }),
         }
     }
 
-    pub(super) fn term(&mut self) -> Result<ETerm, String> {
+    pub(super) fn term(&mut self) -> Result<ETerm, ParseError> {
         self.skip_blank();
         match self.peek() {
-            None => Err("unexpected end of file".to_owned()),
+            None => Err(ParseError::End),
             Some('{') => {
                 self.next();
                 Ok(ETerm::Tuple(self.elements('}')?))
@@ -85,9 +147,9 @@ impl Parser<'_> {
                         ETerm::Str(s) => text.push_str(&s),
                         ETerm::Int(i) => match u8::try_from(i) {
                             Ok(b) => text.push(char::from(b)),
-                            Err(_) => return Err(format!("{i} is not a byte")),
+                            Err(_) => return Err(ParseError::NotAByte(i)),
                         },
-                        other => return Err(format!("unsupported binary segment {other:?}")),
+                        other => return Err(ParseError::BinarySegment(format!("{other:?}"))),
                     }
                 }
                 self.expect('>')?;
@@ -112,7 +174,7 @@ impl Parser<'_> {
                 let c = match self.next() {
                     Some('\\') => self.escape()?,
                     Some(c) => c,
-                    None => return Err("unexpected end after '$'".to_owned()),
+                    None => return Err(ParseError::EndAfterDollar),
                 };
                 Ok(ETerm::Int(i64::from(u32::from(c))))
             }
@@ -129,12 +191,12 @@ impl Parser<'_> {
                 }
                 Ok(ETerm::Atom(name))
             }
-            Some(c) => Err(format!("unexpected character {c:?}")),
+            Some(c) => Err(ParseError::Unexpected(c)),
         }
     }
 
     /// Comma-separated terms up to `close` (consumed).
-    pub(super) fn elements(&mut self, close: char) -> Result<Vec<ETerm>, String> {
+    pub(super) fn elements(&mut self, close: char) -> Result<Vec<ETerm>, ParseError> {
         let mut out = Vec::new();
         self.skip_blank();
         if self.peek() == Some(close) {
@@ -147,18 +209,18 @@ impl Parser<'_> {
             match self.next() {
                 Some(',') => {}
                 Some(c) if c == close => return Ok(out),
-                Some('|') => return Err("improper lists are not supported".to_owned()),
-                Some(c) => return Err(format!("expected ',' or {close:?}, found {c:?}")),
-                None => return Err(format!("missing {close:?}")),
+                Some('|') => return Err(ParseError::ImproperList),
+                Some(found) => return Err(ParseError::Separator { close, found }),
+                None => return Err(ParseError::Missing(close)),
             }
         }
     }
 
-    pub(super) fn quoted(&mut self, quote: char) -> Result<String, String> {
+    pub(super) fn quoted(&mut self, quote: char) -> Result<String, ParseError> {
         let mut out = String::new();
         loop {
             match self.next() {
-                None => return Err(format!("unterminated {quote}...{quote}")),
+                None => return Err(ParseError::Unterminated(format!("{quote}...{quote}"))),
                 Some(c) if c == quote => return Ok(out),
                 Some('\\') => out.push(self.escape()?),
                 Some(c) => out.push(c),
@@ -167,8 +229,10 @@ impl Parser<'_> {
     }
 
     /// The character after a backslash.
-    pub(super) fn escape(&mut self) -> Result<char, String> {
-        let c = self.next().ok_or("unterminated escape")?;
+    pub(super) fn escape(&mut self) -> Result<char, ParseError> {
+        let c = self
+            .next()
+            .ok_or_else(|| ParseError::Unterminated("escape".to_owned()))?;
         Ok(match c {
             'n' => '\n',
             't' => '\t',
@@ -190,7 +254,7 @@ impl Parser<'_> {
                         None => break,
                     }
                 }
-                char::from_u32(code).ok_or("bad octal escape")?
+                char::from_u32(code).ok_or_else(|| ParseError::BadEscape(format!("\\{code:o}")))?
             }
             'x' => {
                 let mut hex = String::new();
@@ -200,7 +264,7 @@ impl Parser<'_> {
                         match self.next() {
                             Some('}') => break,
                             Some(d) => hex.push(d),
-                            None => return Err("unterminated \\x{...}".to_owned()),
+                            None => return Err(ParseError::Unterminated("\\x{...}".to_owned())),
                         }
                     }
                 } else {
@@ -213,17 +277,20 @@ impl Parser<'_> {
                 u32::from_str_radix(&hex, 16)
                     .ok()
                     .and_then(char::from_u32)
-                    .ok_or_else(|| format!("bad escape \\x{hex}"))?
+                    .ok_or_else(|| ParseError::BadEscape(format!("\\x{hex}")))?
             }
             '^' => {
-                let ctl = self.next().ok_or("unterminated \\^")?;
-                char::from_u32(u32::from(ctl) % 32).ok_or("bad control escape")?
+                let ctl = self
+                    .next()
+                    .ok_or_else(|| ParseError::Unterminated("\\^".to_owned()))?;
+                char::from_u32(u32::from(ctl) % 32)
+                    .ok_or_else(|| ParseError::BadEscape(format!("\\^{ctl}")))?
             }
             other => other,
         })
     }
 
-    pub(super) fn number(&mut self) -> Result<ETerm, String> {
+    pub(super) fn number(&mut self) -> Result<ETerm, ParseError> {
         let mut text = String::new();
         if self.peek() == Some('-') {
             text.push('-');
@@ -258,7 +325,7 @@ impl Parser<'_> {
             return clean
                 .parse()
                 .map(ETerm::Float)
-                .map_err(|_| format!("bad number {text}"));
+                .map_err(|_| ParseError::BadNumber(text));
         }
         let parsed = match clean.split_once('#') {
             Some((base, digits)) => {
@@ -274,6 +341,6 @@ impl Parser<'_> {
             }
             None => clean.parse().ok(),
         };
-        parsed.map(ETerm::Int).ok_or(format!("bad number {text}"))
+        parsed.map(ETerm::Int).ok_or(ParseError::BadNumber(text))
     }
 }

@@ -7,14 +7,18 @@
 //! and the choice between hot upgrade and full deployment.
 //!
 //! Invariants:
-//! - [`detect`] only reads files of an unpacked tarball; it never needs a
-//!   node. A shipped relup is authoritative: if it exists it must name the
-//!   running version, because `check_install_release` uses it as is and
-//!   fails with a misleading `enoent` otherwise.
+//! - [`detect`] only reads files (the unpacked tarball and the running
+//!   release's folder); it never needs a node. A shipped relup is
+//!   authoritative: if it exists it must name the running version, because
+//!   `check_install_release` uses it as is and fails with a misleading
+//!   `enoent` otherwise. Without one, every application whose version
+//!   changed between the two `.rel` files needs its own appup from its
+//!   running version, not only the main application.
 //! - A failed upgrade (before `install_release` succeeded) leaves the node as
 //!   it was: the new version is `set_removed` (never `remove_release`, which
 //!   would delete the running release's libs, as release_handler invents that
-//!   entry without libs), `releases/{to}` and `lib/{app}-{to}` are deleted,
+//!   entry without libs), `releases/{to}` and the `lib/` folders of `to`
+//!   that the running release does not use are deleted,
 //!   and `releases/start_erl.data` still names `from`. So a retry starts from
 //!   a clean slate instead of hitting `{existing_release, Vsn}`.
 //! - Every RPC is bounded by the caller's step timeout.
@@ -35,11 +39,13 @@ use crate::dist::{
 mod cleanup;
 mod detect;
 mod eterm;
+mod rel;
 mod run;
 
 pub use cleanup::*;
 pub use detect::*;
 use eterm::*;
+use rel::*;
 pub use run::*;
 
 /// Something that runs `module:function(args)` on the instance's node. The
@@ -135,77 +141,22 @@ mod tests {
         assert!(upgrade_sources("[a].").is_err());
     }
 
-    fn release_dir(
-        appup: Option<&str>,
-        relup: Option<&str>,
-        jellyfish: Option<&str>,
-    ) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        let ebin = dir.path().join("lib/app-0.1.2/ebin");
-        std::fs::create_dir_all(&ebin).unwrap();
-        std::fs::create_dir_all(dir.path().join("releases/0.1.2")).unwrap();
-        std::fs::write(dir.path().join("releases/app-0.1.2.rel"), "{release,...}.").unwrap();
-        if let Some(a) = appup {
-            std::fs::write(ebin.join("app.appup"), a).unwrap();
-        }
-        if let Some(r) = relup {
-            std::fs::write(dir.path().join("releases/0.1.2/relup"), r).unwrap();
-        }
-        if let Some(j) = jellyfish {
-            std::fs::write(ebin.join("jellyfish.json"), j).unwrap();
-        }
-        dir
-    }
-
     #[test]
-    fn detect_prefers_a_shipped_relup() {
-        let only_010 = r#"{"0.1.2",[{"0.1.0",[],[]}],[]}."#;
-        let dir = release_dir(Some(APPUP), Some(only_010), None);
-        let d = detect(dir.path(), "app", "0.1.2", "0.1.1");
-        assert!(!d.is_hot(), "{d:?}");
+    fn errors_say_what_was_wrong() {
+        assert_eq!(ETerm::parse_file("{a, b"), Err(ParseError::Missing('}')));
+        assert_eq!(ETerm::parse_file("[1|2]."), Err(ParseError::ImproperList));
         assert_eq!(
-            d.reason(),
-            "relup of 0.1.2 only upgrades from 0.1.0, the instance runs 0.1.1"
+            ETerm::parse_file("\"a\\x{110000}\"."),
+            Err(ParseError::BadEscape("\\x110000".into()))
         );
-        let d = detect(dir.path(), "app", "0.1.2", "0.1.0");
-        assert!(d.is_hot(), "{d:?}");
-    }
-
-    #[test]
-    fn detect_reads_the_appup() {
-        let dir = release_dir(Some(APPUP), None, None);
-        let d = detect(dir.path(), "app", "0.1.2", "0.1.1");
+        let err = upgrade_sources("{\"0.1.2\", [{x, []}], []}.").unwrap_err();
         assert_eq!(
-            d,
-            Decision::HotUpgrade {
-                reason: "appup of 0.1.2 lists 0.1.1 as an upgrade source".into()
-            }
+            err.to_string(),
+            r#"expected a string as upgrade source, found Some(Atom("x"))"#
         );
-        let d = detect(dir.path(), "app", "0.1.2", "0.0.9");
-        assert!(!d.is_hot(), "regex sources are compared literally: {d:?}");
-        let d = detect(dir.path(), "app", "0.1.2", "0.1.2");
-        assert!(!d.is_hot());
-        let broken = release_dir(Some("{\"0.1.2\", [{"), None, None);
-        let d = detect(broken.path(), "app", "0.1.2", "0.1.1");
-        assert!(
-            d.reason().starts_with("appup of 0.1.2 cannot be read"),
-            "{d:?}"
-        );
-    }
-
-    #[test]
-    fn detect_without_appup_is_a_full_deployment() {
-        let dir = release_dir(
-            None,
-            None,
-            Some(r#"{"name":"app","from":"0.1.1","to":"0.1.2"}"#),
-        );
-        let d = detect(dir.path(), "app", "0.1.2", "0.1.1");
-        assert!(!d.is_hot());
-        assert!(d.reason().contains("no appup"), "{d:?}");
-        let dir = release_dir(None, None, None);
-        let d = detect(dir.path(), "app", "0.1.2", "0.1.1");
-        assert_eq!(d.reason(), "no appup or relup for 0.1.2 in the tarball");
+        let err = upgrade_sources("{\"0.1.2\", [").unwrap_err();
+        assert_eq!(err, TermError::Syntax(ParseError::End));
+        assert_eq!(err.to_string(), "unexpected end of file");
     }
 
     #[test]
