@@ -322,7 +322,8 @@ pub(super) async fn prepare(
     .await
     .map_err(|e| StepError::Task(format!("unpack task failed: {e}")))??;
     crate::testhook::point("new_unpacked");
-    crate::release_kind::check_release(&new, &cfg.app).map_err(StepError::Refused)?;
+    crate::release_kind::check_release(&new, &cfg.app)
+        .map_err(|e| StepError::Refused(e.to_string()))?;
 
     let program = new.join("bin").join(&cfg.app);
     let kind = crate::release_kind::detect(&new, &cfg.app);
