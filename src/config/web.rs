@@ -57,7 +57,7 @@ pub(super) fn settings(src: &Source) -> Result<Web, ConfigError> {
                 src.invalid(
                     "DEPLOYEX_PUBLIC_URL",
                     public_url.as_deref().unwrap_or(""),
-                    &e,
+                    &e.to_string(),
                 )
             },
         )?;

@@ -430,6 +430,16 @@ pub fn normalize_origin(url: &str) -> Option<String> {
     })
 }
 
+/// Why no public origin can be made (a configuration error: the loader
+/// names the variable and its value around it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OriginError {
+    #[error("expected an origin like https://deploy.example.com[:port]")]
+    BadPublicUrl,
+    #[error("DEPLOYEX_PHX_HOST={0:?} gives no valid origin")]
+    BadHost(String),
+}
+
 /// The dashboard's public origins: `public_url` when set; else
 /// `https://{host}` when `host` is not local (deployex sits behind a TLS
 /// proxy); else `http://{host}:{port}` and `http://127.0.0.1:{port}`.
@@ -437,11 +447,11 @@ pub fn public_origins(
     public_url: Option<&str>,
     host: &str,
     port: u16,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, OriginError> {
     if let Some(url) = public_url {
         return normalize_origin(url)
             .map(|o| vec![o])
-            .ok_or_else(|| "expected an origin like https://deploy.example.com[:port]".into());
+            .ok_or(OriginError::BadPublicUrl);
     }
     let local = matches!(host, "localhost" | "127.0.0.1" | "[::1]" | "::1");
     let origins = if local {
@@ -455,7 +465,7 @@ pub fn public_origins(
     let mut out: Vec<String> = origins.iter().filter_map(|o| normalize_origin(o)).collect();
     out.dedup();
     if out.is_empty() {
-        return Err(format!("DEPLOYEX_PHX_HOST={host:?} gives no valid origin"));
+        return Err(OriginError::BadHost(host.to_string()));
     }
     Ok(out)
 }
