@@ -37,11 +37,8 @@ impl MonitorState {
         crate::task::spawn_for(
             me,
             "preparing the deployment",
-            async move { Ok(prepare(&cfg, instance, &service, &job, env, running).await) },
-            move |result| InstanceMsg::Prepared {
-                deploy_ref,
-                result: result.map_err(StepError::Task).and_then(|r| r),
-            },
+            async move { prepare(&cfg, instance, &service, &job, env, running).await },
+            move |result| InstanceMsg::Prepared { deploy_ref, result },
         );
     }
 
@@ -126,12 +123,9 @@ impl MonitorState {
                         let _ =
                             tokio::task::spawn_blocking(move || std::fs::remove_dir_all(new)).await;
                     }
-                    Ok(result)
+                    result
                 },
-                move |result| InstanceMsg::HotUpgraded {
-                    deploy_ref,
-                    result: result.map_err(StepError::Task).and_then(|r| r),
-                },
+                move |result| InstanceMsg::HotUpgraded { deploy_ref, result },
             );
             return;
         }
@@ -224,17 +218,12 @@ impl MonitorState {
             me,
             "rotating the service folders",
             async move {
-                Ok(
-                    tokio::task::spawn_blocking(move || rotate_folders(&service))
-                        .await
-                        .map_err(|e| StepError::Task(format!("rotation task failed: {e}")))
-                        .and_then(|r| r),
-                )
+                tokio::task::spawn_blocking(move || rotate_folders(&service))
+                    .await
+                    .map_err(|e| StepError::Task(format!("rotation task failed: {e}")))
+                    .and_then(|r| r)
             },
-            move |result| InstanceMsg::Rotated {
-                deploy_ref,
-                result: result.map_err(StepError::Task).and_then(|r| r),
-            },
+            move |result| InstanceMsg::Rotated { deploy_ref, result },
         );
     }
 
