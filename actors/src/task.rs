@@ -77,8 +77,8 @@ mod tests {
     struct Collect;
     impl Actor for Collect {
         type Msg = (
-            Result<u32, String>,
-            tokio::sync::mpsc::UnboundedSender<Result<u32, String>>,
+            Result<u32, TaskPanic>,
+            tokio::sync::mpsc::UnboundedSender<Result<u32, TaskPanic>>,
         );
         type State = ();
         type Arguments = ();
@@ -102,7 +102,7 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let tx2 = tx.clone();
         spawn_for(actor.clone(), "fine work", async { Ok(7) }, move |r| {
-            (r.map_err(|e: TaskPanic| e.to_string()), tx)
+            (r, tx)
         });
         assert_eq!(rx.recv().await.unwrap(), Ok(7));
         spawn_for(
@@ -114,10 +114,10 @@ mod tests {
                 }
                 Ok(0)
             },
-            move |r| (r.map_err(|e: TaskPanic| e.to_string()), tx2),
+            move |r| (r, tx2),
         );
         let err = rx.recv().await.unwrap().unwrap_err();
-        assert_eq!(err, "bad work panicked: boom 42");
+        assert_eq!(err.to_string(), "bad work panicked: boom 42");
         actor.stop(None);
     }
 }
