@@ -226,7 +226,10 @@ pub fn spawn(cfg: Arc<EngineConfig>, fleet: FleetConfig, engine: crate::EngineHa
             match crate::release_fetcher::make_store(&cfg).await {
                 Ok(s) => break s,
                 Err(e) => {
-                    record_error(format!("fleet store: {e}"));
+                    record_error(format!(
+                        "fleet store: {}",
+                        crate::release_fetcher::error_chain(&e)
+                    ));
                     tokio::time::sleep(fleet.heartbeat).await;
                 }
             }
