@@ -22,7 +22,7 @@ pub const OPTIONAL: &[&str] = &["DEPLOYEX_METRICS_TOKEN"];
 #[cfg(test)]
 #[test]
 fn the_optional_list_is_the_configs() {
-    assert_eq!(OPTIONAL, crate::config::OPTIONAL_SECRETS);
+    assert_eq!(OPTIONAL, crate::config::settings::OPTIONAL_SECRETS);
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

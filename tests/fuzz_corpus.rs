@@ -4,7 +4,7 @@
 //! fuzzing finds is added to the corpus and so stays a regression test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../src/config.rs"]
+#[path = "../src/config/mod.rs"]
 #[allow(dead_code)]
 mod config;
 

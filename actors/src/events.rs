@@ -415,7 +415,7 @@ async fn post(
     url: &str,
     body: &[u8],
     signature: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), DeliveryError> {
     let mut request = hyper::Request::post(url)
         .header("content-type", "application/json")
         .header(
@@ -429,17 +429,32 @@ async fn post(
         .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
             body,
         )))
-        .map_err(|e| format!("bad webhook request: {e}"))?;
+        .map_err(DeliveryError::Request)?;
     let response = tokio::time::timeout(POST_TIMEOUT, client.request(request))
         .await
-        .map_err(|_| format!("no answer within {POST_TIMEOUT:?}"))?
-        .map_err(|e| format!("{e}"))?;
+        .map_err(|_| DeliveryError::Timeout(POST_TIMEOUT))?
+        .map_err(DeliveryError::Http)?;
     let status = response.status();
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("receiver answered {status}"))
+        Err(DeliveryError::Status(status))
     }
+}
+
+/// Why one webhook delivery attempt failed (logged, then retried). The
+/// texts are the log's: the source's text is part of the message, and no
+/// `#[source]` repeats it in a chain.
+#[derive(Debug, thiserror::Error)]
+enum DeliveryError {
+    #[error("bad webhook request: {0}")]
+    Request(hyper::http::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Http(hyper_util::client::legacy::Error),
+    #[error("receiver answered {0}")]
+    Status(hyper::StatusCode),
 }
 
 #[cfg(test)]

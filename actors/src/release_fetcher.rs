@@ -95,19 +95,19 @@ pub struct FetcherState {
     recorder: Recorder,
 }
 
-pub async fn make_store(cfg: &EngineConfig) -> Result<ReleaseStore, String> {
+/// The configured release store (log its error with [`error_chain`]).
+pub async fn make_store(cfg: &EngineConfig) -> Result<ReleaseStore, crate::store::StoreError> {
     match &cfg.store {
-        StoreConfig::Local { root } => LocalStore::new(root.clone(), &cfg.app, &cfg.env)
-            .map(ReleaseStore::Local)
-            .map_err(|e| error_chain(&e)),
+        StoreConfig::Local { root } => {
+            LocalStore::new(root.clone(), &cfg.app, &cfg.env).map(ReleaseStore::Local)
+        }
         StoreConfig::S3 {
             bucket,
             region,
             endpoint,
         } => S3Store::new(bucket, region.clone(), endpoint.clone(), &cfg.app, &cfg.env)
             .await
-            .map(ReleaseStore::S3)
-            .map_err(|e| error_chain(&e)),
+            .map(ReleaseStore::S3),
     }
 }
 
@@ -124,7 +124,7 @@ impl Actor for ReleaseFetcher {
         myself.send_interval(cfg.schedule_interval, || FetcherMsg::Tick);
         let _ = myself.cast(FetcherMsg::Tick);
         Ok(FetcherState {
-            store: Arc::new(make_store(&cfg).await?),
+            store: Arc::new(make_store(&cfg).await.map_err(|e| error_chain(&e))?),
             cfg,
             fetching: false,
             status: FetcherStatus::default(),

@@ -154,7 +154,7 @@ fn release_ebins(root: &Path) -> Vec<PathBuf> {
 /// release whose `vm.args` (or `vm.args.src`) does not take its node name
 /// from `${RELEASE_NODE}`. Mix releases pass (their scripts read
 /// `RELEASE_NODE` themselves).
-pub fn check_release(root: &Path, app: &str) -> Result<(), String> {
+pub fn check_release(root: &Path, app: &str) -> Result<(), RefusedRelease> {
     if detect(root, app) != Some(ReleaseKind::Relx) {
         return Ok(());
     }
@@ -169,12 +169,7 @@ pub fn check_release(root: &Path, app: &str) -> Result<(), String> {
                 .ok()
                 .map(|text| (format!("releases/{vsn}/{name}"), text))
         })
-        .ok_or_else(|| {
-            format!(
-                "relx release {vsn} has no releases/{vsn}/vm.args: {}",
-                NAME_HINT
-            )
-        })?;
+        .ok_or_else(|| RefusedRelease::NoVmArgs { vsn: vsn.clone() })?;
     check_vm_args(&file, &text)
 }
 
@@ -182,8 +177,24 @@ const NAME_HINT: &str = "name the node `-sname ${RELEASE_NODE}` and set `-setcoo
      in config/vm.args.src ({vm_args_src, \"./config/vm.args.src\"} in rebar.config); \
      deployex sets RELEASE_NODE={app}-{instance} and RELEASE_COOKIE";
 
+/// Why a release is refused before any start (an instance's `last_error`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefusedRelease {
+    #[error("relx release {vsn} has no releases/{vsn}/vm.args: {}", NAME_HINT)]
+    NoVmArgs { vsn: String },
+    #[error("{file} sets no node name: {}", NAME_HINT)]
+    NoNodeName { file: String },
+    #[error(
+        "{file} pins the node name (`{line}`): every replica would boot as the same node; {}",
+        NAME_HINT
+    )]
+    PinnedNodeName { file: String, line: String },
+    #[error("{file} names the node more than once ({}): {}", .names.join(", "), NAME_HINT)]
+    SeveralNodeNames { file: String, names: Vec<String> },
+}
+
 /// See [`check_release`]; `file` names the file in the error.
-pub fn check_vm_args(file: &str, text: &str) -> Result<(), String> {
+pub fn check_vm_args(file: &str, text: &str) -> Result<(), RefusedRelease> {
     let names: Vec<&str> = text
         .lines()
         .map(str::trim)
@@ -193,15 +204,16 @@ pub fn check_vm_args(file: &str, text: &str) -> Result<(), String> {
         })
         .collect();
     match names.as_slice() {
-        [] => Err(format!("{file} sets no node name: {NAME_HINT}")),
+        [] => Err(RefusedRelease::NoNodeName { file: file.into() }),
         [line] if line.contains("${RELEASE_NODE}") => Ok(()),
-        [line] => Err(format!(
-            "{file} pins the node name (`{line}`): every replica would boot as the same node; {NAME_HINT}"
-        )),
-        _ => Err(format!(
-            "{file} names the node more than once ({}): {NAME_HINT}",
-            names.join(", ")
-        )),
+        [line] => Err(RefusedRelease::PinnedNodeName {
+            file: file.into(),
+            line: (*line).into(),
+        }),
+        _ => Err(RefusedRelease::SeveralNodeNames {
+            file: file.into(),
+            names: names.iter().map(|n| (*n).to_string()).collect(),
+        }),
     }
 }
 
@@ -333,8 +345,9 @@ mod tests {
             .is_ok()
         );
         assert!(check_vm_args("f", "-name ${RELEASE_NODE}@127.0.0.1\n").is_ok());
-        let fixed =
-            check_vm_args("releases/0.1.0/vm.args", "-sname demo\n\n-setcookie c\n").unwrap_err();
+        let fixed = check_vm_args("releases/0.1.0/vm.args", "-sname demo\n\n-setcookie c\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             fixed.contains("pins the node name (`-sname demo`)"),
             "{fixed}"
@@ -343,6 +356,7 @@ mod tests {
         assert!(
             check_vm_args("f", "+K true\n")
                 .unwrap_err()
+                .to_string()
                 .contains("sets no node name")
         );
         assert!(check_vm_args("f", "-sname a\n-sname ${RELEASE_NODE}\n").is_err());

@@ -11,26 +11,47 @@ use std::panic::AssertUnwindSafe;
 use futures::FutureExt;
 use ractor::{ActorRef, Message};
 
+/// A task's work panicked: `what` names the work, `message` is the
+/// panic's text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} panicked: {message}")]
+pub struct TaskPanic {
+    pub what: &'static str,
+    pub message: String,
+}
+
+/// For work whose error is still a text (the fetcher's download message).
+impl From<TaskPanic> for String {
+    fn from(panic: TaskPanic) -> String {
+        panic.to_string()
+    }
+}
+
 /// Runs `work` in a task and casts `done(result)` to `owner`; a panic in
-/// `work` becomes `done(Err("… panicked: …"))`. `what` names the work in
-/// that error and in the log.
-pub fn spawn_for<M, T, F>(
+/// `work` becomes `done(Err(TaskPanic.into()))`, so the work's own error
+/// type carries it (no `Result<Result<…>>` to flatten). `what` names the
+/// work in that error and in the log.
+pub fn spawn_for<M, T, E, F>(
     owner: ActorRef<M>,
     what: &'static str,
     work: F,
-    done: impl FnOnce(Result<T, String>) -> M + Send + 'static,
+    done: impl FnOnce(Result<T, E>) -> M + Send + 'static,
 ) where
     M: Message,
     T: Send + 'static,
-    F: Future<Output = Result<T, String>> + Send + 'static,
+    E: From<TaskPanic> + Send + 'static,
+    F: Future<Output = Result<T, E>> + Send + 'static,
 {
     tokio::spawn(async move {
         let result = match AssertUnwindSafe(work).catch_unwind().await {
             Ok(result) => result,
             Err(panic) => {
-                let error = format!("{what} panicked: {}", panic_message(&*panic));
+                let error = TaskPanic {
+                    what,
+                    message: panic_message(&*panic),
+                };
                 tracing::error!(%error, "a task of {} failed", owner.get_name().unwrap_or_default());
-                Err(error)
+                Err(error.into())
             }
         };
         let _ = owner.cast(done(result));
@@ -56,8 +77,8 @@ mod tests {
     struct Collect;
     impl Actor for Collect {
         type Msg = (
-            Result<u32, String>,
-            tokio::sync::mpsc::UnboundedSender<Result<u32, String>>,
+            Result<u32, TaskPanic>,
+            tokio::sync::mpsc::UnboundedSender<Result<u32, TaskPanic>>,
         );
         type State = ();
         type Arguments = ();
@@ -96,7 +117,7 @@ mod tests {
             move |r| (r, tx2),
         );
         let err = rx.recv().await.unwrap().unwrap_err();
-        assert_eq!(err, "bad work panicked: boom 42");
+        assert_eq!(err.to_string(), "bad work panicked: boom 42");
         actor.stop(None);
     }
 }

@@ -5,7 +5,7 @@
 /// The binary crate's configuration loader, compiled in from its source:
 /// `deployex` has no library target, and the file only needs
 /// `deployex-actors`, `toml`, `rand` and `hex`.
-#[path = "../../src/config.rs"]
+#[path = "../../src/config/mod.rs"]
 #[allow(dead_code)]
 pub mod config;
 

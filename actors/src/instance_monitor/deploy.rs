@@ -38,11 +38,8 @@ impl MonitorState {
         crate::task::spawn_for(
             me,
             "preparing the deployment",
-            async move { Ok(prepare(&cfg, instance, &service, &job, env, running).await) },
-            move |result| InstanceMsg::Prepared {
-                deploy_ref,
-                result: result.map_err(StepError::Task).and_then(|r| r),
-            },
+            async move { prepare(&cfg, instance, &service, &job, env, running).await },
+            move |result| InstanceMsg::Prepared { deploy_ref, result },
         );
     }
 
@@ -127,12 +124,9 @@ impl MonitorState {
                         let _ =
                             tokio::task::spawn_blocking(move || std::fs::remove_dir_all(new)).await;
                     }
-                    Ok(result)
+                    result
                 },
-                move |result| InstanceMsg::HotUpgraded {
-                    deploy_ref,
-                    result: result.map_err(StepError::Task).and_then(|r| r),
-                },
+                move |result| InstanceMsg::HotUpgraded { deploy_ref, result },
             );
             return;
         }
@@ -237,17 +231,12 @@ impl MonitorState {
             me,
             "rotating the service folders",
             async move {
-                Ok(
-                    tokio::task::spawn_blocking(move || rotate_folders(&service))
-                        .await
-                        .map_err(|e| StepError::Task(format!("rotation task failed: {e}")))
-                        .and_then(|r| r),
-                )
+                tokio::task::spawn_blocking(move || rotate_folders(&service))
+                    .await
+                    .map_err(|e| StepError::Task(format!("rotation task failed: {e}")))
+                    .and_then(|r| r)
             },
-            move |result| InstanceMsg::Rotated {
-                deploy_ref,
-                result: result.map_err(StepError::Task).and_then(|r| r),
-            },
+            move |result| InstanceMsg::Rotated { deploy_ref, result },
         );
     }
 
@@ -335,7 +324,8 @@ pub(super) async fn prepare(
     .await
     .map_err(|e| StepError::Task(format!("unpack task failed: {e}")))??;
     crate::testhook::point("new_unpacked");
-    crate::release_kind::check_release(&new, &cfg.app).map_err(StepError::Refused)?;
+    crate::release_kind::check_release(&new, &cfg.app)
+        .map_err(|e| StepError::Refused(e.to_string()))?;
 
     let program = new.join("bin").join(&cfg.app);
     let kind = crate::release_kind::detect(&new, &cfg.app);

@@ -73,7 +73,7 @@ impl MonitorState {
                 None => true,
                 Some(path) => crate::health::http_ok(port, &path, Duration::from_secs(1)).await,
             };
-            Ok((otp, boot, http))
+            Ok::<_, crate::task::TaskPanic>((otp, boot, http))
         };
         // A failed probe (even a panic in it) is a negative probe: the
         // next tick probes again.

@@ -111,7 +111,7 @@ impl MonitorState {
         self.release_kind = crate::release_kind::detect(&current, &self.cfg.app);
         if let Err(error) = crate::release_kind::check_release(&current, &self.cfg.app) {
             tracing::error!(instance = self.instance, %error, "release refused");
-            self.last_error = Some(error);
+            self.last_error = Some(error.to_string());
             self.set_phase(InstanceState::Stopped, "release refused");
             return;
         }

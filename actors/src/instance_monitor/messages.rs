@@ -48,6 +48,12 @@ pub enum StepError {
     Task(String),
 }
 
+impl From<crate::task::TaskPanic> for StepError {
+    fn from(panic: crate::task::TaskPanic) -> Self {
+        StepError::Task(panic.to_string())
+    }
+}
+
 /// Why a process is being stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {

@@ -120,17 +120,12 @@ impl MonitorState {
             myself.clone(),
             "placing the new version",
             async move {
-                Ok(
-                    tokio::task::spawn_blocking(move || place_candidate(&new, &target))
-                        .await
-                        .map_err(|e| StepError::Task(format!("placement task failed: {e}")))
-                        .and_then(|r| r),
-                )
+                tokio::task::spawn_blocking(move || place_candidate(&new, &target))
+                    .await
+                    .map_err(|e| StepError::Task(format!("placement task failed: {e}")))
+                    .and_then(|r| r)
             },
-            move |result| InstanceMsg::CandidatePlaced {
-                deploy_ref,
-                result: result.map_err(StepError::Task).and_then(|r| r),
-            },
+            move |result| InstanceMsg::CandidatePlaced { deploy_ref, result },
         );
     }
 
@@ -270,7 +265,7 @@ impl MonitorState {
                     "stopping the old process",
                     async move {
                         stop.run().await;
-                        Ok(())
+                        Ok::<_, crate::task::TaskPanic>(())
                     },
                     move |_| InstanceMsg::OldStopped { generation },
                 );

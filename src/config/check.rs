@@ -1,0 +1,123 @@
+//! Checks and views of a loaded configuration: the start-time check of a
+//! local release store, and `check-config`'s text (secrets redacted).
+
+use deployex_actors::StoreConfig;
+
+use super::{Config, ConfigError};
+
+impl Config {
+    /// Outside `local`, a local release store must be a folder owned by
+    /// deployex's user and not writable by group or others: whoever can
+    /// write it chooses the code the apps run. Checked at start (not by
+    /// `check-config`, which the installer runs as root).
+    pub fn check_local_store(&self) -> Result<(), ConfigError> {
+        use std::os::unix::fs::MetadataExt;
+        let StoreConfig::Local { root } = &self.engine.store else {
+            return Ok(());
+        };
+        if self.engine.env == "local" {
+            return Ok(());
+        }
+        let bad = |why: String| {
+            ConfigError(format!(
+                "invalid configuration: DEPLOYEX_RELEASE_DIR={}: {why}",
+                root.display()
+            ))
+        };
+        let meta = std::fs::metadata(root).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if !meta.is_dir() {
+            return Err(bad("not a folder".into()));
+        }
+        if meta.uid() != me {
+            return Err(bad(format!(
+                "owned by uid {}, expected deployex's uid {me}",
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(bad(format!(
+                "mode {:o} is writable by group or others, expected at most 755",
+                meta.mode() & 0o7777
+            )));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as text, secrets redacted.
+    pub fn describe(&self) -> String {
+        let e = &self.engine;
+        let mut out = String::new();
+        let store = match &e.store {
+            StoreConfig::Local { root } => format!("local {}", root.display()),
+            StoreConfig::S3 {
+                bucket,
+                region,
+                endpoint,
+            } => format!(
+                "s3 bucket={bucket} region={} endpoint={}",
+                region.as_deref().unwrap_or("-"),
+                endpoint.as_deref().unwrap_or("-")
+            ),
+        };
+        let lines = [
+            ("app", e.app.clone()),
+            ("environment", e.env.clone()),
+            ("release store", store),
+            ("replicas", e.replicas.to_string()),
+            ("deploy strategy", e.deploy_strategy.as_str().to_string()),
+            (
+                "ports",
+                format!("{}..={}", e.port_pool().start(), e.port_pool().end()),
+            ),
+            (
+                "nodes",
+                format!("{} .. {}", e.node_name(1), e.node_name(e.replicas)),
+            ),
+            ("var dir", e.var_dir.display().to_string()),
+            ("log dir", e.log_dir.display().to_string()),
+            ("schedule interval", format!("{:?}", e.schedule_interval)),
+            ("rollback timeout", format!("{:?}", e.rollback_timeout)),
+            ("rollback crashes", e.rollback_crashes.to_string()),
+            ("min ready", format!("{:?}", e.min_ready)),
+            ("otp readiness", e.otp_readiness.to_string()),
+            (
+                "health path",
+                e.health_path.clone().unwrap_or_else(|| "-".into()),
+            ),
+            ("epmd port", e.epmd_port.to_string()),
+            (
+                "mTLS certs",
+                e.tls_cert_path
+                    .as_ref()
+                    .map_or("-".into(), |p| p.display().to_string()),
+            ),
+            ("stop apps on exit", e.stop_apps_on_exit.to_string()),
+            (
+                "beam sampling",
+                if e.beam_sample_interval.is_zero() {
+                    "off".into()
+                } else {
+                    format!("every {:?}", e.beam_sample_interval)
+                },
+            ),
+            (
+                "dashboard",
+                if self.web_enabled {
+                    format!("http://{} (host {})", self.bind, self.host)
+                } else {
+                    "off".into()
+                },
+            ),
+            ("secrets", "<redacted>".to_string()),
+        ];
+        for (k, v) in lines {
+            out.push_str(&format!("{k:>18}: {v}\n"));
+        }
+        out.push_str("\nvariables:\n");
+        for (k, v) in &self.effective {
+            out.push_str(&format!("  {k}={v}\n"));
+        }
+        out
+    }
+}
