@@ -134,6 +134,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "DEPLOYEX_START_COMMAND",
         "bin/{app} arguments that start an instance (mix: start, relx: foreground)",
     ),
+    (
+        "DEPLOYEX_APP_USER",
+        "user the instances, pre-commands and terminals run as; deployex must be root (unset: deployex's own user)",
+    ),
     // Fleet mode: see README "Running a fleet".
     (
         "DEPLOYEX_FLEET",
@@ -710,6 +714,15 @@ fn load_inner(
     engine.pre_command_timeout =
         src.millis("DEPLOYEX_PRE_COMMAND_TIMEOUT_MS", 300_000, 100, 86_400_000)?;
     engine.start_command = src.opt("DEPLOYEX_START_COMMAND");
+    engine.app_user = match src.opt("DEPLOYEX_APP_USER") {
+        None => None,
+        Some(name) => {
+            let user = deployex_actors::app_user::AppUser::lookup(name.trim())
+                .map_err(|e| src.invalid("DEPLOYEX_APP_USER", &name, &e.to_string()))?;
+            // deployex's own user: nothing to switch.
+            user.is_other().then_some(user)
+        }
+    };
     engine.deploy_strategy = deploy_strategy;
     engine.epmd_port = epmd_port;
     engine.hostname = short_hostname();
@@ -905,6 +918,22 @@ fn random_secret() -> String {
 }
 
 impl Config {
+    /// With `DEPLOYEX_APP_USER`, deployex must be able to switch to that
+    /// user (root, or the capabilities of `AppUser::check_privileges`).
+    /// Checked at start (not by `check-config`, which the installer runs
+    /// as root).
+    pub fn check_app_user(&self) -> Result<(), ConfigError> {
+        match &self.engine.app_user {
+            None => Ok(()),
+            Some(user) => user.check_privileges().map_err(|e| {
+                ConfigError(format!(
+                    "invalid configuration: DEPLOYEX_APP_USER={:?}: {e}",
+                    user.name
+                ))
+            }),
+        }
+    }
+
     /// Outside `local`, a local release store must be a folder owned by
     /// deployex's user and not writable by group or others: whoever can
     /// write it chooses the code the apps run. Checked at start (not by
@@ -993,6 +1022,14 @@ impl Config {
             ),
             ("stop apps on exit", e.stop_apps_on_exit.to_string()),
             (
+                "app user",
+                e.app_user
+                    .as_ref()
+                    .map_or("- (deployex's own)".into(), |u| {
+                        format!("{} (uid {}, gid {})", u.name, u.uid, u.gid)
+                    }),
+            ),
+            (
                 "beam sampling",
                 if e.beam_sample_interval.is_zero() {
                     "off".into()
@@ -1052,6 +1089,26 @@ mod tests {
         );
         assert!(bcrypt::verify("deployex", &c.admin_hashed_password).unwrap());
         assert_eq!(c.engine.beam_sample_interval, Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn app_user_must_exist() {
+        let err = load(env(&[("DEPLOYEX_APP_USER", "no-such-user-dx")]), None).unwrap_err();
+        assert!(
+            err.0
+                .contains("DEPLOYEX_APP_USER=\"no-such-user-dx\": no such user"),
+            "{err}"
+        );
+        let c = load(env(&[("DEPLOYEX_APP_USER", "nobody")]), None).unwrap();
+        if nix::unistd::Uid::effective().as_raw() == 65534 {
+            assert_eq!(c.engine.app_user, None, "deployex's own user: no switch");
+        } else {
+            let user = c.engine.app_user.clone().unwrap();
+            assert_eq!((user.name.as_str(), user.uid), ("nobody", 65534));
+            assert!(c.describe().contains("app user: nobody (uid 65534"));
+        }
+        let c = load(env(&[]), None).unwrap();
+        assert_eq!(c.engine.app_user, None);
     }
 
     #[test]
