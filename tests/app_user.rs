@@ -280,7 +280,7 @@ fn a_deployex_that_cannot_switch_users_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     // deployex as nobody, asked to run the apps as `daemon`.
-    let out = std::process::Command::new(common::deployex::deployex_bin())
+    let mut child = std::process::Command::new(common::deployex::deployex_bin())
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("HOME", dir.path())
@@ -291,10 +291,26 @@ fn a_deployex_that_cannot_switch_users_refuses_to_start() {
         .env("DEPLOYEX_PHX_PORT", common::free_port().to_string())
         .uid(NOBODY)
         .gid(NOBODY)
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    // Without the check it would start and run: bounded wait, then kill.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    let status = status.unwrap_or_else(|| panic!("deployex started as nobody: {stderr}"));
+    assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("DEPLOYEX_APP_USER") && stderr.contains("CAP_SETUID"),
         "{stderr}"
