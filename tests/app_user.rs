@@ -316,3 +316,33 @@ fn a_deployex_that_cannot_switch_users_refuses_to_start() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_relx_release_runs_as_the_app_user() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: DEPLOYEX_APP_USER needs deployex to run as root");
+        return;
+    }
+    let site = Site::new(1);
+    std::fs::set_permissions(site.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let site = site.env("DEPLOYEX_APP_USER", "nobody");
+    // relx writes its vm.args/sys.config copies (RELX_REPLACE_OS_VARS)
+    // next to the originals unless RELX_OUT_FILE_PATH says otherwise.
+    site.publish_rebar3("0.1.0", &[]);
+    let dx = site.start();
+    let s = dx.wait_status(
+        "relx 0.1.0 running as nobody",
+        Duration::from_secs(90),
+        |s| running_on(s, "0.1.0") && s["instances"][0]["release_kind"] == "relx",
+    );
+    let pid = pids(&s)[0];
+    assert_eq!(uids(pid), vec![NOBODY; 4]);
+    assert_eq!(
+        app_version(site.app_port).unwrap(),
+        ("0.1.0".to_string(), pid.to_string())
+    );
+    assert!(
+        site.service(1).join("tmp/vm.args").is_file(),
+        "relx's copy in tmp/"
+    );
+}
