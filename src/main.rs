@@ -72,7 +72,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if let Err(e) = cfg.check_local_store() {
+            if let Err(e) = cfg.check_local_store().and_then(|()| cfg.check_app_user()) {
                 eprintln!("deployex: {e}");
                 return ExitCode::from(2);
             }

@@ -240,6 +240,13 @@ fn install_writes_everything_twice_identically_update_and_uninstall() {
 
     let stdout = run_ok(root, &["--install", cfg]);
     assert!(stdout.contains("dry-run: useradd --system"), "{stdout}");
+    // The apps' own user, by default (issue 15).
+    assert!(
+        stdout.contains(
+            "dry-run: useradd --system --user-group --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin --comment deployex applications deployex-app"
+        ),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("dry-run: systemctl enable deployex.service"),
         "{stdout}"
@@ -278,6 +285,7 @@ fn install_writes_everything_twice_identically_update_and_uninstall() {
         "DEPLOYEX_VAR_DIR='/var/lib/deployex'",
         "DEPLOYEX_LOG_DIR='/var/log/shop'",
         "DEPLOYEX_STOP_APPS_ON_EXIT='false'",
+        "DEPLOYEX_APP_USER='deployex-app'",
         "AWS_REGION='us-east-2'",
         "DEPLOYEX_OTP_TLS_CERT_PATH='/etc/deployex/tls'",
         "DEPLOYEX_ERLANG_COOKIE='given-cookie'",
@@ -323,10 +331,13 @@ fn install_writes_everything_twice_identically_update_and_uninstall() {
         "StandardOutput=append:/var/log/deployex/deployex-stdout.log",
         "StandardError=append:/var/log/deployex/deployex-stderr.log",
         "WantedBy=multi-user.target",
+        "CapabilityBoundingSet=CAP_CHOWN CAP_DAC_OVERRIDE CAP_FOWNER CAP_KILL CAP_SETGID CAP_SETUID CAP_SYS_PTRACE",
+        "AmbientCapabilities=CAP_CHOWN CAP_DAC_OVERRIDE CAP_FOWNER CAP_KILL CAP_SETGID CAP_SETUID CAP_SYS_PTRACE",
     ] {
         assert!(unit.lines().any(|l| l == line), "{line} missing in\n{unit}");
     }
     assert!(!unit.contains("@APP@") && !unit.contains("@EXTRA_RW_PATHS@"));
+    assert!(!unit.contains("@CAPABILITIES@"));
     assert_eq!(
         mode(&root.join("etc/systemd/system/deployex.service")),
         0o644
@@ -399,7 +410,8 @@ fn install_writes_everything_twice_identically_update_and_uninstall() {
     assert!(root.join("var/lib/deployex").is_dir());
     assert!(root.join("var/log/shop/shop-1-stdout.log").is_file());
     run_ok(root, &["--install", cfg]);
-    run_ok(root, &["--uninstall", "--purge"]);
+    let stdout = run_ok(root, &["--uninstall", "--purge"]);
+    assert!(stdout.contains("dry-run: userdel deployex-app"), "{stdout}");
     for gone in [
         "var/lib/deployex",
         "var/log/deployex",
@@ -414,13 +426,32 @@ fn install_writes_everything_twice_identically_update_and_uninstall() {
 }
 
 #[test]
+fn an_empty_app_user_runs_the_apps_as_deployex_without_capabilities() {
+    if !tools_present(&["jq", "tar", "sha256sum"]) {
+        return;
+    }
+    let s = scratch();
+    let mut c: Value = serde_json::from_str(&fs::read_to_string(&s.config).unwrap()).unwrap();
+    c["app_user"] = json!("");
+    fs::write(&s.config, c.to_string()).unwrap();
+    let stdout = run_ok(&s.root, &["--install", s.config.to_str().unwrap()]);
+    assert!(!stdout.contains("deployex-app"), "{stdout}");
+    let env = fs::read_to_string(s.root.join("etc/deployex/deployex.env")).unwrap();
+    assert!(!env.contains("DEPLOYEX_APP_USER"), "{env}");
+    let unit = fs::read_to_string(s.root.join("etc/systemd/system/deployex.service")).unwrap();
+    for line in ["CapabilityBoundingSet=", "AmbientCapabilities="] {
+        assert!(unit.lines().any(|l| l == line), "{line} missing in\n{unit}");
+    }
+}
+
+#[test]
 fn bad_configs_fail_clearly_and_write_nothing() {
     if !tools_present(&["jq"]) {
         return;
     }
     let s = scratch();
     let base: Value = serde_json::from_str(&fs::read_to_string(&s.config).unwrap()).unwrap();
-    let cases: [(&str, Value, &str); 5] = [
+    let cases: [(&str, Value, &str); 7] = [
         ("app_name", json!("Bad-Name"), "app_name=\"Bad-Name\""),
         ("replicas", json!("three"), "replicas=\"three\""),
         (
@@ -434,6 +465,12 @@ fn bad_configs_fail_clearly_and_write_nothing() {
             "only https",
         ),
         ("env", json!({"A": "it's"}), "single quote"),
+        (
+            "app_user",
+            json!("root"),
+            "must not be deployex's own user nor root",
+        ),
+        ("app_user", json!("Bad User"), "app_user=\"Bad User\""),
     ];
     for (key, value, expected) in cases {
         let mut c = base.clone();
@@ -550,6 +587,8 @@ fn real_deployex_accepts_the_generated_environment() {
     let mut c: Value = serde_json::from_str(&fs::read_to_string(&s.config).unwrap()).unwrap();
     c["release"] = json!(release.to_str().unwrap());
     c["otp_tls_cert_path"] = json!("");
+    // A user that exists here: check-config looks it up.
+    c["app_user"] = json!("nobody");
     fs::write(&s.config, c.to_string()).unwrap();
     let stdout = run_ok(&s.root, &["--install", s.config.to_str().unwrap()]);
     assert!(
@@ -582,6 +621,7 @@ fn real_deployex_accepts_the_generated_environment() {
         "var dir: /var/lib/deployex",
         "log dir: /var/log/shop",
         "stop apps on exit: false",
+        "app user: nobody (uid 65534",
         "DEPLOYEX_PHX_PORT=5555",
         "DEPLOYEX_ADMIN_HASHED_PASSWORD=<redacted>",
     ] {

@@ -80,6 +80,9 @@ pub struct EngineConfig {
     pub fleet: Option<crate::fleet::FleetConfig>,
     /// How a full deployment replaces an instance (`DEPLOYEX_DEPLOY_STRATEGY`).
     pub deploy_strategy: DeployStrategy,
+    /// `DEPLOYEX_APP_USER`: instances, pre-commands and terminals run as
+    /// this user (see [`crate::app_user`]). `None`: as deployex's own user.
+    pub app_user: Option<crate::app_user::AppUser>,
 }
 
 /// How a full deployment replaces a running instance.
@@ -247,6 +250,7 @@ impl EngineConfig {
             start_command: None,
             fleet: None,
             deploy_strategy: DeployStrategy::StopFirst,
+            app_user: None,
         }
     }
 

@@ -330,8 +330,9 @@ impl Engine for EngineHandle {
             // The slot the current process runs from (start-first
             // deployments alternate between two).
             let slot = status.slot;
-            let current = self.cfg.slot_service_dir(instance, slot).join("current");
-            let overrides = vec![
+            let service = self.cfg.slot_service_dir(instance, slot);
+            let current = service.join("current");
+            let mut overrides = vec![
                 (
                     "RELEASE_NODE_SUFFIX".to_string(),
                     format!("-{instance}{}", slot.suffix()),
@@ -346,11 +347,15 @@ impl Engine for EngineHandle {
                 ("ERL_EPMD_PORT".to_string(), self.cfg.epmd_port.to_string()),
                 ("TERM".to_string(), "xterm-256color".to_string()),
             ];
+            if let Some(user) = &self.cfg.app_user {
+                overrides.extend(user.env(&service));
+            }
             Ok(ShellCommand {
                 program: current.join("bin").join(&self.cfg.app),
                 args: vec![crate::release_kind::remote_shell_arg(status.release_kind).to_string()],
                 env: crate::process::instance_env(self.cfg.base_env.iter().cloned(), &overrides),
                 cwd: current,
+                user: self.cfg.app_user.clone(),
             })
         })
     }

@@ -2,6 +2,7 @@
 //! deploys and upgrades them. See ARCHITECTURE.md for the map, and
 //! [`root`] for the supervision tree.
 
+pub mod app_user;
 pub mod config;
 pub mod deploy_manager;
 pub mod dist;

@@ -330,6 +330,8 @@ pub struct ShellCommand {
     /// The complete environment (the command is started with a cleared one).
     pub env: Vec<(String, String)>,
     pub cwd: std::path::PathBuf,
+    /// `DEPLOYEX_APP_USER`: the shell runs as this user, like the instance.
+    pub user: Option<crate::app_user::AppUser>,
 }
 
 /// One message handled (or being handled) by an actor.

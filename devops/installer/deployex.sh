@@ -20,6 +20,11 @@ set -euo pipefail
 readonly TARGET="x86_64-unknown-linux-gnu"
 readonly SERVICE="deployex.service"
 readonly USER_NAME="deployex"
+# The apps' own user (CONFIG "app_user"; "" runs them as deployex).
+readonly DEFAULT_APP_USER="deployex-app"
+# What deployex (User=deployex) needs to run the apps as that user; the
+# unit grants exactly these (deployex refuses to start without them).
+readonly APP_USER_CAPS="CAP_CHOWN CAP_DAC_OVERRIDE CAP_FOWNER CAP_KILL CAP_SETGID CAP_SETUID CAP_SYS_PTRACE"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly SCRIPT_DIR
@@ -36,7 +41,8 @@ usage() {
 Usage: $(basename "$0") --install CONFIG | --update CONFIG | --uninstall [--purge] | --help
                   [--root DIR]
 
-  --install CONFIG  create the deployex user, folders, binary, environment file
+  --install CONFIG  create the deployex user and the apps' user (deployex-app),
+                    folders, binary, environment file
                     /etc/deployex/deployex.env, systemd unit and logrotate rule
                     from the JSON CONFIG, then enable and (re)start deployex.
                     Safe to run again: files are rewritten identically and
@@ -48,7 +54,7 @@ Usage: $(basename "$0") --install CONFIG | --update CONFIG | --uninstall [--purg
   --uninstall       stop and disable deployex and its instances, remove the unit,
                     /opt/deployex, /etc/deployex and the logrotate rule. State
                     (/var/lib/deployex) and logs are kept unless --purge is given
-                    (which also removes the deployex user).
+                    (which also removes the deployex and deployex-app users).
   --root DIR        operate under DIR instead of / (tests); system commands
                     (useradd, chown, systemctl) are echoed, not run.
   --help            this text.
@@ -220,6 +226,17 @@ load_config() {
   OTP_TLS="$(cfg otp_tls_cert_path)"
   [ -z "$OTP_TLS" ] || valid_path otp_tls_cert_path "$OTP_TLS"
   RELEASE_DIR="$(cfg release_dir)"
+  # app_user: missing = the default user, "" = the apps run as deployex.
+  if jq -e 'has("app_user")' "$CONFIG" >/dev/null; then
+    APP_USER="$(cfg app_user)"
+  else
+    APP_USER="$DEFAULT_APP_USER"
+  fi
+  [ -z "$APP_USER" ] || [[ "$APP_USER" =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] ||
+    die "$CONFIG: app_user=\"$APP_USER\" must be a user name (lower-case letters, digits, _ and -), or \"\" to run the apps as deployex"
+  if [ "$APP_USER" = "$USER_NAME" ] || [ "$APP_USER" = root ]; then
+    die "$CONFIG: app_user=\"$APP_USER\": the apps' user must not be deployex's own user nor root (\"\" runs them as deployex)"
+  fi
   [ -z "$RELEASE_DIR" ] || valid_path release_dir "$RELEASE_DIR"
 
   EXTRA_RW=()
@@ -290,6 +307,17 @@ ensure_user() {
     --shell /usr/sbin/nologin --comment "deployex release supervisor" "$USER_NAME"
 }
 
+# The apps' user: a system user without login shell nor home, created
+# when missing (an existing user of that name is used as it is).
+ensure_app_user() {
+  [ -n "$APP_USER" ] || return 0
+  if getent passwd "$APP_USER" >/dev/null 2>&1 && [ -z "$ROOT" ]; then
+    return 0
+  fi
+  sys useradd --system --user-group --home-dir /nonexistent --no-create-home \
+    --shell /usr/sbin/nologin --comment "deployex applications" "$APP_USER"
+}
+
 # mkdir with mode and owner; owner change is a system command (dry-run aware).
 make_dir() { # path mode owner
   mkdir -p "$(p "$1")"
@@ -355,6 +383,7 @@ write_env_file() {
     "DEPLOYEX_LOG_DIR=/var/log/$APP"
     "DEPLOYEX_STOP_APPS_ON_EXIT=false"
   )
+  [ -z "$APP_USER" ] || base+=("DEPLOYEX_APP_USER=$APP_USER")
   local field var v
   for field in release_adapter:DEPLOYEX_RELEASE_ADAPTER release_dir:DEPLOYEX_RELEASE_DIR \
     release_bucket:DEPLOYEX_RELEASE_BUCKET aws_region:AWS_REGION \
@@ -401,9 +430,10 @@ write_env_file() {
 }
 
 render() { # template dest mode
-  local out="$WORK/rendered" extra="" path
+  local out="$WORK/rendered" extra="" path caps=""
   for path in "${EXTRA_RW[@]}"; do extra+=" $path"; done
-  sed -e "s|@APP@|$APP|g" -e "s|@EXTRA_RW_PATHS@|$extra|g" "$1" >"$out"
+  [ -z "$APP_USER" ] || caps="$APP_USER_CAPS"
+  sed -e "s|@APP@|$APP|g" -e "s|@EXTRA_RW_PATHS@|$extra|g" -e "s|@CAPABILITIES@|$caps|g" "$1" >"$out"
   put_file "$out" "$2" "$3" root:root
 }
 
@@ -432,9 +462,14 @@ install_binary() {
 
 # deployex check-config with the environment file, as systemd would pass it.
 check_config() {
-  local out
+  local out unset_user=""
+  if [ -n "$APP_USER" ] && ! getent passwd "$APP_USER" >/dev/null 2>&1; then
+    # Dry run: useradd was only echoed, so the user cannot be looked up.
+    unset_user="DEPLOYEX_APP_USER"
+    log "dry-run: $APP_USER does not exist here; check-config runs without DEPLOYEX_APP_USER"
+  fi
   # shellcheck source=/dev/null
-  if ! out="$(set -a && . "$(p /etc/deployex/deployex.env)" && set +a && "$(p /opt/deployex/bin/deployex)" check-config 2>&1)"; then
+  if ! out="$(set -a && . "$(p /etc/deployex/deployex.env)" && set +a && if [ -n "$unset_user" ]; then unset "$unset_user"; fi && "$(p /opt/deployex/bin/deployex)" check-config 2>&1)"; then
     echo "$out" >&2
     die "deployex check-config rejected the configuration (fix $CONFIG and run again)"
   fi
@@ -449,6 +484,7 @@ do_install() {
   fi
   fetch_release
   ensure_user
+  ensure_app_user
 
   make_dir /opt/deployex 0755 root:root
   make_dir /opt/deployex/bin 0755 root:root
@@ -479,8 +515,9 @@ do_install() {
 }
 
 do_uninstall() {
-  local app
+  local app app_user
   app="$(installed_value DEPLOYEX_MONITORED_APP_NAME)"
+  app_user="$(installed_value DEPLOYEX_APP_USER)"
   if [ -f "$(p "/etc/systemd/system/$SERVICE")" ]; then
     sys systemctl disable --now "$SERVICE" || true
     # The instances outlive deployex by design (KillMode=process): stop them too.
@@ -496,6 +533,11 @@ do_uninstall() {
     if [ -n "$app" ]; then rm -rf "$(p "/var/log/$app")"; fi
     if [ -n "$ROOT" ] || getent passwd "$USER_NAME" >/dev/null 2>&1; then
       sys userdel "$USER_NAME" || true
+    fi
+    # Only the user the installer creates by default: a user the operator
+    # named may be used elsewhere.
+    if [ "$app_user" = "$DEFAULT_APP_USER" ] && { [ -n "$ROOT" ] || getent passwd "$app_user" >/dev/null 2>&1; }; then
+      sys userdel "$app_user" || true
     fi
     log "uninstalled and purged state, logs and the $USER_NAME user"
   else

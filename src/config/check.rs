@@ -6,6 +6,22 @@ use deployex_actors::StoreConfig;
 use super::{Config, ConfigError};
 
 impl Config {
+    /// With `DEPLOYEX_APP_USER`, deployex must be able to switch to that
+    /// user (root, or the capabilities of `AppUser::check_privileges`).
+    /// Checked at start (not by `check-config`, which the installer runs
+    /// as root).
+    pub fn check_app_user(&self) -> Result<(), ConfigError> {
+        match &self.engine.app_user {
+            None => Ok(()),
+            Some(user) => user.check_privileges().map_err(|e| {
+                ConfigError(format!(
+                    "invalid configuration: DEPLOYEX_APP_USER={:?}: {e}",
+                    user.name
+                ))
+            }),
+        }
+    }
+
     /// Outside `local`, a local release store must be a folder owned by
     /// deployex's user and not writable by group or others: whoever can
     /// write it chooses the code the apps run. Checked at start (not by
@@ -93,6 +109,14 @@ impl Config {
                     .map_or("-".into(), |p| p.display().to_string()),
             ),
             ("stop apps on exit", e.stop_apps_on_exit.to_string()),
+            (
+                "app user",
+                e.app_user
+                    .as_ref()
+                    .map_or("- (deployex's own)".into(), |u| {
+                        format!("{} (uid {}, gid {})", u.name, u.uid, u.gid)
+                    }),
+            ),
             (
                 "beam sampling",
                 if e.beam_sample_interval.is_zero() {

@@ -103,6 +103,15 @@ pub(super) fn settings(
     engine.pre_command_timeout =
         src.millis("DEPLOYEX_PRE_COMMAND_TIMEOUT_MS", 300_000, 100, 86_400_000)?;
     engine.start_command = src.opt("DEPLOYEX_START_COMMAND");
+    engine.app_user = match src.opt("DEPLOYEX_APP_USER") {
+        None => None,
+        Some(name) => {
+            let user = deployex_actors::app_user::AppUser::lookup(name.trim())
+                .map_err(|e| src.invalid("DEPLOYEX_APP_USER", &name, &e.to_string()))?;
+            // deployex's own user: nothing to switch.
+            user.is_other().then_some(user)
+        }
+    };
     engine.deploy_strategy = deploy_strategy;
     engine.epmd_port = epmd_port;
     engine.hostname = short_hostname();

@@ -116,6 +116,10 @@ pub(crate) const VARIABLES: &[(&str, &str)] = &[
         "DEPLOYEX_START_COMMAND",
         "bin/{app} arguments that start an instance (mix: start, relx: foreground)",
     ),
+    (
+        "DEPLOYEX_APP_USER",
+        "user the instances, pre-commands and terminals run as; deployex must be root (unset: deployex's own user)",
+    ),
     // Fleet mode: see README "Running a fleet".
     (
         "DEPLOYEX_FLEET",

@@ -40,6 +40,26 @@ fn defaults_for_local() {
 }
 
 #[test]
+fn app_user_must_exist() {
+    let err = load(env(&[("DEPLOYEX_APP_USER", "no-such-user-dx")]), None).unwrap_err();
+    assert!(
+        err.0
+            .contains("DEPLOYEX_APP_USER=\"no-such-user-dx\": no such user"),
+        "{err}"
+    );
+    let c = load(env(&[("DEPLOYEX_APP_USER", "nobody")]), None).unwrap();
+    if nix::unistd::Uid::effective().as_raw() == 65534 {
+        assert_eq!(c.engine.app_user, None, "deployex's own user: no switch");
+    } else {
+        let user = c.engine.app_user.clone().unwrap();
+        assert_eq!((user.name.as_str(), user.uid), ("nobody", 65534));
+        assert!(c.describe().contains("app user: nobody (uid 65534"));
+    }
+    let c = load(env(&[]), None).unwrap();
+    assert_eq!(c.engine.app_user, None);
+}
+
+#[test]
 fn beam_sampling_period_is_off_or_at_least_100_ms() {
     let c = load(env(&[("DEPLOYEX_BEAM_SAMPLE_MS", "0")]), None).unwrap();
     assert!(c.engine.beam_sample_interval.is_zero());

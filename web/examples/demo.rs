@@ -27,6 +27,7 @@ async fn main() {
             ("TERM".into(), "xterm-256color".into()),
         ],
         cwd: dir,
+        user: None,
     });
     let mut cfg = common::config();
     cfg.bind = ([127, 0, 0, 1], port).into();

@@ -83,22 +83,38 @@ pub fn spawn_shell(
     let (pty, pts) = pty_process::open().map_err(TerminalError::Pty)?;
     pty.resize(pty_process::Size::new(24, 80))
         .map_err(TerminalError::Pty)?;
-    let child = pty_process::Command::new(&cmd.program)
+    let mut command = pty_process::Command::new(&cmd.program)
         .args(&cmd.args)
         .env_clear()
         .envs(cmd.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(&cmd.cwd)
-        .kill_on_drop(true)
-        .spawn(pts)
-        .map_err(|source| TerminalError::Spawn {
-            program: cmd.program.display().to_string(),
-            source,
-        })?;
+        .kill_on_drop(true);
+    if let Some(user) = &cmd.user {
+        command = run_as(command, user);
+    }
+    let child = command.spawn(pts).map_err(|source| TerminalError::Spawn {
+        program: cmd.program.display().to_string(),
+        source,
+    })?;
     let pid = child
         .id()
         .and_then(|p| i32::try_from(p).ok())
         .ok_or(TerminalError::NoPid)?;
     Ok((pty, child, pid))
+}
+
+/// The shell runs as the app user (`DEPLOYEX_APP_USER`), like the
+/// instance it opens. pty-process runs this hook after its own
+/// (`setsid`, controlling terminal), which still run as deployex.
+#[allow(unsafe_code)]
+fn run_as(
+    command: pty_process::Command,
+    user: &deployex_actors::app_user::AppUser,
+) -> pty_process::Command {
+    // SAFETY: the hook only makes the setgroups/setgid/setuid syscalls
+    // (async-signal-safe) on data built before the fork; it allocates
+    // nothing and takes no lock.
+    unsafe { command.pre_exec(user.switch_hook()) }
 }
 
 /// Bridges `ws` and the shell until either side ends or `idle` passes

@@ -722,6 +722,7 @@ async fn terminal_bridges_pty_and_kills_group_on_close() {
         ],
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         cwd: dir.path().to_path_buf(),
+        user: None,
     });
     let (_, state) = state_with(engine);
     let f = routes_with_state(state.clone());
@@ -780,6 +781,7 @@ async fn terminal_idle_timeout_closes_and_kills() {
         args: vec!["-c".into(), "echo PID $$ END; exec sleep 1000".into()],
         env: vec![],
         cwd: dir.path().to_path_buf(),
+        user: None,
     });
     let mut cfg = config();
     cfg.terminal_idle = Duration::from_millis(300);
@@ -895,6 +897,7 @@ async fn shutdown_ends_terminals_and_log_followers() {
         args: vec!["-c".into(), "echo PID $$ END; exec sleep 1000".into()],
         env: vec![],
         cwd: dir.path().to_path_buf(),
+        user: None,
     });
     let (_, state) = state_with(engine);
     let f = routes_with_state(state.clone());
@@ -1013,6 +1016,7 @@ async fn logout_closes_the_sessions_open_terminal() {
         args: vec!["-c".into(), "echo PID $$ END; exec sleep 1000".into()],
         env: vec![],
         cwd: dir.path().to_path_buf(),
+        user: None,
     });
     let state = deployex_web::AppState::new(engine, config());
     let f = routes_with_state(state.clone());

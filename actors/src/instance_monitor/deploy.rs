@@ -96,10 +96,18 @@ impl MonitorState {
             let app = self.cfg.app.clone();
             let me = myself.clone();
             let deploy_ref = job.deploy_ref.clone();
+            let user = self.cfg.app_user.clone();
             crate::task::spawn_for(
                 me,
                 "the hot upgrade",
                 async move {
+                    let window = match &user {
+                        Some(user) => match UpgradeWindow::open(user, &current).await {
+                            Ok(w) => Some(w),
+                            Err(e) => return Err(e),
+                        },
+                        None => None,
+                    };
                     let result = crate::upgrade::hot_upgrade(
                         &rpc,
                         &current,
@@ -109,17 +117,23 @@ impl MonitorState {
                         &job.version,
                         Duration::from_secs(60),
                     )
-                    .await
-                    .map(|report| {
-                        format!(
-                            "{} -> {} in {} ms (relup {:?})",
-                            report.from,
-                            report.to,
-                            report.total.as_millis(),
-                            report.relup
-                        )
-                    })
-                    .map_err(|e| StepError::Upgrade(crate::release_fetcher::error_chain(&e)));
+                    .await;
+                    let closed = match window {
+                        Some(w) => w.close().await,
+                        None => Ok(()),
+                    };
+                    let result = result
+                        .map(|report| {
+                            format!(
+                                "{} -> {} in {} ms (relup {:?})",
+                                report.from,
+                                report.to,
+                                report.total.as_millis(),
+                                report.relup
+                            )
+                        })
+                        .map_err(|e| StepError::Upgrade(crate::release_fetcher::error_chain(&e)))
+                        .and_then(|summary| closed.map(|()| summary));
                     if result.is_ok() {
                         let _ =
                             tokio::task::spawn_blocking(move || std::fs::remove_dir_all(new)).await;
@@ -323,6 +337,20 @@ pub(super) async fn prepare(
     })
     .await
     .map_err(|e| StepError::Task(format!("unpack task failed: {e}")))??;
+    if let Some(user) = cfg.app_user.clone() {
+        // The pre-commands run as the app user from new/; a full
+        // deployment rotates it to current/ as it is.
+        let (var_dir, service, new2) = (cfg.var_dir.clone(), service.to_path_buf(), new.clone());
+        tokio::task::spawn_blocking(move || {
+            user.prepare_service(&var_dir, &service)
+                .and_then(|()| user.seal_tree(&new2))
+                .map_err(|e| {
+                    StepError::Files(format!("cannot give new/ to app user {}: {e}", user.name))
+                })
+        })
+        .await
+        .map_err(|e| StepError::Task(format!("ownership task failed: {e}")))??;
+    }
     crate::testhook::point("new_unpacked");
     crate::release_kind::check_release(&new, &cfg.app)
         .map_err(|e| StepError::Refused(e.to_string()))?;
@@ -351,6 +379,7 @@ pub(super) async fn prepare(
             &cfg.log_file(instance, LogStream::Stdout),
             &cfg.log_file(instance, LogStream::Stderr),
             cfg.pre_command_timeout,
+            cfg.app_user.as_ref(),
         )
         .await;
         match outcome {
@@ -391,4 +420,69 @@ pub(super) async fn prepare(
         hot: decision.is_hot(),
         reason: decision.reason().to_string(),
     })
+}
+
+/// The time a hot upgrade of a node running as the app user may write its
+/// release's `lib/` and `releases/` (`release_handler` unpacks and
+/// installs from inside the node). [`UpgradeWindow::close`] gives them
+/// back to deployex; dropping an unclosed window (the task was aborted)
+/// does it on the blocking pool.
+struct UpgradeWindow {
+    user: crate::app_user::AppUser,
+    root: PathBuf,
+    closed: bool,
+}
+
+impl UpgradeWindow {
+    async fn open(
+        user: &crate::app_user::AppUser,
+        root: &Path,
+    ) -> Result<UpgradeWindow, StepError> {
+        let window = UpgradeWindow {
+            user: user.clone(),
+            root: root.to_path_buf(),
+            closed: false,
+        };
+        let (u, r) = (user.clone(), root.to_path_buf());
+        tokio::task::spawn_blocking(move || u.open_for_upgrade(&r))
+            .await
+            .map_err(|e| StepError::Task(format!("ownership task failed: {e}")))?
+            .map_err(|e| {
+                StepError::Files(format!(
+                    "cannot open the release to app user {} for the upgrade: {e}",
+                    user.name
+                ))
+            })?;
+        Ok(window)
+    }
+
+    async fn close(mut self) -> Result<(), StepError> {
+        self.closed = true;
+        let (u, r) = (self.user.clone(), self.root.clone());
+        tokio::task::spawn_blocking(move || u.close_after_upgrade(&r))
+            .await
+            .map_err(|e| StepError::Task(format!("ownership task failed: {e}")))?
+            .map_err(|e| {
+                StepError::Files(format!(
+                    "cannot give the release back to deployex after the upgrade: {e}"
+                ))
+            })
+    }
+}
+
+impl Drop for UpgradeWindow {
+    fn drop(&mut self) {
+        if !self.closed {
+            let (u, r) = (self.user.clone(), self.root.clone());
+            let close = move || {
+                if let Err(e) = u.close_after_upgrade(&r) {
+                    tracing::error!(root = %r.display(), error = %e, "cannot give the release back to deployex");
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(close)),
+                Err(_) => close(),
+            }
+        }
+    }
 }

@@ -115,6 +115,17 @@ impl MonitorState {
             self.set_phase(InstanceState::Stopped, "release refused");
             return;
         }
+        if let Some(user) = &self.cfg.app_user
+            && let Err(e) = user
+                .prepare_service(&self.cfg.var_dir, &self.service)
+                .and_then(|()| user.seal_tree_once(&current))
+        {
+            let error = format!("cannot prepare the files of app user {}: {e}", user.name);
+            tracing::error!(instance = self.instance, %error);
+            self.last_error = Some(error);
+            self.schedule_crash_restart(myself);
+            return;
+        }
         let spec = InstanceSpec {
             program: program.clone(),
             args: crate::release_kind::start_args(
@@ -125,6 +136,7 @@ impl MonitorState {
             env: self.env(),
             stdout_log: self.cfg.log_file(self.instance, LogStream::Stdout),
             stderr_log: self.cfg.log_file(self.instance, LogStream::Stderr),
+            user: self.cfg.app_user.clone(),
         };
         match process::spawn_instance(&spec) {
             Ok(handle) => {
@@ -159,7 +171,7 @@ impl MonitorState {
     }
 
     pub(super) fn env(&self) -> Vec<(String, String)> {
-        let overrides = vec![
+        let mut overrides = vec![
             (
                 "RELEASE_NODE_SUFFIX".to_string(),
                 format!("-{}{}", self.instance, self.slot.suffix()),
@@ -179,6 +191,9 @@ impl MonitorState {
                 self.service.to_string_lossy().into_owned(),
             ),
         ];
+        if let Some(user) = &self.cfg.app_user {
+            overrides.extend(user.env(&self.service));
+        }
         process::instance_env(self.cfg.base_env.iter().cloned(), &overrides)
     }
 

@@ -12,6 +12,7 @@ use nix::unistd::Pid;
 use super::ProcessError;
 use super::handle::{ExitInfo, OpenError, ProcessHandle};
 use super::spawn::open_log;
+use crate::app_user::AppUser;
 
 /// SIGKILLs the command's group if the future running it is dropped. Must
 /// be dropped before the tokio `Child` (declared after it), while the
@@ -32,7 +33,9 @@ impl Drop for GroupGuard {
 /// Runs `program args` in its own process group and waits for it. On
 /// timeout, or if this future is dropped, the whole group is SIGKILLed.
 /// When the leader exits, any process it left in its group is killed too:
-/// a pre-command must not leave anything running.
+/// a pre-command must not leave anything running. With `user`, the
+/// command runs as that user.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_command(
     program: &Path,
     args: &[String],
@@ -41,14 +44,19 @@ pub async fn run_command(
     stdout_log: &Path,
     stderr_log: &Path,
     timeout: Duration,
+    user: Option<&AppUser>,
 ) -> Result<ExitInfo, ProcessError> {
-    let stdout = open_log(stdout_log)?;
-    let stderr = open_log(stderr_log)?;
+    let stdout = open_log(stdout_log, user)?;
+    let stderr = open_log(stderr_log, user)?;
     let spawn_err = |source| ProcessError::Spawn {
         program: program.to_path_buf(),
         source,
     };
-    let mut child = tokio::process::Command::new(program)
+    let mut cmd = tokio::process::Command::new(program);
+    if let Some(user) = user {
+        super::sys::run_as_tokio(&mut cmd, user);
+    }
+    let mut child = cmd
         .args(args)
         .current_dir(cwd)
         .env_clear()

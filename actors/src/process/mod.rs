@@ -1,5 +1,6 @@
 //! OS processes: the only module of deployex that spawns, signals and reaps
-//! them (instances and pre-commands), plus the `/proc` reading, pid files,
+//! them (instances and pre-commands; as `DEPLOYEX_APP_USER` when set, see
+//! [`crate::app_user`]), plus the `/proc` reading, pid files,
 //! environment scrubbing and log rotation that go with them.
 //!
 //! Invariants:
@@ -48,6 +49,7 @@ pub use scan::{
 };
 pub use spawn::{InstanceSpec, spawn_instance};
 pub use stop::{StopOutcome, kill_group, stop_group, wait_group_gone};
+pub use sys::drop_all_caps;
 
 /// Errors of the process module; each carries what was being handled.
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 
 use super::ProcessError;
 use super::handle::{OpenError, ProcessHandle};
+use crate::app_user::AppUser;
 
 /// Everything needed to start one instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,18 +28,22 @@ pub struct InstanceSpec {
     pub env: Vec<(String, String)>,
     pub stdout_log: PathBuf,
     pub stderr_log: PathBuf,
+    /// `DEPLOYEX_APP_USER`: the process runs as this user, and its log
+    /// files become its own. `None`: deployex's own user.
+    pub user: Option<AppUser>,
 }
 
 /// Opens `path` for appending (O_APPEND|O_CREAT), creating its directory.
 /// O_APPEND lets copytruncate rotation work: writers always land at the end.
-pub(super) fn open_log(path: &Path) -> Result<File, ProcessError> {
+/// With an app user the file becomes that user's.
+pub(super) fn open_log(path: &Path, user: Option<&AppUser>) -> Result<File, ProcessError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| ProcessError::LogDir {
             path: dir.to_path_buf(),
             source,
         })?;
     }
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
@@ -46,15 +51,27 @@ pub(super) fn open_log(path: &Path) -> Result<File, ProcessError> {
         .map_err(|source| ProcessError::LogFile {
             path: path.to_path_buf(),
             source,
-        })
+        })?;
+    if let Some(user) = user {
+        user.own_log(&file, path)
+            .map_err(|source| ProcessError::LogFile {
+                path: path.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(file)
 }
 
 /// Starts an instance as the leader of a new process group and returns a
 /// handle on it. No `Child` is kept: the handle alone reaps the process.
 pub fn spawn_instance(spec: &InstanceSpec) -> Result<ProcessHandle, ProcessError> {
-    let stdout = open_log(&spec.stdout_log)?;
-    let stderr = open_log(&spec.stderr_log)?;
-    let child = Command::new(&spec.program)
+    let stdout = open_log(&spec.stdout_log, spec.user.as_ref())?;
+    let stderr = open_log(&spec.stderr_log, spec.user.as_ref())?;
+    let mut cmd = Command::new(&spec.program);
+    if let Some(user) = &spec.user {
+        super::sys::run_as_std(&mut cmd, user);
+    }
+    let child = cmd
         .args(&spec.args)
         .current_dir(&spec.cwd)
         .env_clear()

@@ -129,3 +129,86 @@ pub(super) fn set_current_thread_nice(nice: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Makes `cmd`'s child run as `user` (groups, gid, uid; see
+/// [`crate::app_user::AppUser::switch_hook`]).
+pub(super) fn run_as_std(cmd: &mut std::process::Command, user: &crate::app_user::AppUser) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook only makes the setgroups/setgid/setuid syscalls
+    // (async-signal-safe) on data built before the fork; it allocates
+    // nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(user.switch_hook());
+    }
+}
+
+/// [`run_as_std`] for a tokio command.
+pub(super) fn run_as_tokio(cmd: &mut tokio::process::Command, user: &crate::app_user::AppUser) {
+    // SAFETY: as in `run_as_std`.
+    unsafe {
+        cmd.pre_exec(user.switch_hook());
+    }
+}
+
+/// Drops every capability of the calling thread: the ambient set
+/// (`PR_CAP_AMBIENT_CLEAR_ALL`), then effective, permitted and inheritable
+/// (`capset` with empty sets), so that a program it executes gets none. A
+/// deployex that is not root but holds CAP_SETUID & co (ambient
+/// capabilities from its unit) would otherwise hand them to the apps:
+/// `setuid` from a non-zero uid keeps them. EINVAL from the ambient clear
+/// (a kernel without ambient capabilities) means there is nothing to
+/// clear. Async-signal-safe: two syscalls on stack data.
+pub fn drop_all_caps() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only; no memory is passed.
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINVAL) {
+            return Err(err);
+        }
+    }
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: a valid header and the two data structs version 3 expects,
+    // both live for the call; the kernel only reads them (and may write
+    // the header's version, which is ours and mutable).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

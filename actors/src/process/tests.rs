@@ -55,6 +55,7 @@ fn spec(dir: &Path, program: PathBuf, args: &[&str]) -> InstanceSpec {
         ],
         stdout_log: dir.join("logs/app-1-stdout.log"),
         stderr_log: dir.join("logs/app-1-stderr.log"),
+        user: None,
     }
 }
 
@@ -356,6 +357,7 @@ async fn run_command_reports_code_and_appends_output() {
             &sp.stdout_log,
             &sp.stderr_log,
             Duration::from_secs(10),
+            None,
         )
         .await
         .unwrap();
@@ -388,7 +390,7 @@ async fn run_command_kills_its_group_on_success_timeout_and_drop() {
         );
         async move {
             let args = vec![pidf.display().to_string(), mode.to_string()];
-            run_command(&prog, &args, &cwd, &env, &out, &err, timeout).await
+            run_command(&prog, &args, &cwd, &env, &out, &err, timeout, None).await
         }
     };
 
@@ -556,6 +558,7 @@ async fn real_release_spawn_adopt_stop_leaves_no_beam() {
         env: instance_env(std::env::vars(), &overrides),
         stdout_log: dir.path().join("log/relapp-1-stdout.log"),
         stderr_log: dir.path().join("log/relapp-1-stderr.log"),
+        user: None,
     };
     let h = spawn_instance(&sp).unwrap();
     let _c = Cleanup(h.clone());

@@ -483,6 +483,14 @@ pub(super) async fn unpack_and_relup<R: Rpc>(
         .await
         .map_err(|e| io_err(Step::Copy, to, tarball)(std::io::Error::other(e)))?
         .map_err(io_err(Step::Copy, to, tarball))?;
+    // A node running as the app user unpacks into releases/{to}/.
+    for path in [&rel_dir, &dest] {
+        crate::app_user::inherit_owner(path, &root.join("releases")).map_err(io_err(
+            Step::Copy,
+            to,
+            path,
+        ))?;
+    }
     run.steps.push((Step::Copy, copy_started.elapsed()));
 
     let reply = run
