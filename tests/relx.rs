@@ -12,11 +12,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::deployex::{Site, app_version, pid_alive, pids};
-use futures::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn all_running(status: &Value, version: &str) -> bool {
     status["instances"].as_array().unwrap().iter().all(|i| {
@@ -61,49 +58,6 @@ fn epmd_names(site: &Site) -> String {
         .output()
         .expect("run epmd -names");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Opens the web terminal of instance 1, evaluates an Erlang expression in
-/// the relx remote console and returns once its output came back.
-async fn terminal_evaluates(api_port: u16, token: &str) {
-    let mut request = format!("ws://127.0.0.1:{api_port}/instances/1/terminal/ws")
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
-    request.headers_mut().insert(
-        "Origin",
-        format!("http://127.0.0.1:{api_port}").parse().unwrap(),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("terminal websocket");
-    let mut screen = String::new();
-    let mut sent = false;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !screen.contains("rx42") {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let msg = tokio::time::timeout(left, ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("terminal: no `rx42` within 30 s; screen:\n{screen}"));
-        match msg {
-            Some(Ok(Message::Binary(bytes))) => screen.push_str(&String::from_utf8_lossy(&bytes)),
-            Some(Ok(Message::Text(text))) => screen.push_str(&text),
-            Some(Ok(_)) => {}
-            other => panic!("terminal closed ({other:?}); screen:\n{screen}"),
-        }
-        // The Erlang shell's prompt, `(dxtest-1@host)1>`.
-        if !sent && screen.contains(")1>") {
-            ws.send(Message::Binary(
-                b"io:format(\"rx~p~n\", [6*7]).\r".to_vec().into(),
-            ))
-            .await
-            .unwrap();
-            sent = true;
-        }
-    }
-    let _ = ws.send(Message::Close(None)).await;
 }
 
 #[test]
@@ -156,9 +110,13 @@ fn rebar3_replicas_run_in_the_foreground_roll_hot_upgrade_and_stop() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(terminal_evaluates(
+    // The relx remote console evaluates an Erlang expression.
+    rt.block_on(common::terminal::answers(
         site.api_port,
         dx.token.as_deref().unwrap(),
+        "io:format(\"rx~p~n\", [6*7]).",
+        "rx42",
+        || {},
     ));
 
     // kill -9 one VM: respawned.

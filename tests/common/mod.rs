@@ -15,6 +15,7 @@ pub mod fixtures;
 pub mod moto;
 pub mod net;
 pub mod process;
+pub mod terminal;
 
 pub use evil::{
     evil_tarball_absolute, evil_tarball_dotdot, evil_tarball_symlink, tarball_without_bin,
