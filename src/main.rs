@@ -42,6 +42,8 @@ enum Command {
     },
     /// Validate the configuration and print the effective values (secrets redacted).
     CheckConfig,
+    /// List every setting: variable, default, allowed values, scope (app or host), meaning.
+    Settings,
     // The operator CLI (publish, login, status, ...): `src/cli/`.
     #[command(flatten)]
     Operator(cli::Command),
@@ -54,6 +56,10 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::HashPassword { cost } => hash_password(cost),
         Command::Operator(command) => cli::run(command, cli.config.as_deref()),
+        Command::Settings => {
+            print!("{}", config::settings::reference());
+            ExitCode::SUCCESS
+        }
         Command::CheckConfig => match load_config(cli.config.as_deref()) {
             Ok(c) => {
                 print!("{}", c.describe());
@@ -84,7 +90,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let web_runtime = if cfg.web_enabled {
+            let web_runtime = if cfg.web.enabled {
                 match web_runtime() {
                     Ok(r) => Some(r),
                     Err(e) => {
@@ -281,24 +287,11 @@ async fn run(
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let web = if let Some(web_runtime) = web {
         let web_cfg = deployex_web::WebConfig {
-            bind: cfg.bind,
-            host: cfg.host.clone(),
-            secret_key_base: cfg.secret_key_base.clone(),
-            admin_hashed_password: cfg.admin_hashed_password.clone(),
-            secure_cookie: cfg.secure_cookie,
-            session_ttl: cfg.session_ttl,
-            terminal_idle: cfg.terminal_idle,
-            terminal_lifetime: std::time::Duration::from_secs(4 * 3600),
-            metrics_token: cfg.metrics_token.clone(),
-            app_name: cfg.engine.app.clone(),
-            revoked_tokens_file: Some(cfg.engine.storage_dir().join("revoked_tokens.json")),
-            trusted_proxies: cfg.trusted_proxies.clone(),
-            public_origins: cfg.public_origins.clone(),
-            max_connections: cfg.max_connections,
             own_log: Some(own_log),
+            ..cfg.web.server.clone()
         };
-        if !cfg.bind.ip().is_loopback() {
-            tracing::warn!(bind = %cfg.bind, "the dashboard listens on a non-loopback address: put it behind a TLS reverse proxy (see README, Security)");
+        if !web_cfg.bind.ip().is_loopback() {
+            tracing::warn!(bind = %web_cfg.bind, "the dashboard listens on a non-loopback address: put it behind a TLS reverse proxy (see README, Security)");
         }
         let engine: std::sync::Arc<dyn deployex_actors::Engine> =
             std::sync::Arc::new(handle.clone());

@@ -125,7 +125,7 @@ fn base_url(api: &ApiOpts, config: Option<&Path>) -> anyhow::Result<String> {
         return Ok(url.clone());
     }
     let cfg = super::load_config(config).context("no --url, and the configuration")?;
-    let mut bind = cfg.bind;
+    let mut bind = cfg.web.server.bind;
     // A server bound to every address is reached on loopback.
     if bind.ip().is_unspecified() {
         bind.set_ip(match bind.ip() {

@@ -127,8 +127,11 @@ impl Config {
             ),
             (
                 "dashboard",
-                if self.web_enabled {
-                    format!("http://{} (host {})", self.bind, self.host)
+                if self.web.enabled {
+                    format!(
+                        "http://{} (host {})",
+                        self.web.server.bind, self.web.server.host
+                    )
                 } else {
                     "off".into()
                 },

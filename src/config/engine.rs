@@ -1,6 +1,7 @@
 //! The engine's settings (`EngineConfig`): instances, ports, deploys,
-//! health, watchdog, events, fleet. Adding one: a line in
-//! `settings::VARIABLES` and a line here with its default and range.
+//! health, watchdog, events, fleet. Adding one: a row in
+//! `settings::SETTINGS` and a line here with the same default and range
+//! (the tests check they agree).
 
 use std::path::{Path, PathBuf};
 

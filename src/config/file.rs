@@ -1,19 +1,13 @@
-//! The TOML file: keys are the variable names in lower case without
-//! `DEPLOYEX_`; unknown keys and tables are errors (a typo must not be
+//! The TOML file: keys are the variable names of `settings::SETTINGS` in
+//! lower case without `DEPLOYEX_`; unknown keys and tables are errors (a typo must not be
 //! silently ignored).
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use super::ConfigError;
-use super::settings::VARIABLES;
-
-/// `DEPLOYEX_MONITORED_REPLICAS` → `monitored_replicas`.
-pub(super) fn file_key(var: &str) -> String {
-    var.strip_prefix("DEPLOYEX_")
-        .unwrap_or(var)
-        .to_ascii_lowercase()
-}
+use super::settings::SETTINGS;
+pub(super) use super::settings::file_key;
 
 pub(super) fn read_file(path: &Path) -> Result<HashMap<String, String>, ConfigError> {
     let text = std::fs::read_to_string(path)
@@ -24,7 +18,7 @@ pub(super) fn read_file(path: &Path) -> Result<HashMap<String, String>, ConfigEr
             path.display()
         ))
     })?;
-    let known: Vec<String> = VARIABLES.iter().map(|(v, _)| file_key(v)).collect();
+    let known: Vec<String> = SETTINGS.iter().map(|s| s.key()).collect();
     let mut out = HashMap::new();
     for (key, value) in table {
         if !known.contains(&key) {

@@ -3,12 +3,12 @@
 //! and the web server's settings, and last the effective values that
 //! `check-config` prints.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use deployex_actors::StoreConfig;
 
-use super::settings::{FETCHED_SECRETS, OPTIONAL_SECRETS, SECRETS, VARIABLES};
+use super::settings::{FETCHED_SECRETS, OPTIONAL_SECRETS, SETTINGS, is_secret};
 use super::source::Source;
 use super::{Config, ConfigError, LOCAL_ADMIN_HASH, MIN_BCRYPT_COST, SecretsRequest, engine, web};
 
@@ -59,29 +59,20 @@ pub(super) fn load_inner(
     let mut engine = engine::settings(&src, &id, store)?;
     engine.cookie = secrets.cookie;
     // -- web hardening: no secret of deployex reaches an app, a pre-command
-    // or a terminal (every name in SECRETS, present and future).
-    engine.base_env = env
-        .into_iter()
-        .filter(|(k, _)| !SECRETS.contains(&k.as_str()))
-        .collect();
+    // or a terminal (every secret of the settings table, present and future).
+    engine.base_env = env.into_iter().filter(|(k, _)| !is_secret(k)).collect();
     engine.base_env.sort();
-    let web = web::settings(&src)?;
+    let web = web::settings(
+        &src,
+        &engine,
+        secrets.secret_key_base,
+        secrets.admin_hashed_password,
+    )?;
 
     Ok(Config {
         engine,
-        web_enabled: web.enabled,
-        bind: web.bind,
-        host: web.host,
-        secret_key_base: secrets.secret_key_base,
-        admin_hashed_password: secrets.admin_hashed_password,
-        secure_cookie: web.secure_cookie,
-        session_ttl: web.session_ttl,
-        metrics_token: web.metrics_token,
-        terminal_idle: web.terminal_idle,
+        web,
         effective: effective(&src),
-        trusted_proxies: web.trusted_proxies,
-        public_origins: web.public_origins,
-        max_connections: web.max_connections,
     })
 }
 
@@ -263,23 +254,28 @@ fn random_secret() -> String {
     hex::encode(bytes)
 }
 
-/// Every variable's value as `check-config` shows it: set, or
-/// `<default>`; secrets only say where they came from.
-fn effective(src: &Source) -> BTreeMap<String, String> {
-    let mut effective = BTreeMap::new();
-    for (var, _) in VARIABLES {
-        let value = if SECRETS.contains(var) {
-            if src.fetched.contains_key(*var) {
-                "<redacted, from AWS Secrets Manager>".to_string()
-            } else if src.opt(var).is_some() {
-                "<redacted>".to_string()
+/// Every variable's value as `check-config` shows it, in the settings
+/// table's order: set, or `<default>`; secrets only say where they came
+/// from.
+fn effective(src: &Source) -> Vec<(&'static str, String)> {
+    SETTINGS
+        .iter()
+        .map(|s| {
+            let value = if s.secret {
+                if src.fetched.contains_key(s.name) {
+                    "<redacted, from AWS Secrets Manager>".to_string()
+                } else if src.get(s.name).is_some_and(|v| !v.is_empty()) {
+                    "<redacted>".to_string()
+                } else {
+                    "<default>".to_string()
+                }
             } else {
-                "<default>".to_string()
-            }
-        } else {
-            src.opt(var).unwrap_or_else(|| "<default>".to_string())
-        };
-        effective.insert((*var).to_string(), value);
-    }
-    effective
+                // `get`, not `opt`: listing a value is not reading it.
+                src.get(s.name)
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| "<default>".to_string())
+            };
+            (s.name, value)
+        })
+        .collect()
 }

@@ -15,8 +15,10 @@
 //!
 //! Where things are:
 //!
-//! - `settings`: every variable deployex reads (name and one-line doc, for
-//!   `check-config` and the TOML file's keys), and which ones are secrets;
+//! - `settings`: the table of every variable deployex reads (name,
+//!   default, range, doc, secret, scope): the TOML file's keys,
+//!   `check-config`'s list and redaction, and what the README table and
+//!   the example file are checked against (`doc_tests`);
 //! - `source`: where a value comes from (environment, then file, then the
 //!   fetched secrets) and the typed readers that name the variable and the
 //!   value in their errors; `file`: the TOML file;
@@ -25,13 +27,11 @@
 //! - `check`: the start-time check of a local store and `check-config`'s
 //!   text.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 #[cfg(test)]
 use std::path::Path;
-use std::time::Duration;
 
 use deployex_actors::EngineConfig;
+use deployex_web::WebConfig;
 
 mod check;
 mod engine;
@@ -61,26 +61,24 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// The whole effective configuration.
+/// The whole effective configuration: the engine's half, the web
+/// server's half, and what `check-config` prints.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub engine: EngineConfig,
-    pub web_enabled: bool,
-    pub bind: SocketAddr,
-    pub host: String,
-    pub secret_key_base: String,
-    pub admin_hashed_password: String,
-    pub secure_cookie: bool,
-    pub session_ttl: Duration,
-    pub metrics_token: Option<String>,
-    pub terminal_idle: Duration,
-    /// Effective values by variable, for `check-config` (secrets redacted).
-    pub effective: BTreeMap<String, String>,
-    // -- web hardening --
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Origins a browser may send state changes from (exact match).
-    pub public_origins: Vec<String>,
-    pub max_connections: usize,
+    pub web: WebSettings,
+    /// Every variable's effective value in the settings table's order, for
+    /// `check-config` (secrets redacted).
+    pub effective: Vec<(&'static str, String)>,
+}
+
+/// The web server's half: whether it runs, and its whole configuration
+/// (the binary only adds its own log, `own_log`, before serving).
+#[derive(Debug, Clone)]
+pub struct WebSettings {
+    /// `DEPLOYEX_PHX_SERVER`.
+    pub enabled: bool,
+    pub server: WebConfig,
 }
 
 /// What the secrets fetcher needs to know.
@@ -107,5 +105,7 @@ pub fn load(
 #[cfg(test)]
 type NoFetcher = fn(&SecretsRequest) -> Result<std::collections::HashMap<String, String>, String>;
 
+#[cfg(test)]
+mod doc_tests;
 #[cfg(test)]
 mod tests;

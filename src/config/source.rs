@@ -2,6 +2,13 @@
 //! the fetched secrets. The typed readers (`number`, `millis`, `boolean`,
 //! `opt`, `string`) treat an empty value as unset and name the variable,
 //! where it was set and the bad value in their errors.
+//!
+//! In tests every reader also checks itself against `settings::SETTINGS`:
+//! the variable is in the table, a number's range and default and a
+//! boolean's default are the table's (so the table users read cannot drift
+//! from what the code does; every test that loads a configuration checks
+//! the readers it runs, and `doc_tests::every_setting_has_a_reader` runs
+//! them all and fails on a row nothing reads).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +43,8 @@ impl Source {
     }
 
     pub(super) fn get(&self, var: &str) -> Option<String> {
+        #[cfg(test)]
+        table_row(var);
         let set = match self.env.get(var) {
             Some(v) => Some(v.clone()),
             None => self.file.get(&file_key(var)).cloned(),
@@ -66,12 +75,16 @@ impl Source {
     }
 
     pub(super) fn string(&self, var: &str, default: &str) -> String {
+        #[cfg(test)]
+        note_read(var);
         self.get(var)
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| default.to_string())
     }
 
     pub(super) fn opt(&self, var: &str) -> Option<String> {
+        #[cfg(test)]
+        note_read(var);
         self.get(var).filter(|v| !v.is_empty())
     }
 
@@ -82,6 +95,26 @@ impl Source {
         min: T,
         max: T,
     ) -> Result<T, ConfigError> {
+        #[cfg(test)]
+        {
+            let row = table_row(var);
+            let range = match row.range {
+                super::settings::Range::Int { min, max } => (min.to_string(), max.to_string()),
+                other => panic!("{var} is read as a number but the settings table says {other}"),
+            };
+            assert_eq!(
+                range,
+                (min.to_string(), max.to_string()),
+                "{var}: the reader's range differs from the settings table's"
+            );
+            if row.default.parse::<u64>().is_ok() {
+                assert_eq!(
+                    row.default,
+                    default.to_string(),
+                    "{var}: the reader's default differs from the settings table's"
+                );
+            }
+        }
         match self.opt(var) {
             None => Ok(default),
             Some(v) => match v.trim().parse::<T>() {
@@ -107,6 +140,22 @@ impl Source {
     }
 
     pub(super) fn boolean(&self, var: &str, default: bool) -> Result<bool, ConfigError> {
+        #[cfg(test)]
+        {
+            let row = table_row(var);
+            assert_eq!(
+                row.range,
+                super::settings::Range::Bool,
+                "{var} is read as a boolean"
+            );
+            if matches!(row.default, "true" | "false") {
+                assert_eq!(
+                    row.default,
+                    default.to_string(),
+                    "{var}: the reader's default differs from the settings table's"
+                );
+            }
+        }
         match self.opt(var) {
             None => Ok(default),
             Some(v) => match v.trim().to_ascii_lowercase().as_str() {
@@ -116,4 +165,24 @@ impl Source {
             },
         }
     }
+}
+
+/// The table's row of a variable a reader reads; a variable missing from
+/// the table is a bug the tests catch here.
+#[cfg(test)]
+fn table_row(var: &str) -> &'static super::settings::Setting {
+    super::settings::setting(var)
+        .unwrap_or_else(|| panic!("{var} is read but missing from settings::SETTINGS"))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The variables the typed readers read on this thread (tests only).
+    pub(super) static READ: std::cell::RefCell<std::collections::BTreeSet<String>> =
+        const { std::cell::RefCell::new(std::collections::BTreeSet::new()) };
+}
+
+#[cfg(test)]
+fn note_read(var: &str) {
+    READ.with(|r| r.borrow_mut().insert(var.to_string()));
 }

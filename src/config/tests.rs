@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use deployex_actors::StoreConfig;
 
-use super::settings::SECRETS;
+use super::settings::secrets;
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -23,7 +23,7 @@ fn defaults_for_local() {
     assert_eq!(c.engine.app, "myphoenixapp");
     assert_eq!(c.engine.replicas, 3);
     assert_eq!(c.engine.port(3), 4002);
-    assert_eq!(c.bind.port(), 5001);
+    assert_eq!(c.web.server.bind.port(), 5001);
     assert_eq!(c.engine.var_dir, PathBuf::from("/tmp/deployex/varlib"));
     assert_eq!(
         c.engine.log_dir,
@@ -35,7 +35,7 @@ fn defaults_for_local() {
             root: PathBuf::from("/tmp/myphoenixapp")
         }
     );
-    assert!(bcrypt::verify("deployex", &c.admin_hashed_password).unwrap());
+    assert!(bcrypt::verify("deployex", &c.web.server.admin_hashed_password).unwrap());
     assert_eq!(c.engine.beam_sample_interval, Duration::from_millis(5000));
 }
 
@@ -156,8 +156,11 @@ fn s3_and_secrets_outside_local() {
     )
     .unwrap();
     // The optional secret is taken; a setting in the secret is not.
-    assert_eq!(c.metrics_token.as_deref(), Some("fetched-metrics"));
-    assert_ne!(c.bind.port(), 1);
+    assert_eq!(
+        c.web.server.metrics_token.as_deref(),
+        Some("fetched-metrics")
+    );
+    assert_ne!(c.web.server.bind.port(), 1);
     let req = asked.unwrap();
     assert_eq!(
         req,
@@ -171,7 +174,7 @@ fn s3_and_secrets_outside_local() {
     );
     // The environment wins over the secret.
     assert_eq!(c.engine.cookie, "envcookie");
-    assert_eq!(c.secret_key_base, "f".repeat(64));
+    assert_eq!(c.web.server.secret_key_base, "f".repeat(64));
     assert_eq!(
         c.engine.store,
         StoreConfig::S3 {
@@ -280,13 +283,19 @@ fn describe_redacts_secrets() {
 fn public_origin_secure_cookie_and_proxies() {
     let c = load(env(&[]), None).unwrap();
     assert_eq!(
-        c.public_origins,
+        c.web.server.public_origins,
         vec!["http://localhost:5001", "http://127.0.0.1:5001"]
     );
-    assert!(!c.secure_cookie);
+    assert!(!c.web.server.secure_cookie);
     let c = load(env(&[("DEPLOYEX_PHX_HOST", "deploy.example.com")]), None).unwrap();
-    assert_eq!(c.public_origins, vec!["https://deploy.example.com"]);
-    assert!(c.secure_cookie, "https origin: Secure by default");
+    assert_eq!(
+        c.web.server.public_origins,
+        vec!["https://deploy.example.com"]
+    );
+    assert!(
+        c.web.server.secure_cookie,
+        "https origin: Secure by default"
+    );
     let c = load(
         env(&[
             ("DEPLOYEX_PHX_HOST", "deploy.example.com"),
@@ -295,13 +304,13 @@ fn public_origin_secure_cookie_and_proxies() {
         None,
     )
     .unwrap();
-    assert!(!c.secure_cookie, "false forces it off");
+    assert!(!c.web.server.secure_cookie, "false forces it off");
     let c = load(
         env(&[("DEPLOYEX_PUBLIC_URL", "http://10.0.0.5:8080/")]),
         None,
     )
     .unwrap();
-    assert_eq!(c.public_origins, vec!["http://10.0.0.5:8080"]);
+    assert_eq!(c.web.server.public_origins, vec!["http://10.0.0.5:8080"]);
     let e = load(env(&[("DEPLOYEX_PUBLIC_URL", "deploy.example.com")]), None).unwrap_err();
     assert!(e.0.contains("DEPLOYEX_PUBLIC_URL"), "{e}");
     let c = load(
@@ -309,10 +318,10 @@ fn public_origin_secure_cookie_and_proxies() {
         None,
     )
     .unwrap();
-    assert_eq!(c.trusted_proxies.len(), 3);
+    assert_eq!(c.web.server.trusted_proxies.len(), 3);
     let e = load(env(&[("DEPLOYEX_TRUSTED_PROXIES", "10.0.0.0/33")]), None).unwrap_err();
     assert!(e.0.contains("DEPLOYEX_TRUSTED_PROXIES"), "{e}");
-    assert_eq!(c.max_connections, 512);
+    assert_eq!(c.web.server.max_connections, 512);
 }
 
 #[test]
@@ -342,7 +351,7 @@ fn no_secret_reaches_the_apps_environment() {
         None,
     )
     .unwrap();
-    for secret in SECRETS {
+    for secret in secrets() {
         assert!(
             !c.engine.base_env.iter().any(|(k, _)| k == secret),
             "{secret} in the apps' environment"

@@ -1,28 +1,29 @@
 //! The web server's settings: where it listens, its public origin, the
-//! session cookie, proxies and limits. Adding one: a line in
-//! `settings::VARIABLES`, a field here and in `Config`.
+//! session cookie, proxies and limits, read straight into the web crate's
+//! own `WebConfig` (the binary only adds its own log before serving).
+//! Adding one: a row in `settings::SETTINGS`, a field in `WebConfig` and
+//! its reader here.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use super::ConfigError;
+use deployex_actors::EngineConfig;
+use deployex_web::WebConfig;
+
 use super::source::Source;
+use super::{ConfigError, WebSettings};
 
-/// The web half of [`Config`](super::Config).
-pub(super) struct Web {
-    pub enabled: bool,
-    pub bind: SocketAddr,
-    pub host: String,
-    pub secure_cookie: bool,
-    pub session_ttl: Duration,
-    pub metrics_token: Option<String>,
-    pub terminal_idle: Duration,
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    pub public_origins: Vec<String>,
-    pub max_connections: usize,
-}
+/// A terminal closes after this long whatever happens in it.
+const TERMINAL_LIFETIME: Duration = Duration::from_secs(4 * 3600);
 
-pub(super) fn settings(src: &Source) -> Result<Web, ConfigError> {
+/// The web half of [`Config`](super::Config); `engine` gives the app's
+/// name and where revoked tokens are kept, the loader the two secrets.
+pub(super) fn settings(
+    src: &Source,
+    engine: &EngineConfig,
+    secret_key_base: String,
+    admin_hashed_password: String,
+) -> Result<WebSettings, ConfigError> {
     let bind_ip = src.string("DEPLOYEX_BIND_ADDR", "127.0.0.1");
     let bind_ip: IpAddr = bind_ip
         .parse()
@@ -67,10 +68,11 @@ pub(super) fn settings(src: &Source) -> Result<Web, ConfigError> {
     };
     let max_connections: usize = src.number("DEPLOYEX_MAX_CONNECTIONS", 512, 8, 1_000_000)?;
 
-    Ok(Web {
-        enabled: src.boolean("DEPLOYEX_PHX_SERVER", true)?,
+    let server = WebConfig {
         bind: SocketAddr::new(bind_ip, phx_port),
         host: phx_host,
+        secret_key_base,
+        admin_hashed_password,
         secure_cookie,
         session_ttl: Duration::from_secs(src.number(
             "DEPLOYEX_SESSION_TTL_S",
@@ -80,8 +82,16 @@ pub(super) fn settings(src: &Source) -> Result<Web, ConfigError> {
         )?),
         metrics_token: src.opt("DEPLOYEX_METRICS_TOKEN"),
         terminal_idle: src.millis("DEPLOYEX_TERMINAL_IDLE_MS", 300_000, 1000, 86_400_000)?,
+        terminal_lifetime: TERMINAL_LIFETIME,
+        app_name: engine.app.clone(),
+        revoked_tokens_file: Some(engine.storage_dir().join("revoked_tokens.json")),
         trusted_proxies,
         public_origins,
         max_connections,
+        own_log: None,
+    };
+    Ok(WebSettings {
+        enabled: src.boolean("DEPLOYEX_PHX_SERVER", true)?,
+        server,
     })
 }
