@@ -95,6 +95,53 @@ fn every_operator_command_has_help() {
     }
 }
 
+/// `deployex settings` prints the settings table (default, allowed values,
+/// scope); `check-config` lists the variables in that table's order, a
+/// file key the table does not know is refused with one line.
+#[test]
+fn settings_and_check_config_follow_the_table() {
+    let o = cli(&["settings"], &[], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("DEPLOYEX_MONITORED_REPLICAS (file key monitored_replicas; app setting)\n    default: 3; values: 1..=1000"),
+        "{text}"
+    );
+    assert!(
+        text.contains("DEPLOYEX_WEBHOOK_SECRET (file key webhook_secret; host setting, secret)"),
+        "{text}"
+    );
+    let o = cli(&["check-config"], &[], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let listed: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "variables:")
+        .skip(1)
+        .filter_map(|l| l.trim().split_once('=').map(|(k, _)| k))
+        .collect();
+    let settings = stdout(&cli(&["settings"], &[], None));
+    let table: Vec<&str> = settings
+        .lines()
+        .filter(|l| !l.starts_with(' '))
+        .filter_map(|l| l.split_once(' ').map(|(k, _)| k))
+        .collect();
+    assert!(table.contains(&"DEPLOYEX_MONITORED_APP_NAME"), "{settings}");
+    assert_eq!(listed, table, "check-config lists the table in its order");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deployex.toml");
+    std::fs::write(&file, "monitored_replica = 3\n").unwrap();
+    let o = cli(
+        &["--config", file.to_str().unwrap(), "check-config"],
+        &[],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("unknown key \"monitored_replica\""), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
 /// publish to a local store: refused tarballs write nothing and carry the
 /// fetcher's message; a good one is deployed. Then the API commands
 /// against that deployex: status --json, restart 2, login, a wrong token.

@@ -266,3 +266,15 @@ fn every_setting_has_a_reader() {
         .collect();
     assert!(unread.is_empty(), "no reader reads {unread:?}");
 }
+
+/// The engine strips deployex's secrets from every child's environment by
+/// its own list; it must hold every secret of the table.
+#[test]
+fn the_engine_strips_every_secret() {
+    for secret in super::settings::secrets() {
+        assert!(
+            deployex_actors::process::STRIPPED_EXACT.contains(&secret),
+            "{secret} is a secret but not in process::env::STRIPPED_EXACT"
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! The TOML file: keys are the variable names of `settings::SETTINGS` in
-//! lower case without `DEPLOYEX_`; unknown keys and tables are errors (a typo must not be
-//! silently ignored).
+//! lower case without `DEPLOYEX_`; unknown keys and tables are errors (a
+//! typo must not be silently ignored).
 
 use std::collections::HashMap;
 use std::path::Path;
