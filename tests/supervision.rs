@@ -71,19 +71,19 @@ async fn a_panicking_monitor_adopts_its_process_and_too_many_restarts_escalate()
     .await;
     let pids: Vec<i32> = s.instances.iter().map(|i| i.os_pid.unwrap()).collect();
 
-    // 1. Panic instance_monitor-1: restarted, adopts the same OS process.
+    // 1. Panic instance_monitor:dxtest-1: restarted, adopts the same OS process.
     let monitor: ractor::ActorRef<InstanceMsg> =
-        ractor::registry::where_is(instance_monitor::name(1))
+        ractor::registry::where_is(instance_monitor::name(common::deployex::APP, 1))
             .unwrap()
             .into();
     let old_id = monitor.get_id();
     monitor.cast(InstanceMsg::InjectPanic).unwrap();
     common::wait_until(
-        "instance_monitor-1 restarted",
+        "instance_monitor:dxtest-1 restarted",
         Duration::from_secs(10),
         || async {
             let tree = engine.actors().await;
-            let m = find(&tree, &instance_monitor::name(1))?;
+            let m = find(&tree, &instance_monitor::name(common::deployex::APP, 1))?;
             (m.restarts == 1 && m.id != old_id.to_string()).then_some(())
         },
     )
@@ -113,18 +113,22 @@ async fn a_panicking_monitor_adopts_its_process_and_too_many_restarts_escalate()
     );
     // The debug tree lists every actor of the tree.
     let tree = engine.actors().await;
+    let app = common::deployex::APP;
     for name in [
-        "root_supervisor",
-        "otp_node_watcher",
-        "release_fetcher",
-        "deploy_manager",
-        "instance_monitor-1",
-        "instance_monitor-2",
+        "root_supervisor".to_string(),
+        "otp_node_watcher".to_string(),
+        format!("release_fetcher:{app}"),
+        format!("deploy_manager:{app}"),
+        format!("instance_monitor:{app}-1"),
+        format!("instance_monitor:{app}-2"),
     ] {
-        assert!(find(&tree, name).is_some(), "{name} in the tree: {tree:#?}");
+        assert!(
+            find(&tree, &name).is_some(),
+            "{name} in the tree: {tree:#?}"
+        );
     }
     assert!(
-        !find(&tree, "instance_monitor-2")
+        !find(&tree, &instance_monitor::name(app, 2))
             .unwrap()
             .messages
             .is_empty()

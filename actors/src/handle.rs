@@ -84,7 +84,7 @@ impl EngineHandle {
     }
 
     async fn instance_status(&self, instance: u32) -> InstanceStatus {
-        let answer = match actor::<InstanceMsg>(&instance_monitor::name(instance)) {
+        let answer = match actor::<InstanceMsg>(&instance_monitor::name(&self.cfg.app, instance)) {
             Some(m) => ractor::call_t!(m, |reply| InstanceMsg::Status { reply }, QUERY_MS).ok(),
             None => None,
         };
@@ -190,11 +190,11 @@ impl Engine for EngineHandle {
     fn status(&self) -> BoxFuture<'_, Status> {
         Box::pin(async move {
             let dm = async {
-                let m = actor::<DeployMsg>(deploy_manager::NAME)?;
+                let m = actor::<DeployMsg>(&deploy_manager::name(&self.cfg.app))?;
                 ractor::call_t!(m, |reply| DeployMsg::Status { reply }, QUERY_MS).ok()
             };
             let fetcher = async {
-                let m = actor::<FetcherMsg>(release_fetcher::NAME)?;
+                let m = actor::<FetcherMsg>(&release_fetcher::name(&self.cfg.app))?;
                 ractor::call_t!(m, |reply| FetcherMsg::Status { reply }, QUERY_MS).ok()
             };
             let nodes = async {
@@ -255,7 +255,7 @@ impl Engine for EngineHandle {
 
     fn versions(&self, instance: Option<u32>) -> BoxFuture<'_, Vec<HistoryEntry>> {
         Box::pin(async move {
-            let Some(m) = actor::<DeployMsg>(deploy_manager::NAME) else {
+            let Some(m) = actor::<DeployMsg>(&deploy_manager::name(&self.cfg.app)) else {
                 return Vec::new();
             };
             ractor::call_t!(m, |reply| DeployMsg::Versions { instance, reply }, QUERY_MS)
@@ -268,7 +268,7 @@ impl Engine for EngineHandle {
             if instance == 0 || instance > self.cfg.replicas {
                 return Err(ActionError::NoSuchInstance(instance));
             }
-            let m = actor::<DeployMsg>(deploy_manager::NAME).ok_or_else(|| {
+            let m = actor::<DeployMsg>(&deploy_manager::name(&self.cfg.app)).ok_or_else(|| {
                 ActionError::Unavailable("the deployment manager is restarting".into())
             })?;
             match ractor::call_t!(m, |reply| DeployMsg::Restart { instance, reply }, 5000) {
@@ -281,7 +281,7 @@ impl Engine for EngineHandle {
 
     fn set_mode(&self, mode: Mode) -> BoxFuture<'_, Result<(), ActionError>> {
         Box::pin(async move {
-            let m = actor::<DeployMsg>(deploy_manager::NAME).ok_or_else(|| {
+            let m = actor::<DeployMsg>(&deploy_manager::name(&self.cfg.app)).ok_or_else(|| {
                 ActionError::Unavailable("the deployment manager is restarting".into())
             })?;
             match ractor::call_t!(m, |reply| DeployMsg::SetMode { mode, reply }, 5000) {
@@ -294,7 +294,7 @@ impl Engine for EngineHandle {
 
     fn unghost(&self, version: String) -> BoxFuture<'_, Result<(), ActionError>> {
         Box::pin(async move {
-            let m = actor::<DeployMsg>(deploy_manager::NAME).ok_or_else(|| {
+            let m = actor::<DeployMsg>(&deploy_manager::name(&self.cfg.app)).ok_or_else(|| {
                 ActionError::Unavailable("the deployment manager is restarting".into())
             })?;
             match ractor::call_t!(m, |reply| DeployMsg::Unghost { version, reply }, 5000) {

@@ -52,13 +52,14 @@ pub enum Child {
 }
 
 impl Child {
-    pub fn name(self) -> String {
+    /// The registered name of this child of `app`'s tree.
+    pub fn name(self, app: &str) -> String {
         match self {
             Child::Events => crate::events::NAME.to_string(),
             Child::Watcher => otp_node_watcher::NAME.to_string(),
-            Child::Fetcher => release_fetcher::NAME.to_string(),
-            Child::Monitor(i) => instance_monitor::name(i),
-            Child::DeployManager => deploy_manager::NAME.to_string(),
+            Child::Fetcher => release_fetcher::name(app),
+            Child::Monitor(i) => instance_monitor::name(app, i),
+            Child::DeployManager => deploy_manager::name(app),
         }
     }
 }
@@ -84,7 +85,7 @@ impl Describe for RootMsg {
     fn summary(&self) -> String {
         match self {
             RootMsg::Shutdown { stop_apps, .. } => format!("stop_apps={stop_apps}"),
-            RootMsg::Respawn { child, attempt } => format!("{} attempt {attempt}", child.name()),
+            RootMsg::Respawn { child, attempt } => format!("{child:?} attempt {attempt}"),
         }
     }
 }
@@ -104,7 +105,7 @@ async fn spawn_child(
     supervisor: &ActorRef<RootMsg>,
 ) -> Result<(), ractor::SpawnErr> {
     let cell = supervisor.get_cell();
-    let name = Some(child.name());
+    let name = Some(child.name(&cfg.app));
     match child {
         Child::Events => {
             Actor::spawn_linked(name, crate::events::EventLog, cfg.clone(), cell).await?;
@@ -129,7 +130,7 @@ async fn spawn_child(
     Ok(())
 }
 
-fn child_of(name: &str, replicas: u32) -> Option<Child> {
+fn child_of(name: &str, app: &str, replicas: u32) -> Option<Child> {
     let all = [
         Child::Events,
         Child::Watcher,
@@ -138,7 +139,7 @@ fn child_of(name: &str, replicas: u32) -> Option<Child> {
     ]
     .into_iter()
     .chain((1..=replicas).map(Child::Monitor));
-    all.into_iter().find(|c| c.name() == name)
+    all.into_iter().find(|c| c.name(app) == name)
 }
 
 impl Actor for RootSupervisor {
@@ -190,7 +191,8 @@ impl Actor for RootSupervisor {
             RootMsg::Shutdown { stop_apps, reply } => {
                 state.shutting_down = true;
                 // No deployment step may start while instances stop.
-                for name in [deploy_manager::NAME, release_fetcher::NAME] {
+                let app = &state.cfg.app;
+                for name in [deploy_manager::name(app), release_fetcher::name(app)] {
                     if let Some(cell) = ractor::registry::where_is(name) {
                         let _ = cell
                             .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
@@ -200,7 +202,7 @@ impl Actor for RootSupervisor {
                 if stop_apps {
                     let waits = (1..=state.cfg.replicas).filter_map(|i| {
                         let m: ActorRef<InstanceMsg> =
-                            ractor::registry::where_is(instance_monitor::name(i))?.into();
+                            ractor::registry::where_is(instance_monitor::name(app, i))?.into();
                         let timeout = state.cfg.stop_grace + Duration::from_secs(3);
                         Some(async move {
                             let _ = ractor::call_t!(
@@ -224,20 +226,25 @@ impl Actor for RootSupervisor {
                 }
                 if let Err(e) = spawn_child(child, &state.cfg, &myself).await {
                     if attempt >= 20 {
-                        return Err(format!("cannot restart {}: {e}", child.name()).into());
+                        return Err(
+                            format!("cannot restart {}: {e}", child.name(&state.cfg.app)).into(),
+                        );
                     }
                     myself.send_after(Duration::from_millis(50), move || RootMsg::Respawn {
                         child,
                         attempt: attempt + 1,
                     });
                 } else {
-                    tracing::info!(actor = %child.name(), "actor restarted");
+                    tracing::info!(actor = %child.name(&state.cfg.app), "actor restarted");
                     if child == Child::Watcher {
                         // A new watcher knows no node: every monitor with a
                         // running process tells it at once (not at its next
                         // 30 s reminder), so links come back within seconds.
                         for i in 1..=state.cfg.replicas {
-                            if let Some(m) = ractor::registry::where_is(instance_monitor::name(i)) {
+                            if let Some(m) = ractor::registry::where_is(instance_monitor::name(
+                                &state.cfg.app,
+                                i,
+                            )) {
                                 let _ = m.send_message(InstanceMsg::WatcherRestarted);
                             }
                         }
@@ -266,7 +273,7 @@ impl Actor for RootSupervisor {
             return Ok(());
         }
         let name = cell.get_name().unwrap_or_default();
-        let Some(child) = child_of(&name, state.cfg.replicas) else {
+        let Some(child) = child_of(&name, &state.cfg.app, state.cfg.replicas) else {
             return Ok(());
         };
         tracing::error!(actor = %name, %why, "child actor exited; restarting");
