@@ -32,17 +32,50 @@ pub struct EngineHandle {
     started: Instant,
 }
 
-/// A running engine: its handle and the root's completion.
+/// A running engine: a handle per app and the root's completion.
 pub struct Running {
+    /// The first configured app's handle (the single-app engine's only one).
     pub handle: EngineHandle,
+    /// One handle per app, in configuration order (`apps[0]` is `handle`).
+    pub apps: Vec<EngineHandle>,
     pub join: tokio::task::JoinHandle<()>,
 }
 
-/// Start the actor tree.
-pub async fn start(cfg: EngineConfig) -> Result<Running, ractor::SpawnErr> {
-    let cfg = Arc::new(cfg);
-    let (root, join) =
-        Actor::spawn(Some(root::NAME.to_string()), RootSupervisor, cfg.clone()).await?;
+/// Why the engine did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("no application configured")]
+    NoApps,
+    #[error("application {0:?} configured twice")]
+    DuplicateApp(String),
+    #[error("cannot start the actor tree")]
+    Spawn(#[source] ractor::SpawnErr),
+}
+
+/// Start the actor tree for one app.
+pub async fn start(cfg: EngineConfig) -> Result<Running, StartError> {
+    start_apps(vec![cfg]).await
+}
+
+/// Start the actor tree for every app (configuration order; the first
+/// app's host-wide settings serve the shared actors, the metrics history
+/// and fleet mode).
+pub async fn start_apps(apps: Vec<EngineConfig>) -> Result<Running, StartError> {
+    let apps: Vec<Arc<EngineConfig>> = apps.into_iter().map(Arc::new).collect();
+    let Some(cfg) = apps.first().cloned() else {
+        return Err(StartError::NoApps);
+    };
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = apps.iter().find(|c| !seen.insert(c.app.as_str())) {
+        return Err(StartError::DuplicateApp(dup.app.clone()));
+    }
+    let (root, join) = Actor::spawn(
+        Some(root::NAME.to_string()),
+        RootSupervisor,
+        Arc::new(apps.clone()),
+    )
+    .await
+    .map_err(StartError::Spawn)?;
     // Metrics history (history.rs): the host and process-group sampler
     // runs as long as the actor tree.
     let period = crate::history::period_of(&cfg);
@@ -52,15 +85,24 @@ pub async fn start(cfg: EngineConfig) -> Result<Running, ractor::SpawnErr> {
         let _ = join.await;
         sampler.abort();
     });
-    let handle = EngineHandle {
-        cfg: cfg.clone(),
-        root,
-        started: Instant::now(),
-    };
+    let started = Instant::now();
+    let handles: Vec<EngineHandle> = apps
+        .iter()
+        .map(|cfg| EngineHandle {
+            cfg: cfg.clone(),
+            root: root.clone(),
+            started,
+        })
+        .collect();
+    let handle = handles[0].clone();
     if let Some(fleet) = cfg.fleet.clone() {
         crate::fleet::spawn(cfg, fleet, handle.clone());
     }
-    Ok(Running { handle, join })
+    Ok(Running {
+        handle,
+        apps: handles,
+        join,
+    })
 }
 
 fn actor<M: ractor::Message>(name: &str) -> Option<ActorRef<M>> {
