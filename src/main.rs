@@ -274,7 +274,10 @@ async fn run(
 
     tracing::info!(app = %cfg.engine.app, replicas = cfg.engine.replicas, "starting deployex {}", env!("CARGO_PKG_VERSION"));
     let stop_apps = cfg.engine.stop_apps_on_exit;
-    let running = deployex_actors::start(cfg.engine.clone()).await?;
+    let apps: Vec<_> = std::iter::once(cfg.engine.clone())
+        .chain(cfg.extra_apps.iter().cloned())
+        .collect();
+    let running = deployex_actors::start_apps(apps).await?;
     let handle = running.handle.clone();
     let mut root_done = running.join;
 

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use deployex_actors::EngineConfig;
 
+mod apps;
 mod check;
 mod engine;
 mod file;
@@ -64,7 +65,10 @@ impl std::error::Error for ConfigError {}
 /// The whole effective configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The (first) application: `[[apps]]` #1, or the single-app keys.
     pub engine: EngineConfig,
+    /// `[[apps]]` #2 and on (empty without `[[apps]]`); see `apps.rs`.
+    pub extra_apps: Vec<EngineConfig>,
     pub web_enabled: bool,
     pub bind: SocketAddr,
     pub host: String,
@@ -109,3 +113,6 @@ type NoFetcher = fn(&SecretsRequest) -> Result<std::collections::HashMap<String,
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod apps_tests;
