@@ -303,10 +303,17 @@ async fn run(
         if !cfg.bind.ip().is_loopback() {
             tracing::warn!(bind = %cfg.bind, "the dashboard listens on a non-loopback address: put it behind a TLS reverse proxy (see README, Security)");
         }
-        let engine: std::sync::Arc<dyn deployex_actors::Engine> =
-            std::sync::Arc::new(handle.clone());
+        let apps: Vec<(String, std::sync::Arc<dyn deployex_actors::Engine>)> = running
+            .apps
+            .iter()
+            .map(|h| {
+                let engine: std::sync::Arc<dyn deployex_actors::Engine> =
+                    std::sync::Arc::new(h.clone());
+                (h.config().app.clone(), engine)
+            })
+            .collect();
         let (addr, join) = web_runtime
-            .spawn(deployex_web::serve(engine, web_cfg, async {
+            .spawn(deployex_web::serve_apps(apps, web_cfg, async {
                 let _ = shutdown_rx.await;
             }))
             .await??;

@@ -4,7 +4,8 @@
 //!
 //! - both apps × 2 replicas come up;
 //! - a new version of app A rolls A while B's OS pids never change;
-//! - a crash-looping version of A is rolled back and ghosted, B untouched.
+//! - a crash-looping version of A is rolled back and ghosted, B untouched;
+//! - `/api/v1/apps` and B's per-app routes answer for B.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -187,6 +188,40 @@ fn two_apps_from_one_file_deploy_and_fail_independently() {
     );
     assert!(!a_first.iter().any(|p| has_b_var(*p)), "A's do not");
 
+    // The API: one status per app, per-app routes, unknown app 404.
+    let list = dx.get("/api/v1/apps");
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["app"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec![APP, APP_B], "configuration order");
+    let sb = dx.get(&format!("/api/v1/apps/{APP_B}/status"));
+    let api_b = pids(&sb);
+    assert!(
+        api_b.len() == 2 && api_b.iter().all(|p| b.contains(p)),
+        "B's status names B's processes: {api_b:?} among {b:?}"
+    );
+    assert!(running_on(&sb, "0.1.0"), "{sb:#}");
+    assert!(dx.get(&format!("/api/v1/apps/{APP_B}/versions")).is_array());
+    let (code, _) = common::deployex::http(
+        site.api_port,
+        "GET",
+        &format!("/api/v1/apps/{APP_B}/instances/1/logs/stdout"),
+        dx.token.as_deref(),
+        None,
+    );
+    assert_eq!(code, 200, "B's instance log");
+    let (code, _) = common::deployex::http(
+        site.api_port,
+        "GET",
+        "/api/v1/apps/nope/status",
+        dx.token.as_deref(),
+        None,
+    );
+    assert_eq!(code, 404, "unknown app");
+
     // 2. A new version of A rolls A; B's pids never change.
     publish(&site, APP, "0.1.1");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -222,4 +257,11 @@ fn two_apps_from_one_file_deploy_and_fail_independently() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(b_pids(&site), b, "B's pids at the end");
+    let sb = dx.get(&format!("/api/v1/apps/{APP_B}/status"));
+    assert!(running_on(&sb, "0.1.0"), "B still on 0.1.0: {sb:#}");
+    assert_eq!(
+        sb["ghosted_versions"],
+        serde_json::json!([]),
+        "nothing ghosted for B"
+    );
 }
