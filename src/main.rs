@@ -280,7 +280,10 @@ async fn run(
 
     tracing::info!(app = %cfg.engine.app, replicas = cfg.engine.replicas, "starting deployex {}", env!("CARGO_PKG_VERSION"));
     let stop_apps = cfg.engine.stop_apps_on_exit;
-    let running = deployex_actors::start(cfg.engine.clone()).await?;
+    let apps: Vec<_> = std::iter::once(cfg.engine.clone())
+        .chain(cfg.extra_apps.iter().cloned())
+        .collect();
+    let running = deployex_actors::start_apps(apps).await?;
     let handle = running.handle.clone();
     let mut root_done = running.join;
 
@@ -293,10 +296,17 @@ async fn run(
         if !web_cfg.bind.ip().is_loopback() {
             tracing::warn!(bind = %web_cfg.bind, "the dashboard listens on a non-loopback address: put it behind a TLS reverse proxy (see README, Security)");
         }
-        let engine: std::sync::Arc<dyn deployex_actors::Engine> =
-            std::sync::Arc::new(handle.clone());
+        let apps: Vec<(String, std::sync::Arc<dyn deployex_actors::Engine>)> = running
+            .apps
+            .iter()
+            .map(|h| {
+                let engine: std::sync::Arc<dyn deployex_actors::Engine> =
+                    std::sync::Arc::new(h.clone());
+                (h.config().app.clone(), engine)
+            })
+            .collect();
         let (addr, join) = web_runtime
-            .spawn(deployex_web::serve(engine, web_cfg, async {
+            .spawn(deployex_web::serve_apps(apps, web_cfg, async {
                 let _ = shutdown_rx.await;
             }))
             .await??;

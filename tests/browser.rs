@@ -750,12 +750,12 @@ async fn dashboard_in_headless_chromium() {
     page.goto(&format!("{base}/debug/actors")).await;
     let names = "JSON.stringify(Array.from(document.querySelectorAll('#actors .actor-head strong')).map(e => e.textContent).sort())";
     let expected = [
-        "deploy_manager",
-        "instance_monitor-1",
-        "instance_monitor-2",
-        "instance_monitor-3",
+        "deploy_manager:dxtest",
+        "instance_monitor:dxtest-1",
+        "instance_monitor:dxtest-2",
+        "instance_monitor:dxtest-3",
         "otp_node_watcher",
-        "release_fetcher",
+        "release_fetcher:dxtest",
         "root_supervisor",
     ];
     let expected_js = serde_json::to_string(&expected).unwrap();

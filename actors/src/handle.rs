@@ -32,17 +32,50 @@ pub struct EngineHandle {
     started: Instant,
 }
 
-/// A running engine: its handle and the root's completion.
+/// A running engine: a handle per app and the root's completion.
 pub struct Running {
+    /// The first configured app's handle (the single-app engine's only one).
     pub handle: EngineHandle,
+    /// One handle per app, in configuration order (`apps[0]` is `handle`).
+    pub apps: Vec<EngineHandle>,
     pub join: tokio::task::JoinHandle<()>,
 }
 
-/// Start the actor tree.
-pub async fn start(cfg: EngineConfig) -> Result<Running, ractor::SpawnErr> {
-    let cfg = Arc::new(cfg);
-    let (root, join) =
-        Actor::spawn(Some(root::NAME.to_string()), RootSupervisor, cfg.clone()).await?;
+/// Why the engine did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("no application configured")]
+    NoApps,
+    #[error("application {0:?} configured twice")]
+    DuplicateApp(String),
+    #[error("cannot start the actor tree")]
+    Spawn(#[source] ractor::SpawnErr),
+}
+
+/// Start the actor tree for one app.
+pub async fn start(cfg: EngineConfig) -> Result<Running, StartError> {
+    start_apps(vec![cfg]).await
+}
+
+/// Start the actor tree for every app (configuration order; the first
+/// app's host-wide settings serve the shared actors, the metrics history
+/// and fleet mode).
+pub async fn start_apps(apps: Vec<EngineConfig>) -> Result<Running, StartError> {
+    let apps: Vec<Arc<EngineConfig>> = apps.into_iter().map(Arc::new).collect();
+    let Some(cfg) = apps.first().cloned() else {
+        return Err(StartError::NoApps);
+    };
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = apps.iter().find(|c| !seen.insert(c.app.as_str())) {
+        return Err(StartError::DuplicateApp(dup.app.clone()));
+    }
+    let (root, join) = Actor::spawn(
+        Some(root::NAME.to_string()),
+        RootSupervisor,
+        Arc::new(apps.clone()),
+    )
+    .await
+    .map_err(StartError::Spawn)?;
     // Metrics history (history.rs): the host and process-group sampler
     // runs as long as the actor tree.
     let period = crate::history::period_of(&cfg);
@@ -52,15 +85,24 @@ pub async fn start(cfg: EngineConfig) -> Result<Running, ractor::SpawnErr> {
         let _ = join.await;
         sampler.abort();
     });
-    let handle = EngineHandle {
-        cfg: cfg.clone(),
-        root,
-        started: Instant::now(),
-    };
+    let started = Instant::now();
+    let handles: Vec<EngineHandle> = apps
+        .iter()
+        .map(|cfg| EngineHandle {
+            cfg: cfg.clone(),
+            root: root.clone(),
+            started,
+        })
+        .collect();
+    let handle = handles[0].clone();
     if let Some(fleet) = cfg.fleet.clone() {
         crate::fleet::spawn(cfg, fleet, handle.clone());
     }
-    Ok(Running { handle, join })
+    Ok(Running {
+        handle,
+        apps: handles,
+        join,
+    })
 }
 
 fn actor<M: ractor::Message>(name: &str) -> Option<ActorRef<M>> {
@@ -84,7 +126,7 @@ impl EngineHandle {
     }
 
     async fn instance_status(&self, instance: u32) -> InstanceStatus {
-        let answer = match actor::<InstanceMsg>(&instance_monitor::name(instance)) {
+        let answer = match actor::<InstanceMsg>(&instance_monitor::name(&self.cfg.app, instance)) {
             Some(m) => ractor::call_t!(m, |reply| InstanceMsg::Status { reply }, QUERY_MS).ok(),
             None => None,
         };
@@ -190,11 +232,11 @@ impl Engine for EngineHandle {
     fn status(&self) -> BoxFuture<'_, Status> {
         Box::pin(async move {
             let dm = async {
-                let m = actor::<DeployMsg>(deploy_manager::NAME)?;
+                let m = actor::<DeployMsg>(&deploy_manager::name(&self.cfg.app))?;
                 ractor::call_t!(m, |reply| DeployMsg::Status { reply }, QUERY_MS).ok()
             };
             let fetcher = async {
-                let m = actor::<FetcherMsg>(release_fetcher::NAME)?;
+                let m = actor::<FetcherMsg>(&release_fetcher::name(&self.cfg.app))?;
                 ractor::call_t!(m, |reply| FetcherMsg::Status { reply }, QUERY_MS).ok()
             };
             let nodes = async {
@@ -255,7 +297,7 @@ impl Engine for EngineHandle {
 
     fn versions(&self, instance: Option<u32>) -> BoxFuture<'_, Vec<HistoryEntry>> {
         Box::pin(async move {
-            let Some(m) = actor::<DeployMsg>(deploy_manager::NAME) else {
+            let Some(m) = actor::<DeployMsg>(&deploy_manager::name(&self.cfg.app)) else {
                 return Vec::new();
             };
             ractor::call_t!(m, |reply| DeployMsg::Versions { instance, reply }, QUERY_MS)
@@ -268,7 +310,7 @@ impl Engine for EngineHandle {
             if instance == 0 || instance > self.cfg.replicas {
                 return Err(ActionError::NoSuchInstance(instance));
             }
-            let m = actor::<DeployMsg>(deploy_manager::NAME).ok_or_else(|| {
+            let m = actor::<DeployMsg>(&deploy_manager::name(&self.cfg.app)).ok_or_else(|| {
                 ActionError::Unavailable("the deployment manager is restarting".into())
             })?;
             match ractor::call_t!(m, |reply| DeployMsg::Restart { instance, reply }, 5000) {
@@ -281,7 +323,7 @@ impl Engine for EngineHandle {
 
     fn set_mode(&self, mode: Mode) -> BoxFuture<'_, Result<(), ActionError>> {
         Box::pin(async move {
-            let m = actor::<DeployMsg>(deploy_manager::NAME).ok_or_else(|| {
+            let m = actor::<DeployMsg>(&deploy_manager::name(&self.cfg.app)).ok_or_else(|| {
                 ActionError::Unavailable("the deployment manager is restarting".into())
             })?;
             match ractor::call_t!(m, |reply| DeployMsg::SetMode { mode, reply }, 5000) {
@@ -294,7 +336,7 @@ impl Engine for EngineHandle {
 
     fn unghost(&self, version: String) -> BoxFuture<'_, Result<(), ActionError>> {
         Box::pin(async move {
-            let m = actor::<DeployMsg>(deploy_manager::NAME).ok_or_else(|| {
+            let m = actor::<DeployMsg>(&deploy_manager::name(&self.cfg.app)).ok_or_else(|| {
                 ActionError::Unavailable("the deployment manager is restarting".into())
             })?;
             match ractor::call_t!(m, |reply| DeployMsg::Unghost { version, reply }, 5000) {

@@ -2,6 +2,7 @@
 //! deploys and upgrades them. See ARCHITECTURE.md for the map, and
 //! [`root`] for the supervision tree.
 
+pub mod app_supervisor;
 pub mod app_user;
 pub mod config;
 pub mod deploy_manager;
@@ -32,4 +33,4 @@ pub use config::{
     DeployStrategy, EngineConfig, Slot, StoreConfig, WatchdogAction, WatchdogConfig, WebhookConfig,
 };
 pub use engine::Engine;
-pub use handle::{EngineHandle, Running, start};
+pub use handle::{EngineHandle, Running, StartError, start, start_apps};

@@ -18,7 +18,10 @@ use crate::config::{EngineConfig, StoreConfig};
 use crate::recorder::{Describe, Recorder};
 use crate::store::{CurrentRelease, LocalStore, ReleaseStore, S3Store, UnpackLimits};
 
-pub const NAME: &str = "release_fetcher";
+/// The registered name of `app`'s ReleaseFetcher: `release_fetcher:{app}`.
+pub fn name(app: &str) -> String {
+    format!("release_fetcher:{app}")
+}
 
 /// A verified release, ready to deploy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,13 +126,14 @@ impl Actor for ReleaseFetcher {
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_interval(cfg.schedule_interval, || FetcherMsg::Tick);
         let _ = myself.cast(FetcherMsg::Tick);
+        let recorder = Recorder::for_actor(&name(&cfg.app));
         Ok(FetcherState {
             store: Arc::new(make_store(&cfg).await.map_err(|e| error_chain(&e))?),
             cfg,
             fetching: false,
             status: FetcherStatus::default(),
             ensuring: std::collections::HashMap::new(),
-            recorder: Recorder::for_actor(NAME),
+            recorder,
         })
     }
 
@@ -165,9 +169,9 @@ impl Actor for ReleaseFetcher {
                         if changed {
                             tracing::info!(version = %ready.release.version, tarball = %ready.tarball.display(), "release verified and ready");
                             state.status.ready = Some(ready);
-                            if let Some(dm) =
-                                ractor::registry::where_is(crate::deploy_manager::NAME)
-                            {
+                            if let Some(dm) = ractor::registry::where_is(
+                                crate::deploy_manager::name(&state.cfg.app),
+                            ) {
                                 let _ = dm.send_message(crate::deploy_manager::DeployMsg::Evaluate);
                             }
                         }
@@ -226,7 +230,7 @@ impl Actor for ReleaseFetcher {
                 }
             }
             #[cfg(feature = "testhooks")]
-            FetcherMsg::InjectPanic => panic!("injected panic in {NAME}"),
+            FetcherMsg::InjectPanic => panic!("injected panic in {}", name(&state.cfg.app)),
         }
         Ok(())
     }

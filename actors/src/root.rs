@@ -1,28 +1,37 @@
 //! RootSupervisor: the top of deployex's actor tree, OTP style.
 //!
 //! ```text
-//! RootSupervisor                  one_for_one, at most MAX_RESTARTS in RESTART_PERIOD
-//! ├── EventLog                    events: bounded file, API, webhook delivery
-//! ├── OtpNodeWatcher              distribution links to every instance, RPCs, liveness
-//! ├── ReleaseFetcher              polls the store, downloads + verifies tarballs
-//! ├── InstanceMonitor × N         one per replica: OS process, backoff, pre-commands
-//! └── DeployManager               rolling deploys, rollback, ghosting, mode, history
+//! RootSupervisor                      one_for_one, at most MAX_RESTARTS in RESTART_PERIOD
+//! ├── EventLog                        events: bounded file, API, webhook delivery
+//! ├── OtpNodeWatcher                  distribution links to every instance of every app, RPCs, liveness
+//! └── AppSupervisor {app} × apps      one per application (see `app_supervisor`)
+//!     ├── ReleaseFetcher {app}        polls the store, downloads + verifies tarballs
+//!     ├── InstanceMonitor {app} × N   one per replica: OS process, backoff, pre-commands
+//!     └── DeployManager {app}         rolling deploys, rollback, ghosting, mode, history
 //! ```
 //!
 //! A child that panics or returns an error is restarted under the same name
 //! (handles find actors by name, so they never hold a stale reference).
-//! More than `MAX_RESTARTS` restarts within `RESTART_PERIOD` escalate: the
-//! root stops, its children with it, and the binary exits non-zero so that
+//! An app's actors are restarted by its own AppSupervisor, with its own
+//! restart intensity; an AppSupervisor that exceeds it fails and is
+//! restarted here with its whole subtree. More than `MAX_RESTARTS` restarts
+//! of the root's own children within `RESTART_PERIOD` escalate: the root
+//! stops, its children with it, and the binary exits non-zero so that
 //! systemd restarts deployex (which then adopts the running apps).
+//!
+//! The EventLog and the OtpNodeWatcher are shared by every app (node names
+//! `{app}-{i}` are distinct); they take the host-wide settings from the
+//! first app's configuration.
 //!
 //! Restarting an InstanceMonitor never touches its OS process: the new
 //! monitor adopts it through the instance's pid file (see
 //! `instance_monitor`).
 //!
-//! Shutdown: the DeployManager and the ReleaseFetcher stop first, so that
-//! no deployment step starts while the instances are being stopped; then
-//! every monitor stops its instance (a booting one is killed at once) and
-//! refuses to start anything after; then the rest of the tree.
+//! Shutdown: every app shuts down at once, each in its order (its
+//! DeployManager and ReleaseFetcher first, so that no deployment step starts
+//! while the instances are being stopped; then every monitor stops its
+//! instance, a booting one killed at once, and refuses to start anything
+//! after); then the rest of the tree.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -30,35 +39,40 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use crate::app_supervisor::{self, AppMsg, AppSupervisor};
 use crate::config::EngineConfig;
-use crate::deploy_manager::{self, DeployManager};
-use crate::instance_monitor::{self, InstanceMonitor, InstanceMsg};
 use crate::otp_node_watcher::{self, OtpNodeWatcher};
 use crate::recorder::{Describe, Recorder};
-use crate::release_fetcher::{self, ReleaseFetcher};
 
 pub const NAME: &str = "root_supervisor";
-/// Restart intensity, like OTP's `intensity`/`period`.
+/// Restart intensity, like OTP's `intensity`/`period` (the root's, and each
+/// AppSupervisor's own).
 pub const MAX_RESTARTS: usize = 10;
 pub const RESTART_PERIOD: Duration = Duration::from_secs(60);
+
+/// The applications the tree runs, in configuration order (never empty:
+/// `engine::start_apps` refuses an empty list). The first one's host-wide
+/// settings (EPMD port, cookie, host name, TLS, event log) serve the shared
+/// actors.
+pub type Apps = Arc<Vec<Arc<EngineConfig>>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Child {
     Events,
     Watcher,
-    Fetcher,
-    Monitor(u32),
-    DeployManager,
+    /// The AppSupervisor of the app at this index of [`Apps`].
+    App(usize),
 }
 
 impl Child {
-    pub fn name(self) -> String {
+    pub fn name(self, apps: &[Arc<EngineConfig>]) -> String {
         match self {
             Child::Events => crate::events::NAME.to_string(),
             Child::Watcher => otp_node_watcher::NAME.to_string(),
-            Child::Fetcher => release_fetcher::NAME.to_string(),
-            Child::Monitor(i) => instance_monitor::name(i),
-            Child::DeployManager => deploy_manager::NAME.to_string(),
+            Child::App(i) => apps.get(i).map_or_else(
+                || format!("app_supervisor#{i}"),
+                |c| app_supervisor::name(&c.app),
+            ),
         }
     }
 }
@@ -84,7 +98,7 @@ impl Describe for RootMsg {
     fn summary(&self) -> String {
         match self {
             RootMsg::Shutdown { stop_apps, .. } => format!("stop_apps={stop_apps}"),
-            RootMsg::Respawn { child, attempt } => format!("{} attempt {attempt}", child.name()),
+            RootMsg::Respawn { child, attempt } => format!("{child:?} attempt {attempt}"),
         }
     }
 }
@@ -92,7 +106,7 @@ impl Describe for RootMsg {
 pub struct RootSupervisor;
 
 pub struct RootState {
-    cfg: Arc<EngineConfig>,
+    apps: Apps,
     restarts: VecDeque<Instant>,
     shutting_down: bool,
     recorder: Recorder,
@@ -100,66 +114,64 @@ pub struct RootState {
 
 async fn spawn_child(
     child: Child,
-    cfg: &Arc<EngineConfig>,
+    apps: &Apps,
     supervisor: &ActorRef<RootMsg>,
 ) -> Result<(), ractor::SpawnErr> {
     let cell = supervisor.get_cell();
-    let name = Some(child.name());
+    let name = Some(child.name(apps));
+    let host = apps
+        .first()
+        .cloned()
+        .ok_or_else(|| ractor::SpawnErr::StartupFailed("no application configured".into()))?;
     match child {
         Child::Events => {
-            Actor::spawn_linked(name, crate::events::EventLog, cfg.clone(), cell).await?;
+            Actor::spawn_linked(name, crate::events::EventLog, host, cell).await?;
         }
         Child::Watcher => {
-            Actor::spawn_linked(name, OtpNodeWatcher, cfg.clone(), cell).await?;
+            Actor::spawn_linked(name, OtpNodeWatcher, host, cell).await?;
         }
-        Child::Fetcher => {
-            Actor::spawn_linked(name, ReleaseFetcher, cfg.clone(), cell).await?;
-        }
-        Child::Monitor(instance) => {
-            let args = instance_monitor::Args {
-                cfg: cfg.clone(),
-                instance,
-            };
-            Actor::spawn_linked(name, InstanceMonitor, args, cell).await?;
-        }
-        Child::DeployManager => {
-            Actor::spawn_linked(name, DeployManager, cfg.clone(), cell).await?;
+        Child::App(i) => {
+            let cfg = apps
+                .get(i)
+                .cloned()
+                .ok_or_else(|| ractor::SpawnErr::StartupFailed(format!("no app #{i}").into()))?;
+            Actor::spawn_linked(name, AppSupervisor, cfg, cell).await?;
         }
     }
     Ok(())
 }
 
-fn child_of(name: &str, replicas: u32) -> Option<Child> {
-    let all = [
-        Child::Events,
-        Child::Watcher,
-        Child::Fetcher,
-        Child::DeployManager,
-    ]
-    .into_iter()
-    .chain((1..=replicas).map(Child::Monitor));
-    all.into_iter().find(|c| c.name() == name)
+fn child_of(name: &str, apps: &[Arc<EngineConfig>]) -> Option<Child> {
+    [Child::Events, Child::Watcher]
+        .into_iter()
+        .chain((0..apps.len()).map(Child::App))
+        .find(|c| c.name(apps) == name)
+}
+
+fn app_supervisors(apps: &[Arc<EngineConfig>]) -> Vec<ActorRef<AppMsg>> {
+    apps.iter()
+        .filter_map(|c| ractor::registry::where_is(app_supervisor::name(&c.app)).map(Into::into))
+        .collect()
 }
 
 impl Actor for RootSupervisor {
     type Msg = RootMsg;
     type State = RootState;
-    type Arguments = Arc<EngineConfig>;
+    type Arguments = Apps;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        cfg: Self::Arguments,
+        apps: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let children = [Child::Events, Child::Watcher, Child::Fetcher]
+        let children = [Child::Events, Child::Watcher]
             .into_iter()
-            .chain((1..=cfg.replicas).map(Child::Monitor))
-            .chain([Child::DeployManager]);
+            .chain((0..apps.len()).map(Child::App));
         for child in children {
-            spawn_child(child, &cfg, &myself).await?;
+            spawn_child(child, &apps, &myself).await?;
         }
         Ok(RootState {
-            cfg,
+            apps,
             restarts: VecDeque::new(),
             shutting_down: false,
             recorder: Recorder::for_actor(NAME),
@@ -189,29 +201,24 @@ impl Actor for RootSupervisor {
         match msg {
             RootMsg::Shutdown { stop_apps, reply } => {
                 state.shutting_down = true;
-                // No deployment step may start while instances stop.
-                for name in [deploy_manager::NAME, release_fetcher::NAME] {
-                    if let Some(cell) = ractor::registry::where_is(name) {
-                        let _ = cell
-                            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
-                            .await;
-                    }
-                }
-                if stop_apps {
-                    let waits = (1..=state.cfg.replicas).filter_map(|i| {
-                        let m: ActorRef<InstanceMsg> =
-                            ractor::registry::where_is(instance_monitor::name(i))?.into();
-                        let timeout = state.cfg.stop_grace + Duration::from_secs(3);
-                        Some(async move {
-                            let _ = ractor::call_t!(
-                                m,
-                                |reply| InstanceMsg::Shutdown { reply },
-                                timeout.as_millis() as u64
-                            );
-                        })
+                // Every app in its own order (app_supervisor), all at once.
+                let timeout = state
+                    .apps
+                    .iter()
+                    .map(|c| c.stop_grace)
+                    .max()
+                    .unwrap_or_default()
+                    + Duration::from_secs(9);
+                let waits = app_supervisors(&state.apps)
+                    .into_iter()
+                    .map(|a| async move {
+                        let _ = ractor::call_t!(
+                            a,
+                            |reply| AppMsg::Shutdown { stop_apps, reply },
+                            timeout.as_millis() as u64
+                        );
                     });
-                    futures::future::join_all(waits).await;
-                }
+                futures::future::join_all(waits).await;
                 myself
                     .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
                     .await;
@@ -222,24 +229,23 @@ impl Actor for RootSupervisor {
                 if state.shutting_down {
                     return Ok(());
                 }
-                if let Err(e) = spawn_child(child, &state.cfg, &myself).await {
+                if let Err(e) = spawn_child(child, &state.apps, &myself).await {
                     if attempt >= 20 {
-                        return Err(format!("cannot restart {}: {e}", child.name()).into());
+                        return Err(
+                            format!("cannot restart {}: {e}", child.name(&state.apps)).into()
+                        );
                     }
                     myself.send_after(Duration::from_millis(50), move || RootMsg::Respawn {
                         child,
                         attempt: attempt + 1,
                     });
                 } else {
-                    tracing::info!(actor = %child.name(), "actor restarted");
+                    tracing::info!(actor = %child.name(&state.apps), "actor restarted");
                     if child == Child::Watcher {
-                        // A new watcher knows no node: every monitor with a
-                        // running process tells it at once (not at its next
-                        // 30 s reminder), so links come back within seconds.
-                        for i in 1..=state.cfg.replicas {
-                            if let Some(m) = ractor::registry::where_is(instance_monitor::name(i)) {
-                                let _ = m.send_message(InstanceMsg::WatcherRestarted);
-                            }
+                        // A new watcher knows no node: every app's monitors
+                        // tell it at once.
+                        for a in app_supervisors(&state.apps) {
+                            let _ = a.send_message(AppMsg::WatcherRestarted);
                         }
                     }
                 }
@@ -266,7 +272,7 @@ impl Actor for RootSupervisor {
             return Ok(());
         }
         let name = cell.get_name().unwrap_or_default();
-        let Some(child) = child_of(&name, state.cfg.replicas) else {
+        let Some(child) = child_of(&name, &state.apps) else {
             return Ok(());
         };
         tracing::error!(actor = %name, %why, "child actor exited; restarting");

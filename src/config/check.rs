@@ -141,6 +141,12 @@ impl Config {
         for (k, v) in lines {
             out.push_str(&format!("{k:>18}: {v}\n"));
         }
+        if !self.extra_apps.is_empty() {
+            out.push_str("\napps:\n");
+            for app in std::iter::once(e).chain(&self.extra_apps) {
+                out.push_str(&super::apps::describe(app));
+            }
+        }
         out.push_str("\nvariables:\n");
         for (k, v) in &self.effective {
             out.push_str(&format!("  {k}={v}\n"));

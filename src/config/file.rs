@@ -21,6 +21,10 @@ pub(super) fn read_file(path: &Path) -> Result<HashMap<String, String>, ConfigEr
     let known: Vec<String> = SETTINGS.iter().map(|s| s.key()).collect();
     let mut out = HashMap::new();
     for (key, value) in table {
+        if key == "apps" {
+            // `[[apps]]` tables: read by `apps::read_apps`.
+            continue;
+        }
         if !known.contains(&key) {
             return Err(ConfigError(format!(
                 "config file {}: unknown key {key:?} (keys are the variable names in lower case without DEPLOYEX_, e.g. monitored_replicas)",

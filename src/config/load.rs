@@ -6,11 +6,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use deployex_actors::StoreConfig;
+use deployex_actors::{EngineConfig, StoreConfig};
 
 use super::settings::{FETCHED_SECRETS, OPTIONAL_SECRETS, SETTINGS, is_secret};
 use super::source::Source;
-use super::{Config, ConfigError, LOCAL_ADMIN_HASH, MIN_BCRYPT_COST, SecretsRequest, engine, web};
+use super::{
+    Config, ConfigError, LOCAL_ADMIN_HASH, MIN_BCRYPT_COST, SecretsRequest, apps, engine, web,
+};
 
 /// Who the app is and where it runs: every other default depends on it.
 pub(super) struct Identity {
@@ -46,7 +48,21 @@ pub(super) fn load_inner(
     fetch: Option<impl FnOnce(&SecretsRequest) -> Result<HashMap<String, String>, String>>,
 ) -> Result<Config, ConfigError> {
     let env: HashMap<String, String> = env.into_iter().collect();
-    let mut src = Source::new(env.clone(), file)?;
+    let base = Source::new(env.clone(), file)?;
+    let app_tables = match file {
+        Some(f) => apps::read_apps(f)?,
+        None => None,
+    };
+    if app_tables.is_some() {
+        apps::check_env(&env)?;
+    }
+    let app_tables = app_tables.unwrap_or_default();
+    let mut src = base.overlaid(
+        &app_tables
+            .first()
+            .map(|a| a.keys.clone())
+            .unwrap_or_default(),
+    );
 
     let id = identity(&src)?;
     let store = store(&src, &id)?;
@@ -62,6 +78,26 @@ pub(super) fn load_inner(
     // or a terminal (every secret of the settings table, present and future).
     engine.base_env = env.into_iter().filter(|(k, _)| !is_secret(k)).collect();
     engine.base_env.sort();
+    let mut extra_apps = Vec::new();
+    for table in app_tables.iter().skip(1) {
+        let mut app_src = base.overlaid(&table.keys);
+        app_src.fetched = src.fetched.clone();
+        let app_id = identity(&app_src)?;
+        let app_store = self::store(&app_src, &app_id)?;
+        let mut app = engine::settings(&app_src, &app_id, app_store)?;
+        app.cookie = engine.cookie.clone();
+        app.base_env = apps::with_env(engine.base_env.clone(), &table.env);
+        extra_apps.push(app);
+    }
+    if let Some(first) = app_tables.first() {
+        engine.base_env = apps::with_env(std::mem::take(&mut engine.base_env), &first.env);
+    }
+    if !app_tables.is_empty() {
+        let all: Vec<EngineConfig> = std::iter::once(engine.clone())
+            .chain(extra_apps.iter().cloned())
+            .collect();
+        apps::validate(&all)?;
+    }
     let web = web::settings(
         &src,
         &engine,
@@ -71,6 +107,7 @@ pub(super) fn load_inner(
 
     Ok(Config {
         engine,
+        extra_apps,
         web,
         effective: effective(&src),
     })

@@ -33,6 +33,7 @@ use std::path::Path;
 use deployex_actors::EngineConfig;
 use deployex_web::WebConfig;
 
+mod apps;
 mod check;
 mod engine;
 mod file;
@@ -65,7 +66,10 @@ impl std::error::Error for ConfigError {}
 /// server's half, and what `check-config` prints.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The (first) application: `[[apps]]` #1, or the single-app keys.
     pub engine: EngineConfig,
+    /// `[[apps]]` #2 and on (empty without `[[apps]]`); see `apps.rs`.
+    pub extra_apps: Vec<EngineConfig>,
     pub web: WebSettings,
     /// Every variable's effective value in the settings table's order, for
     /// `check-config` (secrets redacted).
@@ -109,3 +113,6 @@ type NoFetcher = fn(&SecretsRequest) -> Result<std::collections::HashMap<String,
 mod doc_tests;
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod apps_tests;

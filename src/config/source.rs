@@ -42,6 +42,19 @@ impl Source {
         })
     }
 
+    /// The same source with `keys` (file-key form, an `[[apps]]` table's)
+    /// over the file's top-level keys.
+    pub(super) fn overlaid(&self, keys: &HashMap<String, String>) -> Source {
+        let mut file = self.file.clone();
+        file.extend(keys.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Source {
+            env: self.env.clone(),
+            file,
+            file_name: self.file_name.clone(),
+            fetched: self.fetched.clone(),
+        }
+    }
+
     pub(super) fn get(&self, var: &str) -> Option<String> {
         #[cfg(test)]
         table_row(var);

@@ -20,6 +20,7 @@
 //!   `/metrics` [metrics]; `/static/*` [assets].
 
 pub mod api;
+pub mod apps;
 pub mod assets;
 pub mod auth;
 pub mod charts;
@@ -113,6 +114,8 @@ impl WebConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebError {
+    #[error("no application to serve")]
+    NoApps,
     #[error("cannot bind the web server to {addr}")]
     Bind {
         addr: SocketAddr,
@@ -140,7 +143,11 @@ pub const MAX_TERMINALS: usize = 8;
 
 /// Shared state of every handler.
 pub struct AppState {
+    /// The first configured app's engine: the un-prefixed routes and pages.
     pub engine: Arc<dyn Engine>,
+    /// Every app by name, in configuration order (`apps[0]` is `engine`):
+    /// `/api/v1/apps/…` (apps.rs).
+    pub apps: Vec<(String, Arc<dyn Engine>)>,
     pub cfg: WebConfig,
     pub tokens: TokenSigner,
     pub limiter: LoginLimiter,
@@ -168,7 +175,18 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(engine: Arc<dyn Engine>, cfg: WebConfig) -> Arc<Self> {
+        let apps = vec![(cfg.app_name.clone(), engine.clone())];
+        Self::with_apps(engine, apps, cfg)
+    }
+
+    /// Several apps: `engine` (the first) serves the un-prefixed routes.
+    pub fn with_apps(
+        engine: Arc<dyn Engine>,
+        apps: Vec<(String, Arc<dyn Engine>)>,
+        cfg: WebConfig,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            apps,
             tokens: {
                 let t = TokenSigner::for_admin(
                     &cfg.secret_key_base,
@@ -326,6 +344,20 @@ pub async fn serve(
     cfg: WebConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, JoinHandle<()>), WebError> {
+    let apps = vec![(cfg.app_name.clone(), engine)];
+    serve_apps(apps, cfg, shutdown).await
+}
+
+/// [`serve`] for several apps (name, engine), in configuration order; the
+/// first one answers the un-prefixed routes. `apps` must not be empty.
+pub async fn serve_apps(
+    apps: Vec<(String, Arc<dyn Engine>)>,
+    cfg: WebConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, JoinHandle<()>), WebError> {
+    let Some((_, engine)) = apps.first().cloned() else {
+        return Err(WebError::NoApps);
+    };
     let addr = cfg.bind;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -335,7 +367,7 @@ pub async fn serve(
         .map_err(|source| WebError::Bind { addr, source })?;
     let max_connections = cfg.max_connections.max(1);
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    let state = AppState::new(engine, cfg);
+    let state = AppState::with_apps(engine, apps, cfg);
     let filter = routes_with_state(state.clone());
     let handle = tokio::spawn(async move {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -439,6 +471,8 @@ pub fn routes_with_state(
         .or(assets::routes())
         .unify()
         .or(api::routes(state.clone()))
+        .unify()
+        .or(apps::routes(state.clone()))
         .unify()
         .or(live::routes(state.clone()))
         .unify()

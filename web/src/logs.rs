@@ -370,6 +370,18 @@ async fn plain(
     stream: String,
     q: LinesQuery,
 ) -> Result<Response, Rejection> {
+    let engine = state.engine.clone();
+    plain_for(&state, &*engine, instance, stream, q).await
+}
+
+/// The plain-text tail of `engine`'s instance log (one app's, see apps.rs).
+pub(crate) async fn plain_for(
+    state: &AppState,
+    engine: &dyn deployex_actors::engine::Engine,
+    instance: u32,
+    stream: String,
+    q: LinesQuery,
+) -> Result<Response, Rejection> {
     let Some(stream) = parse_stream(&stream) else {
         return Ok(json_error(
             StatusCode::NOT_FOUND,
@@ -379,7 +391,7 @@ async fn plain(
     let own = (instance == 0)
         .then(|| state.cfg.own_log.clone())
         .flatten()
-        .filter(|_| state.engine.log_file(0, stream).is_none());
+        .filter(|_| engine.log_file(0, stream).is_none());
     if let Some(own) = own {
         let n = q.lines.unwrap_or(100).min(MAX_LINES);
         let mut body = own.tail(n).join("\n");
@@ -390,7 +402,7 @@ async fn plain(
             .body(body.into())
             .unwrap_or_default());
     }
-    let Some(path) = state.engine.log_file(instance, stream) else {
+    let Some(path) = engine.log_file(instance, stream) else {
         return Ok(json_error(
             StatusCode::NOT_FOUND,
             format!("no log for instance {instance}"),

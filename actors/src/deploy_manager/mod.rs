@@ -38,7 +38,10 @@ mod rollout;
 pub use messages::DeployMsg;
 use rollout::{ENSURE_TIMEOUT_MS, Target, retry_delay};
 
-pub const NAME: &str = "deploy_manager";
+/// The registered name of `app`'s DeployManager: `deploy_manager:{app}`.
+pub fn name(app: &str) -> String {
+    format!("deploy_manager:{app}")
+}
 
 /// The DeployManager's part of the status.
 #[derive(Debug, Clone, Default)]
@@ -127,6 +130,7 @@ impl Actor for DeployManager {
         }
         myself.send_interval(cfg.schedule_interval, || DeployMsg::Tick);
         let _ = myself.cast(DeployMsg::Evaluate);
+        let recorder = Recorder::for_actor(&name(&cfg.app));
         Ok(DmState {
             cfg,
             storage: Arc::new(storage),
@@ -144,7 +148,7 @@ impl Actor for DeployManager {
             pinned_tarball: None,
             pending_rollback: None,
             me: myself.clone(),
-            recorder: Recorder::for_actor(NAME),
+            recorder,
         })
     }
 
@@ -344,7 +348,7 @@ impl Actor for DeployManager {
             }
             DeployMsg::Ensured { version, result } => state.on_ensured(version, result).await,
             #[cfg(feature = "testhooks")]
-            DeployMsg::InjectPanic => panic!("injected panic in {NAME}"),
+            DeployMsg::InjectPanic => panic!("injected panic in {}", name(&state.cfg.app)),
         }
         Ok(())
     }
@@ -358,6 +362,6 @@ fn kind_name(kind: DeploymentKind) -> &'static str {
     }
 }
 
-fn monitor(instance: u32) -> Option<ActorRef<InstanceMsg>> {
-    ractor::registry::where_is(instance_monitor::name(instance)).map(Into::into)
+fn monitor(app: &str, instance: u32) -> Option<ActorRef<InstanceMsg>> {
+    ractor::registry::where_is(instance_monitor::name(app, instance)).map(Into::into)
 }

@@ -80,7 +80,7 @@ impl DmState {
             return false;
         }
         for instance in 1..=self.cfg.replicas {
-            let Some(monitor) = monitor(instance) else {
+            let Some(monitor) = monitor(&self.cfg.app, instance) else {
                 return true;
             };
             let Ok(status) = ractor::call_t!(monitor, |reply| InstanceMsg::Status { reply }, 1000)
@@ -153,7 +153,7 @@ impl DmState {
         version: &str,
         why: &str,
     ) {
-        if let Some(m) = monitor(instance) {
+        if let Some(m) = monitor(&self.cfg.app, instance) {
             let _ = m.cast(InstanceMsg::AbortCandidate {
                 deploy_ref: deploy_ref.to_string(),
                 version: version.to_string(),
@@ -238,7 +238,7 @@ impl DmState {
     /// stop the instance when there is none.
     pub(super) async fn rollback(&mut self, instance: u32, bad: &str) {
         let previous = self.previous_good(instance, bad);
-        let Some(monitor) = monitor(instance) else {
+        let Some(monitor) = monitor(&self.cfg.app, instance) else {
             return;
         };
         let Some(previous) = previous else {
@@ -272,7 +272,7 @@ impl DmState {
         if !self.ensuring.insert(version.to_string()) {
             return;
         }
-        let Some(fetcher) = ractor::registry::where_is(release_fetcher::NAME) else {
+        let Some(fetcher) = ractor::registry::where_is(release_fetcher::name(&self.cfg.app)) else {
             self.ensuring.remove(version);
             return;
         };
@@ -332,7 +332,7 @@ impl DmState {
             bad,
             previous,
         } = p;
-        let Some(monitor) = monitor(instance) else {
+        let Some(monitor) = monitor(&self.cfg.app, instance) else {
             return;
         };
         let hash = self

@@ -23,7 +23,7 @@ pub(super) struct Target {
 impl DmState {
     pub(super) async fn target(&mut self) -> Option<Target> {
         let fetcher: ActorRef<FetcherMsg> =
-            ractor::registry::where_is(release_fetcher::NAME)?.into();
+            ractor::registry::where_is(release_fetcher::name(&self.cfg.app))?.into();
         match self.mode.clone() {
             Mode::Manual { version } => {
                 self.desired = Some(version.clone());
@@ -106,7 +106,7 @@ impl DmState {
                 "instance {other} is restarting: try again when it is ready"
             )));
         }
-        let monitor = monitor(instance).ok_or_else(|| {
+        let monitor = monitor(&self.cfg.app, instance).ok_or_else(|| {
             ActionError::Unavailable(format!("instance {instance} is not supervised right now"))
         })?;
         match ractor::call_t!(monitor, |reply| InstanceMsg::Restart { reply }, 2000) {
@@ -137,7 +137,7 @@ impl DmState {
             return;
         };
         for instance in 1..=self.cfg.replicas {
-            let Some(monitor) = monitor(instance) else {
+            let Some(monitor) = monitor(&self.cfg.app, instance) else {
                 return;
             };
             let Ok(status) = ractor::call_t!(monitor, |reply| InstanceMsg::Status { reply }, 1000)

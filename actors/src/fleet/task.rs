@@ -169,7 +169,9 @@ impl Fleet {
         };
         // Un-ghosted on another host: un-ghost here too.
         for version in cleared {
-            if let Some(dm) = ractor::registry::where_is(crate::deploy_manager::NAME) {
+            if let Some(dm) =
+                ractor::registry::where_is(crate::deploy_manager::name(&self.engine.config().app))
+            {
                 let dm: ractor::ActorRef<crate::deploy_manager::DeployMsg> = dm.into();
                 let v = version.clone();
                 let answer = ractor::call_t!(
@@ -186,7 +188,8 @@ impl Fleet {
         // 5. Claim a slot for the version this host waits for.
         if let Some(version) = want
             && self.try_claim(&version, now).await?
-            && let Some(dm) = ractor::registry::where_is(crate::deploy_manager::NAME)
+            && let Some(dm) =
+                ractor::registry::where_is(crate::deploy_manager::name(&self.engine.config().app))
         {
             let _ = dm.send_message(crate::deploy_manager::DeployMsg::Evaluate);
         }

@@ -71,7 +71,7 @@ impl MonitorState {
                 },
                 "preparation failed",
             );
-            if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME) {
+            if let Some(dm) = ractor::registry::where_is(deploy_manager::name(&self.cfg.app)) {
                 let _ = dm.send_message(DeployMsg::DeployFailed {
                     instance: self.instance,
                     deploy_ref,
@@ -202,7 +202,7 @@ impl MonitorState {
                     },
                     "hot upgrade done",
                 );
-                if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME) {
+                if let Some(dm) = ractor::registry::where_is(deploy_manager::name(&self.cfg.app)) {
                     let _ = dm.send_message(DeployMsg::Deployed {
                         instance: self.instance,
                         version: job.version.clone(),
@@ -271,7 +271,7 @@ impl MonitorState {
             let error = error.to_string();
             tracing::error!(instance = self.instance, %deploy_ref, %error, "folder rotation failed");
             self.last_error = Some(error.clone());
-            if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME) {
+            if let Some(dm) = ractor::registry::where_is(deploy_manager::name(&self.cfg.app)) {
                 let _ = dm.send_message(DeployMsg::DeployFailed {
                     instance: self.instance,
                     deploy_ref,
@@ -286,7 +286,7 @@ impl MonitorState {
         self.last_deployment = Some(job.kind);
         self.next_start_reason = Some(RestartReason::Deploy);
         self.start(myself);
-        if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME) {
+        if let Some(dm) = ractor::registry::where_is(deploy_manager::name(&self.cfg.app)) {
             let _ = dm.send_message(DeployMsg::Deployed {
                 instance: self.instance,
                 version: job.version.clone(),

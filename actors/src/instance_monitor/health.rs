@@ -142,7 +142,7 @@ impl MonitorState {
 
     /// The rollout may move on: this instance is ready.
     pub(super) fn tell_dm_ready(&self) {
-        if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME) {
+        if let Some(dm) = ractor::registry::where_is(deploy_manager::name(&self.cfg.app)) {
             let _ = dm.send_message(DeployMsg::InstanceReady {
                 instance: self.instance,
                 version: self.version.clone(),

@@ -237,7 +237,7 @@ impl MonitorState {
         // After the backoff bookkeeping: `consecutive_crashes` counts the
         // crashes without a stable period in between (a crash loop), not a
         // process killed once in a while (OOM killer, operator).
-        if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME) {
+        if let Some(dm) = ractor::registry::where_is(deploy_manager::name(&self.cfg.app)) {
             let _ = dm.send_message(DeployMsg::InstanceCrashed {
                 instance: self.instance,
                 consecutive: self.consecutive_crashes,
@@ -381,7 +381,7 @@ impl MonitorState {
         self.last_error = Some(error.clone());
         self.set_phase(InstanceState::Stopped, "release refused");
         if let (Some(dm), Some(deploy_ref)) = (
-            ractor::registry::where_is(deploy_manager::NAME),
+            ractor::registry::where_is(deploy_manager::name(&self.cfg.app)),
             self.deploy_ref.clone(),
         ) {
             let _ = dm.send_message(DeployMsg::DeployFailed {

@@ -63,8 +63,10 @@ use lifecycle::*;
 use service_dir::*;
 use start_first::Switch;
 
-pub fn name(instance: u32) -> String {
-    format!("instance_monitor-{instance}")
+/// The registered name of `app`'s monitor of instance `instance`:
+/// `instance_monitor:{app}-{instance}` (the instance's node is `{app}-{instance}`).
+pub fn name(app: &str, instance: u32) -> String {
+    format!("instance_monitor:{app}-{instance}")
 }
 
 pub struct InstanceMonitor;
@@ -170,6 +172,7 @@ impl Actor for InstanceMonitor {
         let instance = args.instance;
         let placed = slot::placement(&cfg, instance);
         let service = cfg.slot_service_dir(instance, placed.slot);
+        let recorder = Recorder::for_actor(&name(&cfg.app, instance));
         let mut state = MonitorState {
             slot: placed.slot,
             node: cfg.slot_node_name(instance, placed.slot),
@@ -211,7 +214,7 @@ impl Actor for InstanceMonitor {
             tick_seq: 0,
             rotated_at: Instant::now(),
             watched_at: Instant::now(),
-            recorder: Recorder::for_actor(&name(instance)),
+            recorder,
             release_kind: None,
         };
         state.liveness = liveness_spec(&state.cfg, &myself, &state.node, state.port);
@@ -367,7 +370,9 @@ impl Actor for InstanceMonitor {
                 why,
             } => state.abort_candidate(&myself, &deploy_ref, version, why),
             #[cfg(feature = "testhooks")]
-            InstanceMsg::InjectPanic => panic!("injected panic in {}", name(state.instance)),
+            InstanceMsg::InjectPanic => {
+                panic!("injected panic in {}", name(&state.cfg.app, state.instance))
+            }
         }
         Ok(())
     }

@@ -154,11 +154,14 @@ impl MonitorState {
                 },
                 "placement failed",
             );
-            tell_dm(DeployMsg::DeployFailed {
-                instance: self.instance,
-                deploy_ref,
-                error,
-            });
+            tell_dm(
+                &self.cfg.app,
+                DeployMsg::DeployFailed {
+                    instance: self.instance,
+                    deploy_ref,
+                    error,
+                },
+            );
             return;
         }
         let Some(port) = slot::spare_port(&self.cfg, self.instance, self.port) else {
@@ -166,11 +169,14 @@ impl MonitorState {
             // at a time), but never start two processes on one port.
             self.deploying = None;
             self.set_phase(InstanceState::Running, "no spare port");
-            tell_dm(DeployMsg::DeployFailed {
-                instance: self.instance,
-                deploy_ref,
-                error: "no spare port in the pool".to_string(),
-            });
+            tell_dm(
+                &self.cfg.app,
+                DeployMsg::DeployFailed {
+                    instance: self.instance,
+                    deploy_ref,
+                    error: "no spare port in the pool".to_string(),
+                },
+            );
             return;
         };
         let old = self.process.take().map(|handle| OldProcess {
@@ -246,13 +252,16 @@ impl MonitorState {
         tracing::info!(instance = self.instance, deploy_ref = %job.deploy_ref, node = %self.node, port = self.port, from_port = switch.port, "start-first: new version ready; stopping the old one");
         self.deploying = None;
         self.last_deployment = Some(job.kind);
-        tell_dm(DeployMsg::Deployed {
-            instance: self.instance,
-            version: job.version.clone(),
-            hash: job.hash.clone(),
-            deploy_ref: job.deploy_ref.clone(),
-            kind: job.kind,
-        });
+        tell_dm(
+            &self.cfg.app,
+            DeployMsg::Deployed {
+                instance: self.instance,
+                version: job.version.clone(),
+                hash: job.hash.clone(),
+                deploy_ref: job.deploy_ref.clone(),
+                kind: job.kind,
+            },
+        );
         let old_service = switch.service.clone();
         let old_node = switch.node.clone();
         let generation = self.generation;
@@ -336,11 +345,14 @@ impl MonitorState {
                 self.start(myself);
             }
         }
-        tell_dm(DeployMsg::CandidateFailed {
-            instance: self.instance,
-            deploy_ref: switch.job.deploy_ref,
-            error,
-        });
+        tell_dm(
+            &self.cfg.app,
+            DeployMsg::CandidateFailed {
+                instance: self.instance,
+                deploy_ref: switch.job.deploy_ref,
+                error,
+            },
+        );
     }
 
     /// The DeployManager gave up waiting for the new process.
@@ -362,10 +374,13 @@ impl MonitorState {
         // No new process beside an old one: this deployment went
         // stop-first (nothing was running) and is rolled back as such.
         if self.deploy_ref.as_deref() == Some(deploy_ref) {
-            tell_dm(DeployMsg::NoCandidate {
-                instance: self.instance,
-                bad: version,
-            });
+            tell_dm(
+                &self.cfg.app,
+                DeployMsg::NoCandidate {
+                    instance: self.instance,
+                    bad: version,
+                },
+            );
         }
     }
 
@@ -383,8 +398,8 @@ impl MonitorState {
     }
 }
 
-fn tell_dm(msg: DeployMsg) {
-    if let Some(dm) = ractor::registry::where_is(deploy_manager::NAME) {
+fn tell_dm(app: &str, msg: DeployMsg) {
+    if let Some(dm) = ractor::registry::where_is(deploy_manager::name(app)) {
         let _ = dm.send_message(msg);
     }
 }
