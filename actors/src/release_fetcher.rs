@@ -490,3 +490,45 @@ async fn prune_cache(cache: &Path, keep: usize) {
         let _ = tokio::fs::remove_file(path).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_kind_comes_from_the_variant_and_the_text_keeps_the_causes() {
+        let too_large = FetchError::Current(Arc::new(StoreError::CurrentTooLarge {
+            path: "/s/current.json".into(),
+            size: 9,
+            max: 1,
+        }));
+        assert!(too_large.rejected());
+        let missing = FetchError::Download {
+            version: "0.1.2".into(),
+            source: Arc::new(StoreError::TarballMissing {
+                version: "0.1.2".into(),
+                path: "/s/a-0.1.2.tar.gz".into(),
+            }),
+        };
+        assert!(!missing.rejected());
+        assert_eq!(
+            error_chain(&missing),
+            "tarball 0.1.2: no tarball for version 0.1.2 at /s/a-0.1.2.tar.gz"
+        );
+        let mismatch = FetchError::Verify {
+            version: "0.1.2".into(),
+            source: Arc::new(VerifyError::Sha256Mismatch {
+                expected: "ab".into(),
+                actual: "cd".into(),
+            }),
+        };
+        assert!(mismatch.rejected());
+        // One outcome answers every waiter of the single-flight `Ensure`.
+        let copy = mismatch.clone();
+        assert_eq!(
+            error_chain(&copy),
+            "tarball 0.1.2: sha256 mismatch: current.json says ab, the tarball is cd"
+        );
+        assert!(!FetchError::NoAnswer("timeout".into()).rejected());
+    }
+}
