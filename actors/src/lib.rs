@@ -8,6 +8,7 @@ pub mod config;
 pub mod deploy_manager;
 pub mod dist;
 pub mod engine;
+pub mod error;
 pub mod events;
 pub mod fleet;
 pub mod handle;

@@ -97,9 +97,16 @@ pub enum ObserverError {
     NoSuchProcess(String),
     #[error("the node did not finish in time")]
     Timeout,
-    /// The node is not connected, or the RPC failed.
+    /// The node answered something else than the query's result.
     #[error("node {node}: {reason}")]
     Node { node: String, reason: String },
+    /// The RPC carrying the query failed (not connected, timed out, link
+    /// lost, `badrpc`).
+    #[error("node {node}: {}", crate::error::error_chain(error))]
+    Rpc {
+        node: String,
+        error: crate::error::RpcError,
+    },
 }
 
 /// A local pid as Erlang prints it: `<A.B.C>`, decimal parts.
@@ -272,6 +279,13 @@ fn parsed() -> &'static Mutex<HashMap<&'static str, Term>> {
     PARSED.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+fn rpc_err(node: &str, error: crate::error::RpcError) -> ObserverError {
+    ObserverError::Rpc {
+        node: node.to_string(),
+        error,
+    }
+}
+
 fn node_err(node: &str, reason: impl Into<String>) -> ObserverError {
     ObserverError::Node {
         node: node.to_string(),
@@ -290,7 +304,7 @@ async fn parse(node: &str, expr: &'static str) -> Result<Term, ObserverError> {
     let scanned = rpc
         .call("erl_scan", "string", vec![charlist(expr)], RPC_TIMEOUT)
         .await
-        .map_err(|e| node_err(node, e))?;
+        .map_err(|e| rpc_err(node, e))?;
     let tokens = match as_tuple(&scanned) {
         Some([ok, tokens, _]) if as_atom(ok) == Some("ok") => tokens.clone(),
         _ => {
@@ -303,7 +317,7 @@ async fn parse(node: &str, expr: &'static str) -> Result<Term, ObserverError> {
     let exprs = rpc
         .call("erl_parse", "parse_exprs", vec![tokens], RPC_TIMEOUT)
         .await
-        .map_err(|e| node_err(node, e))?;
+        .map_err(|e| rpc_err(node, e))?;
     let exprs = match as_tuple(&exprs) {
         Some([ok, exprs]) if as_atom(ok) == Some("ok") => exprs.clone(),
         _ => {
@@ -341,7 +355,7 @@ async fn eval(
     }
     .call("erl_eval", "exprs", vec![exprs, bindings], RPC_TIMEOUT)
     .await
-    .map_err(|e| node_err(node, e))?;
+    .map_err(|e| rpc_err(node, e))?;
     let mut bytes = Vec::new();
     let reply_bytes = match reply.encode(&mut bytes) {
         Ok(()) => bytes.len(),

@@ -15,8 +15,11 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::config::{EngineConfig, StoreConfig};
+pub use crate::error::error_chain;
 use crate::recorder::{Describe, Recorder};
-use crate::store::{CurrentRelease, LocalStore, ReleaseStore, S3Store, UnpackLimits};
+use crate::store::{
+    CurrentRelease, LocalStore, ReleaseStore, S3Store, StoreError, UnpackError, UnpackLimits,
+};
 
 /// The registered name of `app`'s ReleaseFetcher: `release_fetcher:{app}`.
 pub fn name(app: &str) -> String {
@@ -47,13 +50,13 @@ pub enum FetcherMsg {
     /// pin, rollback): from the cache, else downloaded from the store.
     Ensure {
         version: String,
-        reply: RpcReplyPort<Result<PathBuf, String>>,
+        reply: RpcReplyPort<Result<PathBuf, FetchError>>,
     },
     /// A download started by `Ensure` finished: every caller waiting for
     /// that version gets the answer (one download per version at a time).
     Ensured {
         version: String,
-        result: Result<PathBuf, String>,
+        result: Result<PathBuf, FetchError>,
     },
     /// Fault injection for the supervision tests: the handler panics.
     #[cfg(feature = "testhooks")]
@@ -75,11 +78,11 @@ impl Describe for FetcherMsg {
     fn summary(&self) -> String {
         match self {
             FetcherMsg::Fetched(Ok(r)) => format!("ok {}", r.release.version),
-            FetcherMsg::Fetched(Err(e)) => format!("error: {}", e.message),
+            FetcherMsg::Fetched(Err(e)) => format!("error: {}", error_chain(e)),
             FetcherMsg::Ensure { version, .. } => version.clone(),
             FetcherMsg::Ensured { version, result } => match result {
                 Ok(_) => format!("{version} ok"),
-                Err(e) => format!("{version} error: {e}"),
+                Err(e) => format!("{version} error: {}", error_chain(e)),
             },
             _ => String::new(),
         }
@@ -94,7 +97,7 @@ pub struct FetcherState {
     fetching: bool,
     status: FetcherStatus,
     /// `Ensure` callers waiting for a version's download, by version.
-    ensuring: std::collections::HashMap<String, Vec<RpcReplyPort<Result<PathBuf, String>>>>,
+    ensuring: std::collections::HashMap<String, Vec<RpcReplyPort<Result<PathBuf, FetchError>>>>,
     recorder: Recorder,
 }
 
@@ -176,11 +179,12 @@ impl Actor for ReleaseFetcher {
                             }
                         }
                     }
-                    Err(FetchError { rejected, message }) => {
+                    Err(error) => {
+                        let message = error_chain(&error);
                         if state.status.last_error.as_deref() != Some(message.as_str()) {
                             tracing::error!(error = %message, "release rejected");
                             // Once per distinct error, not once per poll.
-                            let kind = if rejected {
+                            let kind = if error.rejected() {
                                 crate::events::EventKind::ReleaseRejected
                             } else {
                                 crate::events::EventKind::StoreError
@@ -216,11 +220,7 @@ impl Actor for ReleaseFetcher {
                 crate::task::spawn_for(
                     myself,
                     "fetching a release",
-                    async move {
-                        ensure_cached(&cfg, &store, &release)
-                            .await
-                            .map_err(|e| e.message)
-                    },
+                    async move { ensure_cached(&cfg, &store, &release).await },
                     move |result| FetcherMsg::Ensured { version, result },
                 );
             }
@@ -236,29 +236,94 @@ impl Actor for ReleaseFetcher {
     }
 }
 
-/// Why a poll found no usable release.
-#[derive(Debug, Clone)]
-pub struct FetchError {
-    /// The store answered but what it holds is unusable (malformed
-    /// `current.json`, a tarball that fails verification); `false`: the
-    /// store could not be read (down, missing object, I/O).
-    pub rejected: bool,
-    pub message: String,
+/// Why no verified tarball came out of the store. `Clone`: one download's
+/// outcome answers every caller waiting on the single-flight `Ensure`.
+/// Rendered with [`error_chain`] (`tarball 0.1.2: sha256 mismatch: ...`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    /// `current.json` could not be read, or what it holds is unusable
+    /// (see [`FetchError::rejected`]).
+    #[error("current.json")]
+    Current(#[source] Arc<StoreError>),
+    /// The tarball could not be downloaded.
+    #[error("tarball {version}")]
+    Download {
+        version: String,
+        #[source]
+        source: Arc<StoreError>,
+    },
+    /// The tarball was downloaded and failed verification.
+    #[error("tarball {version}")]
+    Verify {
+        version: String,
+        #[source]
+        source: Arc<VerifyError>,
+    },
+    /// The local cache could not be written.
+    #[error("cannot {what} {}", path.display())]
+    Cache {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The blocking verification task panicked or was cancelled.
+    #[error("verification task failed: {0}")]
+    Task(String),
+    /// The task doing the work panicked.
+    #[error(transparent)]
+    Panic(#[from] crate::task::TaskPanic),
+    /// The fetcher did not answer an `Ensure` in time (or is restarting):
+    /// raised by the caller.
+    #[error("the release fetcher did not answer: {0}")]
+    NoAnswer(String),
 }
 
 impl FetchError {
-    fn store(message: String) -> FetchError {
-        FetchError {
-            rejected: false,
-            message,
+    /// The store answered but what it holds is unusable (malformed
+    /// `current.json`, a tarball that fails verification): a
+    /// `release_rejected` event. `false`: the store could not be read
+    /// (down, missing object, I/O), a `store_error`.
+    pub fn rejected(&self) -> bool {
+        match self {
+            FetchError::Current(e) => matches!(
+                **e,
+                StoreError::MalformedCurrent { .. }
+                    | StoreError::InvalidCurrent { .. }
+                    | StoreError::InvalidName { .. }
+                    | StoreError::CurrentTooLarge { .. }
+            ),
+            FetchError::Verify { .. } => true,
+            FetchError::Download { .. }
+            | FetchError::Cache { .. }
+            | FetchError::Task(_)
+            | FetchError::Panic(_)
+            | FetchError::NoAnswer(_) => false,
         }
     }
-    fn rejected(message: String) -> FetchError {
-        FetchError {
-            rejected: true,
-            message,
+
+    fn cache(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FetchError {
+        let path = path.to_path_buf();
+        move |e| FetchError::Cache {
+            what,
+            path,
+            source: Arc::new(e),
         }
     }
+}
+
+/// Why a tarball is refused (the fetcher's and `deployex publish`'s check).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("sha256 mismatch: current.json says {expected}, the tarball is {actual}")]
+    Sha256Mismatch { expected: String, actual: String },
+    /// Reading, hashing or unpacking failed (an unsafe or broken archive).
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
+    #[error("no valid releases/start_erl.data (\"{{erts}} {{version}}\"): not a mix release")]
+    NotARelease,
+    #[error("the release inside is version {found}, not {expected}")]
+    WrongVersion { found: String, expected: String },
 }
 
 async fn fetch_current(
@@ -266,16 +331,10 @@ async fn fetch_current(
     store: &ReleaseStore,
     known: Option<ReadyRelease>,
 ) -> Result<ReadyRelease, FetchError> {
-    let release = store.current().await.map_err(|e| {
-        let message = format!("current.json: {}", error_chain(&e));
-        match e {
-            crate::store::StoreError::MalformedCurrent { .. }
-            | crate::store::StoreError::InvalidCurrent { .. }
-            | crate::store::StoreError::InvalidName { .. }
-            | crate::store::StoreError::CurrentTooLarge { .. } => FetchError::rejected(message),
-            _ => FetchError::store(message),
-        }
-    })?;
+    let release = store
+        .current()
+        .await
+        .map_err(|e| FetchError::Current(Arc::new(e)))?;
     if let Some(known) = known
         && known.release == release
         && known.tarball.is_file()
@@ -297,7 +356,7 @@ async fn ensure_cached(
     let final_path = cache.join(format!("{}-{}.tar.gz", cfg.app, version));
     tokio::fs::create_dir_all(&cache)
         .await
-        .map_err(|e| FetchError::store(format!("cannot create {}: {e}", cache.display())))?;
+        .map_err(FetchError::cache("create", &cache))?;
     // The `hash` of current.json the cached copy was fetched for: the same
     // version published again with another hash (a rebuilt tarball) must
     // not be served from the cache. Empty hash (a pin or a rollback of a
@@ -328,7 +387,10 @@ async fn ensure_cached(
     store
         .download(version, &part)
         .await
-        .map_err(|e| FetchError::store(format!("tarball {version}: {}", error_chain(&e))))?;
+        .map_err(|e| FetchError::Download {
+            version: version.clone(),
+            source: Arc::new(e),
+        })?;
     let app = cfg.app.clone();
     let expected = release.sha256.clone();
     let part2 = part.clone();
@@ -338,10 +400,13 @@ async fn ensure_cached(
         verify_tarball(&part2, &scratch, &app, Some(&want), expected)
     })
     .await
-    .map_err(|e| FetchError::store(format!("verification task failed: {e}")))?;
+    .map_err(|e| FetchError::Task(e.to_string()))?;
     if let Err(error) = verified {
         let _ = tokio::fs::remove_file(&part).await;
-        return Err(FetchError::rejected(format!("tarball {version}: {error}")));
+        return Err(FetchError::Verify {
+            version: version.clone(),
+            source: Arc::new(error),
+        });
     }
     // The hash first, then the tarball: a crash in between leaves a hash
     // that does not describe the file only when both are replaced, and the
@@ -349,7 +414,7 @@ async fn ensure_cached(
     let _ = tokio::fs::remove_file(&hash_path).await;
     tokio::fs::rename(&part, &final_path)
         .await
-        .map_err(|e| FetchError::store(format!("cannot publish {}: {e}", final_path.display())))?;
+        .map_err(FetchError::cache("publish", &final_path))?;
     if !release.hash.is_empty() {
         let tmp = cache.join(format!(".{}-{}.hash.part", cfg.app, version));
         if tokio::fs::write(&tmp, release.hash.as_bytes())
@@ -376,29 +441,26 @@ pub fn verify_tarball(
     app: &str,
     version: Option<&str>,
     expected_sha256: Option<String>,
-) -> Result<String, String> {
+) -> Result<String, VerifyError> {
     if let Some(expected) = expected_sha256 {
-        let actual = crate::store::sha256_file(tarball).map_err(|e| error_chain(&e))?;
+        let actual = crate::store::sha256_file(tarball)?;
         if !actual.eq_ignore_ascii_case(expected.trim()) {
-            return Err(format!(
-                "sha256 mismatch: current.json says {expected}, the tarball is {actual}"
-            ));
+            return Err(VerifyError::Sha256Mismatch { expected, actual });
         }
     }
     let _ = std::fs::remove_dir_all(scratch);
     let result = crate::store::unpack_release(tarball, scratch, app, &UnpackLimits::default())
-        .map_err(|e| error_chain(&e))
-        .and_then(|_| match crate::store::release_version(scratch) {
-            None => Err(
-                "no valid releases/start_erl.data (\"{erts} {version}\"): not a mix release"
-                    .to_string(),
-            ),
-            Some(found) if version.is_some_and(|v| v != found) => Err(format!(
-                "the release inside is version {found}, not {}",
-                version.unwrap_or_default()
-            )),
-            Some(found) => Ok(found),
-        });
+        .map_err(VerifyError::from)
+        .and_then(
+            |_| match (crate::store::release_version(scratch), version) {
+                (None, _) => Err(VerifyError::NotARelease),
+                (Some(found), Some(want)) if want != found => Err(VerifyError::WrongVersion {
+                    found,
+                    expected: want.to_string(),
+                }),
+                (Some(found), _) => Ok(found),
+            },
+        );
     let _ = std::fs::remove_dir_all(scratch);
     result
 }
@@ -433,14 +495,44 @@ async fn prune_cache(cache: &Path, keep: usize) {
     }
 }
 
-/// `err: source: source...` on one line.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        source = e.source();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_kind_comes_from_the_variant_and_the_text_keeps_the_causes() {
+        let too_large = FetchError::Current(Arc::new(StoreError::CurrentTooLarge {
+            path: "/s/current.json".into(),
+            size: 9,
+            max: 1,
+        }));
+        assert!(too_large.rejected());
+        let missing = FetchError::Download {
+            version: "0.1.2".into(),
+            source: Arc::new(StoreError::TarballMissing {
+                version: "0.1.2".into(),
+                path: "/s/a-0.1.2.tar.gz".into(),
+            }),
+        };
+        assert!(!missing.rejected());
+        assert_eq!(
+            error_chain(&missing),
+            "tarball 0.1.2: no tarball for version 0.1.2 at /s/a-0.1.2.tar.gz"
+        );
+        let mismatch = FetchError::Verify {
+            version: "0.1.2".into(),
+            source: Arc::new(VerifyError::Sha256Mismatch {
+                expected: "ab".into(),
+                actual: "cd".into(),
+            }),
+        };
+        assert!(mismatch.rejected());
+        // One outcome answers every waiter of the single-flight `Ensure`.
+        let copy = mismatch.clone();
+        assert_eq!(
+            error_chain(&copy),
+            "tarball 0.1.2: sha256 mismatch: current.json says ab, the tarball is cd"
+        );
+        assert!(!FetchError::NoAnswer("timeout".into()).rejected());
     }
-    s
 }

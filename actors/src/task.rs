@@ -20,13 +20,6 @@ pub struct TaskPanic {
     pub message: String,
 }
 
-/// For work whose error is still a text (the fetcher's download message).
-impl From<TaskPanic> for String {
-    fn from(panic: TaskPanic) -> String {
-        panic.to_string()
-    }
-}
-
 /// Runs `work` in a task and casts `done(result)` to `owner`; a panic in
 /// `work` becomes `done(Err(TaskPanic.into()))`, so the work's own error
 /// type carries it (no `Result<Result<…>>` to flatten). `what` names the

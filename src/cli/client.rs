@@ -94,7 +94,7 @@ impl ApiClient {
         let response = tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(request))
             .await
             .map_err(|_| anyhow::anyhow!("{url}: no answer within {REQUEST_TIMEOUT:?}"))?
-            .map_err(|e| anyhow::anyhow!("{url}: {}", chain(&e)))?;
+            .map_err(|e| anyhow::anyhow!("{url}: {}", deployex_actors::error::error_chain(&e)))?;
         let status = response.status();
         let body = http_body_util::Limited::new(response.into_body(), MAX_BODY)
             .collect()
@@ -123,17 +123,6 @@ impl ApiClient {
         }
         .into())
     }
-}
-
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        source = e.source();
-    }
-    s
 }
 
 /// `$XDG_CONFIG_HOME/deployex/token` (else `$HOME/.config/deployex/token`).

@@ -153,8 +153,13 @@ fn verify(tarball: &Path, app: &str) -> anyhow::Result<(String, String)> {
         std::process::id(),
         rand::random::<u64>()
     ));
-    let version = verify_tarball(tarball, &scratch, app, None, None)
-        .map_err(|e| anyhow::anyhow!("refused: tarball {}: {e}", tarball.display()))?;
+    let version = verify_tarball(tarball, &scratch, app, None, None).map_err(|e| {
+        anyhow::anyhow!(
+            "refused: tarball {}: {}",
+            tarball.display(),
+            error_chain(&e)
+        )
+    })?;
     let sha256 = sha256_file(tarball).map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))?;
     Ok((version, sha256))
 }

@@ -19,6 +19,8 @@
 
 use std::sync::Arc;
 
+use deployex_actors::dist::DistError;
+use deployex_actors::error::RpcError;
 use deployex_actors::observer::{MAX_LIMIT, ObserveRequest, Observed, ObserverError, SortKey};
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -45,6 +47,13 @@ fn error_response(e: &ObserverError) -> Response {
         ObserverError::NoSuchInstance(_) | ObserverError::NoSuchProcess(_) => StatusCode::NOT_FOUND,
         ObserverError::BadRequest(_) => StatusCode::BAD_REQUEST,
         ObserverError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ObserverError::Rpc { error, .. } => match error {
+            RpcError::WatcherDown | RpcError::NotConnected { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            RpcError::Dist(DistError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        },
         ObserverError::Node { .. } => StatusCode::BAD_GATEWAY,
     };
     json_error(status, e.to_string())
@@ -350,6 +359,38 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rpc_failures_map_to_their_status() {
+        let rpc = |error| ObserverError::Rpc {
+            node: "a@h".into(),
+            error,
+        };
+        let cases = [
+            (rpc(RpcError::WatcherDown), 503),
+            (rpc(RpcError::NotConnected { node: "a@h".into() }), 503),
+            (
+                rpc(RpcError::Dist(DistError::Timeout {
+                    node: "a@h".into(),
+                    what: "rpc".into(),
+                })),
+                504,
+            ),
+            (
+                rpc(RpcError::Dist(DistError::BadRpc {
+                    node: "a@h".into(),
+                    reason: "undef".into(),
+                })),
+                502,
+            ),
+            (ObserverError::Timeout, 504),
+        ];
+        for (error, status) in cases {
+            assert_eq!(error_response(&error).status().as_u16(), status, "{error}");
+        }
+        let text = rpc(RpcError::NotConnected { node: "a@h".into() }).to_string();
+        assert_eq!(text, "node a@h: node a@h is not connected");
+    }
 
     #[test]
     fn query_checks() {

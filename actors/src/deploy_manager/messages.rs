@@ -68,7 +68,7 @@ pub enum DeployMsg {
     /// handler: a download can take long).
     Ensured {
         version: String,
-        result: Result<std::path::PathBuf, String>,
+        result: Result<std::path::PathBuf, crate::release_fetcher::FetchError>,
     },
     /// Fault injection for the supervision tests: the handler panics.
     #[cfg(feature = "testhooks")]
@@ -128,7 +128,7 @@ impl Describe for DeployMsg {
             DeployMsg::Restart { instance, .. } => format!("instance {instance}"),
             DeployMsg::Ensured { version, result } => match result {
                 Ok(_) => format!("{version} ok"),
-                Err(e) => format!("{version} error: {e}"),
+                Err(e) => format!("{version} error: {}", crate::error::error_chain(e)),
             },
             _ => String::new(),
         }

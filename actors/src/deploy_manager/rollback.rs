@@ -288,7 +288,7 @@ impl DmState {
                     |reply| FetcherMsg::Ensure { version: v, reply },
                     ENSURE_TIMEOUT_MS
                 )
-                .map_err(|e| format!("the release fetcher did not answer: {e}"))?
+                .map_err(|e| release_fetcher::FetchError::NoAnswer(e.to_string()))?
             },
             move |result| DeployMsg::Ensured { version, result },
         );
@@ -297,7 +297,7 @@ impl DmState {
     pub(super) async fn on_ensured(
         &mut self,
         version: String,
-        result: Result<std::path::PathBuf, String>,
+        result: Result<std::path::PathBuf, release_fetcher::FetchError>,
     ) {
         self.ensuring.remove(&version);
         if self
@@ -309,6 +309,7 @@ impl DmState {
             match result.clone() {
                 Ok(tarball) => self.start_rollback(p, tarball),
                 Err(e) => {
+                    let e = crate::error::error_chain(&e);
                     self.last_error = Some(format!("rollback to {version}: {e}"));
                 }
             }
@@ -319,6 +320,7 @@ impl DmState {
             match result {
                 Ok(tarball) => self.pinned_tarball = Some((version, tarball)),
                 Err(error) => {
+                    let error = crate::error::error_chain(&error);
                     self.last_error = Some(format!("pinned version {version}: {error}"));
                 }
             }

@@ -19,6 +19,7 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 
 use super::frame;
+pub use super::runner::CloseReason;
 use super::runner::Runner;
 use super::term::{as_atom, as_int, as_list, as_tuple, atom, pretty};
 use super::{DistConfig, DistError, epmd, tls};
@@ -189,7 +190,7 @@ struct Inner {
     commands: mpsc::UnboundedSender<Command>,
     shutdown: CancellationToken,
     done: CancellationToken,
-    close_reason: Arc<OnceLock<String>>,
+    close_reason: Arc<OnceLock<CloseReason>>,
     tls: bool,
     /// When the connection was made, and when (ms after that) an RPC last
     /// got an answer (`u64::MAX`: never): an answer is proof that the node
@@ -282,7 +283,8 @@ impl NodeConnection {
             tokio::spawn(async move {
                 let node = runner.node.clone();
                 let reason = runner.run().await;
-                tracing::info!(%node, %reason, "distribution connection closed");
+                let text = crate::error::error_chain(&reason);
+                tracing::info!(%node, reason = %text, "distribution connection closed");
                 let _ = close_reason.set(reason);
                 done.cancel();
             });
@@ -359,7 +361,7 @@ impl NodeConnection {
     }
 
     /// Why the connection closed, once it has.
-    pub fn close_reason(&self) -> Option<String> {
+    pub fn close_reason(&self) -> Option<CloseReason> {
         self.inner.close_reason.get().cloned()
     }
 

@@ -38,7 +38,7 @@ pub mod tls;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use connection::{Handshake, NodeConnection, handshake};
+pub use connection::{CloseReason, Handshake, NodeConnection, handshake};
 pub use erl_dist::term::Term;
 pub use term::{
     as_atom, as_int, as_list, as_tuple, atom, binary, charlist, int, list, pretty, term_to_string,

@@ -3,6 +3,7 @@
 //! write per loop turn, and ticks. See the module invariants in `dist`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use erl_dist::message::Message;
@@ -33,6 +34,39 @@ pub(super) struct Runner<S> {
     pub(super) last_write: Instant,
 }
 
+/// Why a connection ended (the runner's answer, kept by the
+/// `NodeConnection`). `Clone`: every holder of the handle can read it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CloseReason {
+    /// [`super::NodeConnection::close`], or deployex shutting down.
+    #[error("closed locally")]
+    Local,
+    /// The peer closed the socket (EOF).
+    #[error("the peer closed the connection")]
+    PeerClosed,
+    /// Reading the socket failed.
+    #[error("read failed")]
+    Read(#[source] Arc<std::io::Error>),
+    /// The peer announced a frame over [`frame::MAX_FRAME`].
+    #[error(
+        "the peer announced a {len}-byte frame (limit {} bytes)",
+        frame::MAX_FRAME
+    )]
+    FrameTooLarge { len: usize },
+    /// Every `NodeConnection` handle was dropped.
+    #[error("every handle was dropped")]
+    HandlesDropped,
+    /// No data from the peer for its net_ticktime.
+    #[error("no data from the peer for {0:?} (tick timeout)")]
+    TickTimeout(Duration),
+    /// Writing the socket failed.
+    #[error("write failed")]
+    Write(#[source] Arc<std::io::Error>),
+    /// The peer stopped reading: a write did not finish in time.
+    #[error("write stalled for {0:?}")]
+    WriteStalled(Duration),
+}
+
 enum Event {
     Shutdown,
     Read(std::io::Result<usize>),
@@ -42,7 +76,7 @@ enum Event {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Runner<S> {
     /// Runs until the connection ends; returns why.
-    pub(super) async fn run(mut self) -> String {
+    pub(super) async fn run(mut self) -> CloseReason {
         let mut ticker = ticker(self.tick);
         loop {
             if self.rx.capacity() - self.rx.len() < 4096 {
@@ -57,22 +91,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Runner<S> {
                 _ = ticker.tick() => Event::Tick,
             };
             match event {
-                Event::Shutdown => return "closed locally".to_owned(),
-                Event::Read(Ok(0)) => return "the peer closed the connection".to_owned(),
-                Event::Read(Err(e)) => return format!("read failed: {e}"),
+                Event::Shutdown => return CloseReason::Local,
+                Event::Read(Ok(0)) => return CloseReason::PeerClosed,
+                Event::Read(Err(e)) => return CloseReason::Read(Arc::new(e)),
                 Event::Read(Ok(_)) => {
                     self.last_read = Instant::now();
                     while let Some(frame) = frame::decode(&mut self.rx) {
                         if let Frame::TooLarge(len) = frame {
-                            return format!(
-                                "the peer announced a {len}-byte frame (limit {} bytes)",
-                                frame::MAX_FRAME
-                            );
+                            return CloseReason::FrameTooLarge { len };
                         }
                         self.on_frame(frame);
                     }
                 }
-                Event::Command(None) => return "every handle was dropped".to_owned(),
+                Event::Command(None) => return CloseReason::HandlesDropped,
                 Event::Command(Some(command)) => {
                     let mut next = Some(command);
                     // Drain what is queued so a burst of RPCs goes out in one write.
@@ -87,7 +118,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Runner<S> {
                     if let Some(silence) = self.silence
                         && self.last_read.elapsed() >= silence
                     {
-                        return format!("no data from the peer for {silence:?} (tick timeout)");
+                        return CloseReason::TickTimeout(silence);
                     }
                     if self.last_write.elapsed() >= self.tick / 2 {
                         self.out.extend_from_slice(&frame::TICK);
@@ -102,7 +133,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Runner<S> {
         }
     }
 
-    async fn flush(&mut self) -> Result<(), String> {
+    async fn flush(&mut self) -> Result<(), CloseReason> {
         // A peer that stops reading is as dead as a silent one.
         let limit = self.silence.unwrap_or(Duration::from_secs(60));
         let write = async {
@@ -115,8 +146,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Runner<S> {
                 self.last_write = Instant::now();
                 Ok(())
             }
-            Ok(Err(e)) => Err(format!("write failed: {e}")),
-            Err(_) => Err(format!("write stalled for {limit:?}")),
+            Ok(Err(e)) => Err(CloseReason::Write(Arc::new(e))),
+            Err(_) => Err(CloseReason::WriteStalled(limit)),
         }
     }
 

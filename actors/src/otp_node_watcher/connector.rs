@@ -156,7 +156,7 @@ pub(super) async fn connector(
                         generation,
                         error: conn
                             .close_reason()
-                            .unwrap_or_else(|| "connection closed".to_string()),
+                            .map_or_else(|| "connection closed".to_string(), |r| error_chain(&r)),
                     })
                     .is_err()
                 {
@@ -235,11 +235,11 @@ impl LiveCount {
             }
         }
     }
-    pub(super) fn failed(&mut self, spec: &NodeSpec, error: String) {
+    pub(super) fn failed(&mut self, spec: &NodeSpec, error: &LivenessError) {
         self.failures = self.failures.saturating_add(1);
         (spec.report)(NodeReport::Liveness {
             failures: self.failures,
-            error: Some(error),
+            error: Some(error_chain(error)),
         });
     }
 }
@@ -279,7 +279,7 @@ pub(super) async fn wait_unreachable(
             }
             () = tick => {
                 if let Some(spec) = &spec {
-                    live.failed(spec, "the node is not connected".to_string());
+                    live.failed(spec, &LivenessError::NotConnected);
                 }
             }
             () = slot.changed.notified() => {}
@@ -328,7 +328,7 @@ pub(super) async fn keep_alive(
         let started = tokio::time::Instant::now();
         match check_liveness(conn, &spec).await {
             Ok(()) => live.passed(slot),
-            Err(error) => live.failed(&spec, error),
+            Err(error) => live.failed(&spec, &error),
         }
         // On the shared grid; a check that timed out (it took the whole
         // interval) is followed by the next one at once, so a hung node is
@@ -354,16 +354,36 @@ pub(super) const ANSWER_WINDOW: f64 = 1.5;
 /// telemetry sample, an operator's query) already is that round trip: no
 /// extra RPC then (at 200 nodes, checks of their own doubled deployex's
 /// idle CPU).
-pub(super) async fn check_liveness(conn: &NodeConnection, spec: &NodeSpec) -> Result<(), String> {
+pub(super) async fn check_liveness(
+    conn: &NodeConnection,
+    spec: &NodeSpec,
+) -> Result<(), LivenessError> {
     if !conn.answered_within(spec.interval.mul_f64(ANSWER_WINDOW)) {
         conn.rpc("erlang", "node", vec![], spec.interval)
             .await
-            .map_err(|e| format!("liveness RPC: {e}"))?;
+            .map_err(LivenessError::Rpc)?;
     }
     if let Some((port, path)) = &spec.http
         && !crate::health::http_ok(*port, path, spec.interval).await
     {
-        return Err(format!("GET {path} on port {port} did not answer 2xx"));
+        return Err(LivenessError::Http {
+            port: *port,
+            path: path.clone(),
+        });
     }
     Ok(())
+}
+
+/// Why a liveness check failed (reported to the node's owner as text).
+#[derive(Debug, thiserror::Error)]
+pub enum LivenessError {
+    /// No link to the node during a whole interval.
+    #[error("the node is not connected")]
+    NotConnected,
+    /// The round-trip RPC failed or timed out.
+    #[error("liveness RPC")]
+    Rpc(#[source] DistError),
+    /// The health path did not answer 2xx in time.
+    #[error("GET {path} on port {port} did not answer 2xx")]
+    Http { port: u16, path: String },
 }

@@ -33,6 +33,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::EngineConfig;
 use crate::dist::{DistConfig, DistError, NodeConnection, Term};
+use crate::error::{RpcError, error_chain};
 use crate::model::{BeamStats, BootPhase};
 use crate::recorder::{Describe, Recorder};
 
@@ -101,7 +102,7 @@ pub enum WatcherMsg {
         function: String,
         args: Vec<Term>,
         timeout: Duration,
-        reply: RpcReplyPort<Result<Term, String>>,
+        reply: RpcReplyPort<Result<Term, RpcError>>,
     },
     /// Time to sample every connected node's telemetry.
     SampleTick,
@@ -110,7 +111,7 @@ pub enum WatcherMsg {
         node: String,
         conn_id: u64,
         at: Instant,
-        result: Result<BeamSample, String>,
+        result: Result<BeamSample, SampleError>,
     },
     /// Fault injection for the supervision tests.
     #[cfg(feature = "testhooks")]
@@ -165,7 +166,7 @@ impl Describe for WatcherMsg {
                     "{node} conn={conn_id} memory={} processes={}",
                     s.memory_bytes, s.processes
                 ),
-                Err(e) => format!("{node} conn={conn_id}: {e}"),
+                Err(e) => format!("{node} conn={conn_id}: {}", error_chain(e)),
             },
             _ => String::new(),
         }
@@ -297,7 +298,7 @@ impl Actor for OtpNodeWatcher {
                     format!(
                         "mTLS certificates in {}: {}",
                         dir.display(),
-                        crate::release_fetcher::error_chain(&e)
+                        error_chain(&e)
                     )
                 },
             )?)),
@@ -440,14 +441,14 @@ impl Actor for OtpNodeWatcher {
                     .filter(|c| c.is_alive());
                 match conn {
                     None => {
-                        let _ = reply.send(Err(format!("node {node} is not connected")));
+                        let _ = reply.send(Err(RpcError::NotConnected { node }));
                     }
                     Some(conn) => {
                         tokio::spawn(async move {
                             let result = conn
                                 .rpc(&module, &function, args, timeout)
                                 .await
-                                .map_err(|e| e.to_string());
+                                .map_err(RpcError::from);
                             let _ = reply.send(result);
                         });
                     }

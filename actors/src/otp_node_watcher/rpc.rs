@@ -16,9 +16,9 @@ impl crate::upgrade::Rpc for WatcherRpc {
         function: &str,
         args: Vec<Term>,
         timeout: Duration,
-    ) -> Result<Term, String> {
+    ) -> Result<Term, RpcError> {
         let watcher: ActorRef<WatcherMsg> = ractor::registry::where_is(NAME)
-            .ok_or_else(|| "the OtpNodeWatcher is not running".to_string())?
+            .ok_or(RpcError::WatcherDown)?
             .into();
         let wait = timeout + Duration::from_secs(1);
         ractor::call_t!(
@@ -33,22 +33,29 @@ impl crate::upgrade::Rpc for WatcherRpc {
             },
             wait.as_millis() as u64
         )
-        .map_err(|e| format!("the OtpNodeWatcher did not answer: {e}"))?
+        .map_err(|e| RpcError::WatcherSilent {
+            detail: e.to_string(),
+        })?
     }
 }
 
 /// How far `node` got through its boot: `init:get_status()` over its
 /// link. `{started, _}` is [`BootPhase::Started`]; `{starting, _}` and
 /// `{stopping, _}` are [`BootPhase::Starting`] (not ready either way).
-pub async fn boot_phase(node: &str, timeout: Duration) -> Result<BootPhase, String> {
+pub async fn boot_phase(node: &str, timeout: Duration) -> Result<BootPhase, RpcError> {
     use crate::upgrade::Rpc;
     let term = WatcherRpc {
         node: node.to_string(),
     }
     .call("init", "get_status", vec![], timeout)
     .await?;
-    parse_boot_status(&term)
-        .ok_or_else(|| format!("init:get_status() answered {}", crate::dist::pretty(&term)))
+    parse_boot_status(&term).ok_or_else(|| {
+        RpcError::Dist(DistError::Decode {
+            node: node.to_string(),
+            what: "init:get_status()".to_string(),
+            reply: crate::dist::pretty(&term),
+        })
+    })
 }
 
 /// `{InternalStatus, ProvidedStatus}` → the boot phase.
@@ -64,7 +71,7 @@ pub fn parse_boot_status(term: &Term) -> Option<BootPhase> {
 }
 
 /// Asks `node` to stop (`init:stop()`, the graceful way a release stops).
-pub async fn stop_node(node: &str, timeout: Duration) -> Result<(), String> {
+pub async fn stop_node(node: &str, timeout: Duration) -> Result<(), RpcError> {
     use crate::upgrade::Rpc;
     WatcherRpc {
         node: node.to_string(),

@@ -301,9 +301,7 @@ pub(super) async fn sample_all(
     let mut running: futures::stream::FuturesUnordered<_> = samples
         .into_iter()
         .map(|(node, conn_id, limits, conn)| async move {
-            let result = sample_beam(&conn, limits, SAMPLE_TIMEOUT)
-                .await
-                .map_err(|e| crate::release_fetcher::error_chain(&e));
+            let result = sample_beam(&conn, limits, SAMPLE_TIMEOUT).await;
             (node, conn_id, result)
         })
         .collect();
@@ -329,7 +327,7 @@ impl WatcherState {
         node: String,
         conn_id: u64,
         at: Instant,
-        result: Result<BeamSample, String>,
+        result: Result<BeamSample, SampleError>,
     ) {
         if let Some(entry) = self.nodes.get_mut(&node)
             && entry.conn.is_some()
@@ -367,6 +365,7 @@ impl WatcherState {
                 Err(error) => {
                     // A node too busy to answer shows "no data"
                     // rather than an old reading.
+                    let error = error_chain(&error);
                     tracing::debug!(%node, %error, "telemetry sample failed");
                     entry.beam = None;
                     entry.reductions = None;

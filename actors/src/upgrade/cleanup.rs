@@ -107,7 +107,7 @@ pub(super) async fn cleanup(
             timeout,
         )
         .await
-        .map_err(fail)?;
+        .map_err(|e| fail(error_chain(&e)))?;
     let unknown = as_tuple(&reply).is_some_and(|t| {
         matches!(t, [tag, detail] if as_atom(tag) == Some("error")
             && as_tuple(detail).and_then(|d| d.first()).and_then(as_atom) == Some("no_such_release"))

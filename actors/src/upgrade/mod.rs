@@ -35,6 +35,8 @@ use crate::dist::{
     NodeConnection, Term, as_atom, as_list, as_tuple, atom, charlist, list, pretty, term_to_string,
     tuple,
 };
+pub use crate::error::RpcError;
+use crate::error::error_chain;
 
 mod cleanup;
 mod detect;
@@ -48,8 +50,7 @@ use eterm::*;
 use rel::*;
 pub use run::*;
 
-/// Something that runs `module:function(args)` on the instance's node. The
-/// error is a readable sentence (transport failure or `badrpc`).
+/// Something that runs `module:function(args)` on the instance's node.
 pub trait Rpc {
     fn call(
         &self,
@@ -57,7 +58,7 @@ pub trait Rpc {
         function: &str,
         args: Vec<Term>,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Term, String>> + Send;
+    ) -> impl Future<Output = Result<Term, RpcError>> + Send;
 }
 
 impl Rpc for NodeConnection {
@@ -67,22 +68,9 @@ impl Rpc for NodeConnection {
         function: &str,
         args: Vec<Term>,
         timeout: Duration,
-    ) -> Result<Term, String> {
-        self.rpc(module, function, args, timeout)
-            .await
-            .map_err(|e| error_chain(&e))
+    ) -> Result<Term, RpcError> {
+        Ok(self.rpc(module, function, args, timeout).await?)
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -169,8 +157,8 @@ mod tests {
                 _: &str,
                 _: Vec<Term>,
                 _: Duration,
-            ) -> Result<Term, String> {
-                Err("unused".into())
+            ) -> Result<Term, RpcError> {
+                Err(RpcError::WatcherDown)
             }
         }
         let run = Run {

@@ -148,7 +148,7 @@ impl<R: Rpc> Run<'_, R> {
         let started = Instant::now();
         let result = self.rpc.call(m, f, args, self.timeout).await;
         self.steps.push((step, started.elapsed()));
-        result.map_err(|reason| self.fail(step, reason))
+        result.map_err(|e| self.fail(step, error_chain(&e)))
     }
 
     pub(super) fn fail(&self, step: Step, reason: String) -> UpgradeError {
