@@ -33,8 +33,8 @@ fmt:
 	$(CARGO) fmt --all
 
 # cargo-nextest runs every test binary of the workspace concurrently, each
-# test in its own process (.config/nextest.toml: 4 at a time, wall-clock
-# sensitive tests never two together, no retries); doc tests, which nextest
+# test in its own process (.config/nextest.toml: 4 at a time; wall-clock
+# sensitive tests each alone; no retries); doc tests, which nextest
 # does not run, follow. The test build compiles the deployex binary the
 # end-to-end tests run, with the test suite's fault injection (the
 # `testhooks` feature); a plain build would be thrown away.
