@@ -8,7 +8,7 @@ help:
 	@echo "make deps    install what the tests need (Debian: elixir; run as root)"
 	@echo "make build   build deployex (debug)"
 	@echo "make lint    cargo fmt --check + clippy -D warnings"
-	@echo "make test    the whole test suite (unit + end-to-end with real releases; cargo-nextest, ~6 min on 2 cores)"
+	@echo "make test    the whole test suite (unit + end-to-end with real releases; cargo-nextest, 6-8 min on 2 cores)"
 	@echo "make demo    build a demo release, publish 0.1.0 locally, run deployex on :5001"
 	@echo "make bench   = bench-compare (below)"
 	@echo "make bench-respawn  crash->respawn latency and RSS of deployex next to a trivial respawn loop"
