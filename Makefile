@@ -8,7 +8,7 @@ help:
 	@echo "make deps    install what the tests need (Debian: elixir; run as root)"
 	@echo "make build   build deployex (debug)"
 	@echo "make lint    cargo fmt --check + clippy -D warnings"
-	@echo "make test    the whole test suite (unit + end-to-end with real releases)"
+	@echo "make test    the whole test suite (unit + end-to-end with real releases; cargo-nextest, 6-8 min on 2 cores)"
 	@echo "make demo    build a demo release, publish 0.1.0 locally, run deployex on :5001"
 	@echo "make bench   = bench-compare (below)"
 	@echo "make bench-respawn  crash->respawn latency and RSS of deployex next to a trivial respawn loop"
@@ -32,10 +32,19 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-# cargo test builds the deployex binary the end-to-end tests run, with the
-# test suite's fault injection (the `testhooks` feature); a plain build
-# would be thrown away.
+# cargo-nextest runs every test binary of the workspace concurrently, each
+# test in its own process (.config/nextest.toml: 4 at a time; wall-clock
+# sensitive tests each alone; no retries); doc tests, which nextest
+# does not run, follow. The test build compiles the deployex binary the
+# end-to-end tests run, with the test suite's fault injection (the
+# `testhooks` feature); a plain build would be thrown away.
+# `make test-serial` is the old runner (cargo test, one binary at a time).
 test: deps
+	$(CARGO) nextest run --workspace
+	$(CARGO) test --doc --workspace
+
+.PHONY: test-serial
+test-serial: deps
 	$(CARGO) test --workspace -- --test-threads=2
 
 demo: deps

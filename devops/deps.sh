@@ -2,7 +2,8 @@
 # Installs what the Makefile targets need on Debian/Ubuntu, when it is
 # missing. Idempotent; needs root only when something must be installed.
 #
-#   deps.sh                  building the fixture releases and the tests (make test)
+#   deps.sh                  building the fixture releases and the tests (make test),
+#                            cargo-nextest (pinned) that runs them
 #   deps.sh --dist DIR       make dist: objdump, and zig + cargo-zigbuild (PyPI,
 #                            pinned) in a Python venv at DIR, to link the
 #                            release binary against glibc 2.31
@@ -13,6 +14,10 @@ set -euo pipefail
 # The dist toolchain, pinned: a new zig can change the C/link behaviour.
 readonly ZIGLANG_VERSION=0.17.1
 readonly CARGO_ZIGBUILD_VERSION=0.24.1
+# The test runner of `make test` (.config/nextest.toml), installed with
+# `cargo install --locked` when missing. An installed one is kept when it
+# is at least the config's `nextest-version` (nextest itself checks that).
+readonly CARGO_NEXTEST_VERSION=0.9.143
 
 apt_install() {
   if [ "$(id -u)" != 0 ]; then
@@ -155,4 +160,16 @@ if ! command -v moto_server >/dev/null 2>&1; then
     echo "deps: moto_server is not on PATH after pip install" >&2
     exit 1
   fi
+fi
+
+# cargo-nextest runs the test binaries concurrently (make test). Built from
+# crates.io with its lock file (checksummed), into cargo's own bin dir: no
+# root needed.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "deps: installing cargo-nextest $CARGO_NEXTEST_VERSION (cargo install --locked; several minutes)"
+  cargo install --locked --quiet cargo-nextest --version "$CARGO_NEXTEST_VERSION"
+  cargo nextest --version >/dev/null || {
+    echo "deps: the installed cargo-nextest does not run" >&2
+    exit 1
+  }
 fi
