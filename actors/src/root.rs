@@ -42,6 +42,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use crate::app_supervisor::{self, AppMsg, AppSupervisor};
 use crate::config::EngineConfig;
 use crate::otp_node_watcher::{self, OtpNodeWatcher};
+use crate::reconfigure::{self, Plan};
 use crate::recorder::{Describe, Recorder};
 
 pub const NAME: &str = "root_supervisor";
@@ -86,6 +87,13 @@ pub enum RootMsg {
     },
     /// Respawn a child that failed (retried if its name is still taken).
     Respawn { child: Child, attempt: u32 },
+    /// Live reconfiguration (SIGHUP) to this app list (validated by the
+    /// loader: non-empty, distinct names, disjoint ports): see
+    /// `reconfigure`. Answers the plan applied.
+    Reconfigure {
+        apps: Vec<EngineConfig>,
+        reply: RpcReplyPort<Plan>,
+    },
 }
 
 impl Describe for RootMsg {
@@ -93,12 +101,14 @@ impl Describe for RootMsg {
         match self {
             RootMsg::Shutdown { .. } => "Shutdown",
             RootMsg::Respawn { .. } => "Respawn",
+            RootMsg::Reconfigure { .. } => "Reconfigure",
         }
     }
     fn summary(&self) -> String {
         match self {
             RootMsg::Shutdown { stop_apps, .. } => format!("stop_apps={stop_apps}"),
             RootMsg::Respawn { child, attempt } => format!("{child:?} attempt {attempt}"),
+            RootMsg::Reconfigure { apps, .. } => format!("{} apps", apps.len()),
         }
     }
 }
@@ -152,6 +162,103 @@ fn app_supervisors(apps: &[Arc<EngineConfig>]) -> Vec<ActorRef<AppMsg>> {
     apps.iter()
         .filter_map(|c| ractor::registry::where_is(app_supervisor::name(&c.app)).map(Into::into))
         .collect()
+}
+
+/// Applies a new app list (see `reconfigure`): removed apps first (their
+/// ports are free before an added app may take them), then scaled ones,
+/// then added ones. The state's list changes before an AppSupervisor
+/// stops, so that its exit is not taken for a failure.
+async fn reconfigure(
+    myself: &ActorRef<RootMsg>,
+    state: &mut RootState,
+    new: Vec<EngineConfig>,
+) -> Plan {
+    let plan = reconfigure::plan(&state.apps, &new);
+    if new.is_empty() {
+        return Plan::default();
+    }
+    let old = state.apps.clone();
+    // Running settings kept for apps that stay (only the replica count
+    // changes); the new settings for added apps.
+    let apps: Vec<Arc<EngineConfig>> = new
+        .into_iter()
+        .map(|n| match old.iter().find(|o| o.app == n.app) {
+            Some(o) if o.replicas == n.replicas => o.clone(),
+            Some(o) => {
+                let mut c = (**o).clone();
+                c.replicas = n.replicas;
+                Arc::new(c)
+            }
+            None => Arc::new(n),
+        })
+        .collect();
+    state.apps = Arc::new(apps);
+    for app in &plan.removed {
+        let Some(cell) = ractor::registry::where_is(app_supervisor::name(app)) else {
+            continue;
+        };
+        let sup: ActorRef<AppMsg> = cell.into();
+        let grace = old
+            .iter()
+            .find(|c| &c.app == app)
+            .map(|c| c.stop_grace)
+            .unwrap_or_default();
+        let timeout = grace + Duration::from_secs(9);
+        match ractor::call_t!(
+            sup,
+            |reply| AppMsg::Shutdown {
+                stop_apps: true,
+                reply
+            },
+            timeout.as_millis() as u64
+        ) {
+            Ok(()) => tracing::info!(%app, "app removed: instances stopped"),
+            Err(e) => tracing::error!(%app, "removing the app: {e}"),
+        }
+    }
+    for (app, from, to) in &plan.scaled {
+        let Some(cell) = ractor::registry::where_is(app_supervisor::name(app)) else {
+            continue;
+        };
+        let sup: ActorRef<AppMsg> = cell.into();
+        let grace = state
+            .apps
+            .iter()
+            .find(|c| &c.app == app)
+            .map(|c| c.stop_grace)
+            .unwrap_or_default();
+        let timeout = grace * from.saturating_sub(*to).max(1) + Duration::from_secs(15);
+        match ractor::call_t!(
+            sup,
+            |reply| AppMsg::Scale {
+                replicas: *to,
+                reply
+            },
+            timeout.as_millis() as u64
+        ) {
+            Ok(()) => tracing::info!(%app, from, to, "app scaled"),
+            Err(e) => tracing::error!(%app, from, to, "scaling the app: {e}"),
+        }
+    }
+    for app in &plan.added {
+        let Some(i) = state.apps.iter().position(|c| &c.app == app) else {
+            continue;
+        };
+        match spawn_child(Child::App(i), &state.apps, myself).await {
+            Ok(()) => tracing::info!(%app, "app added"),
+            Err(e) => {
+                tracing::error!(%app, "cannot start the added app: {e}");
+                let _ = myself.cast(RootMsg::Respawn {
+                    child: Child::App(i),
+                    attempt: 1,
+                });
+            }
+        }
+    }
+    for app in &plan.needs_restart {
+        tracing::warn!(%app, "settings other than monitored_replicas changed: not applied, they need a restart of deployex (the running settings stay)");
+    }
+    plan
 }
 
 impl Actor for RootSupervisor {
@@ -224,6 +331,14 @@ impl Actor for RootSupervisor {
                     .await;
                 let _ = reply.send(());
                 myself.stop(Some("shutdown".into()));
+            }
+            RootMsg::Reconfigure { apps, reply } => {
+                if state.shutting_down {
+                    let _ = reply.send(Plan::default());
+                    return Ok(());
+                }
+                let plan = reconfigure(&myself, state, apps).await;
+                let _ = reply.send(plan);
             }
             RootMsg::Respawn { child, attempt } => {
                 if state.shutting_down {
