@@ -228,6 +228,7 @@ fn reload_config(
 /// refused with one error line and nothing changes.
 async fn reload(
     handle: &deployex_actors::EngineHandle,
+    web_apps: Option<&deployex_web::apps::AppList>,
     file: Option<std::path::PathBuf>,
     secrets: std::sync::Arc<FetchedSecrets>,
 ) {
@@ -245,6 +246,7 @@ async fn reload(
             return;
         }
     };
+    let listed = web_list(handle, web_apps, &apps);
     match handle.reconfigure(apps).await {
         Some(plan) if plan.is_empty() => tracing::info!("reload: nothing changed"),
         Some(plan) => tracing::info!(
@@ -256,6 +258,38 @@ async fn reload(
         ),
         None => tracing::error!("reload: the actor tree did not answer in time"),
     }
+    // The web's list follows (added apps appear, removed ones are 404).
+    if let (Some(list), Some(listed)) = (web_apps, listed) {
+        match list.write() {
+            Ok(mut l) => *l = listed,
+            Err(poisoned) => *poisoned.into_inner() = listed,
+        }
+    }
+}
+
+/// The web's app list after a reload to `apps`: the handles it has for
+/// apps that stay, new ones for added apps (`None` without a web server).
+fn web_list(
+    handle: &deployex_actors::EngineHandle,
+    web_apps: Option<&deployex_web::apps::AppList>,
+    apps: &[deployex_actors::EngineConfig],
+) -> Option<Vec<(String, std::sync::Arc<dyn deployex_actors::Engine>)>> {
+    let now = web_apps?
+        .read()
+        .map(|l| l.clone())
+        .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+    Some(
+        apps.iter()
+            .map(|cfg| {
+                let engine = now
+                    .iter()
+                    .find(|(name, _)| name == &cfg.app)
+                    .map(|(_, e)| e.clone())
+                    .unwrap_or_else(|| std::sync::Arc::new(handle.for_app(cfg.clone())));
+                (cfg.app.clone(), engine)
+            })
+            .collect(),
+    )
 }
 
 /// First trim of deployex's resident code, once start-up is over.
@@ -361,6 +395,7 @@ async fn run(
     let mut root_done = running.join;
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut web_apps = None;
     let web = if let Some(web_runtime) = web {
         let web_cfg = deployex_web::WebConfig {
             own_log: Some(own_log),
@@ -378,8 +413,10 @@ async fn run(
                 (h.config().app.clone(), engine)
             })
             .collect();
+        let list = deployex_web::apps::app_list(apps);
+        web_apps = Some(list.clone());
         let (addr, join) = web_runtime
-            .spawn(deployex_web::serve_apps(apps, web_cfg, async {
+            .spawn(deployex_web::serve_app_list(list, web_cfg, async {
                 let _ = shutdown_rx.await;
             }))
             .await??;
@@ -400,7 +437,7 @@ async fn run(
             _ = sigint.recv() => break None,
             _ = &mut root_done => break Some(ExitCode::FAILURE),
             _ = sighup.recv() => {
-                reload(&handle, reload_from.file.clone(), reload_from.secrets.clone()).await;
+                reload(&handle, web_apps.as_ref(), reload_from.file.clone(), reload_from.secrets.clone()).await;
             }
         }
     };

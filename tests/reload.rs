@@ -9,7 +9,9 @@
 //! - SIGHUP with the second app removed: its BEAMs are gone, the first
 //!   app's untouched;
 //! - SIGHUP with the first app back at 2 replicas: instance 3's BEAM is
-//!   gone, 1 and 2 untouched.
+//!   gone, 1 and 2 untouched;
+//! - SIGHUP with the second app back: it starts and `/api/v1/apps` names
+//!   it again (removed, it was 404).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -251,6 +253,23 @@ fn sighup_scales_refuses_a_broken_file_and_removes_an_app() {
     common::wait_until_blocking("removal logged", Duration::from_secs(20), || {
         dx.log_text().contains("app removed").then_some(())
     });
+    // The web's list follows: B is 404, the list names A only.
+    let (code, _) = common::deployex::http(
+        site.api_port,
+        "GET",
+        &format!("/api/v1/apps/{APP_B}/status"),
+        dx.token.as_deref(),
+        None,
+    );
+    assert_eq!(code, 404, "a removed app is unknown");
+    let names: Vec<String> = dx
+        .get("/api/v1/apps")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["app"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, vec![APP.to_string()]);
 
     // 4. A back to 2 replicas: the highest instance goes, 1 and 2 stay.
     write_config(&site, port_b, 2, false);
@@ -267,4 +286,28 @@ fn sighup_scales_refuses_a_broken_file_and_removes_an_app() {
             .collect()
     };
     assert_eq!(a12(&all_pids(&site)), a12(&a_now), "A's 1 and 2 untouched");
+    let s = dx.status();
+    assert_eq!(s["instances"].as_array().unwrap().len(), 2, "{s:#}");
+
+    // 5. B added back: it starts (2 x 0.1.0) and appears in the API; A
+    //    untouched.
+    write_config(&site, port_b, 2, true);
+    sighup(&dx);
+    common::wait_until_blocking("B back: 2 x 0.1.0", Duration::from_secs(90), || {
+        let (code, body) = common::deployex::http(
+            site.api_port,
+            "GET",
+            &format!("/api/v1/apps/{APP_B}/status"),
+            dx.token.as_deref(),
+            None,
+        );
+        let s: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (code == 200 && s["instances"].as_array()?.len() == 2 && running_on(&s, "0.1.0"))
+            .then_some(())
+    });
+    assert_eq!(
+        a12(&all_pids(&site)),
+        a12(&a_now),
+        "A untouched by B's return"
+    );
 }

@@ -114,6 +114,15 @@ impl EngineHandle {
         &self.cfg
     }
 
+    /// A handle on the same tree for `cfg`'s app (one a reload added).
+    pub fn for_app(&self, cfg: EngineConfig) -> EngineHandle {
+        EngineHandle {
+            cfg: Arc::new(cfg),
+            root: self.root.clone(),
+            started: self.started,
+        }
+    }
+
     /// The replica count this app runs now (a reload may have scaled it).
     pub fn replicas(&self) -> u32 {
         crate::reconfigure::live_replicas(&self.cfg.app).unwrap_or(self.cfg.replicas)
