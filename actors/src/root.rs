@@ -57,25 +57,30 @@ pub const RESTART_PERIOD: Duration = Duration::from_secs(60);
 /// actors.
 pub type Apps = Arc<Vec<Arc<EngineConfig>>>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Child {
     Events,
     Watcher,
-    /// The AppSupervisor of the app at this index of [`Apps`].
-    App(usize),
+    /// The AppSupervisor of the app of this name (a name, not an index:
+    /// a reload changes the list while a respawn may be pending).
+    App(String),
 }
 
 impl Child {
-    pub fn name(self, apps: &[Arc<EngineConfig>]) -> String {
+    pub fn name(&self) -> String {
         match self {
             Child::Events => crate::events::NAME.to_string(),
             Child::Watcher => otp_node_watcher::NAME.to_string(),
-            Child::App(i) => apps.get(i).map_or_else(
-                || format!("app_supervisor#{i}"),
-                |c| app_supervisor::name(&c.app),
-            ),
+            Child::App(app) => app_supervisor::name(app),
         }
     }
+}
+
+/// Every child of the root for `apps`, in spawn order.
+fn children(apps: &[Arc<EngineConfig>]) -> impl Iterator<Item = Child> + '_ {
+    [Child::Events, Child::Watcher]
+        .into_iter()
+        .chain(apps.iter().map(|c| Child::App(c.app.clone())))
 }
 
 pub enum RootMsg {
@@ -128,23 +133,24 @@ async fn spawn_child(
     supervisor: &ActorRef<RootMsg>,
 ) -> Result<(), ractor::SpawnErr> {
     let cell = supervisor.get_cell();
-    let name = Some(child.name(apps));
+    let name = Some(child.name());
     let host = apps
         .first()
         .cloned()
         .ok_or_else(|| ractor::SpawnErr::StartupFailed("no application configured".into()))?;
-    match child {
+    match &child {
         Child::Events => {
             Actor::spawn_linked(name, crate::events::EventLog, host, cell).await?;
         }
         Child::Watcher => {
             Actor::spawn_linked(name, OtpNodeWatcher, host, cell).await?;
         }
-        Child::App(i) => {
+        Child::App(app) => {
             let cfg = apps
-                .get(i)
+                .iter()
+                .find(|c| &c.app == app)
                 .cloned()
-                .ok_or_else(|| ractor::SpawnErr::StartupFailed(format!("no app #{i}").into()))?;
+                .ok_or_else(|| ractor::SpawnErr::StartupFailed(format!("no app {app:?}").into()))?;
             Actor::spawn_linked(name, AppSupervisor, cfg, cell).await?;
         }
     }
@@ -152,10 +158,7 @@ async fn spawn_child(
 }
 
 fn child_of(name: &str, apps: &[Arc<EngineConfig>]) -> Option<Child> {
-    [Child::Events, Child::Watcher]
-        .into_iter()
-        .chain((0..apps.len()).map(Child::App))
-        .find(|c| c.name(apps) == name)
+    children(apps).find(|c| c.name() == name)
 }
 
 fn app_supervisors(apps: &[Arc<EngineConfig>]) -> Vec<ActorRef<AppMsg>> {
@@ -241,15 +244,12 @@ async fn reconfigure(
         }
     }
     for app in &plan.added {
-        let Some(i) = state.apps.iter().position(|c| &c.app == app) else {
-            continue;
-        };
-        match spawn_child(Child::App(i), &state.apps, myself).await {
+        match spawn_child(Child::App(app.clone()), &state.apps, myself).await {
             Ok(()) => tracing::info!(%app, "app added"),
             Err(e) => {
                 tracing::error!(%app, "cannot start the added app: {e}");
                 let _ = myself.cast(RootMsg::Respawn {
-                    child: Child::App(i),
+                    child: Child::App(app.clone()),
                     attempt: 1,
                 });
             }
@@ -271,10 +271,7 @@ impl Actor for RootSupervisor {
         myself: ActorRef<Self::Msg>,
         apps: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let children = [Child::Events, Child::Watcher]
-            .into_iter()
-            .chain((0..apps.len()).map(Child::App));
-        for child in children {
+        for child in children(&apps) {
             spawn_child(child, &apps, &myself).await?;
         }
         Ok(RootState {
@@ -344,18 +341,22 @@ impl Actor for RootSupervisor {
                 if state.shutting_down {
                     return Ok(());
                 }
-                if let Err(e) = spawn_child(child, &state.apps, &myself).await {
+                if let Child::App(app) = &child
+                    && !state.apps.iter().any(|c| &c.app == app)
+                {
+                    // Removed by a reload meanwhile.
+                    return Ok(());
+                }
+                if let Err(e) = spawn_child(child.clone(), &state.apps, &myself).await {
                     if attempt >= 20 {
-                        return Err(
-                            format!("cannot restart {}: {e}", child.name(&state.apps)).into()
-                        );
+                        return Err(format!("cannot restart {}: {e}", child.name()).into());
                     }
                     myself.send_after(Duration::from_millis(50), move || RootMsg::Respawn {
                         child,
                         attempt: attempt + 1,
                     });
                 } else {
-                    tracing::info!(actor = %child.name(&state.apps), "actor restarted");
+                    tracing::info!(actor = %child.name(), "actor restarted");
                     if child == Child::Watcher {
                         // A new watcher knows no node: every app's monitors
                         // tell it at once.
