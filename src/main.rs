@@ -71,7 +71,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run => {
-            let cfg = match load_config(cli.config.as_deref()) {
+            let (cfg, secrets) = match load_config_keeping(cli.config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("deployex: {e}");
@@ -102,7 +102,11 @@ fn main() -> ExitCode {
                 None
             };
             let web = web_runtime.as_ref().map(|r| r.handle().clone());
-            let code = match runtime.block_on(run(cfg, web, own_log)) {
+            let reload = Reload {
+                file: cli.config.clone(),
+                secrets: std::sync::Arc::new(secrets),
+            };
+            let code = match runtime.block_on(run(cfg, web, own_log, reload)) {
                 Ok(code) => code,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -178,7 +182,19 @@ fn web_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// missing secrets come from AWS Secrets Manager (a short-lived runtime:
 /// the configuration is complete before the engine's runtime starts).
 fn load_config(file: Option<&std::path::Path>) -> Result<config::Config, config::ConfigError> {
-    config::load_with_secrets(std::env::vars(), file, |req| {
+    load_config_keeping(file).map(|(c, _)| c)
+}
+
+/// Secrets fetched at start, reused as they are by a reload (SIGHUP): a
+/// reload re-reads the file, not AWS Secrets Manager.
+type FetchedSecrets = std::collections::HashMap<String, String>;
+
+/// [`load_config`], also returning the secrets it fetched (empty when none).
+fn load_config_keeping(
+    file: Option<&std::path::Path>,
+) -> Result<(config::Config, FetchedSecrets), config::ConfigError> {
+    let mut kept = FetchedSecrets::new();
+    let cfg = config::load_with_secrets(std::env::vars(), file, |req| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -191,7 +207,89 @@ fn load_config(file: Option<&std::path::Path>) -> Result<config::Config, config:
                 req.endpoint.clone(),
             ))
             .map_err(|e| deployex_actors::release_fetcher::error_chain(&e))
-    })
+            .inspect(|fetched| kept.clone_from(fetched))
+    })?;
+    Ok((cfg, kept))
+}
+
+/// The app list of a reload: the same environment and file as at start,
+/// the secrets fetched at start.
+fn reload_config(
+    file: Option<&std::path::Path>,
+    secrets: &FetchedSecrets,
+) -> Result<Vec<deployex_actors::EngineConfig>, config::ConfigError> {
+    let cfg = config::load_with_secrets(std::env::vars(), file, |_| Ok(secrets.clone()))?;
+    cfg.check_local_store()?;
+    Ok(std::iter::once(cfg.engine).chain(cfg.extra_apps).collect())
+}
+
+/// SIGHUP: re-read the configuration and apply the app list (added apps
+/// start, removed ones stop, replica counts change); an invalid file is
+/// refused with one error line and nothing changes.
+async fn reload(
+    handle: &deployex_actors::EngineHandle,
+    web_apps: Option<&deployex_web::apps::AppList>,
+    file: Option<std::path::PathBuf>,
+    secrets: std::sync::Arc<FetchedSecrets>,
+) {
+    tracing::info!("SIGHUP: reloading the configuration");
+    let loaded =
+        tokio::task::spawn_blocking(move || reload_config(file.as_deref(), &secrets)).await;
+    let apps = match loaded {
+        Ok(Ok(apps)) => apps,
+        Ok(Err(e)) => {
+            tracing::error!("reload refused, nothing changed: {e}");
+            return;
+        }
+        Err(e) => {
+            tracing::error!("reload refused, nothing changed: {e}");
+            return;
+        }
+    };
+    let listed = web_list(handle, web_apps, &apps);
+    match handle.reconfigure(apps).await {
+        Some(plan) if plan.is_empty() => tracing::info!("reload: nothing changed"),
+        Some(plan) => tracing::info!(
+            added = ?plan.added,
+            removed = ?plan.removed,
+            scaled = ?plan.scaled,
+            needs_restart = ?plan.needs_restart,
+            "reload applied"
+        ),
+        None => tracing::error!("reload: the actor tree did not answer in time"),
+    }
+    // The web's list follows (added apps appear, removed ones are 404).
+    if let (Some(list), Some(listed)) = (web_apps, listed) {
+        match list.write() {
+            Ok(mut l) => *l = listed,
+            Err(poisoned) => *poisoned.into_inner() = listed,
+        }
+    }
+}
+
+/// The web's app list after a reload to `apps`: the handles it has for
+/// apps that stay, new ones for added apps (`None` without a web server).
+fn web_list(
+    handle: &deployex_actors::EngineHandle,
+    web_apps: Option<&deployex_web::apps::AppList>,
+    apps: &[deployex_actors::EngineConfig],
+) -> Option<Vec<(String, std::sync::Arc<dyn deployex_actors::Engine>)>> {
+    let now = web_apps?
+        .read()
+        .map(|l| l.clone())
+        .unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+    Some(
+        apps.iter()
+            .map(|cfg| {
+                let engine = now
+                    .iter()
+                    .find(|(name, _)| name == &cfg.app)
+                    .map(|(_, e)| e.clone())
+                    .unwrap_or_else(|| std::sync::Arc::new(handle.for_app(cfg.clone())));
+                (cfg.app.clone(), engine)
+            })
+            .collect(),
+    )
 }
 
 /// First trim of deployex's resident code, once start-up is over.
@@ -269,12 +367,21 @@ fn hash_password(cost: u32) -> ExitCode {
     }
 }
 
+/// What a reload (SIGHUP) reads again: the same file, the secrets of the
+/// start.
+struct Reload {
+    file: Option<PathBuf>,
+    secrets: std::sync::Arc<FetchedSecrets>,
+}
+
 /// Runs deployex until a signal (or the actor tree gives up); `web` is the
-/// web server's runtime (`None` when the web server is disabled).
+/// web server's runtime (`None` when the web server is disabled). SIGHUP
+/// reloads the configuration (see [`reload`]).
 async fn run(
     cfg: config::Config,
     web: Option<tokio::runtime::Handle>,
     own_log: std::sync::Arc<deployex_web::ownlog::OwnLog>,
+    reload_from: Reload,
 ) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
 
@@ -288,6 +395,7 @@ async fn run(
     let mut root_done = running.join;
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut web_apps = None;
     let web = if let Some(web_runtime) = web {
         let web_cfg = deployex_web::WebConfig {
             own_log: Some(own_log),
@@ -305,8 +413,10 @@ async fn run(
                 (h.config().app.clone(), engine)
             })
             .collect();
+        let list = deployex_web::apps::app_list(apps);
+        web_apps = Some(list.clone());
         let (addr, join) = web_runtime
-            .spawn(deployex_web::serve_apps(apps, web_cfg, async {
+            .spawn(deployex_web::serve_app_list(list, web_cfg, async {
                 let _ = shutdown_rx.await;
             }))
             .await??;
@@ -320,10 +430,16 @@ async fn run(
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let code = tokio::select! {
-        _ = sigterm.recv() => None,
-        _ = sigint.recv() => None,
-        _ = &mut root_done => Some(ExitCode::FAILURE),
+    let mut sighup = signal(SignalKind::hangup())?;
+    let code = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break None,
+            _ = sigint.recv() => break None,
+            _ = &mut root_done => break Some(ExitCode::FAILURE),
+            _ = sighup.recv() => {
+                reload(&handle, web_apps.as_ref(), reload_from.file.clone(), reload_from.secrets.clone()).await;
+            }
+        }
     };
     if let Some(code) = code {
         tracing::error!("the actor tree stopped (restart intensity exceeded); exiting");

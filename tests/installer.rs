@@ -318,6 +318,8 @@ fn install_writes_everything_twice_identically_update_and_uninstall() {
         "User=deployex",
         "EnvironmentFile=/etc/deployex/deployex.env",
         "ExecStart=/opt/deployex/bin/deployex",
+        // systemctl reload deployex: SIGHUP re-reads the configuration.
+        "ExecReload=/bin/kill -HUP $MAINPID",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ProtectHome=yes",

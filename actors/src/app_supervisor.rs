@@ -69,6 +69,14 @@ pub enum AppMsg {
     /// The shared OtpNodeWatcher was restarted: every monitor re-registers
     /// its node at once.
     WatcherRestarted,
+    /// Live reconfiguration: run `replicas` instances (new monitors for
+    /// the new instance numbers, or the highest ones stopped with their
+    /// OS processes); the DeployManager restarts with the new count.
+    /// Answers when done.
+    Scale {
+        replicas: u32,
+        reply: RpcReplyPort<()>,
+    },
 }
 
 impl Describe for AppMsg {
@@ -77,6 +85,7 @@ impl Describe for AppMsg {
             AppMsg::Shutdown { .. } => "Shutdown",
             AppMsg::Respawn { .. } => "Respawn",
             AppMsg::WatcherRestarted => "WatcherRestarted",
+            AppMsg::Scale { .. } => "Scale",
         }
     }
     fn summary(&self) -> String {
@@ -84,6 +93,7 @@ impl Describe for AppMsg {
             AppMsg::Shutdown { stop_apps, .. } => format!("stop_apps={stop_apps}"),
             AppMsg::Respawn { child, attempt } => format!("{child:?} attempt {attempt}"),
             AppMsg::WatcherRestarted => String::new(),
+            AppMsg::Scale { replicas, .. } => format!("replicas={replicas}"),
         }
     }
 }
@@ -94,6 +104,8 @@ pub struct AppState {
     cfg: Arc<EngineConfig>,
     restarts: VecDeque<Instant>,
     shutting_down: bool,
+    /// Children stopped on purpose (scaling): their exit is not a failure.
+    stopped_on_purpose: std::collections::HashSet<String>,
     recorder: Recorder,
 }
 
@@ -135,6 +147,70 @@ fn monitors(cfg: &EngineConfig) -> impl Iterator<Item = ActorRef<InstanceMsg>> +
     })
 }
 
+/// Scale to `replicas` (see [`AppMsg::Scale`]). The new count is the
+/// state's before any monitor stops, so that a stopped monitor is not
+/// taken for a failed child and restarted.
+async fn scale(myself: &ActorRef<AppMsg>, state: &mut AppState, replicas: u32) {
+    let old = state.cfg.replicas;
+    let app = state.cfg.app.clone();
+    let mut cfg = (*state.cfg).clone();
+    cfg.replicas = replicas;
+    let cfg = Arc::new(cfg);
+    state.cfg = cfg.clone();
+    crate::reconfigure::set_live_replicas(&app, replicas);
+    // The DeployManager walks 1..=replicas: it restarts with the new count
+    // (its state is on disk, as after a panic).
+    let dm = deploy_manager::name(&app);
+    if let Some(cell) = ractor::registry::where_is(dm.clone()) {
+        state.stopped_on_purpose.insert(dm.clone());
+        let _ = cell
+            .stop_and_wait(Some("scale".into()), Some(Duration::from_secs(5)))
+            .await;
+    }
+    if replicas < old {
+        // Highest instance numbers first, each with its OS process.
+        for i in (replicas + 1..=old).rev() {
+            let name = instance_monitor::name(&app, i);
+            let Some(cell) = ractor::registry::where_is(name) else {
+                continue;
+            };
+            let m: ActorRef<InstanceMsg> = cell.clone().into();
+            let timeout = cfg.stop_grace + Duration::from_secs(3);
+            if let Err(e) = ractor::call_t!(
+                m,
+                |reply| InstanceMsg::Shutdown { reply },
+                timeout.as_millis() as u64
+            ) {
+                tracing::warn!(%app, instance = i, "stopping the instance: {e}");
+            }
+            let _ = cell
+                .stop_and_wait(Some("scaled down".into()), Some(Duration::from_secs(5)))
+                .await;
+            tracing::info!(%app, instance = i, "instance removed (scaled down)");
+        }
+    } else {
+        for i in old + 1..=replicas {
+            match spawn_child(AppChild::Monitor(i), &cfg, myself).await {
+                Ok(()) => tracing::info!(%app, instance = i, "instance added (scaled up)"),
+                Err(e) => {
+                    tracing::error!(%app, instance = i, "cannot add the instance: {e}");
+                    let _ = myself.cast(AppMsg::Respawn {
+                        child: AppChild::Monitor(i),
+                        attempt: 1,
+                    });
+                }
+            }
+        }
+    }
+    if let Err(e) = spawn_child(AppChild::DeployManager, &cfg, myself).await {
+        tracing::error!(%app, "cannot restart the deploy manager: {e}");
+        let _ = myself.cast(AppMsg::Respawn {
+            child: AppChild::DeployManager,
+            attempt: 1,
+        });
+    }
+}
+
 impl Actor for AppSupervisor {
     type Msg = AppMsg;
     type State = AppState;
@@ -152,11 +228,13 @@ impl Actor for AppSupervisor {
         for child in children {
             spawn_child(child, &cfg, &myself).await?;
         }
+        crate::reconfigure::set_live_replicas(&cfg.app, cfg.replicas);
         Ok(AppState {
             recorder: Recorder::for_actor(&name(&cfg.app)),
             cfg,
             restarts: VecDeque::new(),
             shutting_down: false,
+            stopped_on_purpose: Default::default(),
         })
     }
 
@@ -226,6 +304,12 @@ impl Actor for AppSupervisor {
                     tracing::info!(actor = %child.name(app), "actor restarted");
                 }
             }
+            AppMsg::Scale { replicas, reply } => {
+                if !state.shutting_down {
+                    scale(&myself, state, replicas).await;
+                }
+                let _ = reply.send(());
+            }
             AppMsg::WatcherRestarted => {
                 // A new watcher knows no node: every monitor with a running
                 // process tells it at once (not at its next 30 s reminder),
@@ -256,6 +340,9 @@ impl Actor for AppSupervisor {
             return Ok(());
         }
         let name = cell.get_name().unwrap_or_default();
+        if state.stopped_on_purpose.remove(&name) {
+            return Ok(());
+        }
         let app = state.cfg.app.clone();
         let Some(child) = child_of(&name, &app, state.cfg.replicas) else {
             return Ok(());

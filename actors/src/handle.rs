@@ -114,6 +114,35 @@ impl EngineHandle {
         &self.cfg
     }
 
+    /// A handle on the same tree for `cfg`'s app (one a reload added).
+    pub fn for_app(&self, cfg: EngineConfig) -> EngineHandle {
+        EngineHandle {
+            cfg: Arc::new(cfg),
+            root: self.root.clone(),
+            started: self.started,
+        }
+    }
+
+    /// The replica count this app runs now (a reload may have scaled it).
+    pub fn replicas(&self) -> u32 {
+        crate::reconfigure::live_replicas(&self.cfg.app).unwrap_or(self.cfg.replicas)
+    }
+
+    /// Live reconfiguration (SIGHUP): apply a new, validated app list to
+    /// the running tree (see `reconfigure`); returns what was applied, or
+    /// `None` when the tree did not answer in time.
+    pub async fn reconfigure(&self, apps: Vec<EngineConfig>) -> Option<crate::reconfigure::Plan> {
+        // Removals, then scale-downs, stop instances one after another.
+        let timeout = apps.iter().map(|c| c.stop_grace).max().unwrap_or_default() * 4
+            + Duration::from_secs(60);
+        ractor::call_t!(
+            self.root,
+            |reply| RootMsg::Reconfigure { apps, reply },
+            timeout.as_millis() as u64
+        )
+        .ok()
+    }
+
     /// Stop the instances (when `stop_apps`) and the actor tree.
     pub async fn shutdown(&self, stop_apps: bool) {
         let timeout = self.cfg.stop_grace + Duration::from_secs(4);
@@ -169,7 +198,7 @@ impl Engine for EngineHandle {
         since: Option<u64>,
     ) -> BoxFuture<'_, Option<crate::history::Series>> {
         Box::pin(async move {
-            if instance == 0 || instance > self.cfg.replicas {
+            if instance == 0 || instance > self.replicas() {
                 return None;
             }
             let mut series = crate::history::global().instance_series(instance, since);
@@ -206,7 +235,7 @@ impl Engine for EngineHandle {
         request: crate::observer::ObserveRequest,
     ) -> BoxFuture<'_, Result<crate::observer::Observed, crate::observer::ObserverError>> {
         Box::pin(async move {
-            if instance == 0 || instance > self.cfg.replicas {
+            if instance == 0 || instance > self.replicas() {
                 return Err(crate::observer::ObserverError::NoSuchInstance(instance));
             }
             // The node moves between slots with start-first deployments.
@@ -244,7 +273,7 @@ impl Engine for EngineHandle {
                 ractor::call_t!(m, |reply| WatcherMsg::Snapshot { reply }, QUERY_MS).ok()
             };
             let instances =
-                futures::future::join_all((1..=self.cfg.replicas).map(|i| self.instance_status(i)));
+                futures::future::join_all((1..=self.replicas()).map(|i| self.instance_status(i)));
             let (dm, fetcher, nodes, mut instances) = futures::join!(dm, fetcher, nodes, instances);
             if let Some(nodes) = &nodes {
                 for inst in instances.iter_mut() {
@@ -307,7 +336,7 @@ impl Engine for EngineHandle {
 
     fn restart(&self, instance: u32) -> BoxFuture<'_, Result<(), ActionError>> {
         Box::pin(async move {
-            if instance == 0 || instance > self.cfg.replicas {
+            if instance == 0 || instance > self.replicas() {
                 return Err(ActionError::NoSuchInstance(instance));
             }
             let m = actor::<DeployMsg>(&deploy_manager::name(&self.cfg.app)).ok_or_else(|| {
@@ -355,12 +384,12 @@ impl Engine for EngineHandle {
                 .as_ref()
                 .map(|d| d.join(format!("deployex-{}.log", stream.as_str())));
         }
-        (instance <= self.cfg.replicas).then(|| self.cfg.log_file(instance, stream))
+        (instance <= self.replicas()).then(|| self.cfg.log_file(instance, stream))
     }
 
     fn remote_shell(&self, instance: u32) -> BoxFuture<'_, Result<ShellCommand, ActionError>> {
         Box::pin(async move {
-            if instance == 0 || instance > self.cfg.replicas {
+            if instance == 0 || instance > self.replicas() {
                 return Err(ActionError::NoSuchInstance(instance));
             }
             let status = self.instance_status(instance).await;

@@ -19,6 +19,7 @@ pub mod model;
 pub mod observer;
 pub mod otp_node_watcher;
 pub mod process;
+pub mod reconfigure;
 pub mod recorder;
 pub mod release_fetcher;
 pub mod release_kind;

@@ -42,6 +42,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use crate::app_supervisor::{self, AppMsg, AppSupervisor};
 use crate::config::EngineConfig;
 use crate::otp_node_watcher::{self, OtpNodeWatcher};
+use crate::reconfigure::{self, Plan};
 use crate::recorder::{Describe, Recorder};
 
 pub const NAME: &str = "root_supervisor";
@@ -56,25 +57,30 @@ pub const RESTART_PERIOD: Duration = Duration::from_secs(60);
 /// actors.
 pub type Apps = Arc<Vec<Arc<EngineConfig>>>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Child {
     Events,
     Watcher,
-    /// The AppSupervisor of the app at this index of [`Apps`].
-    App(usize),
+    /// The AppSupervisor of the app of this name (a name, not an index:
+    /// a reload changes the list while a respawn may be pending).
+    App(String),
 }
 
 impl Child {
-    pub fn name(self, apps: &[Arc<EngineConfig>]) -> String {
+    pub fn name(&self) -> String {
         match self {
             Child::Events => crate::events::NAME.to_string(),
             Child::Watcher => otp_node_watcher::NAME.to_string(),
-            Child::App(i) => apps.get(i).map_or_else(
-                || format!("app_supervisor#{i}"),
-                |c| app_supervisor::name(&c.app),
-            ),
+            Child::App(app) => app_supervisor::name(app),
         }
     }
+}
+
+/// Every child of the root for `apps`, in spawn order.
+fn children(apps: &[Arc<EngineConfig>]) -> impl Iterator<Item = Child> + '_ {
+    [Child::Events, Child::Watcher]
+        .into_iter()
+        .chain(apps.iter().map(|c| Child::App(c.app.clone())))
 }
 
 pub enum RootMsg {
@@ -86,6 +92,13 @@ pub enum RootMsg {
     },
     /// Respawn a child that failed (retried if its name is still taken).
     Respawn { child: Child, attempt: u32 },
+    /// Live reconfiguration (SIGHUP) to this app list (validated by the
+    /// loader: non-empty, distinct names, disjoint ports): see
+    /// `reconfigure`. Answers the plan applied.
+    Reconfigure {
+        apps: Vec<EngineConfig>,
+        reply: RpcReplyPort<Plan>,
+    },
 }
 
 impl Describe for RootMsg {
@@ -93,12 +106,14 @@ impl Describe for RootMsg {
         match self {
             RootMsg::Shutdown { .. } => "Shutdown",
             RootMsg::Respawn { .. } => "Respawn",
+            RootMsg::Reconfigure { .. } => "Reconfigure",
         }
     }
     fn summary(&self) -> String {
         match self {
             RootMsg::Shutdown { stop_apps, .. } => format!("stop_apps={stop_apps}"),
             RootMsg::Respawn { child, attempt } => format!("{child:?} attempt {attempt}"),
+            RootMsg::Reconfigure { apps, .. } => format!("{} apps", apps.len()),
         }
     }
 }
@@ -118,23 +133,24 @@ async fn spawn_child(
     supervisor: &ActorRef<RootMsg>,
 ) -> Result<(), ractor::SpawnErr> {
     let cell = supervisor.get_cell();
-    let name = Some(child.name(apps));
+    let name = Some(child.name());
     let host = apps
         .first()
         .cloned()
         .ok_or_else(|| ractor::SpawnErr::StartupFailed("no application configured".into()))?;
-    match child {
+    match &child {
         Child::Events => {
             Actor::spawn_linked(name, crate::events::EventLog, host, cell).await?;
         }
         Child::Watcher => {
             Actor::spawn_linked(name, OtpNodeWatcher, host, cell).await?;
         }
-        Child::App(i) => {
+        Child::App(app) => {
             let cfg = apps
-                .get(i)
+                .iter()
+                .find(|c| &c.app == app)
                 .cloned()
-                .ok_or_else(|| ractor::SpawnErr::StartupFailed(format!("no app #{i}").into()))?;
+                .ok_or_else(|| ractor::SpawnErr::StartupFailed(format!("no app {app:?}").into()))?;
             Actor::spawn_linked(name, AppSupervisor, cfg, cell).await?;
         }
     }
@@ -142,16 +158,107 @@ async fn spawn_child(
 }
 
 fn child_of(name: &str, apps: &[Arc<EngineConfig>]) -> Option<Child> {
-    [Child::Events, Child::Watcher]
-        .into_iter()
-        .chain((0..apps.len()).map(Child::App))
-        .find(|c| c.name(apps) == name)
+    children(apps).find(|c| c.name() == name)
 }
 
 fn app_supervisors(apps: &[Arc<EngineConfig>]) -> Vec<ActorRef<AppMsg>> {
     apps.iter()
         .filter_map(|c| ractor::registry::where_is(app_supervisor::name(&c.app)).map(Into::into))
         .collect()
+}
+
+/// Applies a new app list (see `reconfigure`): removed apps first (their
+/// ports are free before an added app may take them), then scaled ones,
+/// then added ones. The state's list changes before an AppSupervisor
+/// stops, so that its exit is not taken for a failure.
+async fn reconfigure(
+    myself: &ActorRef<RootMsg>,
+    state: &mut RootState,
+    new: Vec<EngineConfig>,
+) -> Plan {
+    let plan = reconfigure::plan(&state.apps, &new);
+    if new.is_empty() {
+        return Plan::default();
+    }
+    let old = state.apps.clone();
+    // Running settings kept for apps that stay (only the replica count
+    // changes); the new settings for added apps.
+    let apps: Vec<Arc<EngineConfig>> = new
+        .into_iter()
+        .map(|n| match old.iter().find(|o| o.app == n.app) {
+            Some(o) if o.replicas == n.replicas => o.clone(),
+            Some(o) => {
+                let mut c = (**o).clone();
+                c.replicas = n.replicas;
+                Arc::new(c)
+            }
+            None => Arc::new(n),
+        })
+        .collect();
+    state.apps = Arc::new(apps);
+    for app in &plan.removed {
+        let Some(cell) = ractor::registry::where_is(app_supervisor::name(app)) else {
+            continue;
+        };
+        let sup: ActorRef<AppMsg> = cell.into();
+        let grace = old
+            .iter()
+            .find(|c| &c.app == app)
+            .map(|c| c.stop_grace)
+            .unwrap_or_default();
+        let timeout = grace + Duration::from_secs(9);
+        match ractor::call_t!(
+            sup,
+            |reply| AppMsg::Shutdown {
+                stop_apps: true,
+                reply
+            },
+            timeout.as_millis() as u64
+        ) {
+            Ok(()) => tracing::info!(%app, "app removed: instances stopped"),
+            Err(e) => tracing::error!(%app, "removing the app: {e}"),
+        }
+    }
+    for (app, from, to) in &plan.scaled {
+        let Some(cell) = ractor::registry::where_is(app_supervisor::name(app)) else {
+            continue;
+        };
+        let sup: ActorRef<AppMsg> = cell.into();
+        let grace = state
+            .apps
+            .iter()
+            .find(|c| &c.app == app)
+            .map(|c| c.stop_grace)
+            .unwrap_or_default();
+        let timeout = grace * from.saturating_sub(*to).max(1) + Duration::from_secs(15);
+        match ractor::call_t!(
+            sup,
+            |reply| AppMsg::Scale {
+                replicas: *to,
+                reply
+            },
+            timeout.as_millis() as u64
+        ) {
+            Ok(()) => tracing::info!(%app, from, to, "app scaled"),
+            Err(e) => tracing::error!(%app, from, to, "scaling the app: {e}"),
+        }
+    }
+    for app in &plan.added {
+        match spawn_child(Child::App(app.clone()), &state.apps, myself).await {
+            Ok(()) => tracing::info!(%app, "app added"),
+            Err(e) => {
+                tracing::error!(%app, "cannot start the added app: {e}");
+                let _ = myself.cast(RootMsg::Respawn {
+                    child: Child::App(app.clone()),
+                    attempt: 1,
+                });
+            }
+        }
+    }
+    for app in &plan.needs_restart {
+        tracing::warn!(%app, "settings other than monitored_replicas changed: not applied, they need a restart of deployex (the running settings stay)");
+    }
+    plan
 }
 
 impl Actor for RootSupervisor {
@@ -164,10 +271,7 @@ impl Actor for RootSupervisor {
         myself: ActorRef<Self::Msg>,
         apps: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let children = [Child::Events, Child::Watcher]
-            .into_iter()
-            .chain((0..apps.len()).map(Child::App));
-        for child in children {
+        for child in children(&apps) {
             spawn_child(child, &apps, &myself).await?;
         }
         Ok(RootState {
@@ -225,22 +329,34 @@ impl Actor for RootSupervisor {
                 let _ = reply.send(());
                 myself.stop(Some("shutdown".into()));
             }
+            RootMsg::Reconfigure { apps, reply } => {
+                if state.shutting_down {
+                    let _ = reply.send(Plan::default());
+                    return Ok(());
+                }
+                let plan = reconfigure(&myself, state, apps).await;
+                let _ = reply.send(plan);
+            }
             RootMsg::Respawn { child, attempt } => {
                 if state.shutting_down {
                     return Ok(());
                 }
-                if let Err(e) = spawn_child(child, &state.apps, &myself).await {
+                if let Child::App(app) = &child
+                    && !state.apps.iter().any(|c| &c.app == app)
+                {
+                    // Removed by a reload meanwhile.
+                    return Ok(());
+                }
+                if let Err(e) = spawn_child(child.clone(), &state.apps, &myself).await {
                     if attempt >= 20 {
-                        return Err(
-                            format!("cannot restart {}: {e}", child.name(&state.apps)).into()
-                        );
+                        return Err(format!("cannot restart {}: {e}", child.name()).into());
                     }
                     myself.send_after(Duration::from_millis(50), move || RootMsg::Respawn {
                         child,
                         attempt: attempt + 1,
                     });
                 } else {
-                    tracing::info!(actor = %child.name(&state.apps), "actor restarted");
+                    tracing::info!(actor = %child.name(), "actor restarted");
                     if child == Child::Watcher {
                         // A new watcher knows no node: every app's monitors
                         // tell it at once.

@@ -6,7 +6,8 @@
 //! Invariants: every route requires a session, as every API route; an
 //! unknown app is 404; the handlers are the same thin calls as api.rs's,
 //! on the named app's engine. The un-prefixed routes (api.rs) keep
-//! answering for the first configured app.
+//! answering for the first app configured at start. The list follows a
+//! reload (SIGHUP): [`AppList`] is shared with the binary, which replaces it.
 
 use std::sync::Arc;
 
@@ -21,13 +22,30 @@ use crate::api::{STATUS_TIMEOUT, VersionsQuery, action_error, percent_decode};
 use crate::guard::{Guard, Session, authed, json_error, json_status, with_state};
 use crate::logs::LinesQuery;
 
-/// The engine of `app`, if configured.
-fn engine_of(state: &AppState, app: &str) -> Option<Arc<dyn Engine>> {
+/// Every app by name, in configuration order; replaced as a whole by a
+/// reload (SIGHUP: an added app appears, a removed one is 404).
+pub type AppList = Arc<std::sync::RwLock<Vec<(String, Arc<dyn Engine>)>>>;
+
+/// A list to share between the server and whoever reloads it.
+pub fn app_list(apps: Vec<(String, Arc<dyn Engine>)>) -> AppList {
+    Arc::new(std::sync::RwLock::new(apps))
+}
+
+/// The apps now (a copy: no lock is held across an await).
+fn current(state: &AppState) -> Vec<(String, Arc<dyn Engine>)> {
     state
         .apps
-        .iter()
+        .read()
+        .map(|a| a.clone())
+        .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+}
+
+/// The engine of `app`, if configured.
+fn engine_of(state: &AppState, app: &str) -> Option<Arc<dyn Engine>> {
+    current(state)
+        .into_iter()
         .find(|(name, _)| name == app)
-        .map(|(_, e)| e.clone())
+        .map(|(_, e)| e)
 }
 
 fn unknown(app: &str) -> Response {
@@ -39,7 +57,8 @@ fn ok_json(status: StatusCode) -> Response {
 }
 
 async fn list(state: Arc<AppState>) -> Result<Response, Rejection> {
-    let all = futures::future::join_all(state.apps.iter().map(|(_, e)| e.status()));
+    let apps = current(&state);
+    let all = futures::future::join_all(apps.iter().map(|(_, e)| e.status()));
     Ok(match tokio::time::timeout(STATUS_TIMEOUT, all).await {
         Ok(statuses) => json_status(StatusCode::OK, &statuses),
         Err(_) => json_error(

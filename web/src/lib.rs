@@ -145,9 +145,9 @@ pub const MAX_TERMINALS: usize = 8;
 pub struct AppState {
     /// The first configured app's engine: the un-prefixed routes and pages.
     pub engine: Arc<dyn Engine>,
-    /// Every app by name, in configuration order (`apps[0]` is `engine`):
-    /// `/api/v1/apps/…` (apps.rs).
-    pub apps: Vec<(String, Arc<dyn Engine>)>,
+    /// Every app by name, in configuration order (`apps[0]` is `engine`
+    /// until a reload changes the list): `/api/v1/apps/…` (apps.rs).
+    pub apps: apps::AppList,
     pub cfg: WebConfig,
     pub tokens: TokenSigner,
     pub limiter: LoginLimiter,
@@ -183,6 +183,15 @@ impl AppState {
     pub fn with_apps(
         engine: Arc<dyn Engine>,
         apps: Vec<(String, Arc<dyn Engine>)>,
+        cfg: WebConfig,
+    ) -> Arc<Self> {
+        Self::with_app_list(engine, apps::app_list(apps), cfg)
+    }
+
+    /// Several apps in a list a reload may replace (apps.rs).
+    pub fn with_app_list(
+        engine: Arc<dyn Engine>,
+        apps: apps::AppList,
         cfg: WebConfig,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -355,7 +364,19 @@ pub async fn serve_apps(
     cfg: WebConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, JoinHandle<()>), WebError> {
-    let Some((_, engine)) = apps.first().cloned() else {
+    serve_app_list(apps::app_list(apps), cfg, shutdown).await
+}
+
+/// [`serve_apps`] with a list the caller may replace later (a reload):
+/// `/api/v1/apps/…` follows it; the un-prefixed routes keep the first app
+/// of the list as it is now.
+pub async fn serve_app_list(
+    apps: apps::AppList,
+    cfg: WebConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, JoinHandle<()>), WebError> {
+    let first = apps.read().ok().and_then(|a| a.first().cloned());
+    let Some((_, engine)) = first else {
         return Err(WebError::NoApps);
     };
     let addr = cfg.bind;
@@ -367,7 +388,7 @@ pub async fn serve_apps(
         .map_err(|source| WebError::Bind { addr, source })?;
     let max_connections = cfg.max_connections.max(1);
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    let state = AppState::with_apps(engine, apps, cfg);
+    let state = AppState::with_app_list(engine, apps, cfg);
     let filter = routes_with_state(state.clone());
     let handle = tokio::spawn(async move {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
