@@ -2,7 +2,8 @@
 //! acceptance): a deployex configured by the environment runs a real
 //! release at 2 replicas and stops leaving them running; a new deployex
 //! started with an equivalent `[[apps]]` file (same app, same ports, same
-//! var dir) adopts the same OS processes and keeps the deployment history.
+//! var dir) adopts the same OS processes and keeps the deployment history,
+//! while a second app added by the same file starts next to it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -15,8 +16,46 @@ use common::deployex::{APP, Deployex, Site, deployex_bin, pid_alive, pids, runni
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
+const APP_B: &str = "dxsmoke";
+
+fn b_pids(site: &Site) -> Vec<i32> {
+    (1..=2)
+        .flat_map(|i| {
+            deployex_actors::process::instance_pids(
+                &site.var().join("service").join(APP_B).join(i.to_string()),
+            )
+        })
+        .collect()
+}
+
+/// Kills app B's instances when the test ends (the site's guard covers
+/// app A's folders only). Only this site's folders.
+struct BGuard<'a>(&'a Site);
+
+impl Drop for BGuard<'_> {
+    fn drop(&mut self) {
+        common::deployex::kill_pids(&b_pids(self.0));
+    }
+}
+
+/// Publish app B's fixture release `version` (tarball, then current.json).
+fn publish_b(site: &Site, version: &str) {
+    let dist = site.store().join("dist").join(APP_B);
+    std::fs::create_dir_all(&dist).unwrap();
+    std::fs::copy(
+        common::fixture_tarball(APP_B, version),
+        dist.join(format!("{APP_B}-{version}.tar.gz")),
+    )
+    .unwrap();
+    let dir = site.store().join("versions").join(APP_B).join("local");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = dir.join(".current.json.tmp");
+    std::fs::write(&tmp, format!(r#"{{"version":"{version}"}}"#)).unwrap();
+    std::fs::rename(tmp, dir.join("current.json")).unwrap();
+}
+
 /// The `[[apps]]` file equivalent to `Site::spawn_with`'s environment.
-fn config_file(site: &Site) -> PathBuf {
+fn config_file(site: &Site, port_b: u16) -> PathBuf {
     let path = site.dir.path().join("deployex.toml");
     let text = format!(
         r#"
@@ -26,6 +65,12 @@ min_ready_ms = 300
 monitored_app_name = "{APP}"
 monitored_replicas = {replicas}
 monitored_app_port = {port}
+release_dir = "{store}"
+
+[[apps]]
+monitored_app_name = "{APP_B}"
+monitored_replicas = 2
+monitored_app_port = {port_b}
 release_dir = "{store}"
 "#,
         replicas = site.replicas,
@@ -89,7 +134,10 @@ fn versions(dx: &Deployex, path: &str) -> Vec<Value> {
 #[test]
 fn a_single_app_install_moved_to_an_apps_file_is_adopted_with_its_history() {
     let site = Site::new(2).env("DEPLOYEX_STOP_APPS_ON_EXIT", "false");
+    let _b_guard = BGuard(&site);
     site.publish("0.1.0", &[]);
+    publish_b(&site, "0.1.0");
+    let port_b = common::deployex::free_port_range(2);
 
     // 1. Single-app deployex (environment), 2 replicas, one deployment.
     let mut dx = site.start();
@@ -114,7 +162,7 @@ fn a_single_app_install_moved_to_an_apps_file_is_adopted_with_its_history() {
     );
 
     // 2. The same install, now from an `[[apps]]` file.
-    let config = config_file(&site);
+    let config = config_file(&site, port_b);
     let dx = start_with_file(&site, &config);
     let s = dx.wait_status("adopted, 2 x 0.1.0", Duration::from_secs(30), |s| {
         running_on(s, "0.1.0")
@@ -134,6 +182,23 @@ fn a_single_app_install_moved_to_an_apps_file_is_adopted_with_its_history() {
     let kept = versions(&dx, &format!("/api/v1/apps/{APP}/versions"));
     assert_eq!(kept, history, "history kept");
     assert_eq!(versions(&dx, "/api/v1/versions"), history);
-    // No redeploy happened: still the same processes.
+
+    // The second app of the file starts next to the adopted one.
+    common::wait_until_blocking("B: 2 x 0.1.0", Duration::from_secs(90), || {
+        let sb = dx.get(&format!("/api/v1/apps/{APP_B}/status"));
+        running_on(&sb, "0.1.0").then_some(())
+    });
+    for i in 1..=2 {
+        let dir = site.var().join("service").join(APP_B).join(i.to_string());
+        assert!(
+            !deployex_actors::process::instance_pids(&dir).is_empty(),
+            "B's instance {i} runs"
+        );
+    }
+    // No redeploy of A happened meanwhile: still the same processes.
     assert_eq!(pids(&dx.status()), before);
+    assert_eq!(
+        versions(&dx, &format!("/api/v1/apps/{APP}/versions")),
+        history
+    );
 }

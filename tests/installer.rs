@@ -336,7 +336,11 @@ fn install_writes_everything_twice_identically_update_and_uninstall() {
     ] {
         assert!(unit.lines().any(|l| l == line), "{line} missing in\n{unit}");
     }
-    assert!(!unit.contains("@APP@") && !unit.contains("@EXTRA_RW_PATHS@"));
+    assert!(
+        !unit.contains("@APP@")
+            && !unit.contains("@EXTRA_RW_PATHS@")
+            && !unit.contains("@CONFIG_ARG@")
+    );
     assert!(!unit.contains("@CAPABILITIES@"));
     assert_eq!(
         mode(&root.join("etc/systemd/system/deployex.service")),
