@@ -437,6 +437,13 @@ mod tests {
     use crate::dist::{atom, int, list, pretty, tuple};
 
     #[test]
+    fn a_node_name_gives_its_app_and_instance() {
+        assert_eq!(app_of("my_app-3@127.0.0.1"), Some("my_app"));
+        assert_eq!(instance_of("my_app-3@127.0.0.1"), Some(3));
+        assert_eq!(app_of("nodash@host"), None);
+    }
+
+    #[test]
     fn one_expression_reads_every_gauge() {
         let exprs = sample_exprs(&GAUGES[..2]);
         assert_eq!(
