@@ -338,7 +338,11 @@ fn install_writes_everything_twice_identically_update_and_uninstall() {
     ] {
         assert!(unit.lines().any(|l| l == line), "{line} missing in\n{unit}");
     }
-    assert!(!unit.contains("@APP@") && !unit.contains("@EXTRA_RW_PATHS@"));
+    assert!(
+        !unit.contains("@APP@")
+            && !unit.contains("@EXTRA_RW_PATHS@")
+            && !unit.contains("@CONFIG_ARG@")
+    );
     assert!(!unit.contains("@CAPABILITIES@"));
     assert_eq!(
         mode(&root.join("etc/systemd/system/deployex.service")),
@@ -632,4 +636,95 @@ fn real_deployex_accepts_the_generated_environment() {
     let password = fs::read_to_string(s.root.join("etc/deployex/admin-password")).unwrap();
     let hash = sourced(&env_file, "DEPLOYEX_ADMIN_HASHED_PASSWORD");
     assert!(bcrypt::verify(password.trim(), &hash).unwrap());
+}
+
+#[test]
+fn a_list_of_apps_makes_apps_tables_and_check_config_prints_every_app() {
+    if !tools_present(&["jq"]) {
+        return;
+    }
+    let s = scratch();
+    let real = fs::read(env!("CARGO_BIN_EXE_deployex")).unwrap();
+    let release = release_with(&s.base, "0.1.0", &real);
+    let mut c: Value = serde_json::from_str(&fs::read_to_string(&s.config).unwrap()).unwrap();
+    c["release"] = json!(release.to_str().unwrap());
+    c["otp_tls_cert_path"] = json!("");
+    c["app_user"] = json!("nobody");
+    // The list form: top-level per-app keys (replicas, release_dir) are
+    // every app's defaults; app_name moves into the list.
+    c.as_object_mut().unwrap().remove("app_name");
+    c.as_object_mut().unwrap().remove("app_port");
+    c["apps"] = json!([
+        {"app_name": APP, "app_port": 4000, "env": {"POOL_SIZE": 3}},
+        {"app_name": "worker", "app_port": 4100, "replicas": 1, "release_dir": "/srv/worker"}
+    ]);
+    fs::write(&s.config, c.to_string()).unwrap();
+    let stdout = run_ok(&s.root, &["--install", s.config.to_str().unwrap()]);
+    assert!(
+        stdout.contains("checked by deployex check-config"),
+        "{stdout}"
+    );
+
+    let toml_path = s.root.join("etc/deployex/deployex.toml");
+    let text = fs::read_to_string(&toml_path).unwrap();
+    let table: toml::Table = text.parse().expect("the generated file is TOML");
+    let apps = table["apps"].as_array().unwrap();
+    assert_eq!(apps.len(), 2, "{text}");
+    assert_eq!(apps[0]["monitored_app_name"].as_str(), Some(APP));
+    assert_eq!(apps[0]["monitored_replicas"].as_integer(), Some(2));
+    assert_eq!(apps[0]["env"]["POOL_SIZE"].as_str(), Some("3"));
+    assert_eq!(apps[1]["monitored_app_name"].as_str(), Some("worker"));
+    assert_eq!(apps[1]["monitored_replicas"].as_integer(), Some(1));
+    assert_eq!(apps[1]["monitored_app_port"].as_integer(), Some(4100));
+    assert_eq!(apps[1]["release_dir"].as_str(), Some("/srv/worker"));
+    // No per-app variable in the environment file; the unit passes the file.
+    let env_file = s.root.join("etc/deployex/deployex.env");
+    let env_text = fs::read_to_string(&env_file).unwrap();
+    for var in [
+        "DEPLOYEX_MONITORED_APP_NAME",
+        "DEPLOYEX_MONITORED_REPLICAS",
+        "DEPLOYEX_MONITORED_APP_PORT",
+        "DEPLOYEX_RELEASE_DIR",
+    ] {
+        assert!(!env_text.contains(var), "{var} in\n{env_text}");
+    }
+    let unit = fs::read_to_string(s.root.join("etc/systemd/system/deployex.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/opt/deployex/bin/deployex --config /etc/deployex/deployex.toml"),
+        "{unit}"
+    );
+
+    // check-config on the generated files prints every app.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg("set -a; . \"$1\"; set +a; exec \"$2\" --config \"$3\" check-config")
+        .arg("bash")
+        .arg(&env_file)
+        .arg(s.root.join("opt/deployex/bin/deployex"))
+        .arg(&toml_path)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        &format!("  {APP}: 2 replicas, ports 4000..=4001"),
+        "  worker: 1 replicas, ports 4100..=4100",
+    ] {
+        assert!(printed.contains(needle), "{needle} missing in\n{printed}");
+    }
+
+    // The single-app form afterwards removes the file and the flag.
+    c.as_object_mut().unwrap().remove("apps");
+    c["app_name"] = json!(APP);
+    fs::write(&s.config, c.to_string()).unwrap();
+    run_ok(&s.root, &["--update", s.config.to_str().unwrap()]);
+    assert!(!toml_path.exists());
+    let unit = fs::read_to_string(s.root.join("etc/systemd/system/deployex.service")).unwrap();
+    assert!(!unit.contains("--config"), "{unit}");
 }

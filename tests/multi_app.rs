@@ -5,7 +5,8 @@
 //! - both apps × 2 replicas come up;
 //! - a new version of app A rolls A while B's OS pids never change;
 //! - a crash-looping version of A is rolled back and ghosted, B untouched;
-//! - `/api/v1/apps` and B's per-app routes answer for B.
+//! - `/api/v1/apps` and B's per-app routes answer for B;
+//! - events carry their app: B's deployment events are labelled B.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -221,6 +222,25 @@ fn two_apps_from_one_file_deploy_and_fail_independently() {
         None,
     );
     assert_eq!(code, 404, "unknown app");
+
+    // Each event carries the app that emitted it: B's deployment is B's.
+    let deploy_events_of = |events: &Value, app: &str| -> usize {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["app"] == app && e["event"] == "deploy_finished")
+            .count()
+    };
+    common::wait_until_blocking(
+        "both apps' deployments in the events",
+        Duration::from_secs(20),
+        || {
+            let events = dx.get("/api/v1/events?limit=500");
+            (deploy_events_of(&events, APP) >= 2 && deploy_events_of(&events, APP_B) >= 2)
+                .then_some(())
+        },
+    );
 
     // 2. A new version of A rolls A; B's pids never change.
     publish(&site, APP, "0.1.1");

@@ -1,6 +1,7 @@
 //! EventLog: every significant thing deployex does, as an event operators
 //! can read (`GET /api/v1/events`, the dashboard's timeline) and be told
-//! about (`DEPLOYEX_WEBHOOK_URL`).
+//! about (`DEPLOYEX_WEBHOOK_URL`). Each event carries the app of the actor
+//! that emitted it (`emit(app, event)`); one EventLog serves every app.
 //!
 //! Any actor emits with [`emit`], a cast to the EventLog found by name: it
 //! never waits, and an event emitted while the EventLog restarts is lost
@@ -108,6 +109,10 @@ pub struct Event {
     pub id: u64,
     /// UTC, RFC 3339 with milliseconds.
     pub at: String,
+    /// The app of the actor that emitted it. Lines written before events
+    /// carried their own app (or without the field) load as the first
+    /// configured app's, which was the only one then.
+    #[serde(default)]
     pub app: String,
     pub event: EventKind,
     pub version: Option<String>,
@@ -134,6 +139,8 @@ impl Event {
 /// An event before the EventLog numbers and stamps it.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
+    /// Set by [`emit`]: the emitting actor's app.
+    pub app: Option<String>,
     pub event: EventKind,
     pub version: Option<String>,
     pub instance: Option<u32>,
@@ -143,6 +150,7 @@ pub struct NewEvent {
 impl NewEvent {
     pub fn new(event: EventKind, message: impl Into<String>) -> NewEvent {
         NewEvent {
+            app: None,
             event,
             version: None,
             instance: None,
@@ -159,8 +167,9 @@ impl NewEvent {
     }
 }
 
-/// Record an event (never waits).
-pub fn emit(event: NewEvent) {
+/// Record an event of `app` (the emitting actor's app; never waits).
+pub fn emit(app: &str, mut event: NewEvent) {
+    event.app = Some(app.to_string());
     match ractor::registry::where_is(NAME) {
         Some(log) => {
             let _ = log.send_message(EventMsg::Emit(event));
@@ -231,9 +240,10 @@ impl Actor for EventLog {
         let dir = cfg.storage_dir();
         let file = dir.join("events.jsonl");
         let file2 = file.clone();
+        let app = cfg.app.clone();
         let events = tokio::task::spawn_blocking(move || {
             let _ = std::fs::create_dir_all(&dir);
-            load(&file2)
+            load(&file2, &app)
         })
         .await?;
         let next_id = events.back().map_or(1, |e| e.id + 1);
@@ -273,14 +283,17 @@ impl EventState {
         let event = Event {
             id: self.next_id,
             at: crate::time::utc_now_millis(),
-            app: self.app.clone(),
+            app: new
+                .app
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| self.app.clone()),
             event: new.event,
             version: new.version,
             instance: new.instance,
             message: new.message,
         };
         self.next_id += 1;
-        tracing::info!(event = event.event.as_str(), instance = ?event.instance, version = ?event.version, message = %event.message, "event");
+        tracing::info!(app = %event.app, event = event.event.as_str(), instance = ?event.instance, version = ?event.version, message = %event.message, "event");
         // One short append to a file this actor owns: it only ever blocks
         // this actor's own mailbox, for microseconds.
         if let Err(e) = append(&self.file, &event) {
@@ -319,8 +332,9 @@ fn rotated(file: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The newest [`KEEP`] events of the rotated file and the current one.
-fn load(file: &Path) -> VecDeque<Event> {
+/// The newest [`KEEP`] events of the rotated file and the current one; a
+/// line without an app (written before events carried theirs) is `app`'s.
+fn load(file: &Path, app: &str) -> VecDeque<Event> {
     let mut events = VecDeque::new();
     for path in [rotated(file), file.to_path_buf()] {
         let Ok(f) = std::fs::File::open(&path) else {
@@ -328,9 +342,12 @@ fn load(file: &Path) -> VecDeque<Event> {
         };
         for line in std::io::BufReader::new(f).lines() {
             let Ok(line) = line else { break };
-            let Ok(event) = serde_json::from_str::<Event>(&line) else {
+            let Ok(mut event) = serde_json::from_str::<Event>(&line) else {
                 continue;
             };
+            if event.app.is_empty() {
+                event.app = app.to_string();
+            }
             if events.len() == KEEP {
                 events.pop_front();
             }
@@ -487,7 +504,7 @@ mod tests {
         assert!(size(&file) <= FILE_MAX_BYTES + per_event);
         assert!(size(&rotated(&file)) <= FILE_MAX_BYTES + per_event);
         std::fs::write(dir.path().join("events.jsonl.2"), "stale").unwrap();
-        let loaded = load(&file);
+        let loaded = load(&file, "app");
         assert_eq!(loaded.len(), KEEP);
         assert_eq!(loaded.back().unwrap().id, n);
         assert_eq!(loaded.front().unwrap().id, n - KEEP as u64 + 1);
@@ -505,8 +522,51 @@ mod tests {
             .write_all(b"{not json\n")
             .unwrap();
         append(&file, &event(2)).unwrap();
-        let ids: Vec<u64> = load(&file).iter().map(|e| e.id).collect();
+        let ids: Vec<u64> = load(&file, "app").iter().map(|e| e.id).collect();
         assert_eq!(ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn each_event_keeps_its_app_and_old_lines_without_one_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("events.jsonl");
+        // A line of an older deployex: no `app` field.
+        std::fs::write(
+            &file,
+            "{\"id\":1,\"at\":\"2026-12-04T00:00:00.000Z\",\"event\":\"deploy_started\",\"version\":\"0.1.0\",\"instance\":1,\"message\":\"m\"}\n",
+        )
+        .unwrap();
+        let mut b = event(2);
+        b.app = "worker".into();
+        append(&file, &b).unwrap();
+        let apps: Vec<(u64, String)> = load(&file, "api")
+            .into_iter()
+            .map(|e| (e.id, e.app))
+            .collect();
+        assert_eq!(apps, vec![(1, "api".into()), (2, "worker".into())]);
+    }
+
+    #[test]
+    fn an_emitted_event_is_labelled_with_the_emitters_app() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = EventState {
+            app: "api".into(),
+            file: dir.path().join("events.jsonl"),
+            events: VecDeque::new(),
+            next_id: 1,
+            webhook: None,
+            recorder: Recorder::for_actor("event_log_test"),
+        };
+        let mut new = NewEvent::new(EventKind::DeployStarted, "deploying");
+        new.app = Some("worker".into());
+        state.record(new);
+        state.record(NewEvent::new(EventKind::DeployStarted, "no app given"));
+        let apps: Vec<&str> = state.events.iter().map(|e| e.app.as_str()).collect();
+        assert_eq!(apps, vec!["worker", "api"]);
+        let body = webhook_body(&state.events[0]);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["app"], "worker");
+        assert!(v["text"].as_str().unwrap().starts_with("[worker] "));
     }
 
     #[test]

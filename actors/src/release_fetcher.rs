@@ -189,10 +189,10 @@ impl Actor for ReleaseFetcher {
                             } else {
                                 crate::events::EventKind::StoreError
                             };
-                            crate::events::emit(crate::events::NewEvent::new(
-                                kind,
-                                message.clone(),
-                            ));
+                            crate::events::emit(
+                                &state.cfg.app,
+                                crate::events::NewEvent::new(kind, message.clone()),
+                            );
                         }
                         state.status.last_error = Some(message);
                     }

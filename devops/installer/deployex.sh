@@ -204,7 +204,17 @@ load_config() {
   bad="$(jq -r --arg re "$re" '([paths(type == "string" and test($re))] | first) // empty | map(tostring) | join(".")' "$CONFIG")"
   [ -z "$bad" ] || die "$CONFIG: $bad must not contain a single quote or a line break"
 
-  APP="$(cfg app_name)"
+  # "apps": several applications (a list of objects); the first names the
+  # unit's log dir and secrets. Without it, the single-app form.
+  MULTI=0
+  if jq -e 'has("apps")' "$CONFIG" >/dev/null; then
+    jq -e '(.apps | type) == "array" and (.apps | length) > 0 and all(.apps[]; type == "object" and ((.env // {}) | type) == "object")' "$CONFIG" >/dev/null ||
+      die "$CONFIG: \"apps\" must be a non-empty list of objects (each with app_name; env an object)"
+    MULTI=1
+    APP="$(jq -r '.apps[0].app_name // empty | tostring' "$CONFIG")"
+  else
+    APP="$(cfg app_name)"
+  fi
   [[ "$APP" =~ ^[a-z][a-z0-9_]{0,63}$ ]] ||
     die "$CONFIG: app_name=\"$APP\" must be a release name: lower-case letters, digits and _, starting with a letter"
   CLOUD_ENV="$(cfg cloud_environment)"
@@ -375,14 +385,15 @@ write_env_file() {
   fi
 
   # Base variables, in this order; a key also in CONFIG "env" is taken from there.
+  # With "apps", the per-app keys live in deployex.toml's [[apps]] tables
+  # (deployex refuses their variables next to [[apps]]).
   local -a base=(
-    "DEPLOYEX_MONITORED_APP_NAME=$APP"
     "DEPLOYEX_CLOUD_ENVIRONMENT=$CLOUD_ENV"
-    "DEPLOYEX_MONITORED_REPLICAS=$REPLICAS"
     "DEPLOYEX_VAR_DIR=/var/lib/deployex"
     "DEPLOYEX_LOG_DIR=/var/log/$APP"
     "DEPLOYEX_STOP_APPS_ON_EXIT=false"
   )
+  [ "$MULTI" = 1 ] || base=("DEPLOYEX_MONITORED_APP_NAME=$APP" "${base[0]}" "DEPLOYEX_MONITORED_REPLICAS=$REPLICAS" "${base[@]:1}")
   [ -z "$APP_USER" ] || base+=("DEPLOYEX_APP_USER=$APP_USER")
   local field var v
   for field in release_adapter:DEPLOYEX_RELEASE_ADAPTER release_dir:DEPLOYEX_RELEASE_DIR \
@@ -392,6 +403,11 @@ write_env_file() {
     deploy_schedule_interval_ms:DEPLOYEX_DEPLOY_SCHEDULE_INTERVAL_MS \
     otp_tls_cert_path:DEPLOYEX_OTP_TLS_CERT_PATH; do
     var="${field#*:}"
+    if [ "$MULTI" = 1 ]; then
+      case "$var" in
+        DEPLOYEX_RELEASE_* | DEPLOYEX_MONITORED_APP_PORT | DEPLOYEX_DEPLOY_TIMEOUT_ROLLBACK_MS) continue ;;
+      esac
+    fi
     v="$(cfg "${field%%:*}")"
     [ -z "$v" ] || base+=("$var=$v")
   done
@@ -429,11 +445,64 @@ write_env_file() {
   put_file "$out" /etc/deployex/deployex.env 0600 "root:root"
 }
 
+# A scalar of apps[$1]: its own key $2, else the top-level one.
+app_cfg() {
+  local v
+  v="$(jq -r --argjson i "$1" --arg k "$2" '(.apps[$i][$k] // .[$k]) // empty | if type == "object" or type == "array" then error("apps[\($i)].\($k) must be a string, number or boolean") else tostring end' "$CONFIG")" ||
+    die "$CONFIG: cannot read apps[$1].$2"
+  printf '%s' "$v"
+}
+
+# With "apps": /etc/deployex/deployex.toml, one [[apps]] table each (values
+# as TOML literal strings: no quote nor line break, checked in load_config).
+write_toml_file() {
+  local out="$WORK/deployex.toml" n i name field key v names=" "
+  n="$(jq '.apps | length' "$CONFIG")"
+  {
+    echo "# Written by devops/installer/deployex.sh from $(basename "$CONFIG"); rewritten on"
+    echo "# --install/--update: change the JSON config, not this file."
+    for ((i = 0; i < n; i++)); do
+      name="$(jq -r --argjson i "$i" '.apps[$i].app_name // empty | tostring' "$CONFIG")"
+      [[ "$name" =~ ^[a-z][a-z0-9_]{0,63}$ ]] ||
+        die "$CONFIG: apps[$i].app_name=\"$name\" must be a release name: lower-case letters, digits and _, starting with a letter"
+      [[ "$names" != *" $name "* ]] || die "$CONFIG: apps[$i].app_name=\"$name\" is listed twice"
+      names+="$name "
+      echo
+      echo "[[apps]]"
+      echo "monitored_app_name = '$name'"
+      for field in replicas:monitored_replicas app_port:monitored_app_port \
+        deploy_timeout_rollback_ms:deploy_timeout_rollback_ms; do
+        v="$(app_cfg "$i" "${field%%:*}")"
+        [ -n "$v" ] || continue
+        valid_number "apps[$i].${field%%:*}" "$v"
+        echo "${field#*:} = $v"
+      done
+      for key in release_adapter release_dir release_bucket; do
+        v="$(app_cfg "$i" "$key")"
+        [ -z "$v" ] || echo "$key = '$v'"
+      done
+      if jq -e --argjson i "$i" '(.apps[$i].env // {}) | length > 0' "$CONFIG" >/dev/null; then
+        echo "[apps.env]"
+        while IFS= read -r key; do
+          [[ "$key" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "$CONFIG: apps[$i].env key \"$key\" is not a variable name"
+          v="$(jq -r --argjson i "$i" --arg k "$key" '.apps[$i].env[$k] | if type == "object" or type == "array" then error("not a scalar") elif . == null then "" else tostring end' "$CONFIG")" ||
+            die "$CONFIG: apps[$i].env.$key must be a string, number or boolean"
+          echo "$key = '$v'"
+        done < <(jq -r --argjson i "$i" '.apps[$i].env | keys_unsorted[]' "$CONFIG")
+      fi
+    done
+  } >"$out"
+  # Read by deployex itself (its user); [apps.env] may hold credentials.
+  put_file "$out" /etc/deployex/deployex.toml 0640 "root:$USER_NAME"
+}
+
 render() { # template dest mode
   local out="$WORK/rendered" extra="" path caps=""
   for path in "${EXTRA_RW[@]}"; do extra+=" $path"; done
   [ -z "$APP_USER" ] || caps="$APP_USER_CAPS"
-  sed -e "s|@APP@|$APP|g" -e "s|@EXTRA_RW_PATHS@|$extra|g" -e "s|@CAPABILITIES@|$caps|g" "$1" >"$out"
+  local config_arg=""
+  [ "$MULTI" = 0 ] || config_arg=" --config /etc/deployex/deployex.toml"
+  sed -e "s|@CONFIG_ARG@|$config_arg|g" -e "s|@APP@|$APP|g" -e "s|@EXTRA_RW_PATHS@|$extra|g" -e "s|@CAPABILITIES@|$caps|g" "$1" >"$out"
   put_file "$out" "$2" "$3" root:root
 }
 
@@ -462,14 +531,15 @@ install_binary() {
 
 # deployex check-config with the environment file, as systemd would pass it.
 check_config() {
-  local out unset_user=""
+  local out unset_user="" config_args=()
+  [ "$MULTI" = 0 ] || config_args=(--config "$(p /etc/deployex/deployex.toml)")
   if [ -n "$APP_USER" ] && ! getent passwd "$APP_USER" >/dev/null 2>&1; then
     # Dry run: useradd was only echoed, so the user cannot be looked up.
     unset_user="DEPLOYEX_APP_USER"
     log "dry-run: $APP_USER does not exist here; check-config runs without DEPLOYEX_APP_USER"
   fi
   # shellcheck source=/dev/null
-  if ! out="$(set -a && . "$(p /etc/deployex/deployex.env)" && set +a && if [ -n "$unset_user" ]; then unset "$unset_user"; fi && "$(p /opt/deployex/bin/deployex)" check-config 2>&1)"; then
+  if ! out="$(set -a && . "$(p /etc/deployex/deployex.env)" && set +a && if [ -n "$unset_user" ]; then unset "$unset_user"; fi && "$(p /opt/deployex/bin/deployex)" "${config_args[@]}" check-config 2>&1)"; then
     echo "$out" >&2
     die "deployex check-config rejected the configuration (fix $CONFIG and run again)"
   fi
@@ -503,6 +573,11 @@ do_install() {
 
   install_binary
   write_env_file
+  if [ "$MULTI" = 1 ]; then
+    write_toml_file
+  else
+    rm -f "$(p /etc/deployex/deployex.toml)"
+  fi
   render "$UNIT_TEMPLATE" "/etc/systemd/system/$SERVICE" 0644
   render "$LOGROTATE_TEMPLATE" /etc/logrotate.d/deployex 0644
   check_config
@@ -517,6 +592,12 @@ do_install() {
 do_uninstall() {
   local app app_user
   app="$(installed_value DEPLOYEX_MONITORED_APP_NAME)"
+  # With "apps" the env file names no app: the log dir names the first.
+  if [ -z "$app" ]; then
+    app="$(installed_value DEPLOYEX_LOG_DIR)"
+    app="${app#/var/log/}"
+    [[ "$app" =~ ^[a-z][a-z0-9_]{0,63}$ ]] || app=""
+  fi
   app_user="$(installed_value DEPLOYEX_APP_USER)"
   if [ -f "$(p "/etc/systemd/system/$SERVICE")" ]; then
     sys systemctl disable --now "$SERVICE" || true

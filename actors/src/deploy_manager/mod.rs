@@ -180,6 +180,7 @@ impl Actor for DeployManager {
                         let took_ms = p.started.elapsed().as_millis() as u64;
                         tracing::info!(instance, version = %p.version, deploy_ref = %p.deploy_ref, took_ms, "instance ready; moving on");
                         events::emit(
+                            &state.cfg.app,
                             NewEvent::new(
                                 EventKind::DeployFinished,
                                 format!("{} ready in {took_ms} ms", kind_name(p.kind)),

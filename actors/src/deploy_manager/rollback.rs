@@ -28,6 +28,7 @@ impl DmState {
         self.recent.remove(&instance);
         tracing::error!(instance, %version, crashes, "crash loop after deployment: ghosting the version");
         events::emit(
+            &self.cfg.app,
             NewEvent::new(
                 EventKind::CrashLoop,
                 format!("crashed {crashes} times after its deployment"),
@@ -57,6 +58,7 @@ impl DmState {
     pub(super) async fn ghost(&mut self, version: &str, why: &str) {
         if !self.ghosted.iter().any(|v| v == version) {
             events::emit(
+                &self.cfg.app,
                 NewEvent::new(
                     EventKind::Ghosted,
                     format!("ghosted ({why}): it will not be deployed again automatically"),
@@ -204,6 +206,7 @@ impl DmState {
         tracing::error!(instance = p.instance, version = %p.version, %why, "deployment unstable: rolling back and ghosting the version");
         if crash_loop {
             events::emit(
+                &self.cfg.app,
                 NewEvent::new(EventKind::CrashLoop, format!("{why} during its deployment"))
                     .instance(p.instance)
                     .version(p.version.clone()),
@@ -345,6 +348,7 @@ impl DmState {
             .unwrap_or_default();
         tracing::warn!(instance, from = %bad, to = %previous, "rolling back");
         events::emit(
+            &self.cfg.app,
             NewEvent::new(
                 EventKind::Rollback,
                 format!("rolling back from {bad} to {previous}"),

@@ -193,6 +193,7 @@ impl DmState {
         };
         if kind != DeploymentKind::Rollback {
             events::emit(
+                &self.cfg.app,
                 NewEvent::new(
                     EventKind::DeployStarted,
                     format!("deploying ({deploy_ref})"),

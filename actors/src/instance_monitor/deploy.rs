@@ -149,6 +149,7 @@ impl MonitorState {
             // A hot upgrade was considered and ruled out: say why (a
             // dependency without an appup restarts the instance).
             events::emit(
+                &self.cfg.app,
                 NewEvent::new(
                     EventKind::HotUpgradeSkipped,
                     format!("full deployment from {from}: {}", prepared.reason),
@@ -221,6 +222,7 @@ impl MonitorState {
             Err(error) => {
                 tracing::error!(instance = self.instance, %deploy_ref, %error, "hot upgrade failed; falling back to a full deployment");
                 events::emit(
+                    &self.cfg.app,
                     NewEvent::new(
                         EventKind::HotUpgradeFailed,
                         format!("{error}; a full deployment follows"),

@@ -125,6 +125,7 @@ impl MonitorState {
         self.last_error = None;
         self.set_phase(InstanceState::Running, "ready");
         events::emit(
+            &self.cfg.app,
             NewEvent::new(EventKind::InstanceReady, "ready")
                 .instance(self.instance)
                 .version(self.version.clone().unwrap_or_default()),
@@ -252,6 +253,7 @@ impl MonitorState {
         match self.cfg.watchdog.memory_action() {
             crate::config::WatchdogAction::Warn => {
                 events::emit(
+                    &self.cfg.app,
                     NewEvent::new(EventKind::WatchdogWarning, message)
                         .instance(self.instance)
                         .version(self.version.clone().unwrap_or_default()),

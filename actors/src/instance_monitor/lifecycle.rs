@@ -57,6 +57,7 @@ impl MonitorState {
         if let Some(reason) = self.next_start_reason.take() {
             self.last_restart_reason = Some(reason);
             events::emit(
+                &self.cfg.app,
                 NewEvent::new(
                     EventKind::Restart,
                     format!("new process {} ({})", handle.pid(), reason.as_str()),

@@ -411,7 +411,7 @@ pub(super) fn check_limits(
         if let Some(i) = instance_of(node) {
             event = event.instance(i);
         }
-        crate::events::emit(event);
+        crate::events::emit(app_of(node).unwrap_or_default(), event);
         if watchdog.limits_action() == crate::config::WatchdogAction::Restart
             && let Some(spec) = entry.liveness.get()
         {
@@ -421,6 +421,11 @@ pub(super) fn check_limits(
 }
 
 /// `i` of a node named `{app}-{i}@{host}`.
+/// The app of node `{app}-{i}@host`.
+pub(super) fn app_of(node: &str) -> Option<&str> {
+    Some(node.split('@').next()?.rsplit_once('-')?.0)
+}
+
 pub(super) fn instance_of(node: &str) -> Option<u32> {
     node.split('@').next()?.rsplit_once('-')?.1.parse().ok()
 }
@@ -430,6 +435,13 @@ pub(super) fn instance_of(node: &str) -> Option<u32> {
 mod tests {
     use super::*;
     use crate::dist::{atom, int, list, pretty, tuple};
+
+    #[test]
+    fn a_node_name_gives_its_app_and_instance() {
+        assert_eq!(app_of("my_app-3@127.0.0.1"), Some("my_app"));
+        assert_eq!(instance_of("my_app-3@127.0.0.1"), Some(3));
+        assert_eq!(app_of("nodash@host"), None);
+    }
 
     #[test]
     fn one_expression_reads_every_gauge() {
