@@ -8,51 +8,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use common::deployex::{APP, Deployex, Site, deployex_bin, pid_alive, pids, running_on};
+use common::deployex::{APP, Deployex, Site, pid_alive, pids, running_on};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
 const APP_B: &str = "dxsmoke";
 
-fn b_pids(site: &Site) -> Vec<i32> {
-    (1..=2)
-        .flat_map(|i| {
-            deployex_actors::process::instance_pids(
-                &site.var().join("service").join(APP_B).join(i.to_string()),
-            )
-        })
-        .collect()
-}
-
-/// Kills app B's instances when the test ends (the site's guard covers
-/// app A's folders only). Only this site's folders.
-struct BGuard<'a>(&'a Site);
-
-impl Drop for BGuard<'_> {
-    fn drop(&mut self) {
-        common::deployex::kill_pids(&b_pids(self.0));
-    }
-}
-
-/// Publish app B's fixture release `version` (tarball, then current.json).
-fn publish_b(site: &Site, version: &str) {
-    let dist = site.store().join("dist").join(APP_B);
-    std::fs::create_dir_all(&dist).unwrap();
-    std::fs::copy(
-        common::fixture_tarball(APP_B, version),
-        dist.join(format!("{APP_B}-{version}.tar.gz")),
-    )
-    .unwrap();
-    let dir = site.store().join("versions").join(APP_B).join("local");
-    std::fs::create_dir_all(&dir).unwrap();
-    let tmp = dir.join(".current.json.tmp");
-    std::fs::write(&tmp, format!(r#"{{"version":"{version}"}}"#)).unwrap();
-    std::fs::rename(tmp, dir.join("current.json")).unwrap();
-}
+use common::apps::{AppGuard, publish, start_with_config};
 
 /// The `[[apps]]` file equivalent to `Site::spawn_with`'s environment.
 fn config_file(site: &Site, port_b: u16) -> PathBuf {
@@ -81,51 +46,6 @@ release_dir = "{store}"
     path
 }
 
-/// Start deployex on `site`'s var dir with `config` and only the host-wide
-/// variables (a per-app variable next to `[[apps]]` is an error).
-fn start_with_file(site: &Site, config: &Path) -> Deployex {
-    let log = site.dir.path().join("deployex.log");
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .unwrap();
-    let child = Command::new(deployex_bin())
-        .arg("--config")
-        .arg(config)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", site.dir.path())
-        .env("DEPLOYEX_VAR_DIR", site.var())
-        .env("DEPLOYEX_LOG_DIR", site.logs())
-        .env("DEPLOYEX_PHX_PORT", site.api_port.to_string())
-        .env("ERL_EPMD_PORT", site.epmd.port.to_string())
-        .env("DEPLOYEX_ERLANG_COOKIE", "e2ecookie")
-        .env(
-            "DEPLOYEX_SECRET_KEY_BASE",
-            "e2e-secret-key-base-0123456789-abcdefghijklmnop",
-        )
-        .env("DEPLOYEX_DEPLOY_SCHEDULE_INTERVAL_MS", "200")
-        .env("DEPLOYEX_STOP_TIMEOUT_MS", "5000")
-        .env("DEPLOYEX_LOG", "info,deployex_actors=debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn deployex");
-    let mut dx = Deployex {
-        child: Some(child),
-        api_port: site.api_port,
-        token: None,
-        log,
-    };
-    common::wait_until_blocking("deployex answers /healthz", Duration::from_secs(20), || {
-        matches!(common::http_get(site.api_port, "/healthz"), Some((200, _))).then_some(())
-    });
-    dx.login();
-    dx
-}
-
 /// The deployment history at `path` (a JSON list).
 fn versions(dx: &Deployex, path: &str) -> Vec<Value> {
     dx.get(path).as_array().expect("versions is a list").clone()
@@ -134,9 +54,13 @@ fn versions(dx: &Deployex, path: &str) -> Vec<Value> {
 #[test]
 fn a_single_app_install_moved_to_an_apps_file_is_adopted_with_its_history() {
     let site = Site::new(2).env("DEPLOYEX_STOP_APPS_ON_EXIT", "false");
-    let _b_guard = BGuard(&site);
+    let _b_guard = AppGuard {
+        site: &site,
+        app: APP_B,
+        instances: 2,
+    };
     site.publish("0.1.0", &[]);
-    publish_b(&site, "0.1.0");
+    publish(&site, APP_B, "0.1.0");
     let port_b = common::deployex::free_port_range(2);
 
     // 1. Single-app deployex (environment), 2 replicas, one deployment.
@@ -163,7 +87,7 @@ fn a_single_app_install_moved_to_an_apps_file_is_adopted_with_its_history() {
 
     // 2. The same install, now from an `[[apps]]` file.
     let config = config_file(&site, port_b);
-    let dx = start_with_file(&site, &config);
+    let dx = start_with_config(&site, &config);
     let s = dx.wait_status("adopted, 2 x 0.1.0", Duration::from_secs(30), |s| {
         running_on(s, "0.1.0")
     });

@@ -21,6 +21,8 @@ use deployex_actors::{Engine, EngineConfig, EngineHandle};
 /// The second app: another fixture release name.
 const APP_B: &str = "dxsmoke";
 
+use common::apps::publish;
+
 fn find<'a>(tree: &'a ActorInfo, name: &str) -> Option<&'a ActorInfo> {
     if tree.name == name {
         return Some(tree);
@@ -74,23 +76,6 @@ fn app_config(site: &Site, app: &str, port: u16) -> EngineConfig {
     cfg.stop_grace = Duration::from_secs(5);
     cfg.base_env = vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())];
     cfg
-}
-
-/// Publish `app`'s fixture release `version` into the site's store.
-fn publish(site: &Site, app: &str, version: &str) {
-    let dist = site.store().join("dist").join(app);
-    std::fs::create_dir_all(&dist).unwrap();
-    std::fs::copy(
-        common::fixture_tarball(app, version),
-        dist.join(format!("{app}-{version}.tar.gz")),
-    )
-    .unwrap();
-    let dir = site.store().join("versions").join(app).join("local");
-    std::fs::create_dir_all(&dir).unwrap();
-    let current = serde_json::json!({"version": version, "hash": format!("h{version}")});
-    let tmp = dir.join(".current.json.tmp");
-    std::fs::write(&tmp, current.to_string()).unwrap();
-    std::fs::rename(tmp, dir.join("current.json")).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,59 +11,24 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::deployex::{APP, Deployex, Site, deployex_bin, pids, running_on};
+use common::deployex::{APP, Site, pids, running_on};
 use serde_json::Value;
 
 const APP_B: &str = "dxsmoke";
 
-/// Publish `app`'s fixture release `version` (tarball, then current.json).
-fn publish(site: &Site, app: &str, version: &str) {
-    let dist = site.store().join("dist").join(app);
-    std::fs::create_dir_all(&dist).unwrap();
-    std::fs::copy(
-        common::fixture_tarball(app, version),
-        dist.join(format!("{app}-{version}.tar.gz")),
-    )
-    .unwrap();
-    let dir = site.store().join("versions").join(app).join("local");
-    std::fs::create_dir_all(&dir).unwrap();
-    let current = serde_json::json!({"version": version, "hash": format!("h{version}")});
-    let tmp = dir.join(".current.json.tmp");
-    std::fs::write(&tmp, current.to_string()).unwrap();
-    std::fs::rename(tmp, dir.join("current.json")).unwrap();
-}
+use common::apps::{AppGuard, publish, start_with_config as start};
 
-fn service(site: &Site, app: &str, i: u32) -> PathBuf {
-    site.var().join("service").join(app).join(i.to_string())
-}
-
-/// The OS pids of app B's instances, read from the OS (the instance marker
-/// of its service folders), not from deployex.
+/// The OS pids of app B's instances, read from the OS, not from deployex.
 fn b_pids(site: &Site) -> Vec<i32> {
-    let mut pids: Vec<i32> = (1..=2)
-        .flat_map(|i| deployex_actors::process::instance_pids(&service(site, APP_B, i)))
-        .collect();
-    pids.sort_unstable();
-    pids
+    common::apps::app_pids(site, APP_B, 2)
 }
 
-/// Kills what is left of app B's instances when the test ends (the site's
-/// own guard covers app A's folders only). Only this site's folders.
-struct BGuard<'a>(&'a Site);
-
-impl Drop for BGuard<'_> {
-    fn drop(&mut self) {
-        for pid in b_pids(self.0) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
+/// Both of B's instances run (a live pid each): B's pids.
+fn b_running(site: &Site) -> Option<Vec<i32>> {
+    common::apps::running(site, APP_B, 2).map(|_| b_pids(site))
 }
 
 fn config_file(site: &Site, port_b: u16) -> PathBuf {
@@ -94,67 +59,15 @@ DX_ONLY_B = "yes"
     path
 }
 
-fn start(site: &Site, config: &Path) -> Deployex {
-    std::fs::create_dir_all(site.logs()).unwrap();
-    let log = site.dir.path().join("deployex.log");
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .unwrap();
-    let child = Command::new(deployex_bin())
-        .arg("--config")
-        .arg(config)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", site.dir.path())
-        .env("DEPLOYEX_VAR_DIR", site.var())
-        .env("DEPLOYEX_LOG_DIR", site.logs())
-        .env("DEPLOYEX_PHX_PORT", site.api_port.to_string())
-        .env("ERL_EPMD_PORT", site.epmd.port.to_string())
-        .env("DEPLOYEX_ERLANG_COOKIE", "multiappcookie")
-        .env(
-            "DEPLOYEX_SECRET_KEY_BASE",
-            "e2e-secret-key-base-0123456789-abcdefghijklmnop",
-        )
-        .env("DEPLOYEX_DEPLOY_SCHEDULE_INTERVAL_MS", "200")
-        .env("DEPLOYEX_BACKOFF_BASE_MS", "200")
-        .env("DEPLOYEX_STOP_TIMEOUT_MS", "5000")
-        .env("DEPLOYEX_LOG", "info,deployex_actors=debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn deployex");
-    let mut dx = Deployex {
-        child: Some(child),
-        api_port: site.api_port,
-        token: None,
-        log,
-    };
-    common::wait_until_blocking("deployex answers /healthz", Duration::from_secs(20), || {
-        matches!(common::http_get(site.api_port, "/healthz"), Some((200, _))).then_some(())
-    });
-    dx.login();
-    dx
-}
-
-/// Both of B's instances run (two live pids, one per folder).
-fn b_running(site: &Site) -> Option<Vec<i32>> {
-    let per_instance: Vec<Vec<i32>> = (1..=2)
-        .map(|i| deployex_actors::process::instance_pids(&service(site, APP_B, i)))
-        .collect();
-    per_instance
-        .iter()
-        .all(|p| !p.is_empty())
-        .then(|| b_pids(site))
-}
-
 #[test]
 fn two_apps_from_one_file_deploy_and_fail_independently() {
     let site = Site::new(2);
     let port_b = common::deployex::free_port_range(2);
-    let _b_guard = BGuard(&site);
+    let _b_guard = AppGuard {
+        site: &site,
+        app: APP_B,
+        instances: 2,
+    };
     publish(&site, APP, "0.1.0");
     publish(&site, APP_B, "0.1.0");
     let config = config_file(&site, port_b);

@@ -16,42 +16,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use common::deployex::{APP, Deployex, Site, deployex_bin, running_on};
+use common::deployex::{APP, Deployex, Site, running_on};
 
 const APP_B: &str = "dxsmoke";
 
-/// Publish `app`'s fixture release `version` (tarball, then current.json).
-fn publish(site: &Site, app: &str, version: &str) {
-    let dist = site.store().join("dist").join(app);
-    std::fs::create_dir_all(&dist).unwrap();
-    std::fs::copy(
-        common::fixture_tarball(app, version),
-        dist.join(format!("{app}-{version}.tar.gz")),
-    )
-    .unwrap();
-    let dir = site.store().join("versions").join(app).join("local");
-    std::fs::create_dir_all(&dir).unwrap();
-    let current = serde_json::json!({"version": version, "hash": format!("h{version}")});
-    let tmp = dir.join(".current.json.tmp");
-    std::fs::write(&tmp, current.to_string()).unwrap();
-    std::fs::rename(tmp, dir.join("current.json")).unwrap();
-}
-
-fn service(site: &Site, app: &str, i: u32) -> PathBuf {
-    site.var().join("service").join(app).join(i.to_string())
-}
-
-/// The OS pids of `app`'s instance `i`, read from the OS (the instance
-/// marker of its service folder), not from deployex.
-fn instance_pids(site: &Site, app: &str, i: u32) -> Vec<i32> {
-    let mut p = deployex_actors::process::instance_pids(&service(site, app, i));
-    p.sort_unstable();
-    p
-}
+use common::apps::{AppGuard, instance_pids, publish, running, start_with_config as start};
 
 /// Every instance's pids, per (app, instance), for instances 1..=3 of both.
 fn all_pids(site: &Site) -> Vec<(&'static str, u32, Vec<i32>)> {
@@ -60,21 +32,6 @@ fn all_pids(site: &Site) -> Vec<(&'static str, u32, Vec<i32>)> {
         .flat_map(|app| (1..=3).map(move |i| (app, i)))
         .map(|(app, i)| (app, i, instance_pids(site, app, i)))
         .collect()
-}
-
-/// Kills what is left of app B's instances when the test ends (the site's
-/// own guard covers app A's folders only). Only this site's folders.
-struct BGuard<'a>(&'a Site);
-
-impl Drop for BGuard<'_> {
-    fn drop(&mut self) {
-        for pid in (1..=3).flat_map(|i| instance_pids(self.0, APP_B, i)) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
 }
 
 /// The configuration file: A at `replicas_a`, B (unless `with_b` is false).
@@ -105,51 +62,6 @@ monitored_replicas = {replicas_a}
     path
 }
 
-fn start(site: &Site, config: &Path) -> Deployex {
-    std::fs::create_dir_all(site.logs()).unwrap();
-    let log = site.dir.path().join("deployex.log");
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .unwrap();
-    let child = Command::new(deployex_bin())
-        .arg("--config")
-        .arg(config)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", site.dir.path())
-        .env("DEPLOYEX_VAR_DIR", site.var())
-        .env("DEPLOYEX_LOG_DIR", site.logs())
-        .env("DEPLOYEX_PHX_PORT", site.api_port.to_string())
-        .env("ERL_EPMD_PORT", site.epmd.port.to_string())
-        .env("DEPLOYEX_ERLANG_COOKIE", "reloadcookie")
-        .env(
-            "DEPLOYEX_SECRET_KEY_BASE",
-            "e2e-secret-key-base-0123456789-abcdefghijklmnop",
-        )
-        .env("DEPLOYEX_DEPLOY_SCHEDULE_INTERVAL_MS", "200")
-        .env("DEPLOYEX_BACKOFF_BASE_MS", "200")
-        .env("DEPLOYEX_STOP_TIMEOUT_MS", "5000")
-        .env("DEPLOYEX_LOG", "info,deployex_actors=debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn deployex");
-    let mut dx = Deployex {
-        child: Some(child),
-        api_port: site.api_port,
-        token: None,
-        log,
-    };
-    common::wait_until_blocking("deployex answers /healthz", Duration::from_secs(20), || {
-        matches!(common::http_get(site.api_port, "/healthz"), Some((200, _))).then_some(())
-    });
-    dx.login();
-    dx
-}
-
 fn sighup(dx: &Deployex) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(dx.pid()),
@@ -158,17 +70,15 @@ fn sighup(dx: &Deployex) {
     .unwrap();
 }
 
-/// `app`'s instances 1..=n all run (a live pid each): their pids.
-fn running(site: &Site, app: &str, n: u32) -> Option<Vec<Vec<i32>>> {
-    let p: Vec<Vec<i32>> = (1..=n).map(|i| instance_pids(site, app, i)).collect();
-    p.iter().all(|x| !x.is_empty()).then_some(p)
-}
-
 #[test]
 fn sighup_scales_refuses_a_broken_file_and_removes_an_app() {
     let site = Site::new(3);
     let port_b = common::deployex::free_port_range(2);
-    let _b_guard = BGuard(&site);
+    let _b_guard = AppGuard {
+        site: &site,
+        app: APP_B,
+        instances: 3,
+    };
     publish(&site, APP, "0.1.0");
     publish(&site, APP_B, "0.1.0");
     let config = write_config(&site, port_b, 2, true);

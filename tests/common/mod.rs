@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code, unused_imports)]
 
+pub mod apps;
 pub mod deployex;
 pub mod evil;
 pub mod fixtures;
