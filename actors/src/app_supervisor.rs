@@ -328,13 +328,8 @@ impl Actor for AppSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match &event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (
-                cell,
-                format!("terminated: {}", reason.as_deref().unwrap_or("no reason")),
-            ),
-            _ => return Ok(()),
+        let Some((cell, why)) = crate::root::child_exit(&event) else {
+            return Ok(());
         };
         if state.shutting_down {
             return Ok(());

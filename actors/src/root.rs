@@ -46,6 +46,21 @@ use crate::reconfigure::{self, Plan};
 use crate::recorder::{Describe, Recorder};
 
 pub const NAME: &str = "root_supervisor";
+
+/// The child a supervision event says has exited, and how (`failed: …` or
+/// `terminated: …`); `None` for the events that are not an exit. Shared by
+/// the root and every AppSupervisor.
+pub(crate) fn child_exit(event: &SupervisionEvent) -> Option<(&ractor::ActorCell, String)> {
+    match event {
+        SupervisionEvent::ActorFailed(cell, err) => Some((cell, format!("failed: {err}"))),
+        SupervisionEvent::ActorTerminated(cell, _, reason) => Some((
+            cell,
+            format!("terminated: {}", reason.as_deref().unwrap_or("no reason")),
+        )),
+        _ => None,
+    }
+}
+
 /// Restart intensity, like OTP's `intensity`/`period` (the root's, and each
 /// AppSupervisor's own).
 pub const MAX_RESTARTS: usize = 10;
@@ -376,13 +391,8 @@ impl Actor for RootSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match &event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => (
-                cell,
-                format!("terminated: {}", reason.as_deref().unwrap_or("no reason")),
-            ),
-            _ => return Ok(()),
+        let Some((cell, why)) = crate::root::child_exit(&event) else {
+            return Ok(());
         };
         if state.shutting_down {
             return Ok(());
