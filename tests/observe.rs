@@ -150,17 +150,19 @@ fn history_fills_and_the_observer_looks_inside_a_real_node() {
     let (code, body) = http(dx.api_port, "GET", "/metrics", Some(&token), None);
     assert_eq!(code, 200);
     for line in [
-        "deployex_host_cpu_percent ",
-        "deployex_host_memory_used_bytes ",
-        "deployex_host_load1 ",
-        "deployex_host_disk_used_bytes ",
-        "deployex_instance_cpu_percent{instance=\"1\"} ",
-        "deployex_beam_memory_split_bytes{instance=\"1\",kind=\"binary\"} ",
-        "deployex_beam_memory_split_bytes{instance=\"1\",kind=\"ets\"} ",
-        "deployex_beam_ports{instance=\"1\"} ",
-        "deployex_beam_atoms{instance=\"1\"} ",
+        "deployex_host_cpu_percent ".to_string(),
+        "deployex_host_memory_used_bytes ".into(),
+        "deployex_host_load1 ".into(),
+        "deployex_host_disk_used_bytes ".into(),
+        format!("deployex_instance_cpu_percent{{app=\"{APP}\",instance=\"1\"}} "),
+        format!(
+            "deployex_beam_memory_split_bytes{{app=\"{APP}\",instance=\"1\",kind=\"binary\"}} "
+        ),
+        format!("deployex_beam_memory_split_bytes{{app=\"{APP}\",instance=\"1\",kind=\"ets\"}} "),
+        format!("deployex_beam_ports{{app=\"{APP}\",instance=\"1\"}} "),
+        format!("deployex_beam_atoms{{app=\"{APP}\",instance=\"1\"}} "),
     ] {
-        assert!(body.contains(line), "{line}\n{body}");
+        assert!(body.contains(&line), "{line}\n{body}");
     }
 
     // ---- processes: sorted as asked, `limit` entries.

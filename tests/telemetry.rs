@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::deployex::{Site, http, pids, running_on};
+use common::deployex::{APP, Site, http, pids, running_on};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -30,9 +30,9 @@ fn sampled_at(i: &Value) -> OffsetDateTime {
     OffsetDateTime::parse(i["beam"]["sampled_at"].as_str().unwrap(), &Rfc3339).unwrap()
 }
 
-/// The value of the metric line `name{instance="i"} v`.
+/// The value of the metric line `name{app="…",instance="i"} v`.
 fn metric(body: &str, name: &str, instance: u32) -> Option<f64> {
-    let prefix = format!("{name}{{instance=\"{instance}\"}} ");
+    let prefix = format!("{name}{{app=\"{APP}\",instance=\"{instance}\"}} ");
     body.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.parse().ok())

@@ -5,6 +5,9 @@
 (function () {
   const $ = (sel, root) => (root || document).querySelector(sel);
   const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
+  // The app this page is about: its API prefix (`/api/v1` or
+  // `/api/v1/apps/{app}`), set by the server on <body>.
+  const API = () => document.body.dataset.api || "/api/v1";
 
   function el(tag, cls, text) {
     const e = document.createElement(tag);
@@ -165,27 +168,27 @@
       if (a === "restart") {
         const i = b.dataset.instance;
         if (!confirm("Restart instance " + i + "?")) return;
-        outcome("Restart of instance " + i, await api("POST", "/api/v1/instances/" + encodeURIComponent(i) + "/restart"));
+        outcome("Restart of instance " + i, await api("POST", API() + "/instances/" + encodeURIComponent(i) + "/restart"));
       } else if (a === "pin") {
         const v = $("#pin-version") && $("#pin-version").value;
         if (!v) { toast("No version to pin", false); return; }
         if (!confirm("Pin version " + v + " (manual mode)?")) return;
-        outcome("Pin " + v, await api("POST", "/api/v1/mode", { mode: "manual", version: v }));
+        outcome("Pin " + v, await api("POST", API() + "/mode", { mode: "manual", version: v }));
       } else if (a === "automatic") {
         if (!confirm("Go back to automatic mode?")) return;
-        outcome("Automatic mode", await api("POST", "/api/v1/mode", { mode: "automatic" }));
+        outcome("Automatic mode", await api("POST", API() + "/mode", { mode: "automatic" }));
       } else if (a === "unghost") {
         const v = b.dataset.version;
         if (!confirm("Un-ghost version " + v + "?")) return;
-        outcome("Un-ghost " + v, await api("DELETE", "/api/v1/ghosted/" + encodeURIComponent(v)));
+        outcome("Un-ghost " + v, await api("DELETE", API() + "/ghosted/" + encodeURIComponent(v)));
       }
     });
-    live("/api/v1/status/stream", updateDashboard);
+    live(API() + "/status/stream", updateDashboard);
     // The timeline: the newest events, every 5 s (text nodes only).
     const timeline = $("#events");
     let lastEvent = null;
     const refreshEvents = async () => {
-      const r = await api("GET", "/api/v1/events?limit=10");
+      const r = await api("GET", API() + "/events?limit=10");
       if (!r.ok || !Array.isArray(r.json)) return;
       const top = r.json.length ? r.json[0].id : null;
       if (top === lastEvent) return;
@@ -201,6 +204,50 @@
       }));
     };
     if (timeline) setInterval(refreshEvents, 5000);
+  }
+
+  // ------------------------------------------------------------- overview
+  // One row per app (pages/overview.rs), refreshed from GET /api/v1/apps;
+  // the same words as the server's rendering.
+  function appAlerts(s) {
+    const out = [];
+    if (s.stale) out.push("some actors did not answer in time");
+    if (s.last_error) out.push(s.last_error);
+    const down = s.instances.filter((i) => i.state !== "running").length;
+    if (down > 0) out.push(down + " of " + s.instances.length + " instances not running");
+    if (s.ghosted_versions.length) out.push("ghosted: " + s.ghosted_versions.join(", "));
+    if (s.deploying) out.push("deploying " + s.deploying.version + " to instance " + s.deploying.instance);
+    return out;
+  }
+  function initOverview() {
+    const refresh = async () => {
+      const r = await api("GET", "/api/v1/apps");
+      if (!r.ok || !Array.isArray(r.json)) { document.body.classList.add("offline"); return; }
+      document.body.classList.remove("offline");
+      for (const s of r.json) {
+        const row = $$("#apps tr[data-app]").find((tr) => tr.dataset.app === s.app);
+        if (!row) { location.reload(); return; } // an app added by a reload
+        const set = (k, v) => { const c = row.querySelector('[data-f="' + k + '"]'); if (c) c.textContent = v; return c; };
+        const versions = [];
+        for (const i of s.instances) if (i.version && !versions.includes(i.version)) versions.push(i.version);
+        set("versions", versions.join(", "));
+        set("mode", s.mode);
+        const states = row.querySelector('[data-f="states"]');
+        if (states) states.replaceChildren(...s.instances.flatMap((i) => {
+          const b = el("span", "badge", i.instance + ": " + i.state.replace(/_/g, " "));
+          b.dataset.state = i.state;
+          b.title = "instance " + i.instance;
+          return [b, " "];
+        }));
+        const l = s.deploy_durations && s.deploy_durations.last;
+        set("last_deploy", l ? l.version + " to instance " + l.instance + " in " + fmtDurationMs(l.duration_ms) + " (" + l.finished_at + ")" : "—");
+        const a = appAlerts(s);
+        const cell = set("alerts", a.length ? a.join("; ") : "—");
+        if (cell) cell.classList.toggle("warn", a.length > 0);
+      }
+      document.body.dataset.overviewRefreshes = String(Number(document.body.dataset.overviewRefreshes || 0) + 1);
+    };
+    setInterval(refresh, 2000);
   }
 
   // --------------------------------------------------------------- actors
@@ -350,6 +397,7 @@
   document.addEventListener("DOMContentLoaded", () => {
     const page = document.body.dataset.page;
     if (page === "dashboard") initDashboard();
+    else if (page === "overview") initOverview();
     else if (page === "actors") initActors();
     else if (page === "logs") initLogs();
     else if (page === "terminal") initTerminal();

@@ -126,7 +126,8 @@
     if (!figs.length) return;
     const targets = Array.from(new Set(figs.map((f) => f.dataset.target)));
     await Promise.all(targets.map(async (t) => {
-      const url = t === "host" ? "/api/v1/host/history" : "/api/v1/instances/" + encodeURIComponent(t) + "/history";
+      const api = document.body.dataset.api || "/api/v1";
+      const url = t === "host" ? "/api/v1/host/history" : api + "/instances/" + encodeURIComponent(t) + "/history";
       try {
         const r = await fetch(url, { credentials: "same-origin" });
         if (r.ok) merge(t, await r.json());
@@ -179,7 +180,7 @@
     let sort = "memory";
     async function refresh() {
       try {
-        const r = await fetch("/api/v1/instances/" + i + "/processes?sort=" + sort + "&limit=50", { credentials: "same-origin" });
+        const r = await fetch((document.body.dataset.api || "/api/v1") + "/instances/" + i + "/processes?sort=" + sort + "&limit=50", { credentials: "same-origin" });
         if (!r.ok) { document.body.dataset.procError = "HTTP " + r.status; return; }
         const list = await r.json();
         const body = $("#proc-rows");
@@ -210,7 +211,7 @@
 
     async function detail(pid) {
       const panel = $("#process-detail");
-      const r = await fetch("/api/v1/instances/" + i + "/processes/" + encodeURIComponent(pid), { credentials: "same-origin" });
+      const r = await fetch((document.body.dataset.api || "/api/v1") + "/instances/" + i + "/processes/" + encodeURIComponent(pid), { credentials: "same-origin" });
       let j = null;
       try { j = await r.json(); } catch (_) { j = null; }
       panel.hidden = false;

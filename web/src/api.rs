@@ -19,6 +19,7 @@ use warp::{Filter, Rejection};
 
 use crate::AppState;
 use crate::guard::{Guard, Session, authed, client_ip, json_error, json_status, with_state};
+use crate::scope::{Scope, api_scope};
 
 /// Longest wait for the engine's status snapshot.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -142,9 +143,9 @@ async fn login(state: Arc<AppState>, ip: IpAddr, req: LoginRequest) -> Result<Re
     )
 }
 
-async fn status(state: Arc<AppState>) -> Result<Response, Rejection> {
+async fn status(scope: Scope) -> Result<Response, Rejection> {
     Ok(
-        match tokio::time::timeout(STATUS_TIMEOUT, state.status_json()).await {
+        match tokio::time::timeout(STATUS_TIMEOUT, scope.app.status_json()).await {
             Ok(Ok(json)) => {
                 let mut response = Response::new(json.into());
                 response.headers_mut().insert(
@@ -168,8 +169,8 @@ async fn status(state: Arc<AppState>) -> Result<Response, Rejection> {
     )
 }
 
-async fn versions(state: Arc<AppState>, q: VersionsQuery) -> Result<Response, Rejection> {
-    let v = state.engine.versions(q.instance).await;
+async fn versions(scope: Scope, q: VersionsQuery) -> Result<Response, Rejection> {
+    let v = scope.engine().versions(q.instance).await;
     Ok(json_status(StatusCode::OK, &v))
 }
 
@@ -181,23 +182,26 @@ struct EventsQuery {
 /// Events kept by deployex (at most this many are kept).
 const EVENTS_MAX: usize = deployex_actors::events::KEEP;
 
-async fn events(state: Arc<AppState>, q: EventsQuery) -> Result<Response, Rejection> {
+/// `/api/v1/events`: the host's timeline, every app's events (each names
+/// its app); `/api/v1/apps/{app}/events`: that app's only.
+async fn events(scope: Scope, q: EventsQuery) -> Result<Response, Rejection> {
     let limit = q.limit.unwrap_or(100).min(EVENTS_MAX);
-    let events = state.engine.events(limit).await;
+    let events = if scope.prefixed() {
+        scope.app.events(limit).await
+    } else {
+        scope.engine().events(limit).await
+    };
     Ok(json_status(StatusCode::OK, &events))
 }
 
-async fn restart(state: Arc<AppState>, instance: u32) -> Result<Response, Rejection> {
-    Ok(match state.engine.restart(instance).await {
+async fn restart(scope: Scope, instance: u32) -> Result<Response, Rejection> {
+    Ok(match scope.engine().restart(instance).await {
         Ok(()) => ok_json(StatusCode::ACCEPTED),
         Err(e) => action_error(&e),
     })
 }
 
-async fn set_mode(
-    state: Arc<AppState>,
-    body: warp::hyper::body::Bytes,
-) -> Result<Response, Rejection> {
+async fn set_mode(scope: Scope, body: warp::hyper::body::Bytes) -> Result<Response, Rejection> {
     let mode: Mode = match serde_json::from_slice(&body) {
         Ok(m) => m,
         Err(e) => {
@@ -209,17 +213,19 @@ async fn set_mode(
             ));
         }
     };
-    Ok(match state.engine.set_mode(mode).await {
+    Ok(match scope.engine().set_mode(mode).await {
         Ok(()) => ok_json(StatusCode::OK),
         Err(e) => action_error(&e),
     })
 }
 
-async fn unghost(state: Arc<AppState>, version: String) -> Result<Response, Rejection> {
-    Ok(match state.engine.unghost(percent_decode(&version)).await {
-        Ok(()) => ok_json(StatusCode::OK),
-        Err(e) => action_error(&e),
-    })
+async fn unghost(scope: Scope, version: String) -> Result<Response, Rejection> {
+    Ok(
+        match scope.engine().unghost(percent_decode(&version)).await {
+            Ok(()) => ok_json(StatusCode::OK),
+            Err(e) => action_error(&e),
+        },
+    )
 }
 
 /// The fleet as this host last read it (fleet mode), else 404.
@@ -251,46 +257,41 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::body::content_length_limit(16 * 1024))
         .and(warp::body::json())
         .and_then(login);
-    let status = api
+    let scoped = || api_scope(state.clone());
+    let status = scoped()
         .and(warp::path!("status"))
         .and(warp::get())
         .and(auth())
-        .and(st())
         .and_then(status);
-    let versions = api
+    let versions = scoped()
         .and(warp::path!("versions"))
         .and(warp::get())
         .and(auth())
-        .and(st())
         .and(warp::query::<VersionsQuery>())
         .and_then(versions);
-    let events = api
+    let events = scoped()
         .and(warp::path!("events"))
         .and(warp::get())
         .and(auth())
-        .and(st())
         .and(warp::query::<EventsQuery>())
         .and_then(events);
-    let restart = api
+    let restart = scoped()
         .and(warp::path!("instances" / u32 / "restart"))
         .and(warp::post())
         .and(auth())
-        .and(st())
-        .and_then(|i, s| restart(s, i));
-    let mode = api
+        .and_then(restart);
+    let mode = scoped()
         .and(warp::path!("mode"))
         .and(warp::post())
         .and(auth())
-        .and(st())
         .and(warp::body::content_length_limit(16 * 1024))
         .and(warp::body::bytes())
         .and_then(set_mode);
-    let unghost = api
+    let unghost = scoped()
         .and(warp::path!("ghosted" / String))
         .and(warp::delete())
         .and(auth())
-        .and(st())
-        .and_then(|v, s| unghost(s, v));
+        .and_then(unghost);
 
     let fleet = api
         .and(warp::path!("fleet"))

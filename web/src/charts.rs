@@ -33,6 +33,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
 use crate::guard::{Guard, Session, authed, json_error, json_status, with_state};
+use crate::scope::{Scope, api_scope};
 
 /// How often the live stream looks for new points.
 pub const STREAM_PERIOD: Duration = Duration::from_millis(1000);
@@ -42,12 +43,8 @@ pub struct SinceQuery {
     pub since: Option<u64>,
 }
 
-async fn instance_history(
-    i: u32,
-    q: SinceQuery,
-    state: Arc<AppState>,
-) -> Result<Response, Rejection> {
-    Ok(match state.engine.instance_history(i, q.since).await {
+async fn instance_history(scope: Scope, i: u32, q: SinceQuery) -> Result<Response, Rejection> {
+    Ok(match scope.engine().instance_history(i, q.since).await {
         Some(s) => json_status(StatusCode::OK, &s),
         None => json_error(StatusCode::NOT_FOUND, format!("no such instance: {i}")),
     })
@@ -72,9 +69,11 @@ fn has_points(s: &Series) -> bool {
     s.series.values().any(|v| !v.is_empty()) || !s.deploys.is_empty()
 }
 
-/// The live stream: new points of the host and every instance.
+/// The live stream: new points of the host and every instance of the
+/// scope's app.
 fn stream(
     state: Arc<AppState>,
+    scope: Scope,
     replicas: u32,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + Sync + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(1);
@@ -97,7 +96,7 @@ fn stream(
             let host = state.engine.host_history(host_since).await;
             let mut instances = BTreeMap::new();
             for (i, s) in since.iter_mut() {
-                if let Some(series) = state.engine.instance_history(*i, *s).await
+                if let Some(series) = scope.engine().instance_history(*i, *s).await
                     && has_points(&series)
                 {
                     *s = newest(&series).or(*s);
@@ -124,11 +123,14 @@ fn stream(
     })
 }
 
-async fn history_stream(state: Arc<AppState>) -> Result<Response, Rejection> {
-    let replicas = tokio::time::timeout(crate::api::STATUS_TIMEOUT, state.status())
+async fn history_stream(scope: Scope, state: Arc<AppState>) -> Result<Response, Rejection> {
+    let replicas = tokio::time::timeout(crate::api::STATUS_TIMEOUT, scope.app.status())
         .await
         .map_or(0, |s| s.instances.len() as u32);
-    Ok(warp::sse::reply(warp::sse::keep_alive().stream(stream(state, replicas))).into_response())
+    Ok(
+        warp::sse::reply(warp::sse::keep_alive().stream(stream(state, scope, replicas)))
+            .into_response(),
+    )
 }
 
 pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
@@ -138,11 +140,11 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
             .map(|_: Session| ())
             .untuple_one()
     };
-    let instance = warp::path!("api" / "v1" / "instances" / u32 / "history")
+    let instance = api_scope(state.clone())
+        .and(warp::path!("instances" / u32 / "history"))
         .and(warp::get())
         .and(auth())
         .and(warp::query::<SinceQuery>())
-        .and(st())
         .and_then(instance_history);
     let host = warp::path!("api" / "v1" / "host" / "history")
         .and(warp::get())
@@ -150,7 +152,8 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::query::<SinceQuery>())
         .and(st())
         .and_then(host_history);
-    let live = warp::path!("api" / "v1" / "history" / "stream")
+    let live = api_scope(state.clone())
+        .and(warp::path!("history" / "stream"))
         .and(warp::get())
         .and(auth())
         .and(st())
@@ -325,18 +328,18 @@ pub fn chart(target: &str, spec: &ChartSpec, data: &Series) -> Markup {
 }
 
 /// The dashboard's charts: the host's, then each instance's.
-pub async fn dashboard_section(state: &AppState, status: &Status) -> Markup {
+pub async fn dashboard_section(state: &AppState, scope: &Scope, status: &Status) -> Markup {
     let host = state.engine.host_history(None).await;
     let mut instances = Vec::new();
     for i in &status.instances {
-        if let Some(s) = state.engine.instance_history(i.instance, None).await {
+        if let Some(s) = scope.engine().instance_history(i.instance, None).await {
             instances.push((i.instance, s));
         }
     }
     html! {
         link rel="stylesheet" href="/static/observe.css";
         script src="/static/observe.js" defer {}
-        section.card.charts #charts data-live="/api/v1/history/stream" {
+        section.card.charts #charts data-live={ (scope.api()) "/history/stream" } {
             header { h2 { "Host" } span.hint { "last hour, every " (host.interval_ms) " ms" } }
             div.chart-grid {
                 @for spec in HOST_CHARTS { (chart("host", spec, &host)) }
@@ -346,7 +349,7 @@ pub async fn dashboard_section(state: &AppState, status: &Status) -> Markup {
             section.card.charts data-instance=(i) {
                 header {
                     h2 { "Instance " (i) }
-                    a href={ "/instances/" (i) "/observer" } { "observer" }
+                    a href={ (scope.base) "/instances/" (i) "/observer" } { "observer" }
                 }
                 div.chart-grid {
                     @for spec in INSTANCE_CHARTS { (chart(&i.to_string(), spec, s)) }
@@ -358,12 +361,16 @@ pub async fn dashboard_section(state: &AppState, status: &Status) -> Markup {
 
 // --------------------------------------------------------------- metrics --
 
-/// The host gauges and the BEAM gauges of the history's newest points,
-/// appended to `/metrics` (an instance's BEAM gauges only while its status
-/// carries a current sample, as the other BEAM gauges).
-pub fn render_metrics(state: &AppState, status: Option<&Status>, o: &mut String) {
-    let latest = state.engine.history_latest();
-    if let Some(h) = latest.host {
+/// The host gauges and the BEAM gauges of each app's history's newest
+/// points, appended to `/metrics` (an instance's BEAM gauges only while
+/// its status carries a current sample, as the other BEAM gauges; each
+/// series labelled with its app).
+pub fn render_metrics(state: &AppState, apps: &[crate::metrics::AppMetrics], o: &mut String) {
+    let host = apps
+        .iter()
+        .find_map(|a| a.latest.host)
+        .or_else(|| state.engine.history_latest().host);
+    if let Some(h) = host {
         for (name, help, v) in [
             (
                 "deployex_host_cpu_percent",
@@ -389,51 +396,52 @@ pub fn render_metrics(state: &AppState, status: Option<&Status>, o: &mut String)
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
     }
-    let current = |i: u32| {
-        status.is_some_and(|s| {
-            s.instances
-                .iter()
-                .any(|x| x.instance == i && x.beam.is_some())
-        })
+    let has = |status: Option<&Status>,
+               i: u32,
+               f: fn(&deployex_actors::model::InstanceStatus) -> bool| {
+        status.is_some_and(|s| s.instances.iter().any(|x| x.instance == i && f(x)))
     };
     let _ = writeln!(
         o,
         "# HELP deployex_instance_cpu_percent CPU use of the instance's process group over the last sampling period (100 = one core).\n# TYPE deployex_instance_cpu_percent gauge"
     );
-    for (i, os, _) in &latest.instances {
-        let running = status.is_some_and(|s| {
-            s.instances
-                .iter()
-                .any(|x| x.instance == *i && x.os_pid.is_some())
-        });
-        if let Some(os) = os.filter(|_| running) {
-            let _ = writeln!(
-                o,
-                "deployex_instance_cpu_percent{{instance=\"{i}\"}} {}",
-                os.cpu_pct
-            );
+    for a in apps {
+        let app = crate::metrics::esc(&a.app);
+        for (i, os, _) in &a.latest.instances {
+            if let Some(os) = os.filter(|_| has(a.status.as_deref(), *i, |x| x.os_pid.is_some())) {
+                let _ = writeln!(
+                    o,
+                    "deployex_instance_cpu_percent{{app=\"{app}\",instance=\"{i}\"}} {}",
+                    os.cpu_pct
+                );
+            }
         }
     }
+    let current =
+        |a: &crate::metrics::AppMetrics, i: u32| has(a.status.as_deref(), i, |x| x.beam.is_some());
     let _ = writeln!(
         o,
         "# HELP deployex_beam_memory_split_bytes erlang:memory() of the instance's BEAM, by kind.\n# TYPE deployex_beam_memory_split_bytes gauge"
     );
-    for (i, _, beam) in &latest.instances {
-        let Some(b) = beam.filter(|_| current(*i)) else {
-            continue;
-        };
-        for (kind, kib) in [
-            ("processes", b.mem_processes_kib),
-            ("binary", b.mem_binary_kib),
-            ("ets", b.mem_ets_kib),
-            ("atom", b.mem_atom_kib),
-            ("code", b.mem_code_kib),
-        ] {
-            let _ = writeln!(
-                o,
-                "deployex_beam_memory_split_bytes{{instance=\"{i}\",kind=\"{kind}\"}} {}",
-                u64::from(kib) * 1024
-            );
+    for a in apps {
+        let app = crate::metrics::esc(&a.app);
+        for (i, _, beam) in &a.latest.instances {
+            let Some(b) = beam.filter(|_| current(a, *i)) else {
+                continue;
+            };
+            for (kind, kib) in [
+                ("processes", b.mem_processes_kib),
+                ("binary", b.mem_binary_kib),
+                ("ets", b.mem_ets_kib),
+                ("atom", b.mem_atom_kib),
+                ("code", b.mem_code_kib),
+            ] {
+                let _ = writeln!(
+                    o,
+                    "deployex_beam_memory_split_bytes{{app=\"{app}\",instance=\"{i}\",kind=\"{kind}\"}} {}",
+                    u64::from(kib) * 1024
+                );
+            }
         }
     }
     for (name, help, get) in [
@@ -449,9 +457,12 @@ pub fn render_metrics(state: &AppState, status: Option<&Status>, o: &mut String)
         ),
     ] {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (i, _, beam) in &latest.instances {
-            if let Some(b) = beam.filter(|_| current(*i)) {
-                let _ = writeln!(o, "{name}{{instance=\"{i}\"}} {}", get(&b));
+        for a in apps {
+            let app = crate::metrics::esc(&a.app);
+            for (i, _, beam) in &a.latest.instances {
+                if let Some(b) = beam.filter(|_| current(a, *i)) {
+                    let _ = writeln!(o, "{name}{{app=\"{app}\",instance=\"{i}\"}} {}", get(&b));
+                }
             }
         }
     }

@@ -111,7 +111,7 @@ async fn fleet_page(state: Arc<AppState>) -> Result<Response, Rejection> {
     };
     Ok(html_page(
         status,
-        layout("Fleet", &app, "fleet", body, true),
+        layout("Fleet", crate::pages::Here::top(&app), "fleet", body, true),
     ))
 }
 

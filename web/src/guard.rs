@@ -294,6 +294,12 @@ pub async fn recover(rej: Rejection) -> Result<Response, Infallible> {
             "cross-origin request refused",
         ));
     }
+    if let Some(crate::scope::UnknownApp(app)) = rej.find() {
+        return Ok(json_error(
+            StatusCode::NOT_FOUND,
+            format!("no app named {app:?}"),
+        ));
+    }
     if rej.find::<TooManyStreams>().is_some() {
         return Ok(json_error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -375,22 +381,59 @@ pub const ROUTES: &[&str] = &[
     "/metrics",
     "/login",
     "/logout",
-    "/versions",
+    "/fleet",
     "/debug/actors",
+    "/versions",
+    "/events",
     "/instances/:n/terminal",
     "/instances/:n/terminal/ws",
     "/instances/:n/logs/:s",
     "/instances/:n/logs/:s/ws",
+    "/instances/:n/observer",
+    // One app's pages (scope.rs): `:s` is the app, a label never grows
+    // with the apps' names.
+    "/apps/:s",
+    "/apps/:s/versions",
+    "/apps/:s/events",
+    "/apps/:s/instances/:n/terminal",
+    "/apps/:s/instances/:n/terminal/ws",
+    "/apps/:s/instances/:n/logs/:s",
+    "/apps/:s/instances/:n/logs/:s/ws",
+    "/apps/:s/instances/:n/observer",
     "/api/v1/login",
+    "/api/v1/fleet",
+    "/api/v1/host/history",
+    "/api/v1/debug/actors",
+    "/api/v1/debug/actors/stream",
+    "/api/v1/apps",
     "/api/v1/status",
     "/api/v1/status/stream",
     "/api/v1/versions",
+    "/api/v1/events",
     "/api/v1/mode",
+    "/api/v1/ghosted/:s",
+    "/api/v1/history/stream",
     "/api/v1/instances/:n/restart",
     "/api/v1/instances/:n/logs/:s",
-    "/api/v1/ghosted/:s",
-    "/api/v1/debug/actors",
-    "/api/v1/debug/actors/stream",
+    "/api/v1/instances/:n/history",
+    "/api/v1/instances/:n/processes",
+    "/api/v1/instances/:n/processes/:s",
+    "/api/v1/instances/:n/supervision",
+    "/api/v1/instances/:n/ets",
+    "/api/v1/apps/:s/status",
+    "/api/v1/apps/:s/status/stream",
+    "/api/v1/apps/:s/versions",
+    "/api/v1/apps/:s/events",
+    "/api/v1/apps/:s/mode",
+    "/api/v1/apps/:s/ghosted/:s",
+    "/api/v1/apps/:s/history/stream",
+    "/api/v1/apps/:s/instances/:n/restart",
+    "/api/v1/apps/:s/instances/:n/logs/:s",
+    "/api/v1/apps/:s/instances/:n/history",
+    "/api/v1/apps/:s/instances/:n/processes",
+    "/api/v1/apps/:s/instances/:n/processes/:s",
+    "/api/v1/apps/:s/instances/:n/supervision",
+    "/api/v1/apps/:s/instances/:n/ets",
 ];
 
 /// The route id of `path` (a fixed string from [`ROUTES`]), `unmatched`

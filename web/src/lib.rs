@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod observer;
 pub mod ownlog;
 pub mod pages;
+pub mod scope;
 pub mod terminal;
 
 use std::convert::Infallible;
@@ -42,12 +43,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deployex_actors::engine::Engine;
-use deployex_actors::model::{HistoryEntry, Status};
 use tokio::task::JoinHandle;
 use warp::Filter;
 
 use crate::auth::{LoginLimiter, TokenSigner};
-use crate::flight::SingleFlight;
 use crate::guard::HttpMetrics;
 
 /// Everything the web layer needs to know, built by the binary's config.
@@ -132,7 +131,7 @@ pub enum WebError {
 /// every second, an instance's state changes over hundreds of ms), except
 /// right after its own action: any request but GET/HEAD ends the window
 /// (`AppState::status_changed`, called from the request log filter).
-const STATUS_FRESH_FOR: std::time::Duration = std::time::Duration::from_millis(10);
+pub(crate) const STATUS_FRESH_FOR: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Password checks that may run at once: a flood of logins (from many
 /// clients) queues instead of taking every core from the engine.
@@ -143,7 +142,9 @@ pub const MAX_TERMINALS: usize = 8;
 
 /// Shared state of every handler.
 pub struct AppState {
-    /// The first configured app's engine: the un-prefixed routes and pages.
+    /// The engine given at start (the first app's): host-wide queries
+    /// (actor tree, host history, fleet); per-app routes take theirs from
+    /// their [`scope::Scope`].
     pub engine: Arc<dyn Engine>,
     /// Every app by name, in configuration order (`apps[0]` is `engine`
     /// until a reload changes the list): `/api/v1/apps/…` (apps.rs).
@@ -162,15 +163,8 @@ pub struct AppState {
     /// Flips to true when the server shuts down: long-lived streams (SSE,
     /// log followers, terminals) end on it instead of holding shutdown up.
     pub shutdown: tokio::sync::watch::Sender<bool>,
-    /// Concurrent status / history reads share one engine query (flight.rs).
-    status_flight: SingleFlight<Arc<Status>>,
-    /// The same snapshot as JSON: concurrent API reads share one encoding.
-    status_json_flight: SingleFlight<Result<warp::hyper::body::Bytes, Arc<str>>>,
-    /// The last snapshot encoded and its JSON: a snapshot served again
-    /// (`STATUS_FRESH_FOR`) is not encoded again.
-    #[allow(clippy::type_complexity)]
-    last_json: std::sync::Mutex<Option<(Arc<Status>, warp::hyper::body::Bytes)>>,
-    history_flight: SingleFlight<Arc<Vec<HistoryEntry>>>,
+    /// One view per configured app, with its shared queries (scope.rs).
+    views: scope::Views,
 }
 
 impl AppState {
@@ -215,60 +209,8 @@ impl AppState {
             streams: Arc::default(),
             terminals: Arc::new(tokio::sync::Semaphore::new(MAX_TERMINALS)),
             shutdown: tokio::sync::watch::Sender::new(false),
-            status_flight: SingleFlight::fresh_for(STATUS_FRESH_FOR),
-            status_json_flight: SingleFlight::default(),
-            last_json: std::sync::Mutex::new(None),
-            history_flight: SingleFlight::default(),
+            views: scope::Views::default(),
         })
-    }
-
-    /// The engine's status snapshot, shared with concurrent callers.
-    pub async fn status(&self) -> Arc<Status> {
-        let engine = self.engine.clone();
-        self.status_flight
-            .run(move || async move { Arc::new(engine.status().await) })
-            .await
-    }
-
-    /// The status snapshot encoded as JSON, shared with concurrent callers
-    /// (joins the encoding in flight; a snapshot served again by
-    /// [`Self::status`] is not encoded again).
-    pub async fn status_json(self: &Arc<Self>) -> Result<warp::hyper::body::Bytes, Arc<str>> {
-        let me = self.clone();
-        self.status_json_flight
-            .run(move || async move {
-                let status = me.status().await;
-                if let Some((encoded, json)) =
-                    me.last_json.lock().ok().as_deref().and_then(Option::as_ref)
-                    && Arc::ptr_eq(encoded, &status)
-                {
-                    return Ok(json.clone());
-                }
-                let json = serde_json::to_vec(&*status)
-                    .map(warp::hyper::body::Bytes::from)
-                    .map_err(|e| Arc::from(e.to_string()))?;
-                if let Ok(mut last) = me.last_json.lock() {
-                    *last = Some((status, json.clone()));
-                }
-                Ok(json)
-            })
-            .await
-    }
-
-    /// An action (any request but GET/HEAD) may have changed the status:
-    /// the next read starts a fresh snapshot, so a client sees its own
-    /// action at once (no reuse window, no query from before it).
-    pub fn status_changed(&self) {
-        self.status_flight.invalidate();
-        self.status_json_flight.invalidate();
-    }
-
-    /// The whole deployment history, shared with concurrent callers.
-    pub async fn history(&self) -> Arc<Vec<HistoryEntry>> {
-        let engine = self.engine.clone();
-        self.history_flight
-            .run(move || async move { Arc::new(engine.versions(None).await) })
-            .await
     }
 
     /// Resolves once the server is shutting down.

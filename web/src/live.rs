@@ -18,19 +18,21 @@ use warp::{Filter, Rejection, Reply};
 use crate::AppState;
 use crate::api::STATUS_TIMEOUT;
 use crate::guard::{Guard, Session, StreamSlot, authed, json_status, stream_slot, with_state};
+use crate::scope::{AppView, Scope, api_scope};
 
 /// Poll period of the live streams.
 pub const PERIOD: Duration = Duration::from_millis(500);
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum What {
-    Status,
+    /// One app's status.
+    Status(Arc<AppView>),
     Actors,
 }
 
-async fn snapshot(state: &AppState, what: What) -> Option<String> {
+async fn snapshot(state: &AppState, what: &What) -> Option<String> {
     match what {
-        What::Status => tokio::time::timeout(STATUS_TIMEOUT, state.status())
+        What::Status(app) => tokio::time::timeout(STATUS_TIMEOUT, app.status())
             .await
             .ok()
             .and_then(|s| serde_json::to_string(&*s).ok()),
@@ -62,7 +64,7 @@ fn changes(
                 _ = tx.closed() => return,
                 _ = &mut stopped => return,
             }
-            if let Some(json) = snapshot(&state, what).await
+            if let Some(json) = snapshot(&state, &what).await
                 && json != last
             {
                 if tx.send(json.clone()).await.is_err() {
@@ -102,11 +104,14 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
             .untuple_one()
     };
     let slot = || stream_slot(state.clone(), Guard::Api);
-    let status = warp::path!("api" / "v1" / "status" / "stream")
+    let status = api_scope(state.clone())
+        .and(warp::path!("status" / "stream"))
         .and(warp::get())
         .and(slot())
         .and(st())
-        .map(|(_, slot): (Session, StreamSlot), s| sse(s, What::Status, slot));
+        .map(|scope: Scope, (_, slot): (Session, StreamSlot), s| {
+            sse(s, What::Status(scope.app), slot)
+        });
     let actors_stream = warp::path!("api" / "v1" / "debug" / "actors" / "stream")
         .and(warp::get())
         .and(slot())

@@ -26,6 +26,7 @@ use warp::{Filter, Rejection, Reply};
 use crate::AppState;
 use crate::guard::{Guard, Session, StreamSlot, authed, json_error, stream_slot, with_state};
 use crate::pages::html_page;
+use crate::scope::{Scope, api_scope, page_scope};
 
 /// Bytes read from the end of a file for the initial tail.
 const MAX_TAIL_BYTES: u64 = 1024 * 1024;
@@ -364,24 +365,19 @@ pub struct FromQuery {
     pub from: Option<u64>,
 }
 
+/// The plain-text tail of the scope's instance log; instance 0 is
+/// deployex's own (un-prefixed only: it is host-wide, not an app's).
 async fn plain(
     state: Arc<AppState>,
+    scope: Scope,
     instance: u32,
     stream: String,
     q: LinesQuery,
 ) -> Result<Response, Rejection> {
-    let engine = state.engine.clone();
-    plain_for(&state, &*engine, instance, stream, q).await
-}
-
-/// The plain-text tail of `engine`'s instance log (one app's, see apps.rs).
-pub(crate) async fn plain_for(
-    state: &AppState,
-    engine: &dyn deployex_actors::engine::Engine,
-    instance: u32,
-    stream: String,
-    q: LinesQuery,
-) -> Result<Response, Rejection> {
+    if instance == 0 && scope.prefixed() {
+        return Ok(json_error(StatusCode::NOT_FOUND, "no instance 0"));
+    }
+    let engine = scope.engine();
     let Some(stream) = parse_stream(&stream) else {
         return Ok(json_error(
             StatusCode::NOT_FOUND,
@@ -426,6 +422,7 @@ pub(crate) async fn plain_for(
 
 async fn page(
     state: Arc<AppState>,
+    scope: Scope,
     instance: u32,
     stream: String,
     q: LinesQuery,
@@ -434,8 +431,12 @@ async fn page(
         return Err(warp::reject::not_found());
     };
     let n = q.lines.unwrap_or(DEFAULT_LINES).min(MAX_LINES);
+    if instance == 0 && scope.prefixed() {
+        // deployex's own log is host-wide: not under an app.
+        return Err(warp::reject::not_found());
+    }
     if instance == 0
-        && state.engine.log_file(0, ls).is_none()
+        && scope.engine().log_file(0, ls).is_none()
         && let Some(own) = &state.cfg.own_log
     {
         // In memory, not followable: the page shows the lines as of now.
@@ -449,21 +450,22 @@ async fn page(
         };
         return Ok(html_page(
             StatusCode::OK,
-            crate::pages::logs_page(&state.cfg.app_name, instance, ls.as_str(), &tail, false),
+            crate::pages::logs_page(scope.here(), instance, ls.as_str(), &tail, false),
         ));
     }
-    let Some(path) = state.engine.log_file(instance, ls) else {
+    let Some(path) = scope.engine().log_file(instance, ls) else {
         return Err(warp::reject::not_found());
     };
     let tail = read_tail(&path, n).await;
     Ok(html_page(
         StatusCode::OK,
-        crate::pages::logs_page(&state.cfg.app_name, instance, ls.as_str(), &tail, true),
+        crate::pages::logs_page(scope.here(), instance, ls.as_str(), &tail, true),
     ))
 }
 
 async fn ws_upgrade(
     state: Arc<AppState>,
+    scope: Scope,
     instance: u32,
     stream: String,
     q: FromQuery,
@@ -471,7 +473,8 @@ async fn ws_upgrade(
     slot: StreamSlot,
 ) -> Result<Response, Rejection> {
     let path = parse_stream(&stream)
-        .and_then(|s| state.engine.log_file(instance, s))
+        .filter(|_| instance != 0 || !scope.prefixed())
+        .and_then(|s| scope.engine().log_file(instance, s))
         .ok_or_else(warp::reject::not_found)?;
     Ok(ws
         .on_upgrade(move |socket| async move {
@@ -484,25 +487,28 @@ async fn ws_upgrade(
 pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
     let st = || with_state(state.clone());
     let guard = |g| authed(state.clone(), g).map(|_: Session| ()).untuple_one();
-    let plain = warp::path!("api" / "v1" / "instances" / u32 / "logs" / String)
+    let plain = api_scope(state.clone())
+        .and(warp::path!("instances" / u32 / "logs" / String))
         .and(warp::get())
         .and(guard(Guard::Api))
         .and(st())
         .and(warp::query::<LinesQuery>())
-        .and_then(|i, s, st, q| plain(st, i, s, q));
-    let page = warp::path!("instances" / u32 / "logs" / String)
+        .and_then(|sc, i, s, st, q| plain(st, sc, i, s, q));
+    let page = page_scope(state.clone())
+        .and(warp::path!("instances" / u32 / "logs" / String))
         .and(warp::get())
         .and(guard(Guard::Page))
         .and(st())
         .and(warp::query::<LinesQuery>())
-        .and_then(|i, s, st, q| page(st, i, s, q));
-    let ws = warp::path!("instances" / u32 / "logs" / String / "ws")
+        .and_then(|sc, i, s, st, q| page(st, sc, i, s, q));
+    let ws = page_scope(state.clone())
+        .and(warp::path!("instances" / u32 / "logs" / String / "ws"))
         .and(stream_slot(state.clone(), Guard::Api))
         .and(st())
         .and(warp::query::<FromQuery>())
         .and(warp::ws())
-        .and_then(|i, s, (_, slot): (Session, StreamSlot), st, q, ws| {
-            ws_upgrade(st, i, s, q, ws, slot)
+        .and_then(|sc, i, s, (_, slot): (Session, StreamSlot), st, q, ws| {
+            ws_upgrade(st, sc, i, s, q, ws, slot)
         });
     plain.or(page).unify().or(ws).unify().boxed()
 }

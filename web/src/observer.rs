@@ -30,8 +30,9 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
-use crate::guard::{Guard, Session, authed, json_error, json_status, with_state};
+use crate::guard::{Guard, Session, authed, json_error, json_status};
 use crate::pages::{html_page, layout};
+use crate::scope::{Scope, api_scope, page_scope};
 
 /// Default number of processes listed.
 pub const DEFAULT_LIMIT: u32 = 50;
@@ -89,18 +90,18 @@ pub fn processes_request(q: &ProcessesQuery) -> Result<ObserveRequest, ObserverE
     Ok(ObserveRequest::Processes { sort, limit })
 }
 
-async fn processes(i: u32, q: ProcessesQuery, state: Arc<AppState>) -> Result<Response, Rejection> {
+async fn processes(scope: Scope, i: u32, q: ProcessesQuery) -> Result<Response, Rejection> {
     Ok(match processes_request(&q) {
-        Ok(req) => answer(state.engine.observe(i, req).await),
+        Ok(req) => answer(scope.engine().observe(i, req).await),
         Err(e) => error_response(&e),
     })
 }
 
-async fn process(i: u32, pid: String, state: Arc<AppState>) -> Result<Response, Rejection> {
+async fn process(scope: Scope, i: u32, pid: String) -> Result<Response, Rejection> {
     let pid = percent_decode(&pid);
     Ok(answer(
-        state
-            .engine
+        scope
+            .engine()
             .observe(i, ObserveRequest::Process { pid })
             .await,
     ))
@@ -129,8 +130,8 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn simple(i: u32, req: ObserveRequest, state: Arc<AppState>) -> Result<Response, Rejection> {
-    Ok(answer(state.engine.observe(i, req).await))
+async fn simple(scope: Scope, i: u32, req: ObserveRequest) -> Result<Response, Rejection> {
+    Ok(answer(scope.engine().observe(i, req).await))
 }
 
 // ------------------------------------------------------------------ page --
@@ -188,9 +189,8 @@ fn failed(what: &str, e: &ObserverError) -> Markup {
     html! { p.error { (what) ": " (e.to_string()) } }
 }
 
-async fn observer_page(i: u32, state: Arc<AppState>) -> Result<Response, Rejection> {
-    let app = state.cfg.app_name.clone();
-    let e = &state.engine;
+async fn observer_page(scope: Scope, i: u32) -> Result<Response, Rejection> {
+    let e = scope.engine();
     let (procs, sup, ets, history) = futures::join!(
         e.observe(
             i,
@@ -208,7 +208,7 @@ async fn observer_page(i: u32, state: Arc<AppState>) -> Result<Response, Rejecti
             StatusCode::NOT_FOUND,
             layout(
                 "Observer",
-                &app,
+                scope.here(),
                 "observer",
                 html! { p.error { "No such instance: " (i) } },
                 true,
@@ -220,7 +220,7 @@ async fn observer_page(i: u32, state: Arc<AppState>) -> Result<Response, Rejecti
         script src="/static/observe.js" defer {}
         h1 { "Observer · instance " (i) }
         p.hint { "Read-only. Computed on the node; refreshes every 2 s while “auto-refresh” is on." }
-        section.card.charts #charts data-live="/api/v1/history/stream" data-instance=(i) {
+        section.card.charts #charts data-live={ (scope.api()) "/history/stream" } data-instance=(i) {
             header { h2 { "Metrics" } span.hint { "last hour, every " (history.interval_ms) " ms" } }
             div.chart-grid {
                 @for spec in crate::charts::INSTANCE_CHARTS { (crate::charts::chart(&i.to_string(), spec, &history)) }
@@ -301,12 +301,11 @@ async fn observer_page(i: u32, state: Arc<AppState>) -> Result<Response, Rejecti
     };
     Ok(html_page(
         StatusCode::OK,
-        layout("Observer", &app, "observer", body, true),
+        layout("Observer", scope.here(), "observer", body, true),
     ))
 }
 
 pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
-    let st = || with_state(state.clone());
     let api = || {
         authed(state.clone(), Guard::Api)
             .map(|_: Session| ())
@@ -317,31 +316,32 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
             .map(|_: Session| ())
             .untuple_one()
     };
-    let list = warp::path!("api" / "v1" / "instances" / u32 / "processes")
+    let scoped = || api_scope(state.clone());
+    let list = scoped()
+        .and(warp::path!("instances" / u32 / "processes"))
         .and(warp::get())
         .and(api())
         .and(warp::query::<ProcessesQuery>())
-        .and(st())
         .and_then(processes);
-    let one = warp::path!("api" / "v1" / "instances" / u32 / "processes" / String)
+    let one = scoped()
+        .and(warp::path!("instances" / u32 / "processes" / String))
         .and(warp::get())
         .and(api())
-        .and(st())
         .and_then(process);
-    let sup = warp::path!("api" / "v1" / "instances" / u32 / "supervision")
+    let sup = scoped()
+        .and(warp::path!("instances" / u32 / "supervision"))
         .and(warp::get())
         .and(api())
-        .and(st())
-        .and_then(|i, s| simple(i, ObserveRequest::Supervision, s));
-    let ets = warp::path!("api" / "v1" / "instances" / u32 / "ets")
+        .and_then(|sc, i| simple(sc, i, ObserveRequest::Supervision));
+    let ets = scoped()
+        .and(warp::path!("instances" / u32 / "ets"))
         .and(warp::get())
         .and(api())
-        .and(st())
-        .and_then(|i, s| simple(i, ObserveRequest::Ets, s));
-    let page = warp::path!("instances" / u32 / "observer")
+        .and_then(|sc, i| simple(sc, i, ObserveRequest::Ets));
+    let page = page_scope(state.clone())
+        .and(warp::path!("instances" / u32 / "observer"))
         .and(warp::get())
         .and(page())
-        .and(st())
         .and_then(observer_page);
     list.or(one)
         .unify()

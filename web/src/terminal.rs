@@ -28,6 +28,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
 use crate::guard::{Guard, Session, StreamSlot, client_ip, stream_slot, with_state};
+use crate::scope::{Scope, page_scope};
 
 /// How long the shell gets after SIGHUP before SIGKILL.
 const HANGUP_GRACE: Duration = Duration::from_millis(500);
@@ -122,6 +123,7 @@ fn run_as(
 pub async fn session(
     ws: WebSocket,
     state: Arc<AppState>,
+    scope: Scope,
     instance: u32,
     who: Session,
     ip: std::net::IpAddr,
@@ -129,7 +131,7 @@ pub async fn session(
 ) {
     let (mut tx, mut rx) = ws.split();
     let Ok(_terminal) = state.terminals.clone().try_acquire_owned() else {
-        tracing::warn!(instance, session = %who.claims.id, client = %ip, "terminal refused: too many open");
+        tracing::warn!(app = scope.name(), instance, session = %who.claims.id, client = %ip, "terminal refused: too many open");
         let _ = tx
             .send(notice(&format!(
                 "too many terminals open (at most {})",
@@ -139,7 +141,7 @@ pub async fn session(
         let _ = tx.send(Message::close()).await;
         return;
     };
-    let cmd = match state.engine.remote_shell(instance).await {
+    let cmd = match scope.engine().remote_shell(instance).await {
         Ok(c) => c,
         Err(e) => {
             let _ = tx.send(notice(&format!("cannot open a shell: {e}"))).await;
@@ -150,14 +152,14 @@ pub async fn session(
     let (pty, mut child, pid) = match spawn_shell(&cmd) {
         Ok(x) => x,
         Err(e) => {
-            tracing::warn!(instance, error = %e, "terminal spawn failed");
+            tracing::warn!(app = scope.name(), instance, error = %e, "terminal spawn failed");
             let _ = tx.send(notice(&e.to_string())).await;
             let _ = tx.send(Message::close()).await;
             return;
         }
     };
     let group = GroupKill(pid);
-    tracing::info!(instance, pid, session = %who.claims.id, client = %ip, "terminal opened");
+    tracing::info!(app = scope.name(), instance, pid, session = %who.claims.id, client = %ip, "terminal opened");
     let (mut pty_r, mut pty_w) = pty.into_split();
     let idle = state.cfg.terminal_idle;
     let sleep = tokio::time::sleep(idle);
@@ -208,7 +210,7 @@ pub async fn session(
             _ = &mut stopped => break "deployex is shutting down",
         }
     };
-    tracing::info!(instance, pid, session = %who.claims.id, client = %ip, reason, "terminal closing");
+    tracing::info!(app = scope.name(), instance, pid, session = %who.claims.id, client = %ip, reason, "terminal closing");
     group.signal(Signal::SIGHUP);
     if tokio::time::timeout(HANGUP_GRACE, child.wait())
         .await
@@ -223,6 +225,7 @@ pub async fn session(
 }
 
 async fn upgrade(
+    scope: Scope,
     instance: u32,
     (who, slot): (Session, StreamSlot),
     ip: std::net::IpAddr,
@@ -230,12 +233,13 @@ async fn upgrade(
     ws: warp::ws::Ws,
 ) -> Result<Response, Rejection> {
     Ok(ws
-        .on_upgrade(move |socket| session(socket, state, instance, who, ip, slot))
+        .on_upgrade(move |socket| session(socket, state, scope, instance, who, ip, slot))
         .into_response())
 }
 
 pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
-    warp::path!("instances" / u32 / "terminal" / "ws")
+    page_scope(state.clone())
+        .and(warp::path!("instances" / u32 / "terminal" / "ws"))
         .and(stream_slot(state.clone(), Guard::Api))
         .and(client_ip(state.clone()))
         .and(with_state(state))

@@ -635,29 +635,31 @@ async fn metrics_need_session_or_metrics_token() {
     assert_eq!(r.status(), 200);
     let body = text(&r);
     assert!(
-        body.contains("deployex_instance_up{instance=\"1\",version=\"1.0.0\"} 1"),
+        body.contains("deployex_instance_up{app=\"myapp\",instance=\"1\",version=\"1.0.0\"} 1"),
         "{body}"
     );
-    assert!(body.contains("deployex_instance_crash_restarts_total{instance=\"3\"} 2"));
-    assert!(body.contains("deployex_deploys_total{kind=\"hot_upgrade\"} 6"));
+    assert!(
+        body.contains("deployex_instance_crash_restarts_total{app=\"myapp\",instance=\"3\"} 2")
+    );
+    assert!(body.contains("deployex_deploys_total{app=\"myapp\",kind=\"hot_upgrade\"} 6"));
     // BEAM telemetry per instance; no line for an instance without a sample.
     for line in [
-        "deployex_beam_memory_bytes{instance=\"1\"} 53477376",
-        "deployex_beam_memory_bytes{instance=\"2\"} 54525952",
-        "deployex_beam_processes{instance=\"1\"} 301",
-        "deployex_beam_processes{instance=\"2\"} 302",
-        "deployex_beam_run_queue{instance=\"2\"} 1",
-        "deployex_beam_reductions_per_second{instance=\"1\"} 12345",
+        "deployex_beam_memory_bytes{app=\"myapp\",instance=\"1\"} 53477376",
+        "deployex_beam_memory_bytes{app=\"myapp\",instance=\"2\"} 54525952",
+        "deployex_beam_processes{app=\"myapp\",instance=\"1\"} 301",
+        "deployex_beam_processes{app=\"myapp\",instance=\"2\"} 302",
+        "deployex_beam_run_queue{app=\"myapp\",instance=\"2\"} 1",
+        "deployex_beam_reductions_per_second{app=\"myapp\",instance=\"1\"} 12345",
         "# TYPE deployex_beam_memory_bytes gauge",
         "# TYPE deployex_deploy_duration_seconds summary",
-        "deployex_deploy_duration_seconds_sum 10.5",
-        "deployex_deploy_duration_seconds_count 4",
-        "deployex_last_deploy_duration_seconds{instance=\"3\",version=\"1.0.0\",kind=\"hot_upgrade\"} 1.5",
+        "deployex_deploy_duration_seconds_sum{app=\"myapp\"} 10.5",
+        "deployex_deploy_duration_seconds_count{app=\"myapp\"} 4",
+        "deployex_last_deploy_duration_seconds{app=\"myapp\",instance=\"3\",version=\"1.0.0\",kind=\"hot_upgrade\"} 1.5",
     ] {
         assert!(body.lines().any(|l| l == line), "{line} in\n{body}");
     }
-    assert!(!body.contains("deployex_beam_memory_bytes{instance=\"3\"}"));
-    assert!(!body.contains("deployex_beam_reductions_per_second{instance=\"2\"}"));
+    assert!(!body.contains("deployex_beam_memory_bytes{app=\"myapp\",instance=\"3\"}"));
+    assert!(!body.contains("deployex_beam_reductions_per_second{app=\"myapp\",instance=\"2\"}"));
     assert!(body.contains("deployex_http_requests_total{route=\"/healthz\",status=\"200\"} 1"));
     assert!(body.contains("deployex_http_requests_total{route=\"/metrics\",status=\"401\"} 1"));
     let r = warp::test::request()

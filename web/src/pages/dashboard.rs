@@ -12,6 +12,7 @@ use warp::reply::Response;
 
 use crate::AppState;
 use crate::api::STATUS_TIMEOUT;
+use crate::scope::Scope;
 
 use super::format::{fmt_bytes, fmt_duration_ms, fmt_uptime, kind_name, state_name};
 use super::{html_page, layout};
@@ -63,10 +64,16 @@ fn boot_name(boot: Option<BootPhase>) -> &'static str {
 /// One event as a timeline row (text only: messages come from the engine
 /// and may quote what a release printed).
 fn event_row(e: &Event) -> Markup {
+    event_row_of(e, false)
+}
+
+/// [`event_row`], naming the event's app when `with_app`.
+pub(super) fn event_row_of(e: &Event, with_app: bool) -> Markup {
     html! {
-        li.event data-event=(e.event.as_str()) {
+        li.event data-event=(e.event.as_str()) data-app=(e.app) {
             span.at { (e.at) }
             " "
+            @if with_app { span.badge.app { (e.app) } " " }
             span.badge.kind { (e.event.as_str().replace('_', " ")) }
             @if let Some(i) = e.instance { " " span.instance { "instance " (i) } }
             @if let Some(v) = &e.version { " " span.version { (v) } }
@@ -76,7 +83,7 @@ fn event_row(e: &Event) -> Markup {
     }
 }
 
-fn instance_card(i: &InstanceStatus) -> Markup {
+fn instance_card(base: &str, i: &InstanceStatus) -> Markup {
     let state = state_name(i.state);
     let beam = i.beam.as_ref();
     html! {
@@ -110,17 +117,17 @@ fn instance_card(i: &InstanceStatus) -> Markup {
             }
             p.error data-f="last_error" hidden[i.last_error.is_none()] { (opt(&i.last_error)) }
             footer.actions {
-                a href={ "/instances/" (i.instance) "/logs/stdout" } { "stdout" }
-                a href={ "/instances/" (i.instance) "/logs/stderr" } { "stderr" }
-                a href={ "/instances/" (i.instance) "/terminal" } { "terminal" }
-                a href={ "/versions?instance=" (i.instance) } { "history" }
+                a href={ (base) "/instances/" (i.instance) "/logs/stdout" } { "stdout" }
+                a href={ (base) "/instances/" (i.instance) "/logs/stderr" } { "stderr" }
+                a href={ (base) "/instances/" (i.instance) "/terminal" } { "terminal" }
+                a href={ (base) "/versions?instance=" (i.instance) } { "history" }
                 button data-action="restart" data-instance=(i.instance) { "Restart" }
             }
         }
     }
 }
 
-fn dashboard(status: &Status, versions: &[String], events: &[Event]) -> Markup {
+fn dashboard(base: &str, status: &Status, versions: &[String], events: &[Event]) -> Markup {
     let d = &status.deployex;
     let mode = match &status.manual_version {
         Some(v) => format!("{} ({v})", status.mode),
@@ -178,10 +185,10 @@ fn dashboard(status: &Status, versions: &[String], events: &[Event]) -> Markup {
                     }
                 }
             }
-            @for i in &status.instances { (instance_card(i)) }
+            @for i in &status.instances { (instance_card(base, i)) }
         }
         section.card.events {
-            header { h2 { "Recent events" } a href="/events" { "all" } }
+            header { h2 { "Recent events" } a href={ (base) "/events" } { "all" } }
             ol.timeline #events {
                 @for e in events { (event_row(e)) }
                 @if events.is_empty() { li.empty { "No event yet." } }
@@ -190,48 +197,70 @@ fn dashboard(status: &Status, versions: &[String], events: &[Event]) -> Markup {
     }
 }
 
-pub(super) async fn events_page(state: Arc<AppState>) -> Result<Response, Rejection> {
-    let events = state.engine.events(deployex_actors::events::KEEP).await;
+/// The events page: one app's (`/apps/{app}/events`), or the host's
+/// timeline of every app (`/events`; each row names its app when several
+/// are configured).
+pub(super) async fn events_page(scope: Scope, state: Arc<AppState>) -> Result<Response, Rejection> {
+    let keep = deployex_actors::events::KEEP;
+    let (events, api) = if scope.prefixed() {
+        (
+            scope.app.events(keep).await,
+            format!("{}/events", scope.api()),
+        )
+    } else {
+        (
+            scope.engine().events(keep).await,
+            "/api/v1/events".to_string(),
+        )
+    };
+    let with_app = !scope.prefixed() && state.several_apps();
     let body = html! {
         h1 { "Events" }
-        p.hint { "Newest first; kept across restarts of deployex (the newest " (deployex_actors::events::KEEP) "). As JSON: " code { "GET /api/v1/events?limit=N" } "." }
+        p.hint { "Newest first; kept across restarts of deployex (the newest " (keep) " of the host). As JSON: " code { "GET " (api) "?limit=N" } "." }
         ol.timeline #events {
-            @for e in &events { (event_row(e)) }
+            @for e in &events { (event_row_of(e, with_app)) }
             @if events.is_empty() { li.empty { "No event yet." } }
         }
     };
     Ok(html_page(
         StatusCode::OK,
-        layout("Events", &state.cfg.app_name, "events", body, true),
+        layout("Events", scope.here(), "events", body, true),
     ))
 }
 
-pub(super) async fn dashboard_page(state: Arc<AppState>) -> Result<Response, Rejection> {
-    let app = state.cfg.app_name.clone();
-    let status = tokio::time::timeout(STATUS_TIMEOUT, state.status()).await;
+/// `/` with several apps and no prefix: the overview; else one app's
+/// dashboard (the deployex card and the instance cards).
+pub(super) async fn dashboard_page(
+    scope: Scope,
+    state: Arc<AppState>,
+) -> Result<Response, Rejection> {
+    if !scope.prefixed() && state.several_apps() {
+        return super::overview::overview_page(state).await;
+    }
+    let status = tokio::time::timeout(STATUS_TIMEOUT, scope.app.status()).await;
     let Ok(status) = status else {
         return Ok(html_page(
             StatusCode::SERVICE_UNAVAILABLE,
             layout(
                 "Dashboard",
-                &app,
+                scope.here(),
                 "dashboard",
                 html! { p.error { "The engine did not answer in time; reload to retry." } },
                 true,
             ),
         ));
     };
-    let history = state.history().await;
+    let history = scope.app.history().await;
     let versions = recent_versions(&history, 10);
-    let events = state.engine.events(10).await;
-    let charts = crate::charts::dashboard_section(&state, &status).await;
+    let events = scope.app.events(10).await;
+    let charts = crate::charts::dashboard_section(&state, &scope, &status).await;
     Ok(html_page(
         StatusCode::OK,
         layout(
             "Dashboard",
-            &app,
+            scope.here(),
             "dashboard",
-            html! { (dashboard(&status, &versions, &events)) (charts) },
+            html! { (dashboard(&scope.base, &status, &versions, &events)) (charts) },
             true,
         ),
     ))

@@ -56,6 +56,12 @@ pub(super) async fn actors_page(state: Arc<AppState>) -> Result<Response, Reject
     };
     Ok(html_page(
         StatusCode::OK,
-        layout("Actors", &state.cfg.app_name, "actors", body, true),
+        layout(
+            "Actors",
+            super::Here::top(&state.cfg.app_name),
+            "actors",
+            body,
+            true,
+        ),
     ))
 }

@@ -39,7 +39,7 @@ pub fn encode_login_form(form: &LoginForm) -> String {
 pub(super) fn login_page(app: &str, error: Option<&str>) -> Markup {
     layout(
         "Log in",
-        app,
+        super::Here::top(app),
         "login",
         html! {
             form.card.login method="post" action="/login" {

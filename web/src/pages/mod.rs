@@ -22,11 +22,13 @@ use warp::{Filter, Reply};
 
 use crate::AppState;
 use crate::guard::{Guard, Session, authed, client_ip, req_info, with_state};
+use crate::scope::{Scope, page_scope};
 
 mod dashboard;
 mod debug;
 mod format;
 mod login;
+mod overview;
 mod shells;
 mod versions;
 
@@ -74,8 +76,39 @@ pub(super) fn redirect(to: &'static str, cookie: Option<String>) -> Response {
     b.body(Vec::<u8>::new().into()).unwrap_or_default()
 }
 
+/// Which app a page is about: the header names it, its links and the
+/// page's scripts (`data-base`, `data-api`) stay under its prefix.
+#[derive(Debug, Clone, Copy)]
+pub struct Here<'a> {
+    pub app: &'a str,
+    /// `""` or `/apps/{app}` (scope.rs).
+    pub base: &'a str,
+}
+
+impl<'a> Here<'a> {
+    /// A host-wide page (or the first app's un-prefixed one).
+    pub fn top(app: &'a str) -> Self {
+        Self { app, base: "" }
+    }
+}
+
+impl crate::scope::Scope {
+    pub fn here(&self) -> Here<'_> {
+        Here {
+            app: self.name(),
+            base: &self.base,
+        }
+    }
+}
+
 /// The common frame: header with navigation and logout.
-pub fn layout(title: &str, app: &str, page: &str, body: Markup, logged_in: bool) -> Markup {
+pub fn layout(title: &str, here: Here<'_>, page: &str, body: Markup, logged_in: bool) -> Markup {
+    let Here { app, base } = here;
+    let home = if base.is_empty() {
+        "/".to_string()
+    } else {
+        base.to_string()
+    };
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -87,14 +120,14 @@ pub fn layout(title: &str, app: &str, page: &str, body: Markup, logged_in: bool)
                 link rel="stylesheet" href="/static/app.css";
                 script src="/static/app.js" defer {}
             }
-            body data-page=(page) {
+            body data-page=(page) data-base=(base) data-api={ "/api/v1" (base) } {
                 header.top {
                     a.brand href="/" { "deployex" span.app { (app) } }
                     @if logged_in {
                         nav {
-                            a href="/" { "Dashboard" }
-                            a href="/versions" { "Versions" }
-                            a href="/events" { "Events" }
+                            a href=(home) { "Dashboard" }
+                            a href={ (base) "/versions" } { "Versions" }
+                            a href={ (base) "/events" } { "Events" }
                             a href="/instances/0/logs/stdout" { "Logs" }
                             a href="/debug/actors" { "Actors" }
                             a href="/metrics" { "Metrics" }
@@ -144,18 +177,22 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(st())
         .and(req_info())
         .and_then(logout);
-    let dash = warp::path::end()
+    let scoped = || page_scope(state.clone());
+    let dash = scoped()
+        .and(warp::path::end())
         .and(warp::get())
         .and(page())
         .and(st())
         .and_then(dashboard_page);
-    let versions = warp::path!("versions")
+    let versions = scoped()
+        .and(warp::path!("versions"))
         .and(warp::get())
         .and(page())
         .and(st())
         .and(warp::query::<InstanceQuery>())
         .and_then(versions_page);
-    let events = warp::path!("events")
+    let events = scoped()
+        .and(warp::path!("events"))
         .and(warp::get())
         .and(page())
         .and(st())
@@ -165,13 +202,11 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(page())
         .and(st())
         .and_then(actors_page);
-    let terminal = warp::path!("instances" / u32 / "terminal")
+    let terminal = scoped()
+        .and(warp::path!("instances" / u32 / "terminal"))
         .and(warp::get())
         .and(page())
-        .and(st())
-        .map(|i: u32, s: Arc<AppState>| {
-            html_page(StatusCode::OK, terminal_page(&s.cfg.app_name, i))
-        });
+        .map(|scope: Scope, i: u32| html_page(StatusCode::OK, terminal_page(scope.here(), i)));
     login_get
         .or(login_post)
         .unify()

@@ -12,7 +12,7 @@ use super::layout;
 /// `follow`: the page follows new lines over a websocket (log files);
 /// deployex's in-memory log is shown as of the request.
 pub fn logs_page(
-    app: &str,
+    here: super::Here<'_>,
     instance: u32,
     stream: &str,
     tail: &crate::logs::Tail,
@@ -28,14 +28,15 @@ pub fn logs_page(
     } else {
         "stdout"
     };
+    let base = here.base;
     layout(
         "Logs",
-        app,
+        here,
         "logs",
         html! {
             h1 { "Logs of " (who) " (" (stream) ")" }
             p.actions {
-                a href={ "/instances/" (instance) "/logs/" (other) } { "switch to " (other) }
+                a href={ (base) "/instances/" (instance) "/logs/" (other) } { "switch to " (other) }
                 @if follow {
                     " "
                     label { input #follow type="checkbox" checked; " follow" }
@@ -43,7 +44,7 @@ pub fn logs_page(
             }
             @if let Some(n) = &tail.notice { p.notice #log-notice { (n) } } @else { p.notice #log-notice hidden {} }
             @if follow {
-                pre #log .log data-ws={ "/instances/" (instance) "/logs/" (stream) "/ws?from=" (tail.offset) } {
+                pre #log .log data-ws={ (base) "/instances/" (instance) "/logs/" (stream) "/ws?from=" (tail.offset) } {
                     @for l in &tail.lines { (crate::logs::render_line(l)) }
                 }
             } @else {
@@ -56,7 +57,8 @@ pub fn logs_page(
     )
 }
 
-pub(super) fn terminal_page(app: &str, instance: u32) -> Markup {
+pub(super) fn terminal_page(here: super::Here<'_>, instance: u32) -> Markup {
+    let super::Here { app, base } = here;
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -64,7 +66,7 @@ pub(super) fn terminal_page(app: &str, instance: u32) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 link rel="icon" href="data:,";
-                title { "Terminal " (instance) " · deployex" }
+                title { "Terminal " (instance) " · " (app) " · deployex" }
                 link rel="stylesheet" href="/static/app.css";
                 link rel="stylesheet" href={ "/static/xterm-" (XTERM_VERSION) ".css" };
                 script src={ "/static/xterm-" (XTERM_VERSION) ".js" } defer {}
@@ -77,7 +79,7 @@ pub(super) fn terminal_page(app: &str, instance: u32) -> Markup {
                     span { "Remote shell into instance " (instance) }
                     span #term-status {}
                 }
-                div #terminal data-ws={ "/instances/" (instance) "/terminal/ws" } {}
+                div #terminal data-ws={ (base) "/instances/" (instance) "/terminal/ws" } {}
             }
         }
     }

@@ -9,6 +9,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use crate::AppState;
+use crate::scope::Scope;
 
 use super::format::kind_name;
 use super::{html_page, layout};
@@ -19,17 +20,19 @@ pub struct InstanceQuery {
 }
 
 pub(super) async fn versions_page(
-    state: Arc<AppState>,
+    scope: Scope,
+    _state: Arc<AppState>,
     q: InstanceQuery,
 ) -> Result<Response, Rejection> {
-    let history = state.engine.versions(q.instance).await;
+    let history = scope.engine().versions(q.instance).await;
+    let base = &scope.base;
     let title = match q.instance {
         Some(i) => format!("Version history of instance {i}"),
         None => "Version history".to_string(),
     };
     let body = html! {
         h1 { (title) }
-        @if q.instance.is_some() { p { a href="/versions" { "All instances" } } }
+        @if q.instance.is_some() { p { a href={ (base) "/versions" } { "All instances" } } }
         div.table-wrap {
             table {
                 thead { tr { th { "Version" } th { "Instance" } th { "Deployment" } th { "Ref" } th { "Hash" } th { "At (UTC)" } } }
@@ -37,7 +40,7 @@ pub(super) async fn versions_page(
                     @for h in &history {
                         tr {
                             td { (h.version) }
-                            td { a href={ "/versions?instance=" (h.instance) } { (h.instance) } }
+                            td { a href={ (base) "/versions?instance=" (h.instance) } { (h.instance) } }
                             td { (kind_name(h.deployment).replace('_', " ")) }
                             td.mono { (h.deploy_ref) }
                             td.mono { (h.hash.chars().take(12).collect::<String>()) }
@@ -51,6 +54,6 @@ pub(super) async fn versions_page(
     };
     Ok(html_page(
         StatusCode::OK,
-        layout("Versions", &state.cfg.app_name, "versions", body, true),
+        layout("Versions", scope.here(), "versions", body, true),
     ))
 }
