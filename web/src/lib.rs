@@ -18,6 +18,10 @@
 //! - `/instances/{i}/terminal` (page), `/instances/{i}/terminal/ws` [terminal].
 //! - `/`, `/versions`, `/debug/actors`, `/login`, `/logout` [pages];
 //!   `/metrics` [metrics]; `/static/*` [assets].
+//! - Every per-app route also answers under `/apps/{app}/…` (pages) and
+//!   `/api/v1/apps/{app}/…` (API) for the named app; without the prefix,
+//!   for the first app [scope]; `GET /api/v1/apps` [apps]; `/` is the
+//!   overview when several apps are configured [pages/overview].
 
 pub mod api;
 pub mod apps;
