@@ -656,7 +656,10 @@ fn a_list_of_apps_makes_apps_tables_and_check_config_prints_every_app() {
     c.as_object_mut().unwrap().remove("app_port");
     c["apps"] = json!([
         {"app_name": APP, "app_port": 4000, "env": {"POOL_SIZE": 3}},
-        {"app_name": "worker", "app_port": 4100, "replicas": 1, "release_dir": "/srv/worker"}
+        {"app_name": "worker", "app_port": 4100, "replicas": 1, "release_dir": "/srv/worker",
+         "health_path": "/health", "min_ready_ms": 1500, "otp_readiness": false,
+         "rollback_crashes": 4, "deploy_strategy": "start_first", "watchdog_action": "restart",
+         "watchdog_memory_mb": 512, "liveness_failures": 5, "liveness_interval_ms": 2000}
     ]);
     fs::write(&s.config, c.to_string()).unwrap();
     let stdout = run_ok(&s.root, &["--install", s.config.to_str().unwrap()]);
@@ -677,6 +680,29 @@ fn a_list_of_apps_makes_apps_tables_and_check_config_prints_every_app() {
     assert_eq!(apps[1]["monitored_replicas"].as_integer(), Some(1));
     assert_eq!(apps[1]["monitored_app_port"].as_integer(), Some(4100));
     assert_eq!(apps[1]["release_dir"].as_str(), Some("/srv/worker"));
+    // Every per-app key reaches the app's table (and check-config accepts
+    // it, below).
+    for (key, want) in [
+        ("health_path", "/health"),
+        ("otp_readiness", "false"),
+        ("deploy_strategy", "start_first"),
+        ("watchdog_action", "restart"),
+    ] {
+        assert_eq!(apps[1][key].as_str(), Some(want), "{key} in {text}");
+    }
+    for (key, want) in [
+        ("min_ready_ms", 1500),
+        ("rollback_crashes", 4),
+        ("watchdog_memory_mb", 512),
+        ("liveness_failures", 5),
+        ("liveness_interval_ms", 2000),
+    ] {
+        assert_eq!(apps[1][key].as_integer(), Some(want), "{key} in {text}");
+    }
+    assert!(
+        apps[0].get("health_path").is_none(),
+        "not given for the first app: {text}"
+    );
     // No per-app variable in the environment file; the unit passes the file.
     let env_file = s.root.join("etc/deployex/deployex.env");
     let env_text = fs::read_to_string(&env_file).unwrap();
@@ -714,7 +740,8 @@ fn a_list_of_apps_makes_apps_tables_and_check_config_prints_every_app() {
     );
     for needle in [
         &format!("  {APP}: 2 replicas, ports 4000..=4001"),
-        "  worker: 1 replicas, ports 4100..=4100",
+        // start_first reserves a spare port: the strategy reached deployex.
+        "  worker: 1 replicas, ports 4100..=4101, start_first",
     ] {
         assert!(printed.contains(needle), "{needle} missing in\n{printed}");
     }

@@ -95,7 +95,11 @@ fn beam_samples_reach_status_metrics_and_dashboard_and_die_with_their_node() {
     }
     let count = body
         .lines()
-        .find_map(|l| l.strip_prefix("deployex_deploy_duration_seconds_count "))
+        .find_map(|l| {
+            l.strip_prefix(&format!(
+                "deployex_deploy_duration_seconds_count{{app=\"{APP}\"}} "
+            ))
+        })
         .and_then(|v| v.parse::<u64>().ok());
     assert!(count.is_some_and(|c| c >= 2), "{body}");
 

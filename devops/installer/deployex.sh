@@ -448,7 +448,8 @@ write_env_file() {
 # A scalar of apps[$1]: its own key $2, else the top-level one.
 app_cfg() {
   local v
-  v="$(jq -r --argjson i "$1" --arg k "$2" '(.apps[$i][$k] // .[$k]) // empty | if type == "object" or type == "array" then error("apps[\($i)].\($k) must be a string, number or boolean") else tostring end' "$CONFIG")" ||
+  # (`has`, not `//`: a `false` of the app's own is a value, not "unset".)
+  v="$(jq -r --argjson i "$1" --arg k "$2" '(if (.apps[$i] | has($k)) then .apps[$i][$k] elif has($k) then .[$k] else null end) | select(. != null) | if type == "object" or type == "array" then error("apps[\($i)].\($k) must be a string, number or boolean") else tostring end' "$CONFIG")" ||
     die "$CONFIG: cannot read apps[$1].$2"
   printf '%s' "$v"
 }
@@ -470,16 +471,25 @@ write_toml_file() {
       echo
       echo "[[apps]]"
       echo "monitored_app_name = '$name'"
+      # Every per-app key deployex takes in [[apps]] (src/config/apps.rs
+      # PER_APP); deployex's own check-config validates the values.
       for field in replicas:monitored_replicas app_port:monitored_app_port \
-        deploy_timeout_rollback_ms:deploy_timeout_rollback_ms; do
+        deploy_timeout_rollback_ms:deploy_timeout_rollback_ms \
+        min_ready_ms:min_ready_ms rollback_crashes:rollback_crashes \
+        watchdog_atoms_pct:watchdog_atoms_pct watchdog_memory_mb:watchdog_memory_mb \
+        watchdog_ports_pct:watchdog_ports_pct watchdog_processes_pct:watchdog_processes_pct \
+        liveness_failures:liveness_failures liveness_interval_ms:liveness_interval_ms; do
         v="$(app_cfg "$i" "${field%%:*}")"
         [ -n "$v" ] || continue
         valid_number "apps[$i].${field%%:*}" "$v"
         echo "${field#*:} = $v"
       done
-      for key in release_adapter release_dir release_bucket; do
+      for key in release_adapter release_dir release_bucket health_path \
+        otp_readiness deploy_strategy watchdog_action; do
         v="$(app_cfg "$i" "$key")"
-        [ -z "$v" ] || echo "$key = '$v'"
+        [ -n "$v" ] || continue
+        valid_value "apps[$i].$key" "$v"
+        echo "$key = '$v'"
       done
       if jq -e --argjson i "$i" '(.apps[$i].env // {}) | length > 0' "$CONFIG" >/dev/null; then
         echo "[apps.env]"
