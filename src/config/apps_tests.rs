@@ -145,3 +145,38 @@ fn port_ranges_must_not_overlap_counting_the_spare_port() {
     .unwrap_err();
     assert!(err.0.contains("overlap"), "{err}");
 }
+
+/// Outside `local`, every app's local store is checked at start, not only
+/// the first app's: another app's world-writable folder would let anyone
+/// choose the code it runs.
+#[test]
+fn every_apps_local_store_is_checked() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (api, worker) = (dir.path().join("api"), dir.path().join("worker"));
+    for d in [&api, &worker] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let text = format!(
+        "release_adapter = \"local\"\n\
+         [[apps]]\nmonitored_app_name = \"api\"\nmonitored_app_port = 4000\nrelease_dir = \"{}\"\n\
+         [[apps]]\nmonitored_app_name = \"worker\"\nmonitored_app_port = 4100\nrelease_dir = \"{}\"\n",
+        api.display(),
+        worker.display()
+    );
+    let secrets = [
+        ("DEPLOYEX_CLOUD_ENVIRONMENT", "prod"),
+        ("DEPLOYEX_SECRET_KEY_BASE", &"f".repeat(64)),
+        ("DEPLOYEX_ERLANG_COOKIE", "fetchedcookie"),
+        ("DEPLOYEX_ADMIN_HASHED_PASSWORD", LOCAL_ADMIN_HASH),
+    ];
+    let c = load_file(&text, &secrets).unwrap();
+    assert!(c.check_local_store().is_ok());
+    std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = c.check_local_store().unwrap_err();
+    assert!(
+        e.0.contains("writable by group or others") && e.0.contains("app worker"),
+        "{e}"
+    );
+}

@@ -26,38 +26,11 @@ impl Config {
     /// deployex's user and not writable by group or others: whoever can
     /// write it chooses the code the apps run. Checked at start (not by
     /// `check-config`, which the installer runs as root).
+    /// Every app's store is checked (`[[apps]]`: each app has its own).
     pub fn check_local_store(&self) -> Result<(), ConfigError> {
-        use std::os::unix::fs::MetadataExt;
-        let StoreConfig::Local { root } = &self.engine.store else {
-            return Ok(());
-        };
-        if self.engine.env == "local" {
-            return Ok(());
-        }
-        let bad = |why: String| {
-            ConfigError(format!(
-                "invalid configuration: DEPLOYEX_RELEASE_DIR={}: {why}",
-                root.display()
-            ))
-        };
-        let meta = std::fs::metadata(root).map_err(|e| bad(format!("cannot read it: {e}")))?;
-        let me = nix::unistd::geteuid().as_raw();
-        if !meta.is_dir() {
-            return Err(bad("not a folder".into()));
-        }
-        if meta.uid() != me {
-            return Err(bad(format!(
-                "owned by uid {}, expected deployex's uid {me}",
-                meta.uid()
-            )));
-        }
-        if meta.mode() & 0o022 != 0 {
-            return Err(bad(format!(
-                "mode {:o} is writable by group or others, expected at most 755",
-                meta.mode() & 0o7777
-            )));
-        }
-        Ok(())
+        std::iter::once(&self.engine)
+            .chain(&self.extra_apps)
+            .try_for_each(check_store)
     }
 
     /// The effective configuration as text, secrets redacted.
@@ -153,4 +126,41 @@ impl Config {
         }
         out
     }
+}
+
+/// One app's local store: a folder owned by deployex's user, not writable
+/// by group or others (outside `local`).
+fn check_store(app: &deployex_actors::EngineConfig) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let StoreConfig::Local { root } = &app.store else {
+        return Ok(());
+    };
+    if app.env == "local" {
+        return Ok(());
+    }
+    let bad = |why: String| {
+        ConfigError(format!(
+            "invalid configuration: DEPLOYEX_RELEASE_DIR={} (app {}): {why}",
+            root.display(),
+            app.app
+        ))
+    };
+    let meta = std::fs::metadata(root).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.is_dir() {
+        return Err(bad("not a folder".into()));
+    }
+    if meta.uid() != me {
+        return Err(bad(format!(
+            "owned by uid {}, expected deployex's uid {me}",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(bad(format!(
+            "mode {:o} is writable by group or others, expected at most 755",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
