@@ -986,7 +986,13 @@ async fn several_apps_overview_and_per_app_dashboard_in_headless_chromium() {
 
     // 2. The rows go live (the page's refresh from /api/v1/apps, no
     //    reload): every instance of both apps running, nothing to alert.
-    page.eval("window.__sameDocument = true").await;
+    //    The server-rendered cells are blanked first, so only the refresh
+    //    can fill them (whether the instances were up at render or not).
+    page.eval(
+        "window.__sameDocument = true; \
+         document.querySelectorAll('#apps [data-f]').forEach(c => c.textContent = 'blanked')",
+    )
+    .await;
     let rows = "JSON.stringify(Array.from(document.querySelectorAll('#apps tr[data-app]')).map(r => r.innerText))";
     let badges = |app: &str| {
         format!(
@@ -1032,9 +1038,9 @@ async fn several_apps_overview_and_per_app_dashboard_in_headless_chromium() {
     )
     .await;
     assert_eq!(
-        page.eval("[document.body.dataset.api, document.body.dataset.base]")
+        page.eval("[document.body.dataset.api, document.body.dataset.base, document.querySelector('header.top .app').textContent]")
             .await,
-        json!([format!("/api/v1/apps/{APP_B}"), format!("/apps/{APP_B}")])
+        json!([format!("/api/v1/apps/{APP_B}"), format!("/apps/{APP_B}"), APP_B])
     );
     let card_states = "JSON.stringify(Array.from(document.querySelectorAll('section.instance')).map(c => \
          [c.dataset.instance, c.querySelector('[data-f=state]').dataset.state, c.querySelector('[data-f=node]').textContent]))";
@@ -1140,6 +1146,11 @@ async fn several_apps_overview_and_per_app_dashboard_in_headless_chromium() {
         "location.href + ' ' + document.body.innerText.slice(0, 300)",
     )
     .await;
+    assert_eq!(
+        page.eval("document.querySelector('header.top .app').textContent")
+            .await,
+        json!(APP_B)
+    );
     let ws_path = page.eval("document.querySelector('#log').dataset.ws").await;
     let ws_path = ws_path.as_str().unwrap_or_default().to_string();
     let prefix = format!("/apps/{APP_B}/instances/1/logs/stdout/ws?from=");
