@@ -4,6 +4,11 @@
 //! following, the web terminal (and that closing it kills the remote shell)
 //! and the actor tree.
 //!
+//! A second test runs two differently named apps (`[[apps]]`, issue 17):
+//! the overview at `/` going live for both, B's own dashboard at
+//! `/apps/{app}` restarting B's instance (A's OS pids unchanged), B's log
+//! page following B's file and B's terminal, all under `/apps/{app}`.
+//!
 //! Invariants: every wait polls the DOM (or /proc) against a deadline;
 //! Chromium runs in its own process group with a fresh profile and is
 //! killed by that group's id; screenshots go to
@@ -24,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::deployex::Site;
+use common::deployex::{APP, Site};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
@@ -893,4 +898,350 @@ async fn charts_and_observer(page: &Page, base: &str, shots: &mut Vec<PathBuf>) 
     shots.push(page.screenshot("9-process-detail").await);
     page.eval("window.scrollTo(0, 0)").await;
     shots.push(page.screenshot("8-observer").await);
+}
+
+// ------------------------------------------------------------ several apps
+
+/// The second app of the several-apps test (the same fixture as
+/// `tests/multi_app.rs`, built under another name).
+const APP_B: &str = "dxsmoke";
+/// Printed once by each of B's instances as it starts (`FIXTURE_ECHO`,
+/// given to B only through `[apps.env]`): a line only B's logs have.
+const B_ECHO: &str = "only-in-dxsmoke-stdout";
+
+/// Two apps on one deployex (issue 17): A (`dxtest`) × 1, B (`dxsmoke`) × 2.
+fn two_apps_config(site: &Site, port_b: u16) -> PathBuf {
+    let path = site.dir.path().join("deployex.toml");
+    let text = format!(
+        r#"
+release_dir = "{store}"
+min_ready_ms = 300
+
+[[apps]]
+monitored_app_name = "{APP}"
+monitored_app_port = {port_a}
+monitored_replicas = 1
+
+[[apps]]
+monitored_app_name = "{APP_B}"
+monitored_app_port = {port_b}
+monitored_replicas = 2
+[apps.env]
+FIXTURE_ECHO = "{B_ECHO}"
+"#,
+        store = site.store().display(),
+        port_a = site.app_port,
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Several apps in the browser: the overview at `/` goes live for both
+/// apps, B's own dashboard restarts B's instance 1 (A's and B's other
+/// OS pids unchanged), B's log page follows B's file and B's terminal
+/// opens a shell into B's node, all under `/apps/dxsmoke`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_apps_overview_and_per_app_dashboard_in_headless_chromium() {
+    use common::apps::{AppGuard, instance_pids, publish, start_with_config};
+
+    let site = Site::new(1);
+    let port_b = common::deployex::free_port_range(2);
+    let _b_guard = AppGuard {
+        site: &site,
+        app: APP_B,
+        instances: 2,
+    };
+    let dx = tokio::task::block_in_place(|| {
+        publish(&site, APP, "0.1.0");
+        publish(&site, APP_B, "0.1.0");
+        start_with_config(&site, &two_apps_config(&site, port_b))
+    });
+    let base = format!("http://127.0.0.1:{}", dx.api_port);
+    let browser = tokio::task::spawn_blocking(Chromium::launch).await.unwrap();
+    let cdp = Cdp::connect(&browser.ws_url).await;
+    let page = cdp.new_page().await;
+    let mut shots = Vec::new();
+
+    // 1. Log in through the form: `/` is the overview, one row per app in
+    //    the configuration's order.
+    page.goto(&format!("{base}/")).await;
+    assert_eq!(page.eval("location.pathname").await, json!("/login"));
+    page.type_into("input[name=username]", "admin").await;
+    page.type_into("input[name=password]", "deployex").await;
+    page.click("form.login button[type=submit]").await;
+    page.wait_js(
+        "the overview after login",
+        Duration::from_secs(15),
+        "location.pathname === '/' && document.readyState === 'complete' \
+         && document.body.dataset.page === 'overview'",
+        "location.href + ' ' + document.body.innerText.slice(0, 300)",
+    )
+    .await;
+    assert_eq!(
+        page.eval("JSON.stringify(Array.from(document.querySelectorAll('#apps tr[data-app]')).map(r => r.dataset.app))")
+            .await,
+        json!(format!(r#"["{APP}","{APP_B}"]"#)),
+        "one row per app, in the configuration's order"
+    );
+
+    // 2. The rows go live (the page's refresh from /api/v1/apps, no
+    //    reload): every instance of both apps running, nothing to alert.
+    //    The server-rendered cells are blanked first, so only the refresh
+    //    can fill them (whether the instances were up at render or not).
+    page.eval(
+        "window.__sameDocument = true; \
+         document.querySelectorAll('#apps [data-f]').forEach(c => c.textContent = 'blanked')",
+    )
+    .await;
+    let rows = "JSON.stringify(Array.from(document.querySelectorAll('#apps tr[data-app]')).map(r => r.innerText))";
+    let badges = |app: &str| {
+        format!(
+            "Array.from(document.querySelectorAll('#apps tr[data-app=\"{app}\"] [data-f=states] .badge')).map(b => b.dataset.state)"
+        )
+    };
+    let cell = |app: &str, f: &str| {
+        format!("document.querySelector('#apps tr[data-app=\"{app}\"] [data-f={f}]').textContent")
+    };
+    page.wait_js(
+        "both overview rows refreshed with every instance running",
+        Duration::from_secs(90),
+        &format!(
+            "(() => {{ const a = {}, b = {}; \
+             return window.__sameDocument === true && Number(document.body.dataset.overviewRefreshes || 0) >= 1 \
+               && a.length === 1 && b.length === 2 && a.concat(b).every(s => s === 'running') \
+               && {} === '0.1.0' && {} === '0.1.0' && {} === '—' && {} === '—'; }})()",
+            badges(APP),
+            badges(APP_B),
+            cell(APP, "versions"),
+            cell(APP_B, "versions"),
+            cell(APP, "alerts"),
+            cell(APP_B, "alerts"),
+        ),
+        &format!("document.body.dataset.overviewRefreshes + ' ' + {rows}"),
+    )
+    .await;
+    shots.push(page.screenshot("apps-1-overview").await);
+
+    // 3. B's link opens B's dashboard: B's API, B's nodes, live over SSE.
+    page.click(&format!(
+        "#apps tr[data-app=\"{APP_B}\"] a[href=\"/apps/{APP_B}\"]"
+    ))
+    .await;
+    page.wait_js(
+        "B's dashboard",
+        Duration::from_secs(15),
+        &format!(
+            "location.pathname === '/apps/{APP_B}' && document.readyState === 'complete' \
+             && document.body.dataset.page === 'dashboard'"
+        ),
+        "location.href + ' ' + document.body.innerText.slice(0, 300)",
+    )
+    .await;
+    assert_eq!(
+        page.eval("[document.body.dataset.api, document.body.dataset.base, document.querySelector('header.top .app').textContent]")
+            .await,
+        json!([format!("/api/v1/apps/{APP_B}"), format!("/apps/{APP_B}"), APP_B])
+    );
+    let card_states = "JSON.stringify(Array.from(document.querySelectorAll('section.instance')).map(c => \
+         [c.dataset.instance, c.querySelector('[data-f=state]').dataset.state, c.querySelector('[data-f=node]').textContent]))";
+    page.wait_js(
+        "B's 2 instance cards running",
+        Duration::from_secs(30),
+        &format!(
+            "(() => {{ const c = Array.from(document.querySelectorAll('section.instance')); \
+             return c.length === 2 && c.every(e => e.querySelector('[data-f=state]').dataset.state === 'running' \
+               && e.querySelector('[data-f=node]').textContent.startsWith('{APP_B}-' + e.dataset.instance + '@')); }})()"
+        ),
+        card_states,
+    )
+    .await;
+    let pid_of_1 = "document.querySelector('section.instance[data-instance=\"1\"] [data-f=os_pid]').textContent";
+    let card_pid: i32 = page
+        .eval(pid_of_1)
+        .await
+        .as_str()
+        .and_then(|p| p.parse().ok())
+        .expect("B's instance 1 shows an OS pid");
+    let a_before = instance_pids(&site, APP, 1);
+    let b1_before = instance_pids(&site, APP_B, 1);
+    let b2_before = instance_pids(&site, APP_B, 2);
+    assert!(
+        b1_before.contains(&card_pid),
+        "the card's pid {card_pid} is B's instance 1 ({b1_before:?}), not A's ({a_before:?})"
+    );
+    assert!(!a_before.is_empty() && !b2_before.is_empty());
+    shots.push(page.screenshot("apps-2-dashboard-b").await);
+
+    // 4. Restart B's instance 1 through its button and the confirm dialog:
+    //    a new OS process for it, nothing else restarted, the card's
+    //    forced-restart count at 1 with no reload.
+    let forced = "document.querySelector('section.instance[data-instance=\"1\"] [data-f=forced_restarts]').textContent";
+    assert_eq!(page.eval(forced).await, json!("0"));
+    page.eval("window.__sameDocument = true").await;
+    page.click("button[data-action=restart][data-instance=\"1\"]")
+        .await;
+    page.wait_js(
+        "B's instance 1 running again under a new OS pid, forced restarts at 1",
+        Duration::from_secs(60),
+        &format!(
+            "window.__sameDocument === true && {forced} === '1' \
+             && document.querySelector('section.instance[data-instance=\"1\"] [data-f=state]').dataset.state === 'running' \
+             && {pid_of_1} !== '{card_pid}' && /^[0-9]+$/.test({pid_of_1})"
+        ),
+        &format!(
+            "String(window.__sameDocument) + ' forced=' + {forced} + ' toast=' + document.querySelector('#toast').textContent + ' ' + {card_states}"
+        ),
+    )
+    .await;
+    assert_eq!(
+        *cdp.dialogs.lock().unwrap(),
+        vec!["Restart instance 1?".to_string()],
+        "exactly the restart confirmation was shown (and accepted)"
+    );
+    let b1_after = common::wait_until(
+        "B's instance 1 under new OS pids in /proc",
+        Duration::from_secs(15),
+        || {
+            let now = instance_pids(&site, APP_B, 1);
+            let fresh = !now.is_empty() && now.iter().all(|p| !b1_before.contains(p));
+            async move { fresh.then_some(now) }
+        },
+    )
+    .await;
+    let new_card_pid: i32 = page
+        .eval(pid_of_1)
+        .await
+        .as_str()
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    assert!(
+        b1_after.contains(&new_card_pid),
+        "the card shows the new process: {new_card_pid} among {b1_after:?}"
+    );
+    assert_eq!(instance_pids(&site, APP, 1), a_before, "A's pids unchanged");
+    assert_eq!(
+        instance_pids(&site, APP_B, 2),
+        b2_before,
+        "B's instance 2 unchanged"
+    );
+    let a_status = tokio::task::block_in_place(|| dx.get(&format!("/api/v1/apps/{APP}/status")));
+    assert_eq!(
+        a_status["instances"][0]["forced_restarts"],
+        json!(0),
+        "A was not asked to restart: {a_status:#}"
+    );
+    shots.push(page.screenshot("apps-3-dashboard-b-after-restart").await);
+
+    // 5. The card's stdout link: B's log page under /apps/dxsmoke, with B's
+    //    own line, following B's file over its websocket.
+    page.click("section.instance[data-instance=\"1\"] a[href$=\"/logs/stdout\"]")
+        .await;
+    page.wait_js(
+        "B's instance 1 stdout page",
+        Duration::from_secs(15),
+        &format!(
+            "location.pathname === '/apps/{APP_B}/instances/1/logs/stdout' \
+             && document.readyState === 'complete' && document.body.dataset.page === 'logs'"
+        ),
+        "location.href + ' ' + document.body.innerText.slice(0, 300)",
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.querySelector('header.top .app').textContent")
+            .await,
+        json!(APP_B)
+    );
+    let ws_path = page.eval("document.querySelector('#log').dataset.ws").await;
+    let ws_path = ws_path.as_str().unwrap_or_default().to_string();
+    let prefix = format!("/apps/{APP_B}/instances/1/logs/stdout/ws?from=");
+    let from: u64 = ws_path
+        .strip_prefix(&prefix)
+        .and_then(|o| o.parse().ok())
+        .unwrap_or_else(|| panic!("the page follows B's file: {ws_path:?}"));
+    let echo_js = serde_json::to_string(B_ECHO).unwrap();
+    page.wait_js(
+        "B's own start-up line on B's log page",
+        Duration::from_secs(5),
+        &format!(
+            "Array.from(document.querySelectorAll('#log .line')).some(l => l.textContent.includes({echo_js}))"
+        ),
+        "document.querySelector('#log').textContent.slice(-600)",
+    )
+    .await;
+    let a_log = site.log_file(1, "stdout");
+    assert!(
+        !std::fs::read_to_string(&a_log)
+            .unwrap_or_default()
+            .contains(B_ECHO),
+        "the marker is B's only"
+    );
+    // A heartbeat written after the page's offset can only come over the
+    // websocket.
+    let b_log = site.logs().join(format!("{APP_B}-1-stdout.log"));
+    let fresh = common::wait_until(
+        "a heartbeat in B's instance 1 stdout after the page's offset",
+        Duration::from_secs(15),
+        || {
+            let b_log = b_log.clone();
+            async move { heartbeat_after(&b_log, from) }
+        },
+    )
+    .await;
+    let fresh_js = serde_json::to_string(&fresh).unwrap();
+    page.wait_js(
+        &format!("the followed line {fresh:?} on B's log page"),
+        Duration::from_secs(15),
+        &format!(
+            "document.querySelector('#log-notice').hidden && \
+             Array.from(document.querySelectorAll('#log .line')).some(l => l.textContent.trim() === {fresh_js})"
+        ),
+        "document.querySelector('#log-notice').textContent + ' | ' + document.querySelector('#log').textContent.slice(-600)",
+    )
+    .await;
+    shots.push(page.screenshot("apps-4-logs-b").await);
+
+    // 6. B's terminal: a remote shell into B's node, gone with the tab.
+    let service = common::apps::service(&site, APP_B, 1).join("current");
+    let term = cdp.new_page().await;
+    term.goto(&format!("{base}/apps/{APP_B}/instances/1/terminal"))
+        .await;
+    let rows = "Array.from(document.querySelectorAll('.xterm-rows > div')).map(r => r.textContent.replace(/\\u00a0/g, ' ').trimEnd())";
+    term.wait_js(
+        "an iex prompt of B's node in the terminal",
+        Duration::from_secs(30),
+        &format!("{rows}.some(r => /iex\\({APP_B}-1@[^)]*\\)\\d+>/.test(r))"),
+        &format!("document.querySelector('#term-status').textContent + ' | ' + {rows}.join(' / ')"),
+    )
+    .await;
+    let shells = remote_shell_pids(&service);
+    assert!(
+        !shells.is_empty(),
+        "a `remote` process runs for {}; processes there: {:#?}",
+        service.display(),
+        cmdlines_mentioning(&service)
+    );
+    shots.push(term.screenshot("apps-5-terminal-b").await);
+    term.close().await;
+    common::wait_until(
+        "B's remote shell to exit after the terminal closed",
+        Duration::from_secs(5),
+        || {
+            let left = remote_shell_pids(&service)
+                .into_iter()
+                .any(|p| shells.contains(&p));
+            async move { (!left).then_some(()) }
+        },
+    )
+    .await;
+
+    let problems = cdp.problems.lock().unwrap().clone();
+    assert!(problems.is_empty(), "errors in the pages: {problems:#?}");
+    for shot in &shots {
+        assert!(std::fs::metadata(shot).unwrap().len() > 1000, "{shot:?}");
+        eprintln!("screenshot: {}", shot.display());
+    }
+
+    cdp.send("Browser.close", json!({}), None);
+    drop(browser);
+    drop(dx);
 }
