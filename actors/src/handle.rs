@@ -58,8 +58,9 @@ pub async fn start(cfg: EngineConfig) -> Result<Running, StartError> {
 }
 
 /// Start the actor tree for every app (configuration order; the first
-/// app's host-wide settings serve the shared actors, the metrics history
-/// and fleet mode).
+/// app's host-wide settings serve the shared actors, the metrics
+/// history's sampling period and fleet mode; the history samples every
+/// app).
 pub async fn start_apps(apps: Vec<EngineConfig>) -> Result<Running, StartError> {
     let apps: Vec<Arc<EngineConfig>> = apps.into_iter().map(Arc::new).collect();
     let Some(cfg) = apps.first().cloned() else {
