@@ -58,8 +58,9 @@ pub async fn start(cfg: EngineConfig) -> Result<Running, StartError> {
 }
 
 /// Start the actor tree for every app (configuration order; the first
-/// app's host-wide settings serve the shared actors, the metrics history
-/// and fleet mode).
+/// app's host-wide settings serve the shared actors, the metrics
+/// history's sampling period and fleet mode; the history samples every
+/// app).
 pub async fn start_apps(apps: Vec<EngineConfig>) -> Result<Running, StartError> {
     let apps: Vec<Arc<EngineConfig>> = apps.into_iter().map(Arc::new).collect();
     let Some(cfg) = apps.first().cloned() else {
@@ -69,18 +70,25 @@ pub async fn start_apps(apps: Vec<EngineConfig>) -> Result<Running, StartError> 
     if let Some(dup) = apps.iter().find(|c| !seen.insert(c.app.as_str())) {
         return Err(StartError::DuplicateApp(dup.app.clone()));
     }
+    let list: root::Apps = Arc::new(apps.clone());
+    // The root publishes its current app list here (start, reloads).
+    let (current, following) = tokio::sync::watch::channel(list.clone());
     let (root, join) = Actor::spawn(
         Some(root::NAME.to_string()),
         RootSupervisor,
-        Arc::new(apps.clone()),
+        root::RootArgs {
+            apps: list,
+            current,
+        },
     )
     .await
     .map_err(StartError::Spawn)?;
     // Metrics history (history.rs): the host and process-group sampler
-    // runs as long as the actor tree.
+    // runs as long as the actor tree, over every app the tree runs now
+    // (it follows reloads); the first app's period.
     let period = crate::history::period_of(&cfg);
     crate::history::global().set_period(period);
-    let sampler = crate::history::spawn_sampler(&cfg, period);
+    let sampler = crate::history::spawn_sampler(following, period);
     let join = tokio::spawn(async move {
         let _ = join.await;
         sampler.abort();
@@ -201,7 +209,9 @@ impl Engine for EngineHandle {
             if instance == 0 || instance > self.replicas() {
                 return None;
             }
-            let mut series = crate::history::global().instance_series(instance, since);
+            // This app's rings only (another app has its own instance 1).
+            let mut series =
+                crate::history::global().instance_series(&self.cfg.app, instance, since);
             // Deployment markers from the deployment history, within the
             // time the rings keep.
             let from = since.unwrap_or_else(|| {
@@ -225,8 +235,10 @@ impl Engine for EngineHandle {
         Box::pin(async move { crate::history::global().host_series(since) })
     }
 
+    /// The host and this app's instances only (the web renders
+    /// `/metrics` per app).
     fn history_latest(&self) -> crate::history::Latest {
-        crate::history::global().latest()
+        crate::history::global().latest(&self.cfg.app)
     }
 
     fn observe(

@@ -72,6 +72,14 @@ pub const RESTART_PERIOD: Duration = Duration::from_secs(60);
 /// actors.
 pub type Apps = Arc<Vec<Arc<EngineConfig>>>;
 
+/// What the root starts with: its apps, and where it publishes its
+/// current list (at start and after each reload) for the tasks outside
+/// the tree that follow it (the metrics-history sampler).
+pub struct RootArgs {
+    pub apps: Apps,
+    pub current: tokio::sync::watch::Sender<Apps>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Child {
     Events,
@@ -137,6 +145,8 @@ pub struct RootSupervisor;
 
 pub struct RootState {
     apps: Apps,
+    /// `apps`, published (see [`RootArgs`]).
+    current: tokio::sync::watch::Sender<Apps>,
     restarts: VecDeque<Instant>,
     shutting_down: bool,
     recorder: Recorder,
@@ -211,6 +221,9 @@ async fn reconfigure(
         })
         .collect();
     state.apps = Arc::new(apps);
+    // The sampler follows: it stops sampling a removed app (and drops its
+    // rings) and samples an added one from its next period.
+    state.current.send_replace(state.apps.clone());
     for app in &plan.removed {
         let Some(cell) = ractor::registry::where_is(app_supervisor::name(app)) else {
             continue;
@@ -279,18 +292,20 @@ async fn reconfigure(
 impl Actor for RootSupervisor {
     type Msg = RootMsg;
     type State = RootState;
-    type Arguments = Apps;
+    type Arguments = RootArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        apps: Self::Arguments,
+        RootArgs { apps, current }: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         for child in children(&apps) {
             spawn_child(child, &apps, &myself).await?;
         }
+        current.send_replace(apps.clone());
         Ok(RootState {
             apps,
+            current,
             restarts: VecDeque::new(),
             shutting_down: false,
             recorder: Recorder::for_actor(NAME),

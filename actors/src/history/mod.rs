@@ -1,12 +1,21 @@
-//! Metrics over time: a bounded ring of samples per instance and one for
-//! the host, filled at the sampling period (`DEPLOYEX_BEAM_SAMPLE_MS`).
+//! Metrics over time: a bounded ring of samples per instance of each app
+//! (keyed by app and instance: two apps' instance 1 are two rings) and one
+//! for the host, filled at the sampling period (`DEPLOYEX_BEAM_SAMPLE_MS`,
+//! the first app's).
 //!
 //! Who writes what:
 //! - the OtpNodeWatcher records each BEAM telemetry sample
-//!   ([`record_beam`], from its `Sampled` handler: one lock, one copy);
+//!   ([`record_beam`], from its `Sampled` handler, under the node's app
+//!   and instance: one lock, one copy);
 //! - the [`Sampler`] task records the host (CPU, memory, load, disk of the
-//!   var dir's filesystem) and each instance's process group (RSS, CPU %),
-//!   from one `/proc` scan per period, on the blocking pool.
+//!   first app's var dir's filesystem) and every app's instances' process
+//!   groups (RSS, CPU %), from one `/proc` pass per period, inline in the
+//!   task. It follows the tree's app list (the RootSupervisor publishes it
+//!   at start and at each reload): an added app is sampled, the rings of a
+//!   removed app (or of an instance a scale-down stopped) are dropped.
+//!
+//! Readers: an `EngineHandle` reads its own app's rings only
+//! ([`History::instance_series`], [`History::latest`]).
 //!
 //! Invariants: every ring holds at most [`capacity`] points (≥ one hour at
 //! the period, at most [`MAX_POINTS`]); its storage is allocated once, at
@@ -21,7 +30,7 @@
 //! restarted watcher keeps the last hour), like the flight recorders.
 //!
 //! Where things are: `ring` (the fixed-capacity ring), `store` (the
-//! process-wide [`History`]: rings per instance and for the host),
+//! process-wide [`History`]: rings per app and instance, and for the host),
 //! `series` (the answers: [`Series`], [`Latest`]), `sampler` (the host and
 //! process-group sampler task and its `/proc` parsers).
 

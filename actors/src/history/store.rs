@@ -1,5 +1,10 @@
-//! The process-wide store: one ring per instance and kind, one for the
-//! host, behind a mutex each (one lock and one copy per sample).
+//! The process-wide store: one ring per app, instance and kind, one for
+//! the host, behind a mutex each (one lock and one copy per sample).
+//!
+//! Instance rings are keyed by app, then instance number: app A's
+//! instance 1 and app B's instance 1 are two rings (node names
+//! `{app}-{i}`). The app's name is allocated once, at its first ring;
+//! a sample is recorded without allocating.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -14,11 +19,14 @@ pub struct InstanceRings {
     pub os: Ring<OsPoint>,
 }
 
+/// Each app's instance rings, by app name, then instance number.
+type AppRings = HashMap<String, HashMap<u32, InstanceRings>>;
+
 /// The process-wide store.
 #[derive(Debug)]
 pub struct History {
     period: Mutex<Duration>,
-    instances: Mutex<HashMap<u32, InstanceRings>>,
+    instances: Mutex<AppRings>,
     host: Mutex<Ring<HostPoint>>,
 }
 
@@ -29,9 +37,9 @@ pub fn global() -> &'static History {
     HISTORY.get_or_init(|| History::new(Duration::from_secs(5)))
 }
 
-/// Records a BEAM sample of `instance` into [`global`].
-pub fn record_beam(instance: u32, point: BeamPoint) {
-    global().record_beam(instance, point);
+/// Records a BEAM sample of `app`'s `instance` into [`global`].
+pub fn record_beam(app: &str, instance: u32, point: BeamPoint) {
+    global().record_beam(app, instance, point);
 }
 
 impl History {
@@ -56,7 +64,10 @@ impl History {
             *host = Ring::new(cap);
         }
         if let Ok(mut all) = self.instances.lock() {
-            all.retain(|_, r| !(r.beam.is_empty() && r.os.is_empty()));
+            for rings in all.values_mut() {
+                rings.retain(|_, r| !(r.beam.is_empty() && r.os.is_empty()));
+            }
+            all.retain(|_, rings| !rings.is_empty());
         }
     }
 
@@ -67,10 +78,18 @@ impl History {
             .unwrap_or(Duration::from_secs(5))
     }
 
-    fn with_instance(&self, instance: u32, f: impl FnOnce(&mut InstanceRings)) {
+    fn with_instance(&self, app: &str, instance: u32, f: impl FnOnce(&mut InstanceRings)) {
         let cap = capacity(self.period());
         if let Ok(mut all) = self.instances.lock() {
-            let rings = all.entry(instance).or_insert_with(|| InstanceRings {
+            // Looked up by `&str`: the name is copied at the app's first
+            // ring only.
+            if !all.contains_key(app) {
+                all.insert(app.to_string(), HashMap::new());
+            }
+            let Some(app_rings) = all.get_mut(app) else {
+                return;
+            };
+            let rings = app_rings.entry(instance).or_insert_with(|| InstanceRings {
                 beam: Ring::new(cap),
                 os: Ring::new(cap),
             });
@@ -78,12 +97,25 @@ impl History {
         }
     }
 
-    pub fn record_beam(&self, instance: u32, point: BeamPoint) {
-        self.with_instance(instance, |r| r.beam.push(point));
+    pub fn record_beam(&self, app: &str, instance: u32, point: BeamPoint) {
+        self.with_instance(app, instance, |r| r.beam.push(point));
     }
 
-    pub fn record_os(&self, instance: u32, point: OsPoint) {
-        self.with_instance(instance, |r| r.os.push(point));
+    pub fn record_os(&self, app: &str, instance: u32, point: OsPoint) {
+        self.with_instance(app, instance, |r| r.os.push(point));
+    }
+
+    /// Drops the rings of every (app, instance) `keep` refuses: an app a
+    /// reload removed, an instance a scale-down stopped (the sampler calls
+    /// this every period with the current app list, so that a last BEAM
+    /// sample recorded after the removal goes too).
+    pub fn retain(&self, keep: impl Fn(&str, u32) -> bool) {
+        if let Ok(mut all) = self.instances.lock() {
+            for (app, rings) in all.iter_mut() {
+                rings.retain(|i, _| keep(app, *i));
+            }
+            all.retain(|_, rings| !rings.is_empty());
+        }
     }
 
     pub fn record_host(&self, point: HostPoint) {
@@ -92,14 +124,15 @@ impl History {
         }
     }
 
-    /// The series of `instance` newer than `since` (unix ms); `deploys`
-    /// are left to the caller (they come from the deployment history).
-    pub fn instance_series(&self, instance: u32, since: Option<u64>) -> Series {
+    /// The series of `app`'s `instance` newer than `since` (unix ms);
+    /// `deploys` are left to the caller (they come from the deployment
+    /// history).
+    pub fn instance_series(&self, app: &str, instance: u32, since: Option<u64>) -> Series {
         let mut s = Series::new(self.period());
         let Ok(all) = self.instances.lock() else {
             return s;
         };
-        let Some(r) = all.get(&instance) else {
+        let Some(r) = all.get(app).and_then(|rings| rings.get(&instance)) else {
             return s;
         };
         let newer = |t: u64| since.is_none_or(|since| t > since);
@@ -165,15 +198,18 @@ impl History {
         s
     }
 
-    /// The newest points (for `/metrics`).
-    pub fn latest(&self) -> Latest {
+    /// The newest points of the host and of `app`'s instances (for
+    /// `/metrics`, which the web renders per app).
+    pub fn latest(&self, app: &str) -> Latest {
         let host = self.host.lock().ok().and_then(|h| h.last().copied());
         let instances = self
             .instances
             .lock()
             .map(|all| {
                 let mut v: Vec<_> = all
-                    .iter()
+                    .get(app)
+                    .into_iter()
+                    .flatten()
                     .map(|(i, r)| (*i, r.os.last().copied(), r.beam.last().copied()))
                     .collect();
                 v.sort_by_key(|(i, _, _)| *i);
@@ -188,6 +224,7 @@ impl History {
         let host = self.host.lock().map_or(0, |h| h.heap_bytes());
         let instances = self.instances.lock().map_or(0, |all| {
             all.values()
+                .flat_map(|rings| rings.values())
                 .map(|r| r.beam.heap_bytes() + r.os.heap_bytes())
                 .sum()
         });

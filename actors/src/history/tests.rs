@@ -5,7 +5,10 @@
 use std::time::Instant;
 
 use super::sampler::{RESCAN_EVERY, disk_used_kib, host_cpu_jiffies, load1, mem_used_kib};
+use std::sync::Arc;
+
 use super::*;
+use crate::config::EngineConfig;
 
 #[test]
 fn ring_keeps_the_newest_in_order_without_growing() {
@@ -43,6 +46,7 @@ fn series_since_and_units() {
     let h = History::new(Duration::from_secs(1));
     for t in 1..=4u64 {
         h.record_beam(
+            "a",
             7,
             BeamPoint {
                 t_ms: t * 1000,
@@ -52,6 +56,7 @@ fn series_since_and_units() {
             },
         );
         h.record_os(
+            "a",
             7,
             OsPoint {
                 t_ms: t * 1000,
@@ -60,7 +65,7 @@ fn series_since_and_units() {
             },
         );
     }
-    let s = h.instance_series(7, Some(2000));
+    let s = h.instance_series("a", 7, Some(2000));
     assert_eq!(s.interval_ms, 1000);
     assert_eq!(
         s.series["beam_processes"],
@@ -71,7 +76,8 @@ fn series_since_and_units() {
     assert_eq!(s.series["cpu_pct"][0], Point(3000, 12.35));
     let json = serde_json::to_string(&s.series["beam_processes"]).unwrap();
     assert_eq!(json, "[[3000,13],[4000,14]]");
-    assert!(h.instance_series(8, None).series.is_empty());
+    assert!(h.instance_series("a", 8, None).series.is_empty());
+    assert!(h.instance_series("b", 7, None).series.is_empty());
 }
 
 #[test]
@@ -149,6 +155,7 @@ fn memory_of_200_replicas_for_an_hour() {
     for t in 0..points {
         for i in 1..=200 {
             h.record_beam(
+                "a",
                 i,
                 BeamPoint {
                     t_ms: t,
@@ -156,6 +163,7 @@ fn memory_of_200_replicas_for_an_hour() {
                 },
             );
             h.record_os(
+                "a",
                 i,
                 OsPoint {
                     t_ms: t,
@@ -174,6 +182,7 @@ fn memory_of_200_replicas_for_an_hour() {
     for t in points..points * 2 {
         for i in 1..=200 {
             h.record_beam(
+                "a",
                 i,
                 BeamPoint {
                     t_ms: t,
@@ -190,10 +199,201 @@ fn memory_of_200_replicas_for_an_hour() {
         (bytes as f64 / 200.0) / 1024.0
     );
     assert!(bytes < 10 * 1024 * 1024, "{bytes}");
-    let s = h.instance_series(200, None);
+    let s = h.instance_series("a", 200, None);
     assert_eq!(s.series["beam_processes"].len(), points as usize);
     assert_eq!(
         s.series["beam_processes"].last().map(|p| p.0),
         Some(points * 2 - 1)
     );
+}
+
+/// Two apps' instance 1 are two rings: a series and the newest points
+/// are one app's only (issue 17: they were one ring keyed by instance).
+#[test]
+fn two_apps_instance_rings_are_separate() {
+    let h = History::new(Duration::from_secs(1));
+    let beam = |t_ms: u64, process_count: u32| BeamPoint {
+        t_ms,
+        process_count,
+        ..Default::default()
+    };
+    h.record_beam("a", 1, beam(1000, 11));
+    h.record_beam("b", 1, beam(1001, 21));
+    h.record_beam("b", 2, beam(1002, 22));
+    h.record_os(
+        "b",
+        1,
+        OsPoint {
+            t_ms: 1001,
+            rss_kib: 7,
+            cpu_pct: 0.0,
+        },
+    );
+    let a1 = h.instance_series("a", 1, None);
+    assert_eq!(a1.series["beam_processes"], vec![Point(1000, 11.0)]);
+    assert!(
+        a1.series["rss_bytes"].is_empty(),
+        "B's OS point is not A's: {:?}",
+        a1.series["rss_bytes"]
+    );
+    let b1 = h.instance_series("b", 1, None);
+    assert_eq!(b1.series["beam_processes"], vec![Point(1001, 21.0)]);
+    assert_eq!(b1.series["rss_bytes"], vec![Point(1001, 7.0 * 1024.0)]);
+    assert!(h.instance_series("c", 1, None).series.is_empty());
+
+    let la = h.latest("a");
+    assert_eq!(la.instances.len(), 1, "{:?}", la.instances);
+    assert_eq!(la.instances[0].0, 1);
+    assert_eq!(la.instances[0].1, None);
+    assert_eq!(la.instances[0].2.map(|p| p.process_count), Some(11));
+    let lb = h.latest("b");
+    let got: Vec<(u32, Option<u32>, Option<u32>)> = lb
+        .instances
+        .iter()
+        .map(|(i, os, beam)| (*i, os.map(|p| p.rss_kib), beam.map(|p| p.process_count)))
+        .collect();
+    assert_eq!(got, vec![(1, Some(7), Some(21)), (2, None, Some(22))]);
+    assert!(h.latest("c").instances.is_empty());
+}
+
+/// A process group for the sampler, in a new group: one `sleep` (0
+/// children), or `sh` and `sleeps` sleeping children (their RSS does not
+/// move while they sleep); killed (its group, which this test started)
+/// on drop.
+struct Group(std::process::Child);
+
+impl Group {
+    fn spawn(sleeps: usize) -> Group {
+        use std::os::unix::process::CommandExt;
+        let script = if sleeps == 0 {
+            "exec sleep 60".to_string()
+        } else {
+            format!("{} wait", "sleep 60 & ".repeat(sleeps))
+        };
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        Group(child)
+    }
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+    /// The group's RSS as the sampler reads it, once its members are
+    /// these programs (exec done: a forked child not yet `sleep` has
+    /// another RSS) and it stopped moving (the loader done: five equal
+    /// readings 20 ms apart).
+    fn rss_kib(&self, programs: &[&str]) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let comm = |pid: &i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        let (mut last, mut same) = (None, 0);
+        loop {
+            let u = crate::process::group_usage(&[self.pid()]);
+            if let Some(u) = u.get(&self.pid()) {
+                let mut running: Vec<String> = u.members.iter().map(comm).collect();
+                running.sort();
+                let rss = to_kib(u.rss_bytes);
+                same = if running == programs && last == Some(rss) {
+                    same + 1
+                } else {
+                    0
+                };
+                last = Some(rss);
+                if same == 4 {
+                    return rss;
+                }
+            }
+            assert!(Instant::now() < deadline, "group of {}: {u:?}", self.pid());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+fn app_on(dir: &std::path::Path, app: &str, replicas: u32, leader: &Group) -> EngineConfig {
+    let mut cfg = EngineConfig::with_defaults(app, dir);
+    cfg.var_dir = dir.to_path_buf();
+    cfg.replicas = replicas;
+    let start = crate::process::proc_stats(leader.pid())
+        .unwrap()
+        .start_time_ticks;
+    crate::process::PidFile {
+        pid: leader.pid(),
+        start_time_ticks: start,
+        program: dir.join("bin").join(app),
+        version: None,
+        port: 0,
+    }
+    .write(&cfg.slot_service_dir(1, crate::config::Slot::A).join("pid"))
+    .unwrap();
+    cfg
+}
+
+/// One sampler samples every app's process groups, each app's instance
+/// into that app's ring, follows the app list (an added app is sampled,
+/// a removed app's rings are dropped, a scaled-down instance's too).
+#[test]
+fn the_sampler_samples_every_app_and_follows_the_list() {
+    let dir = tempfile::tempdir().unwrap();
+    // A: one process; B: `sh` and two sleeps (another RSS).
+    let (ga, gb) = (Group::spawn(0), Group::spawn(2));
+    let (rss_a, rss_b) = (
+        ga.rss_kib(&["sleep"]),
+        gb.rss_kib(&["sh", "sleep", "sleep"]),
+    );
+    assert_ne!(rss_a, rss_b, "the two groups must differ to be told apart");
+    let a = Arc::new(app_on(dir.path(), "a", 1, &ga));
+    let b = Arc::new(app_on(dir.path(), "b", 1, &gb));
+    let h = History::new(Duration::from_secs(1));
+    let mut sampler = Sampler::new();
+    let os_of = |app: &str| -> Vec<(u32, Option<u32>)> {
+        h.latest(app)
+            .instances
+            .iter()
+            .map(|(i, os, _)| (*i, os.map(|p| p.rss_kib)))
+            .collect()
+    };
+
+    // A first reading has no CPU rate: the second period records.
+    let both = vec![a.clone(), b.clone()];
+    sampler.sample(&h, &both);
+    sampler.sample(&h, &both);
+    assert_eq!(os_of("a"), vec![(1, Some(rss_a))], "A's group in A's ring");
+    assert_eq!(os_of("b"), vec![(1, Some(rss_b))], "B's group in B's ring");
+    assert!(h.latest("a").host.is_some());
+
+    // B removed (a reload): its rings go, even one a late BEAM sample
+    // made after the removal; A's stay.
+    h.record_beam("b", 1, BeamPoint::default());
+    sampler.sample(&h, std::slice::from_ref(&a));
+    assert!(os_of("b").is_empty(), "{:?}", os_of("b"));
+    assert_eq!(os_of("a"), vec![(1, Some(rss_a))]);
+
+    // B added again: sampled from its second period on.
+    sampler.sample(&h, &both);
+    sampler.sample(&h, &both);
+    assert_eq!(os_of("b"), vec![(1, Some(rss_b))]);
+
+    // A scaled down to 0: its instance 1 ring goes.
+    let mut a0 = (*a).clone();
+    a0.replicas = 0;
+    sampler.sample(&h, &[Arc::new(a0), b.clone()]);
+    assert!(os_of("a").is_empty());
+    assert_eq!(os_of("b").len(), 1);
 }

@@ -338,9 +338,10 @@ impl WatcherState {
                 Ok(sample) => {
                     entry.limits = Some(sample.limits());
                     // Metrics history (history.rs): one copy into
-                    // the instance's ring.
-                    if let Some(i) = instance_of(&node) {
+                    // the ring of the node's app and instance.
+                    if let (Some(app), Some(i)) = (app_of(&node), instance_of(&node)) {
                         crate::history::record_beam(
+                            app,
                             i,
                             crate::history::beam_point(crate::history::unix_ms_now(), &sample),
                         );
