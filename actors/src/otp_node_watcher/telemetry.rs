@@ -421,14 +421,16 @@ pub(super) fn check_limits(
     }
 }
 
-/// `i` of a node named `{app}-{i}@{host}`.
-/// The app of node `{app}-{i}@host`.
+/// The app of node `{app}-{i}@host` (or `{app}-{i}b@host`).
 pub(super) fn app_of(node: &str) -> Option<&str> {
     Some(node.split('@').next()?.rsplit_once('-')?.0)
 }
 
+/// The instance of node `{app}-{i}@host`, or `{app}-{i}b@host` (slot b of
+/// a start-first deployment: the same instance).
 pub(super) fn instance_of(node: &str) -> Option<u32> {
-    node.split('@').next()?.rsplit_once('-')?.1.parse().ok()
+    let i = node.split('@').next()?.rsplit_once('-')?.1;
+    i.strip_suffix('b').unwrap_or(i).parse().ok()
 }
 
 #[cfg(test)]
@@ -442,6 +444,10 @@ mod tests {
         assert_eq!(app_of("my_app-3@127.0.0.1"), Some("my_app"));
         assert_eq!(instance_of("my_app-3@127.0.0.1"), Some(3));
         assert_eq!(app_of("nodash@host"), None);
+        // Slot b of a start-first deployment is the same instance.
+        assert_eq!(app_of("my_app-3b@127.0.0.1"), Some("my_app"));
+        assert_eq!(instance_of("my_app-3b@127.0.0.1"), Some(3));
+        assert_eq!(instance_of("my_app-b@127.0.0.1"), None);
     }
 
     #[test]
