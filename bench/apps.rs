@@ -15,10 +15,12 @@
 //! Measured: OS processes of the instances (found by the instance marker)
 //! and how many are BEAMs, time from spawn to all ready, deployex's CPU
 //! time until then, RSS at ready and after the idle window (and the
-//! window's max), idle CPU % of one core (utime+stime of all threads),
-//! wake-ups/s (voluntary + involuntary context switches summed over
-//! `/proc/PID/task/*/status`), threads, the BEAMs' own CPU over the same
-//! window, and the SIGTERM → exit time. Then every instance process left
+//! window's max; anonymous RSS too, since the code pages are trimmed
+//! every 60 s), idle CPU % of one core (utime+stime of all threads, in
+//! clock ticks: 10 ms = 0.033 % of 30 s; and the live threads' schedstat,
+//! in ns), wake-ups/s (voluntary + involuntary context switches summed
+//! over `/proc/PID/task/*/status`), threads, the BEAMs' own CPU over the
+//! same window, and the SIGTERM → exit time. Then every instance process left
 //! is killed by pid (there should be none: deployex stops them on
 //! SIGTERM), and the count is printed. Prints a markdown table.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -189,6 +191,9 @@ struct Row {
     rss_max_kib: u64,
     idle_secs: f64,
     idle_cpu_pct: f64,
+    idle_sched_pct: f64,
+    anon_ready_kib: u64,
+    anon_after_kib: u64,
     wakeups_per_sec: f64,
     threads: usize,
     beams_cpu_pct: f64,
@@ -197,6 +202,25 @@ struct Row {
     left_after_stop: usize,
     load_start: String,
     load_end: String,
+}
+
+/// CPU time of the live threads in ns (`/proc/PID/task/*/schedstat`, first
+/// field): the same CPU as utime+stime at nanosecond resolution instead of
+/// clock ticks (10 ms = 0.033 % of a 30 s window). A thread that exits
+/// during the window takes its time with it (an underestimate).
+fn sched_ns(pid: i32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn anon_kib(pid: i32) -> u64 {
+    procfs::status_number(pid, "RssAnon:").unwrap_or(0)
 }
 
 fn beams_cpu_secs(beams: &[i32]) -> f64 {
@@ -249,6 +273,7 @@ fn run(n_apps: usize, replicas: u32, settle: Duration, idle: Duration, ready_in:
     let ready_secs = t0.elapsed().as_secs_f64();
     let cpu_to_ready_secs = procfs::cpu_secs(pid).unwrap_or(f64::NAN);
     let rss_ready_kib = procfs::rss_kib(pid).unwrap_or(0);
+    let anon_ready_kib = anon_kib(pid);
     let processes = guard.pids().len();
     let beams = deployex_actors::process::pids_running_under(&site.var());
     println!(
@@ -266,6 +291,7 @@ fn run(n_apps: usize, replicas: u32, settle: Duration, idle: Duration, ready_in:
     std::thread::sleep(settle);
     let cpu0 = procfs::cpu_secs(pid).unwrap_or(f64::NAN);
     let ctx0 = procfs::context_switches(pid);
+    let ns0 = sched_ns(pid);
     let beams_cpu0 = beams_cpu_secs(&beams);
     let w0 = Instant::now();
     let mut rss_max_kib = 0;
@@ -277,8 +303,10 @@ fn run(n_apps: usize, replicas: u32, settle: Duration, idle: Duration, ready_in:
     let idle_secs = w0.elapsed().as_secs_f64();
     let cpu1 = procfs::cpu_secs(pid).unwrap_or(f64::NAN);
     let ctx1 = procfs::context_switches(pid);
+    let ns1 = sched_ns(pid);
     let beams_cpu1 = beams_cpu_secs(&beams);
     let rss_after_kib = procfs::rss_kib(pid).unwrap_or(0);
+    let anon_after_kib = anon_kib(pid);
     rss_max_kib = rss_max_kib.max(rss_after_kib);
     let threads = procfs::threads(pid);
     let load_end = procfs::loadavg();
@@ -312,6 +340,9 @@ fn run(n_apps: usize, replicas: u32, settle: Duration, idle: Duration, ready_in:
         rss_max_kib,
         idle_secs,
         idle_cpu_pct: (cpu1 - cpu0) / idle_secs * 100.0,
+        idle_sched_pct: ns1.saturating_sub(ns0) as f64 / 1e9 / idle_secs * 100.0,
+        anon_ready_kib,
+        anon_after_kib,
         wakeups_per_sec: ctx1.saturating_sub(ctx0) as f64 / idle_secs,
         threads,
         beams_cpu_pct: (beams_cpu1 - beams_cpu0) / idle_secs * 100.0,
@@ -332,12 +363,12 @@ fn print_table(rows: &[Row], settle: Duration) {
         settle.as_secs()
     );
     println!(
-        "| apps × replicas | instance OS processes (BEAMs) | all ready after (s) | deployex CPU to ready (s) | RSS at ready (MiB) | RSS after idle (MiB) | RSS max in window (MiB) | idle CPU (%) | wake-ups/s | threads | BEAMs' idle CPU, sum (%) | SIGTERM → exit (s) | left after exit | load avg start → end |"
+        "| apps × replicas | instance OS processes (BEAMs) | all ready after (s) | deployex CPU to ready (s) | RSS at ready (MiB) | RSS after idle (MiB) | RSS max in window (MiB) | anon RSS ready → after (MiB) | idle CPU, utime+stime (%) | idle CPU, schedstat (%) | wake-ups/s | threads | BEAMs' idle CPU, sum (%) | SIGTERM → exit (s) | left after exit | load avg start → end |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} × {} | {} ({}) | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.3} | {:.1} | {} | {:.1} | {:.1}{} | {} | {} → {} |",
+            "| {} × {} | {} ({}) | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} → {:.1} | {:.3} | {:.3} | {:.1} | {} | {:.1} | {:.1}{} | {} | {} → {} |",
             r.apps,
             r.replicas,
             r.processes,
@@ -347,7 +378,10 @@ fn print_table(rows: &[Row], settle: Duration) {
             mib(r.rss_ready_kib),
             mib(r.rss_after_kib),
             mib(r.rss_max_kib),
+            mib(r.anon_ready_kib),
+            mib(r.anon_after_kib),
             r.idle_cpu_pct,
+            r.idle_sched_pct,
             r.wakeups_per_sec,
             r.threads,
             r.beams_cpu_pct,
