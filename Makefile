@@ -12,6 +12,7 @@ help:
 	@echo "make demo    build a demo release, publish 0.1.0 locally, run deployex on :5001"
 	@echo "make bench   = bench-compare (below)"
 	@echo "make bench-respawn  crash->respawn latency and RSS of deployex next to a trivial respawn loop"
+	@echo "make bench-apps  RSS, idle CPU and wake-ups of deployex with 1 and 5 apps x 3 replicas (BENCH_APPS, BENCH_IDLE_SECS)"
 	@echo "make bench-compare  deployex vs supervisord and PM2, deploy timing, 200 replicas (~6 min; installs supervisor and pm2 if missing; updates docs/BENCHMARKS.md)"
 	@echo "make bench-load  HTTP load (wrk) on the API and dashboard, alone and during a rolling deploy"
 	@echo "make dist    release tarball target/dist/deployex-{version}-x86_64-unknown-linux-gnu.tar.gz (glibc >= 2.31)"
@@ -61,6 +62,15 @@ bench-respawn: deps
 	$(CARGO) build --release --bin deployex
 	cp target/release/deployex target/deployex-under-test
 	DEPLOYEX_BIN=$(CURDIR)/target/deployex-under-test $(CARGO) bench --bench respawn
+
+# RSS, idle CPU and wake-ups of deployex with N apps x 3 replicas from one
+# [[apps]] file (bench/apps.rs; BENCH_APPS=1,5, BENCH_REPLICAS=3,
+# BENCH_IDLE_SECS=30, BENCH_SETTLE_SECS=5). Not run by `make test`.
+.PHONY: bench-apps
+bench-apps: deps
+	$(CARGO) build --release --bin deployex
+	cp target/release/deployex target/deployex-under-test
+	DEPLOYEX_BIN=$(CURDIR)/target/deployex-under-test $(CARGO) bench --bench apps
 
 # Side by side with supervisord (Debian) and PM2 (npm) on the same workload,
 # deployment timing and scale (bench/compare/main.rs; knobs documented there
