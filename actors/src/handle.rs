@@ -197,7 +197,7 @@ impl EngineHandle {
 
 impl Engine for EngineHandle {
     fn fleet(&self) -> BoxFuture<'_, Option<serde_json::Value>> {
-        Box::pin(crate::fleet::view())
+        Box::pin(crate::fleet::view(&self.cfg.app))
     }
 
     fn instance_history(

@@ -321,7 +321,7 @@ impl Actor for DeployManager {
             }
             DeployMsg::Unghost { version, reply } => {
                 // Fleet: un-ghosting here clears the fleet's ghost too.
-                let fleet_ghost = crate::fleet::unghosted(&version);
+                let fleet_ghost = crate::fleet::unghosted(&state.cfg.app, &version);
                 if !state.ghosted.contains(&version) {
                     let _ = reply.send(if fleet_ghost {
                         Ok(())

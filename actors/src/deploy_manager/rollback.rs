@@ -71,7 +71,7 @@ impl DmState {
             }
         }
         // Fleet: ghosted on every host.
-        crate::fleet::ghosted(version, why);
+        crate::fleet::ghosted(&self.cfg.app, version, why);
     }
 
     /// Roll back, one at a time, every instance that runs a ghosted

@@ -157,7 +157,7 @@ impl DmState {
                 return;
             }
             // Fleet: no deployment step without a slot for this version.
-            if !crate::fleet::may_deploy(&target.version) {
+            if !crate::fleet::may_deploy(&self.cfg.app, &target.version) {
                 return;
             }
             let deploy_ref = crate::storage::new_deploy_ref();
@@ -172,7 +172,7 @@ impl DmState {
             return;
         }
         // Fleet: every instance runs the target and is ready.
-        crate::fleet::rolled_out(&target.version);
+        crate::fleet::rolled_out(&self.cfg.app, &target.version);
     }
 
     pub(super) fn start_deploy(

@@ -34,6 +34,11 @@
 //!   nothing running is touched, and no new deployment step starts without
 //!   a claim renewed within half a lease (a host cut off from the store
 //!   stops starting steps before another host can take its slot).
+//! - One app takes part: the first configured one (`[[apps]]`). The hooks
+//!   name their app; another app's calls see no fleet (it deploys on its
+//!   own on each host), so its versions never take the fleet app's slots
+//!   or ghost the fleet app's versions of the same name
+//!   (`another_apps_hooks_see_no_fleet`).
 
 pub mod objects;
 
@@ -76,6 +81,8 @@ struct Held {
 /// What the hooks and the fleet task share.
 #[derive(Debug, Default)]
 struct Shared {
+    /// The app whose deployments the fleet coordinates.
+    app: String,
     /// The lease: a slot not renewed for half of it is not used to start a
     /// step (another host may take it once the lease has run out).
     lease: Duration,
@@ -115,11 +122,17 @@ fn shared() -> Option<MutexGuard<'static, Shared>> {
         .map(|m| m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
 }
 
+/// The shared state when `app` is the fleet's app; `None` (no fleet) for
+/// any other app.
+fn shared_for(app: &str) -> Option<MutexGuard<'static, Shared>> {
+    shared().filter(|s| s.app == app)
+}
+
 /// Whether this host may start a deployment step of `version` now. Without
 /// a fleet: always. Otherwise only while it holds a slot; else the wish is
 /// queued for the fleet task, which claims a slot and re-evaluates.
-pub fn may_deploy(version: &str) -> bool {
-    let Some(mut s) = shared() else {
+pub fn may_deploy(app: &str, version: &str) -> bool {
+    let Some(mut s) = shared_for(app) else {
         return true;
     };
     if s.ghosts.contains(version) {
@@ -143,8 +156,8 @@ pub fn may_deploy(version: &str) -> bool {
 }
 
 /// Every instance of this host runs `version` and is ready: its slot goes.
-pub fn rolled_out(version: &str) {
-    let Some(mut s) = shared() else {
+pub fn rolled_out(app: &str, version: &str) {
+    let Some(mut s) = shared_for(app) else {
         return;
     };
     if s.want.as_deref() == Some(version) {
@@ -156,8 +169,8 @@ pub fn rolled_out(version: &str) {
 }
 
 /// This host ghosted `version`: the fleet ghosts it, the slot goes.
-pub fn ghosted(version: &str, why: &str) {
-    let Some(mut s) = shared() else {
+pub fn ghosted(app: &str, version: &str, why: &str) {
+    let Some(mut s) = shared_for(app) else {
         return;
     };
     if s.ghosts.insert(version.to_owned()) {
@@ -170,8 +183,8 @@ pub fn ghosted(version: &str, why: &str) {
 
 /// An operator un-ghosted `version` here: cleared fleet-wide. Returns
 /// whether the fleet had it ghosted.
-pub fn unghosted(version: &str) -> bool {
-    let Some(mut s) = shared() else {
+pub fn unghosted(app: &str, version: &str) -> bool {
+    let Some(mut s) = shared_for(app) else {
         return false;
     };
     let knew = s.ghosts.remove(version);
@@ -183,9 +196,9 @@ pub fn unghosted(version: &str) -> bool {
 /// without a fleet. Asking keeps the view fresh (read every heartbeat) for
 /// [`VIEW_INTEREST`]; after a quiet period the first ask waits for the next
 /// read (at most two heartbeats and 5 s; `store_time` says how old).
-pub async fn view() -> Option<Value> {
+pub async fn view(app: &str) -> Option<Value> {
     let (fresh, heartbeat) = {
-        let mut s = shared()?;
+        let mut s = shared_for(app)?;
         s.view_asked = Some(Instant::now());
         let fresh = s.view_at.is_some_and(|t| t.elapsed() < s.heartbeat * 2);
         (fresh, s.heartbeat)
@@ -212,6 +225,7 @@ pub async fn view() -> Option<Value> {
 /// Starts this host's fleet task (once per process).
 pub fn spawn(cfg: Arc<EngineConfig>, fleet: FleetConfig, engine: crate::EngineHandle) {
     let shared_state = Shared {
+        app: cfg.app.clone(),
         lease: fleet.lease,
         heartbeat: fleet.heartbeat,
         ..Shared::default()
@@ -265,5 +279,43 @@ fn record_error(error: String) {
     {
         tracing::error!(%error, "fleet");
         s.last_error = Some(error);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// With several apps, only the fleet's app takes part: another app's
+    /// hooks neither wait for slots, nor take the fleet app's wish, nor
+    /// ghost (or un-ghost) the fleet app's version of the same name.
+    #[test]
+    fn another_apps_hooks_see_no_fleet() {
+        let _ = SHARED.set(Mutex::new(Shared {
+            app: "api".into(),
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(5),
+            ..Shared::default()
+        }));
+        assert!(
+            !may_deploy("api", "1.0.0"),
+            "the fleet's app waits for a slot"
+        );
+        assert!(may_deploy("worker", "1.0.0"), "another app: no fleet");
+        assert!(may_deploy("worker", "2.0.0"));
+        ghosted("worker", "1.0.0", "crash loop");
+        rolled_out("worker", "1.0.0");
+        assert!(!unghosted("worker", "1.0.0"));
+        {
+            let s = shared().unwrap();
+            assert_eq!(s.want.as_deref(), Some("1.0.0"), "api's wish kept");
+            assert!(s.ghosts.is_empty() && s.to_ghost.is_empty());
+            assert!(s.to_unghost.is_empty());
+        }
+        ghosted("api", "1.0.0", "crash loop");
+        assert!(!may_deploy("api", "1.0.0"), "ghosted in the fleet");
+        assert!(may_deploy("worker", "1.0.0"), "worker's 1.0.0 is its own");
+        assert!(unghosted("api", "1.0.0"));
     }
 }
