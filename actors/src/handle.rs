@@ -88,12 +88,20 @@ pub async fn start_apps(apps: Vec<EngineConfig>) -> Result<Running, StartError> 
     // (it follows reloads); the first app's period.
     let period = crate::history::period_of(&cfg);
     crate::history::global().set_period(period);
+    let started = Instant::now();
+    // Fleet mode: one fleet per app, following the list like the sampler.
+    let fleets = cfg
+        .fleet
+        .clone()
+        .map(|fleet| crate::fleet::spawn_all(following.clone(), fleet, root.clone(), started));
     let sampler = crate::history::spawn_sampler(following, period);
     let join = tokio::spawn(async move {
         let _ = join.await;
         sampler.abort();
+        if let Some(f) = fleets {
+            f.abort();
+        }
     });
-    let started = Instant::now();
     let handles: Vec<EngineHandle> = apps
         .iter()
         .map(|cfg| EngineHandle {
@@ -103,9 +111,6 @@ pub async fn start_apps(apps: Vec<EngineConfig>) -> Result<Running, StartError> 
         })
         .collect();
     let handle = handles[0].clone();
-    if let Some(fleet) = cfg.fleet.clone() {
-        crate::fleet::spawn(cfg, fleet, handle.clone());
-    }
     Ok(Running {
         handle,
         apps: handles,
@@ -118,6 +123,10 @@ fn actor<M: ractor::Message>(name: &str) -> Option<ActorRef<M>> {
 }
 
 impl EngineHandle {
+    pub(crate) fn new(cfg: Arc<EngineConfig>, root: ActorRef<RootMsg>, started: Instant) -> Self {
+        Self { cfg, root, started }
+    }
+
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
     }

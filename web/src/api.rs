@@ -229,8 +229,8 @@ async fn unghost(scope: Scope, version: String) -> Result<Response, Rejection> {
 }
 
 /// The fleet as this host last read it (fleet mode), else 404.
-async fn fleet(state: Arc<AppState>) -> Result<Response, Rejection> {
-    Ok(match state.engine.fleet().await {
+async fn fleet(scope: Scope) -> Result<Response, Rejection> {
+    Ok(match scope.engine().fleet().await {
         Some(view) => json_status(StatusCode::OK, &view),
         None => json_error(
             StatusCode::NOT_FOUND,
@@ -293,11 +293,10 @@ pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
         .and(auth())
         .and_then(unghost);
 
-    let fleet = api
+    let fleet = scoped()
         .and(warp::path!("fleet"))
         .and(warp::get())
         .and(auth())
-        .and(st())
         .and_then(fleet);
 
     login

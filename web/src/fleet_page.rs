@@ -12,8 +12,9 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use crate::AppState;
-use crate::guard::{Guard, Session, authed, with_state};
+use crate::guard::{Guard, Session, authed};
 use crate::pages::{html_page, layout};
+use crate::scope::{Scope, page_scope};
 
 fn text(v: &Value) -> String {
     match v {
@@ -100,9 +101,8 @@ fn fleet(view: &Value) -> Markup {
     }
 }
 
-async fn fleet_page(state: Arc<AppState>) -> Result<Response, Rejection> {
-    let app = state.cfg.app_name.clone();
-    let (status, body) = match state.engine.fleet().await {
+async fn fleet_page(scope: Scope) -> Result<Response, Rejection> {
+    let (status, body) = match scope.engine().fleet().await {
         Some(view) => (StatusCode::OK, fleet(&view)),
         None => (
             StatusCode::NOT_FOUND,
@@ -111,19 +111,20 @@ async fn fleet_page(state: Arc<AppState>) -> Result<Response, Rejection> {
     };
     Ok(html_page(
         status,
-        layout("Fleet", crate::pages::Here::top(&app), "fleet", body, true),
+        layout("Fleet", scope.here(), "fleet", body, true),
     ))
 }
 
-/// `GET /fleet` (a session, like every page).
+/// `GET /fleet`, `GET /apps/{app}/fleet` (a session, like every page):
+/// each app has its own fleet.
 pub fn routes(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
     let page = authed(state.clone(), Guard::Page)
         .map(|_: Session| ())
         .untuple_one();
-    warp::path!("fleet")
+    page_scope(state)
+        .and(warp::path!("fleet"))
         .and(warp::get())
         .and(page)
-        .and(with_state(state))
         .and_then(fleet_page)
         .boxed()
 }

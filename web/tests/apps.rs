@@ -49,6 +49,7 @@ const PROTECTED: &[(&str, &str)] = &[
     ),
     ("GET", "/api/v1/apps/worker/instances/1/supervision"),
     ("GET", "/api/v1/apps/worker/instances/1/ets"),
+    ("GET", "/api/v1/apps/worker/fleet"),
     // An unknown app is not told apart from a known one without a session.
     ("GET", "/api/v1/apps/nope/status"),
     ("POST", "/api/v1/apps/nope/instances/1/restart"),
@@ -62,6 +63,7 @@ const PROTECTED_PAGES: &[&str] = &[
     "/apps/worker/instances/1/logs/stdout",
     "/apps/worker/instances/1/terminal",
     "/apps/worker/instances/1/observer",
+    "/apps/worker/fleet",
     "/apps/nope",
     "/apps/nope/versions",
 ];
@@ -371,4 +373,52 @@ async fn views_follow_the_app_list() {
         .await;
     assert_eq!(r.status(), 200);
     assert_eq!(state.cached_views(), 1);
+}
+
+/// Each app has its own fleet: `/api/v1/apps/{app}/fleet` and
+/// `/apps/{app}/fleet` show that app's, the un-prefixed ones the first
+/// app's.
+#[tokio::test]
+async fn each_app_has_its_own_fleet_view() {
+    let api: Arc<dyn deployex_actors::engine::Engine> = Arc::new(FakeEngine::default());
+    let view = serde_json::json!({
+        "host_id": "h-worker", "max_parallel": 1, "lease_ms": 4000, "last_error": null,
+        "hosts": [], "claims": [], "ghosts": ["9.9.9"],
+    });
+    let worker: Arc<dyn deployex_actors::engine::Engine> = Arc::new(FakeEngine {
+        fleet_view: Some(view),
+        ..FakeEngine::default()
+    });
+    let state = AppState::with_apps(
+        api.clone(),
+        vec![("api".into(), api), ("worker".into(), worker)],
+        config(),
+    );
+    let f = routes_with_state(state.clone());
+    let get = |path: &str| {
+        warp::test::request()
+            .path(path)
+            .header("authorization", bearer(&state))
+    };
+    let r = get("/api/v1/apps/worker/fleet").reply(&f).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(body_json(&r)["host_id"], "h-worker");
+    let r = get("/api/v1/fleet").reply(&f).await;
+    assert_eq!(r.status(), 404, "the first app has no fleet");
+    let r = get("/api/v1/apps/api/fleet").reply(&f).await;
+    assert_eq!(r.status(), 404);
+    let r = warp::test::request()
+        .path("/apps/worker/fleet")
+        .header(
+            "cookie",
+            format!("deployex_session={}", state.tokens.issue()),
+        )
+        .reply(&f)
+        .await;
+    assert_eq!(r.status(), 200);
+    let html = text(&r);
+    assert!(
+        html.contains("9.9.9") && html.contains(r#"data-base="/apps/worker""#),
+        "{html}"
+    );
 }

@@ -34,11 +34,12 @@
 //!   nothing running is touched, and no new deployment step starts without
 //!   a claim renewed within half a lease (a host cut off from the store
 //!   stops starting steps before another host can take its slot).
-//! - One app takes part: the first configured one (`[[apps]]`). The hooks
-//!   name their app; another app's calls see no fleet (it deploys on its
-//!   own on each host), so its versions never take the fleet app's slots
-//!   or ghost the fleet app's versions of the same name
-//!   (`another_apps_hooks_see_no_fleet`).
+//! - Every app has its own fleet (`[[apps]]`): its own task, objects under
+//!   `fleet/{app}/{env}/` in its own store, its own slots, canary and
+//!   ghosts; the hooks name their app, so one app's versions never take
+//!   another app's slots or ghost another app's version of the same name
+//!   (`apps_have_their_own_fleet`). The fleets follow the app list (an
+//!   app added by a reload gets one, a removed app's task stops).
 
 pub mod objects;
 
@@ -80,9 +81,7 @@ struct Held {
 
 /// What the hooks and the fleet task share.
 #[derive(Debug, Default)]
-struct Shared {
-    /// The app whose deployments the fleet coordinates.
-    app: String,
+pub(super) struct Shared {
     /// The lease: a slot not renewed for half of it is not used to start a
     /// step (another host may take it once the lease has run out).
     lease: Duration,
@@ -112,29 +111,37 @@ struct Shared {
 /// was last asked for.
 const VIEW_INTEREST: Duration = Duration::from_secs(60);
 
-static SHARED: OnceLock<Mutex<Shared>> = OnceLock::new();
-/// Wakes the askers of [`view`] when the fleet task has read a new view.
+/// Each app's fleet state, by app; an app without an entry has no fleet.
+static FLEETS: OnceLock<Mutex<HashMap<String, Arc<Mutex<Shared>>>>> = OnceLock::new();
+/// Wakes the askers of [`view`] when a fleet task has read a new view.
 static VIEW_READ: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
-fn shared() -> Option<MutexGuard<'static, Shared>> {
-    SHARED
-        .get()
-        .map(|m| m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+fn fleets() -> MutexGuard<'static, HashMap<String, Arc<Mutex<Shared>>>> {
+    FLEETS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The shared state when `app` is the fleet's app; `None` (no fleet) for
-/// any other app.
-fn shared_for(app: &str) -> Option<MutexGuard<'static, Shared>> {
-    shared().filter(|s| s.app == app)
+/// `app`'s fleet state; `None` when `app` has no fleet.
+fn state_of(app: &str) -> Option<Arc<Mutex<Shared>>> {
+    fleets().get(app).cloned()
+}
+
+fn lock(state: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Whether this host may start a deployment step of `version` now. Without
 /// a fleet: always. Otherwise only while it holds a slot; else the wish is
 /// queued for the fleet task, which claims a slot and re-evaluates.
 pub fn may_deploy(app: &str, version: &str) -> bool {
-    let Some(mut s) = shared_for(app) else {
+    let Some(state) = state_of(app) else {
         return true;
     };
+    let mut s = lock(&state);
     if s.ghosts.contains(version) {
         return false;
     }
@@ -157,9 +164,10 @@ pub fn may_deploy(app: &str, version: &str) -> bool {
 
 /// Every instance of this host runs `version` and is ready: its slot goes.
 pub fn rolled_out(app: &str, version: &str) {
-    let Some(mut s) = shared_for(app) else {
+    let Some(state) = state_of(app) else {
         return;
     };
+    let mut s = lock(&state);
     if s.want.as_deref() == Some(version) {
         s.want = None;
     }
@@ -170,9 +178,10 @@ pub fn rolled_out(app: &str, version: &str) {
 
 /// This host ghosted `version`: the fleet ghosts it, the slot goes.
 pub fn ghosted(app: &str, version: &str, why: &str) {
-    let Some(mut s) = shared_for(app) else {
+    let Some(state) = state_of(app) else {
         return;
     };
+    let mut s = lock(&state);
     if s.ghosts.insert(version.to_owned()) {
         s.to_ghost.push((version.to_owned(), why.to_owned()));
     }
@@ -184,9 +193,10 @@ pub fn ghosted(app: &str, version: &str, why: &str) {
 /// An operator un-ghosted `version` here: cleared fleet-wide. Returns
 /// whether the fleet had it ghosted.
 pub fn unghosted(app: &str, version: &str) -> bool {
-    let Some(mut s) = shared_for(app) else {
+    let Some(state) = state_of(app) else {
         return false;
     };
+    let mut s = lock(&state);
     let knew = s.ghosts.remove(version);
     s.to_unghost.push(version.to_owned());
     knew
@@ -197,8 +207,9 @@ pub fn unghosted(app: &str, version: &str) -> bool {
 /// [`VIEW_INTEREST`]; after a quiet period the first ask waits for the next
 /// read (at most two heartbeats and 5 s; `store_time` says how old).
 pub async fn view(app: &str) -> Option<Value> {
+    let state = state_of(app)?;
     let (fresh, heartbeat) = {
-        let mut s = shared_for(app)?;
+        let mut s = lock(&state);
         s.view_asked = Some(Instant::now());
         let fresh = s.view_at.is_some_and(|t| t.elapsed() < s.heartbeat * 2);
         (fresh, s.heartbeat)
@@ -209,7 +220,7 @@ pub async fn view(app: &str) -> Option<Value> {
         let _ = tokio::time::timeout(heartbeat * 2 + Duration::from_secs(5), VIEW_READ.notified())
             .await;
     }
-    let s = shared()?;
+    let s = lock(&state);
     let mut view = s
         .view
         .clone()
@@ -222,28 +233,81 @@ pub async fn view(app: &str) -> Option<Value> {
     Some(view)
 }
 
-/// Starts this host's fleet task (once per process).
-pub fn spawn(cfg: Arc<EngineConfig>, fleet: FleetConfig, engine: crate::EngineHandle) {
-    let shared_state = Shared {
-        app: cfg.app.clone(),
+/// Runs every app's fleet task while the tree runs: one per app of the
+/// root's current list (`apps`), started for an app a reload adds and
+/// stopped (its state dropped) for an app a reload removes. Ends, with
+/// every fleet task, when the list's sender is gone.
+pub fn spawn_all(
+    mut apps: tokio::sync::watch::Receiver<crate::root::Apps>,
+    fleet: FleetConfig,
+    root: ractor::ActorRef<crate::root::RootMsg>,
+    started: Instant,
+) -> tokio::task::JoinHandle<()> {
+    tracing::info!(host = %fleet.host_id, max_parallel = fleet.max_parallel, lease = ?fleet.lease, "fleet mode");
+    tokio::spawn(async move {
+        // By name: a reload that only scales an app keeps its fleet task
+        // (its handle reads the live replica count), held slots included.
+        // Dropping an entry (a removed app, or this task aborted with the
+        // tree) stops that app's fleet task and drops its state.
+        let mut running: HashMap<String, AppFleet> = HashMap::new();
+        loop {
+            let list = apps.borrow_and_update().clone();
+            running.retain(|app, _| list.iter().any(|c| c.app == *app));
+            for cfg in list.iter() {
+                if !running.contains_key(&cfg.app) {
+                    let engine = crate::EngineHandle::new(cfg.clone(), root.clone(), started);
+                    let task = spawn(cfg.clone(), fleet.clone(), engine);
+                    running.insert(
+                        cfg.app.clone(),
+                        AppFleet {
+                            app: cfg.app.clone(),
+                            task,
+                        },
+                    );
+                }
+            }
+            if apps.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// One app's running fleet task; dropped: the task stops and the app has
+/// no fleet any more (its hooks see none).
+struct AppFleet {
+    app: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AppFleet {
+    fn drop(&mut self) {
+        self.task.abort();
+        fleets().remove(&self.app);
+    }
+}
+
+/// Starts `cfg`'s app's fleet task.
+fn spawn(
+    cfg: Arc<EngineConfig>,
+    fleet: FleetConfig,
+    engine: crate::EngineHandle,
+) -> tokio::task::JoinHandle<()> {
+    let state = Arc::new(Mutex::new(Shared {
         lease: fleet.lease,
         heartbeat: fleet.heartbeat,
         ..Shared::default()
-    };
-    if SHARED.set(Mutex::new(shared_state)).is_err() {
-        tracing::error!("fleet task already running");
-        return;
-    }
-    tracing::info!(host = %fleet.host_id, max_parallel = fleet.max_parallel, lease = ?fleet.lease, "fleet mode");
+    }));
+    fleets().insert(cfg.app.clone(), state.clone());
     tokio::spawn(async move {
         let store = loop {
             match crate::release_fetcher::make_store(&cfg).await {
                 Ok(s) => break s,
                 Err(e) => {
-                    record_error(format!(
-                        "fleet store: {}",
-                        crate::release_fetcher::error_chain(&e)
-                    ));
+                    record_error(
+                        &state,
+                        format!("fleet store: {}", crate::release_fetcher::error_chain(&e)),
+                    );
                     tokio::time::sleep(fleet.heartbeat).await;
                 }
             }
@@ -253,6 +317,7 @@ pub fn spawn(cfg: Arc<EngineConfig>, fleet: FleetConfig, engine: crate::EngineHa
             objects: Objects::from_store(&store),
             cfg: fleet,
             engine,
+            state: state.clone(),
         };
         let mut every = tokio::time::interval(task.cfg.heartbeat);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -260,23 +325,20 @@ pub fn spawn(cfg: Arc<EngineConfig>, fleet: FleetConfig, engine: crate::EngineHa
             every.tick().await;
             match task.tick().await {
                 Ok(()) => {
-                    if let Some(mut s) = shared()
-                        && s.last_error.take().is_some()
-                    {
-                        tracing::info!("fleet: store reachable again");
+                    if lock(&state).last_error.take().is_some() {
+                        tracing::info!(app = %cfg.app, "fleet: store reachable again");
                     }
                 }
-                Err(e) => record_error(crate::release_fetcher::error_chain(&e)),
+                Err(e) => record_error(&state, crate::release_fetcher::error_chain(&e)),
             }
         }
-    });
+    })
 }
 
 /// Keeps `error` as the fleet's last error, logged once per change.
-fn record_error(error: String) {
-    if let Some(mut s) = shared()
-        && s.last_error.as_deref() != Some(error.as_str())
-    {
+fn record_error(state: &Mutex<Shared>, error: String) {
+    let mut s = lock(state);
+    if s.last_error.as_deref() != Some(error.as_str()) {
         tracing::error!(%error, "fleet");
         s.last_error = Some(error);
     }
@@ -287,35 +349,39 @@ fn record_error(error: String) {
 mod tests {
     use super::*;
 
-    /// With several apps, only the fleet's app takes part: another app's
-    /// hooks neither wait for slots, nor take the fleet app's wish, nor
-    /// ghost (or un-ghost) the fleet app's version of the same name.
+    /// Each app has its own fleet: one app's wish, slots and ghosts never
+    /// touch another's, even for a version of the same name; an app
+    /// without a fleet deploys freely.
     #[test]
-    fn another_apps_hooks_see_no_fleet() {
-        let _ = SHARED.set(Mutex::new(Shared {
-            app: "api".into(),
-            lease: Duration::from_secs(30),
-            heartbeat: Duration::from_secs(5),
-            ..Shared::default()
-        }));
-        assert!(
-            !may_deploy("api", "1.0.0"),
-            "the fleet's app waits for a slot"
-        );
-        assert!(may_deploy("worker", "1.0.0"), "another app: no fleet");
-        assert!(may_deploy("worker", "2.0.0"));
-        ghosted("worker", "1.0.0", "crash loop");
-        rolled_out("worker", "1.0.0");
-        assert!(!unghosted("worker", "1.0.0"));
-        {
-            let s = shared().unwrap();
-            assert_eq!(s.want.as_deref(), Some("1.0.0"), "api's wish kept");
-            assert!(s.ghosts.is_empty() && s.to_ghost.is_empty());
-            assert!(s.to_unghost.is_empty());
+    fn apps_have_their_own_fleet() {
+        for app in ["api", "worker"] {
+            fleets().insert(
+                app.into(),
+                Arc::new(Mutex::new(Shared {
+                    lease: Duration::from_secs(30),
+                    heartbeat: Duration::from_secs(5),
+                    ..Shared::default()
+                })),
+            );
         }
-        ghosted("api", "1.0.0", "crash loop");
-        assert!(!may_deploy("api", "1.0.0"), "ghosted in the fleet");
-        assert!(may_deploy("worker", "1.0.0"), "worker's 1.0.0 is its own");
-        assert!(unghosted("api", "1.0.0"));
+        let get = |app: &str| state_of(app).unwrap();
+        assert!(!may_deploy("api", "1.0.0"), "api waits for a slot");
+        assert!(!may_deploy("worker", "2.0.0"), "worker waits for its own");
+        assert_eq!(lock(&get("api")).want.as_deref(), Some("1.0.0"));
+        assert_eq!(lock(&get("worker")).want.as_deref(), Some("2.0.0"));
+        assert!(may_deploy("nofleet", "1.0.0"), "an app without a fleet");
+        ghosted("worker", "1.0.0", "crash loop");
+        assert!(lock(&get("worker")).ghosts.contains("1.0.0"));
+        assert!(
+            lock(&get("api")).ghosts.is_empty(),
+            "api's 1.0.0 is its own"
+        );
+        assert!(!may_deploy("worker", "1.0.0"));
+        assert!(!unghosted("api", "1.0.0"), "api never had it ghosted");
+        assert!(lock(&get("worker")).ghosts.contains("1.0.0"));
+        assert!(unghosted("worker", "1.0.0"));
+        rolled_out("api", "1.0.0");
+        assert_eq!(lock(&get("api")).want, None);
+        assert_eq!(lock(&get("worker")).want.as_deref(), Some("2.0.0"));
     }
 }

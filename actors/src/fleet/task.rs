@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::engine::Engine;
 
 use super::objects::{ObjError, Objects};
-use super::{FleetConfig, Held, VIEW_INTEREST, VIEW_READ, shared};
+use super::{FleetConfig, Held, Shared, VIEW_INTEREST, VIEW_READ};
 
 /// This host's fleet task: its store, its prefix and the engine it reports.
 pub(super) struct Fleet {
@@ -18,6 +18,8 @@ pub(super) struct Fleet {
     pub(super) objects: Objects,
     pub(super) cfg: FleetConfig,
     pub(super) engine: crate::EngineHandle,
+    /// What this app's hooks and this task share.
+    pub(super) state: std::sync::Arc<std::sync::Mutex<Shared>>,
 }
 
 /// A slot as read from the store.
@@ -30,6 +32,16 @@ struct Slot {
 }
 
 impl Fleet {
+    /// This app's shared state (`Option` for the callers' `if let`: always
+    /// `Some`).
+    fn shared(&self) -> Option<std::sync::MutexGuard<'_, Shared>> {
+        Some(
+            self.state
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
     fn key(&self, rest: &str) -> String {
         format!("{}{rest}", self.prefix)
     }
@@ -37,7 +49,8 @@ impl Fleet {
     pub(super) async fn tick(&self) -> Result<(), ObjError> {
         // 1. Heartbeat; its store time is "now" for every lease below.
         let status = self.engine.status().await;
-        let held: Vec<String> = shared()
+        let held: Vec<String> = self
+            .shared()
             .map(|s| s.held.keys().cloned().collect())
             .unwrap_or_default();
         let beat = json!({
@@ -67,7 +80,7 @@ impl Fleet {
 
         // 2. Ghosts first: a host that takes a slot released below must
         // find the ghost.
-        let (to_ghost, to_unghost) = match shared() {
+        let (to_ghost, to_unghost) = match self.shared() {
             Some(mut s) => (
                 std::mem::take(&mut s.to_ghost),
                 std::mem::take(&mut s.to_unghost),
@@ -78,7 +91,7 @@ impl Fleet {
             let body = json!({"version": version, "host": self.cfg.host_id, "why": why});
             let key = self.key(&format!("ghosts/{version}.json"));
             if let Err(e) = self.objects.put(&key, body.to_string().into_bytes()).await {
-                if let Some(mut s) = shared() {
+                if let Some(mut s) = self.shared() {
                     s.to_ghost.extend(to_ghost[i..].iter().cloned());
                     s.to_unghost.extend(to_unghost);
                 }
@@ -89,7 +102,7 @@ impl Fleet {
         for (i, version) in to_unghost.iter().enumerate() {
             let key = self.key(&format!("ghosts/{version}.json"));
             if let Err(e) = self.objects.delete(&key, None).await {
-                if let Some(mut s) = shared() {
+                if let Some(mut s) = self.shared() {
                     s.to_unghost.extend(to_unghost[i..].iter().cloned());
                 }
                 return Err(e);
@@ -97,7 +110,7 @@ impl Fleet {
         }
 
         // 3. Release finished slots; renew the others.
-        let (release, held) = match shared() {
+        let (release, held) = match self.shared() {
             Some(mut s) => {
                 let release = std::mem::take(&mut s.release);
                 for v in &release {
@@ -111,7 +124,7 @@ impl Fleet {
         for version in &release {
             if let Err(e) = self.release_slot(version, now).await {
                 // Tried again next tick (the slot must not wait for its lease).
-                if let Some(mut s) = shared() {
+                if let Some(mut s) = self.shared() {
                     s.release.extend(release.iter().cloned());
                 }
                 return Err(e);
@@ -121,7 +134,7 @@ impl Fleet {
             let body = claim_body(&self.cfg.host_id, &version);
             match self.objects.renew(&h.key, body, &h.etag).await? {
                 Some(etag) => {
-                    if let Some(mut s) = shared()
+                    if let Some(mut s) = self.shared()
                         && let Some(entry) = s.held.get_mut(&version)
                     {
                         entry.etag = etag;
@@ -130,7 +143,7 @@ impl Fleet {
                 }
                 None => {
                     tracing::error!(%version, "fleet: slot lost (lease ran out and another host took it)");
-                    if let Some(mut s) = shared() {
+                    if let Some(mut s) = self.shared() {
                         s.held.remove(&version);
                     }
                 }
@@ -150,7 +163,7 @@ impl Fleet {
                     .map(str::to_owned)
             })
             .collect();
-        let (want, cleared) = match shared() {
+        let (want, cleared) = match self.shared() {
             Some(mut s) => {
                 let pending: Vec<String> = s.to_ghost.iter().map(|(v, _)| v.clone()).collect();
                 let cleared: Vec<String> = match &s.read_ghosts {
@@ -195,14 +208,15 @@ impl Fleet {
         }
 
         // 6. The view for the API, while someone looks at it.
-        let asked = shared()
+        let asked = self
+            .shared()
             .and_then(|s| s.view_asked)
             .is_some_and(|t| t.elapsed() < VIEW_INTEREST);
         if asked {
             let view = self
                 .read_view(now, &ghosts, status.desired_version.as_deref())
                 .await?;
-            if let Some(mut s) = shared() {
+            if let Some(mut s) = self.shared() {
                 s.view = Some(view);
                 s.view_at = Some(Instant::now());
             }
@@ -327,13 +341,13 @@ impl Fleet {
         let ghosted = self.objects.get(&ghost).await?.is_some();
         if step_back || ghosted {
             self.objects.delete(&held.key, Some(&held.etag)).await?;
-            if ghosted && let Some(mut s) = shared() {
+            if ghosted && let Some(mut s) = self.shared() {
                 s.ghosts.insert(version.to_owned());
             }
             return Ok(false);
         }
         tracing::info!(%version, slot = %held.key, canary = canary.is_none(), "fleet: slot claimed");
-        if let Some(mut s) = shared() {
+        if let Some(mut s) = self.shared() {
             s.held.insert(version.to_owned(), held);
         }
         Ok(true)
@@ -387,7 +401,7 @@ impl Fleet {
                 }));
             }
         }
-        let last_error = shared().and_then(|s| s.last_error.clone());
+        let last_error = self.shared().and_then(|s| s.last_error.clone());
         Ok(json!({
             "host_id": self.cfg.host_id,
             "max_parallel": self.cfg.max_parallel,

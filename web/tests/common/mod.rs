@@ -22,6 +22,8 @@ pub struct FakeEngine {
     pub shell: Mutex<Option<ShellCommand>>,
     /// When set, uptimes grow with real time (for the demo server).
     pub started: Option<std::time::Instant>,
+    /// The fleet view `fleet()` answers (`None`: fleet mode off).
+    pub fleet_view: Option<serde_json::Value>,
 }
 
 pub fn sample_status() -> Status {
@@ -195,6 +197,9 @@ impl Engine for FakeEngine {
                 .clone()
                 .ok_or_else(|| ActionError::Invalid("not running".into()))
         })
+    }
+    fn fleet(&self) -> BoxFuture<'_, Option<serde_json::Value>> {
+        Box::pin(async move { self.fleet_view.clone() })
     }
     fn actors(&self) -> BoxFuture<'_, ActorInfo> {
         Box::pin(async move {
