@@ -1,14 +1,28 @@
 //! End to end of fleet mode: 2–3 real deployex "hosts" on this machine, each
 //! with its own DEPLOYEX_HOST_ID, var dir, ports and EPMD, on one shared
 //! local store or one moto S3 bucket, deploying real releases.
+//!
+//! - `two_hosts_on_a_local_store`: canary rollout host by host, a
+//!   crash-at-boot version ghosted fleet-wide, un-ghost, a canary killed
+//!   mid-deploy (its lease runs out), a store outage;
+//! - `two_apps_each_have_their_own_fleet`: two hosts each running the same
+//!   two apps (`[[apps]]` file, `dxtest` and `dxsmoke`): each app's
+//!   `/api/v1/apps/{app}/fleet` and `fleet/{app}/local/` objects are its
+//!   own, a new version of one app rolls through its own fleet (claims
+//!   under its prefix only, behind its canary) while the other app's pids
+//!   never change, and a ghost of one app is not the other's;
+//! - `three_hosts_on_s3_with_two_slots`: MAX_PARALLEL=2 on moto S3, the
+//!   fleet API, `deployex fleet` and the `/fleet` page.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{Credentials, SharedCredentialsProvider};
+use common::apps::{AppGuard, start_with_config};
 use common::deployex::{APP, Deployex, Site, deployex_bin, pids, running_on};
 use common::fixture_tarball;
 use common::moto::{self, Moto};
@@ -35,11 +49,16 @@ fn host(id: &str, replicas: u32, extra: &[(&str, &str)]) -> Site {
 
 /// `deployex publish` of the fixture `version` with `args` and `env`.
 fn publish(version: &str, args: &[&str], env: &[(&str, &str)]) {
-    let tarball = fixture_tarball(APP, version);
+    publish_app(APP, version, args, env);
+}
+
+/// `deployex publish` of `app`'s fixture `version` with `args` and `env`.
+fn publish_app(app: &str, version: &str, args: &[&str], env: &[(&str, &str)]) {
+    let tarball = fixture_tarball(app, version);
     let mut cmd = Command::new(deployex_bin());
     cmd.arg("publish")
         .arg(&tarball)
-        .args(["--app", APP])
+        .args(["--app", app])
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -80,10 +99,24 @@ fn phase(status: &Value, version: &str) -> Phase {
 /// that at most `parallel` hosts are between "started" and "ready on every
 /// instance". Returns the order in which hosts started.
 fn roll_out(hosts: &[&Deployex], version: &str, parallel: usize, timeout: Duration) -> Vec<usize> {
+    roll_out_at(hosts, "/api/v1/status", version, parallel, timeout, || ())
+}
+
+/// [`roll_out`] of the app whose status is at `status_path`, calling
+/// `each_round` (more assertions) at every round.
+fn roll_out_at(
+    hosts: &[&Deployex],
+    status_path: &str,
+    version: &str,
+    parallel: usize,
+    timeout: Duration,
+    mut each_round: impl FnMut(),
+) -> Vec<usize> {
     let deadline = Instant::now() + timeout;
     let mut order = Vec::new();
     loop {
-        let statuses: Vec<Value> = hosts.iter().map(|d| d.status()).collect();
+        each_round();
+        let statuses: Vec<Value> = hosts.iter().map(|d| d.get(status_path)).collect();
         let phases: Vec<Phase> = statuses.iter().map(|s| phase(s, version)).collect();
         let busy = phases.iter().filter(|p| **p == Phase::InProgress).count();
         assert!(
@@ -302,6 +335,258 @@ fn two_hosts_on_a_local_store() {
         (f["last_error"].is_null() && fresh).then_some(())
     });
     drop(dead);
+}
+
+/// The second app of [`two_apps_each_have_their_own_fleet`] (the second
+/// fixture of tests/multi_app.rs).
+const APP_B: &str = "dxsmoke";
+
+/// A fleet host's `[[apps]]` file: `APP` and `APP_B`, one replica each, on
+/// the shared local `store`; the fleet settings are top-level (host-wide).
+fn two_apps_config(site: &Site, id: &str, store: &Path, port_b: u16) -> PathBuf {
+    let path = site.dir.path().join("deployex.toml");
+    let text = format!(
+        r#"
+fleet = true
+host_id = "{id}"
+fleet_heartbeat_ms = 200
+fleet_lease_ms = {LEASE_MS}
+monitored_replicas = 1
+release_dir = "{store}"
+min_ready_ms = 300
+rollback_crashes = 1
+
+[[apps]]
+monitored_app_name = "{APP}"
+monitored_app_port = {port_a}
+
+[[apps]]
+monitored_app_name = "{APP_B}"
+monitored_app_port = {port_b}
+"#,
+        store = store.display(),
+        port_a = site.app_port,
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The files under `dir`, recursively (none when it does not exist).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| {
+            let p = e.path();
+            if p.is_dir() { files_under(&p) } else { vec![p] }
+        })
+        .collect()
+}
+
+/// The version of every instance of every host in a fleet view, by host.
+fn fleet_versions(fleet: &Value) -> Vec<(String, Vec<String>)> {
+    fleet["hosts"]
+        .as_array()
+        .map(|hosts| {
+            hosts
+                .iter()
+                .map(|h| {
+                    let versions = h["instances"]
+                        .as_array()
+                        .map(|i| {
+                            i.iter()
+                                .map(|i| i["version"].as_str().unwrap_or("").to_owned())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (h["host"].as_str().unwrap_or("").to_owned(), versions)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Two hosts on one local store, each running the same two apps from an
+/// `[[apps]]` file: each app has its own fleet (its own view, its own
+/// objects under `fleet/{app}/local/`); a new version of B rolls through
+/// B's fleet behind B's canary while A's pids never change and A's fleet
+/// holds no claim; a crash-at-boot version of B is ghosted in B's fleet
+/// only, never started on the other host. A runs 0.1.1 and B rolls to
+/// 0.1.1 too: the same version name in both fleets.
+#[test]
+fn two_apps_each_have_their_own_fleet() {
+    let shared = tempfile::tempdir().unwrap();
+    let store = shared.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let store_s = store.to_str().unwrap().to_owned();
+    let on_store = ["--store", store_s.as_str()];
+    let ids = ["host-a", "host-b"];
+    let sites = [Site::new(1), Site::new(1)];
+    let _b_guards = sites.each_ref().map(|site| AppGuard {
+        site,
+        app: APP_B,
+        instances: 1,
+    });
+    publish_app(APP, "0.1.1", &on_store, &[]);
+    publish_app(APP_B, "0.1.0", &on_store, &[]);
+    let dxs: Vec<Deployex> = sites
+        .iter()
+        .zip(ids)
+        .map(|(site, id)| {
+            let port_b = common::deployex::free_port_range(1);
+            start_with_config(site, &two_apps_config(site, id, &store, port_b))
+        })
+        .collect();
+    let hosts: Vec<&Deployex> = dxs.iter().collect();
+    let status_b = format!("/api/v1/apps/{APP_B}/status");
+    let fleet_of = |app: &str| format!("/api/v1/apps/{app}/fleet");
+    roll_out_at(
+        &hosts,
+        "/api/v1/status",
+        "0.1.1",
+        1,
+        Duration::from_secs(120),
+        || (),
+    );
+    roll_out_at(
+        &hosts,
+        &status_b,
+        "0.1.0",
+        1,
+        Duration::from_secs(120),
+        || (),
+    );
+
+    // Each app's fleet view, on either host, lists both hosts with that
+    // app's instances.
+    for dx in &hosts {
+        for (app, version) in [(APP, "0.1.1"), (APP_B, "0.1.0")] {
+            let want: Vec<(String, Vec<String>)> = ids
+                .iter()
+                .map(|id| (id.to_string(), vec![version.to_owned()]))
+                .collect();
+            common::wait_until_blocking(
+                &format!("{app}'s fleet on port {}", dx.api_port),
+                Duration::from_secs(15),
+                || {
+                    let f = dx.get(&fleet_of(app));
+                    (f["store_time"].is_string() && fleet_versions(&f) == want).then_some(())
+                },
+            );
+        }
+    }
+    // Each app's objects under its own prefix.
+    for app in [APP, APP_B] {
+        for id in ids {
+            let beat = store.join(format!("fleet/{app}/local/hosts/{id}.json"));
+            assert!(beat.is_file(), "{}", beat.display());
+        }
+    }
+
+    // A new version of B rolls B through B's fleet; A is never touched
+    // and A's fleet holds no claim.
+    let a_pids: Vec<Vec<i32>> = sites
+        .iter()
+        .map(|s| common::apps::instance_pids(s, APP, 1))
+        .collect();
+    assert!(a_pids.iter().all(|p| !p.is_empty()), "{a_pids:?}");
+    let a_claims = store.join(format!("fleet/{APP}/local/claims"));
+    let b_claims = store.join(format!("fleet/{APP_B}/local/claims"));
+    let mut b_claimed = false;
+    let check_a = |b_claimed: &mut bool| {
+        for (site, before) in sites.iter().zip(&a_pids) {
+            assert_eq!(
+                &common::apps::instance_pids(site, APP, 1),
+                before,
+                "A touched"
+            );
+        }
+        assert_eq!(
+            files_under(&a_claims),
+            Vec::<PathBuf>::new(),
+            "a claim in A's fleet"
+        );
+        *b_claimed |= !files_under(&b_claims).is_empty();
+    };
+    publish_app(APP_B, "0.1.1", &on_store, &[]);
+    let order = roll_out_at(
+        &hosts,
+        &status_b,
+        "0.1.1",
+        1,
+        Duration::from_secs(120),
+        || {
+            check_a(&mut b_claimed);
+        },
+    );
+    assert!(b_claimed, "no claim seen under {}", b_claims.display());
+    let b_fleet =
+        common::wait_until_blocking("B's 0.1.1 slot released", Duration::from_secs(10), || {
+            let f = hosts[1].get(&fleet_of(APP_B));
+            (f["store_time"].is_string() && claims_of(&f, "0.1.1").is_empty()).then_some(f)
+        });
+    assert_eq!(b_fleet["canaries"]["0.1.1"], ids[order[0]], "{b_fleet:#}");
+    let a_fleet = hosts[1].get(&fleet_of(APP));
+    assert_eq!(a_fleet["claims"], serde_json::json!([]), "{a_fleet:#}");
+
+    // A crash-at-boot version of B: ghosted in B's fleet by B's canary,
+    // never started on the other host; A's fleet ghosts nothing.
+    let b_before: Vec<Vec<i32>> = sites
+        .iter()
+        .map(|s| common::apps::instance_pids(s, APP_B, 1))
+        .collect();
+    publish_app(APP_B, "0.2.0", &on_store, &[]);
+    let ghosted = common::wait_until_blocking(
+        "B's 0.2.0 ghosted fleet-wide",
+        Duration::from_secs(90),
+        || {
+            check_a(&mut b_claimed);
+            let f = hosts[0].get(&fleet_of(APP_B));
+            f["ghosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g == "0.2.0")
+                .then_some(f)
+        },
+    );
+    let bad = ids
+        .iter()
+        .position(|id| ghosted["canaries"]["0.2.0"] == *id)
+        .unwrap_or_else(|| panic!("no canary for 0.2.0: {ghosted:#}"));
+    let other = 1 - bad;
+    common::wait_until_blocking("B's canary rolled back", Duration::from_secs(90), || {
+        let s = hosts[bad].get(&status_b);
+        let ghosted = s["ghosted_versions"]
+            .as_array()
+            .is_some_and(|g| g.iter().any(|v| v == "0.2.0"));
+        (ghosted && running_on(&s, "0.1.1")).then_some(())
+    });
+    let watch_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < watch_until {
+        check_a(&mut b_claimed);
+        let pids_b = common::apps::instance_pids(&sites[other], APP_B, 1);
+        assert_eq!(pids_b, b_before[other], "the other host's B was touched");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let history = hosts[other].get(&format!("/api/v1/apps/{APP_B}/versions"));
+    assert!(
+        !history
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["version"] == "0.2.0"),
+        "{history:#}"
+    );
+    for dx in &hosts {
+        let a_fleet = dx.get(&fleet_of(APP));
+        assert_eq!(a_fleet["ghosts"], serde_json::json!([]), "{a_fleet:#}");
+        let a = dx.status();
+        assert_eq!(a["ghosted_versions"], serde_json::json!([]), "{a:#}");
+        assert!(running_on(&a, "0.1.1"), "{a:#}");
+    }
 }
 
 fn sdk(endpoint: &str) -> aws_config::SdkConfig {
