@@ -442,13 +442,21 @@ fn two_apps_each_have_their_own_fleet() {
     let hosts: Vec<&Deployex> = dxs.iter().collect();
     let status_b = format!("/api/v1/apps/{APP_B}/status");
     let fleet_of = |app: &str| format!("/api/v1/apps/{app}/fleet");
+    // Both apps come up at once, each host by host behind its own fleet's
+    // slot (B is watched while A rolls: it may be done first).
     roll_out_at(
         &hosts,
         "/api/v1/status",
         "0.1.1",
         1,
         Duration::from_secs(120),
-        || (),
+        || {
+            let busy = hosts
+                .iter()
+                .filter(|d| phase(&d.get(&status_b), "0.1.0") == Phase::InProgress)
+                .count();
+            assert!(busy <= 1, "{busy} hosts deploying {APP_B} 0.1.0 at once");
+        },
     );
     roll_out_at(
         &hosts,
@@ -486,7 +494,8 @@ fn two_apps_each_have_their_own_fleet() {
     }
 
     // A new version of B rolls B through B's fleet; A is never touched
-    // and A's fleet holds no claim.
+    // and A's fleet holds no claim and no ghost (checked at every round
+    // from here on).
     let a_pids: Vec<Vec<i32>> = sites
         .iter()
         .map(|s| common::apps::instance_pids(s, APP, 1))
@@ -494,6 +503,7 @@ fn two_apps_each_have_their_own_fleet() {
     assert!(a_pids.iter().all(|p| !p.is_empty()), "{a_pids:?}");
     let a_claims = store.join(format!("fleet/{APP}/local/claims"));
     let b_claims = store.join(format!("fleet/{APP_B}/local/claims"));
+    let a_ghosts = store.join(format!("fleet/{APP}/local/ghosts"));
     let mut b_claimed = false;
     let check_a = |b_claimed: &mut bool| {
         for (site, before) in sites.iter().zip(&a_pids) {
@@ -507,6 +517,11 @@ fn two_apps_each_have_their_own_fleet() {
             files_under(&a_claims),
             Vec::<PathBuf>::new(),
             "a claim in A's fleet"
+        );
+        assert_eq!(
+            files_under(&a_ghosts),
+            Vec::<PathBuf>::new(),
+            "a ghost in A's fleet"
         );
         *b_claimed |= !files_under(&b_claims).is_empty();
     };
