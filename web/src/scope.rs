@@ -111,6 +111,12 @@ impl AppView {
     /// The newest `limit` events of this app (the event log is one for
     /// the host; each event names its app).
     pub async fn events(&self, limit: usize) -> Vec<deployex_actors::events::Event> {
+        // The newest `limit` first: when they are all this app's (one app
+        // configured, or its events are the newest), no wider read.
+        let newest = self.engine.events(limit).await;
+        if newest.len() < limit || newest.iter().all(|e| e.app == self.name) {
+            return newest.into_iter().filter(|e| e.app == self.name).collect();
+        }
         self.engine
             .events(deployex_actors::events::KEEP)
             .await
@@ -153,6 +159,20 @@ impl Views {
         v
     }
 
+    /// The view of `name` with `engine` if made and the cache holds no
+    /// more views than `apps` apps (else the caller takes the slow path,
+    /// which prunes): every request's path, one lock, no allocation.
+    fn find(&self, apps: usize, name: &str, engine: &Arc<dyn Engine>) -> Option<Arc<AppView>> {
+        let views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        if views.len() > apps {
+            return None;
+        }
+        views
+            .iter()
+            .find(|v| v.name == name && Arc::ptr_eq(&v.engine, engine))
+            .cloned()
+    }
+
     /// Every view made so far (for the action invalidation).
     fn all(&self) -> Vec<Arc<AppView>> {
         self.views.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -175,6 +195,13 @@ impl AppState {
 
     /// The view of `app`, if configured.
     pub fn view(&self, app: &str) -> Option<Arc<AppView>> {
+        {
+            let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
+            let (name, engine) = apps.iter().find(|(n, _)| n == app)?;
+            if let Some(v) = self.views.find(apps.len(), name, engine) {
+                return Some(v);
+            }
+        }
         let list = self.app_list();
         let (name, engine) = list.iter().find(|(n, _)| n == app)?;
         Some(self.views.get(&list, name, engine))
@@ -183,6 +210,14 @@ impl AppState {
     /// The first configured app's view (the un-prefixed routes); the
     /// engine given at start if the list is empty.
     pub fn first_view(&self) -> Arc<AppView> {
+        {
+            let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
+            if let Some((name, engine)) = apps.first()
+                && let Some(v) = self.views.find(apps.len(), name, engine)
+            {
+                return v;
+            }
+        }
         let list = self.app_list();
         match list.first() {
             Some((name, engine)) => self.views.get(&list, name, engine),
