@@ -474,6 +474,32 @@ fn strip_ansi(s: &str) -> String {
 }
 
 /// The first heartbeat line written to `log` after byte `from`.
+/// A heartbeat written to `log` after byte `from` (so it can only have
+/// come over the page's follow websocket) shows on the log page open in
+/// `page`, with no disconnect notice.
+async fn followed_line_shows(page: &Page, log: &Path, from: u64, what: &str, timeout: Duration) {
+    let fresh = common::wait_until(
+        &format!("a heartbeat in {} after byte {from}", log.display()),
+        Duration::from_secs(15),
+        || {
+            let log = log.to_path_buf();
+            async move { heartbeat_after(&log, from) }
+        },
+    )
+    .await;
+    let fresh_js = serde_json::to_string(&fresh).unwrap();
+    page.wait_js(
+        &format!("the followed line {fresh:?} on {what}"),
+        timeout,
+        &format!(
+            "document.querySelector('#log-notice').hidden && \
+             Array.from(document.querySelectorAll('#log .line')).some(l => l.textContent.trim() === {fresh_js})"
+        ),
+        "document.querySelector('#log-notice').textContent + ' | ' + document.querySelector('#log').textContent.slice(-600)",
+    )
+    .await;
+}
+
 fn heartbeat_after(log: &Path, from: u64) -> Option<String> {
     let bytes = std::fs::read(log).ok()?;
     let tail = String::from_utf8_lossy(bytes.get(from as usize..)?).to_string();
@@ -661,24 +687,12 @@ async fn dashboard_in_headless_chromium() {
         .unwrap()
     };
     let restarted_at = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-    let fresh = common::wait_until(
-        "a heartbeat in instance 1's stdout after deployex restarted",
-        Duration::from_secs(15),
-        || {
-            let log = log.clone();
-            async move { heartbeat_after(&log, restarted_at) }
-        },
-    )
-    .await;
-    let fresh_js = serde_json::to_string(&fresh).unwrap();
-    page.wait_js(
-        &format!("after the reconnect, the fresh line {fresh:?} on the log page"),
+    followed_line_shows(
+        &page,
+        &log,
+        restarted_at,
+        "instance 1's log page, after the reconnect",
         Duration::from_secs(30),
-        &format!(
-            "document.querySelector('#log-notice').hidden && \
-             Array.from(document.querySelectorAll('#log .line')).some(l => l.textContent.trim() === {fresh_js})"
-        ),
-        "document.querySelector('#log-notice').textContent + ' | ' + document.querySelector('#log').textContent.slice(-300)",
     )
     .await;
 
@@ -1178,26 +1192,7 @@ async fn several_apps_overview_and_per_app_dashboard_in_headless_chromium() {
     // A heartbeat written after the page's offset can only come over the
     // websocket.
     let b_log = site.logs().join(format!("{APP_B}-1-stdout.log"));
-    let fresh = common::wait_until(
-        "a heartbeat in B's instance 1 stdout after the page's offset",
-        Duration::from_secs(15),
-        || {
-            let b_log = b_log.clone();
-            async move { heartbeat_after(&b_log, from) }
-        },
-    )
-    .await;
-    let fresh_js = serde_json::to_string(&fresh).unwrap();
-    page.wait_js(
-        &format!("the followed line {fresh:?} on B's log page"),
-        Duration::from_secs(15),
-        &format!(
-            "document.querySelector('#log-notice').hidden && \
-             Array.from(document.querySelectorAll('#log .line')).some(l => l.textContent.trim() === {fresh_js})"
-        ),
-        "document.querySelector('#log-notice').textContent + ' | ' + document.querySelector('#log').textContent.slice(-600)",
-    )
-    .await;
+    followed_line_shows(&page, &b_log, from, "B's log page", Duration::from_secs(15)).await;
     shots.push(page.screenshot("apps-4-logs-b").await);
 
     // 6. B's terminal: a remote shell into B's node, gone with the tab.
