@@ -231,16 +231,19 @@ mod tests {
         );
         let pid = child.id() as i32;
         // Something else under the same folder that is not a BEAM (epmd).
+        // In its own group: killing the group takes its `sleep` too (a
+        // killed `sh` alone left the `sleep` holding the test's output).
         let mut other = std::process::Command::new("sh")
             .arg("-c")
             .arg("sleep 30; : \"$0\"")
             .arg(marker.join("y"))
+            .process_group(0)
             .spawn()
             .unwrap();
         let found = common_wait(|| pids_running_under(dir.path()).contains(&pid));
         assert!(found);
         assert!(!pids_running_under(dir.path()).contains(&(other.id() as i32)));
-        let _ = other.kill();
+        kill_group_now(other.id() as i32);
         let _ = other.wait();
         let found = pids_running_under(dir.path());
         assert!(found.contains(&pid), "{found:?} has {pid}");
