@@ -384,4 +384,63 @@ mod tests {
         assert_eq!(lock(&get("api")).want, None);
         assert_eq!(lock(&get("worker")).want.as_deref(), Some("2.0.0"));
     }
+
+    /// Stands in for the root (a fleet task's engine handle needs one).
+    struct NoRoot;
+    impl ractor::Actor for NoRoot {
+        type Msg = crate::root::RootMsg;
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(
+            &self,
+            _: ractor::ActorRef<Self::Msg>,
+            _: (),
+        ) -> Result<(), ractor::ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    /// `spawn_all` follows the root's app list: an app a reload adds gets
+    /// a fleet, a removed app's fleet is gone (its hooks see none), and
+    /// every fleet goes with the list's sender (the tree).
+    #[tokio::test]
+    async fn fleets_follow_the_app_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = |app: &str| Arc::new(EngineConfig::with_defaults(app, dir.path()));
+        let (a, b) = (cfg("fleet_a"), cfg("fleet_b"));
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(vec![a.clone()]));
+        let (root, _) = ractor::Actor::spawn(None, NoRoot, ()).await.unwrap();
+        let fleet = FleetConfig {
+            host_id: "h1".into(),
+            max_parallel: 1,
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(5),
+        };
+        let task = spawn_all(rx, fleet, root.clone(), Instant::now());
+        let has = |app: &'static str, want: bool| async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while state_of(app).is_some() != want {
+                assert!(
+                    Instant::now() < deadline,
+                    "{app} has a fleet: expected {want}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        has("fleet_a", true).await;
+        has("fleet_b", false).await;
+        tx.send(Arc::new(vec![a.clone(), b.clone()])).unwrap();
+        has("fleet_b", true).await;
+        tx.send(Arc::new(vec![a.clone()])).unwrap();
+        has("fleet_b", false).await;
+        assert!(
+            may_deploy("fleet_b", "1.0.0"),
+            "a removed app's hooks see no fleet"
+        );
+        has("fleet_a", true).await;
+        drop(tx);
+        has("fleet_a", false).await;
+        assert!(task.await.is_ok(), "ends with the list");
+        root.stop(None);
+    }
 }
