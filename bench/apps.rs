@@ -33,7 +33,6 @@ mod common;
 mod procfs;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::apps::{app_pids, publish};
@@ -115,45 +114,7 @@ fn config_file(site: &Site, apps: &[String], replicas: u32) -> PathBuf {
 /// (unlike the tests' `start_with_config`, which polls the store every
 /// 200 ms and logs at debug).
 fn start(site: &Site, config: &Path) -> Deployex {
-    std::fs::create_dir_all(site.logs()).unwrap();
-    let log = site.dir.path().join("deployex.log");
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .unwrap();
-    let child = Command::new(deployex_bin())
-        .arg("--config")
-        .arg(config)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", site.dir.path())
-        .env("DEPLOYEX_VAR_DIR", site.var())
-        .env("DEPLOYEX_LOG_DIR", site.logs())
-        .env("DEPLOYEX_PHX_PORT", site.api_port.to_string())
-        .env("ERL_EPMD_PORT", site.epmd.port.to_string())
-        .env("DEPLOYEX_ERLANG_COOKIE", "benchcookie")
-        .env(
-            "DEPLOYEX_SECRET_KEY_BASE",
-            "bench-secret-key-base-0123456789-abcdefghijklmnop",
-        )
-        .env("DEPLOYEX_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn deployex");
-    let mut dx = Deployex {
-        child: Some(child),
-        api_port: site.api_port,
-        token: None,
-        log,
-    };
-    common::wait_until_blocking("deployex answers /healthz", Duration::from_secs(30), || {
-        matches!(common::http_get(site.api_port, "/healthz"), Some((200, _))).then_some(())
-    });
-    dx.login();
-    dx
+    common::apps::start_with_config_env(site, config, &[("DEPLOYEX_LOG", "info")])
 }
 
 /// Every app listed, each with `replicas` instances running `VERSION`

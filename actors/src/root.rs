@@ -74,7 +74,7 @@ pub type Apps = Arc<Vec<Arc<EngineConfig>>>;
 
 /// What the root starts with: its apps, and where it publishes its
 /// current list (at start and after each reload) for the tasks outside
-/// the tree that follow it (the metrics-history sampler).
+/// the tree that follow it (the metrics-history sampler, the fleets).
 pub struct RootArgs {
     pub apps: Apps,
     pub current: tokio::sync::watch::Sender<Apps>,

@@ -75,6 +75,22 @@ impl Drop for AppGuard<'_> {
 /// for `/healthz` and logs in. The cookie is the single-app sites' own, so
 /// that instances a single-app deployex started can be adopted.
 pub fn start_with_config(site: &Site, config: &Path) -> Deployex {
+    start_with_config_env(site, config, TEST_TUNING)
+}
+
+/// The tests' tuning of deployex: quick store polling and backoff, debug
+/// logs of the engine.
+pub const TEST_TUNING: &[(&str, &str)] = &[
+    ("DEPLOYEX_DEPLOY_SCHEDULE_INTERVAL_MS", "200"),
+    ("DEPLOYEX_BACKOFF_BASE_MS", "200"),
+    ("DEPLOYEX_STOP_TIMEOUT_MS", "5000"),
+    ("DEPLOYEX_LOG", "info,deployex_actors=debug"),
+];
+
+/// [`start_with_config`] with `env` (host-wide variables) instead of the
+/// tests' tuning: `&[("DEPLOYEX_LOG", "info")]` runs the production
+/// defaults (the benchmarks).
+pub fn start_with_config_env(site: &Site, config: &Path, env: &[(&str, &str)]) -> Deployex {
     std::fs::create_dir_all(site.logs()).unwrap();
     let log = site.dir.path().join("deployex.log");
     let stderr = std::fs::OpenOptions::new()
@@ -97,10 +113,7 @@ pub fn start_with_config(site: &Site, config: &Path) -> Deployex {
             "DEPLOYEX_SECRET_KEY_BASE",
             "e2e-secret-key-base-0123456789-abcdefghijklmnop",
         )
-        .env("DEPLOYEX_DEPLOY_SCHEDULE_INTERVAL_MS", "200")
-        .env("DEPLOYEX_BACKOFF_BASE_MS", "200")
-        .env("DEPLOYEX_STOP_TIMEOUT_MS", "5000")
-        .env("DEPLOYEX_LOG", "info,deployex_actors=debug")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
@@ -112,7 +125,7 @@ pub fn start_with_config(site: &Site, config: &Path) -> Deployex {
         token: None,
         log,
     };
-    super::wait_until_blocking("deployex answers /healthz", Duration::from_secs(20), || {
+    super::wait_until_blocking("deployex answers /healthz", Duration::from_secs(30), || {
         matches!(super::http_get(site.api_port, "/healthz"), Some((200, _))).then_some(())
     });
     dx.login();
