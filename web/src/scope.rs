@@ -245,7 +245,7 @@ impl AppState {
     /// Several apps are configured (the dashboard's `/` is then an
     /// overview).
     pub fn several_apps(&self) -> bool {
-        self.app_list().len() > 1
+        self.apps.read().unwrap_or_else(|e| e.into_inner()).len() > 1
     }
 
     /// An action (any request but GET/HEAD) may have changed a status:
